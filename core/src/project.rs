@@ -1,0 +1,608 @@
+//! Loading a project folder: `dbt_project.yml` (or `strata_project.yml`), models, seeds,
+//! macros, singular tests and property files.
+//!
+//! Loading only reads and parses files; it never fails on the first problem. Every problem is
+//! collected as a diagnostic so that one `strata compile` reports all of them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::config::{ConfigLayer, read_config_mapping};
+use crate::diagnostics::{Diagnostics, ProjectDiagnostic, SourceText};
+use crate::yaml::{Yaml, YamlValue};
+
+/// Project file names, in the order they are looked for.
+pub const PROJECT_FILES: [&str; 2] = ["strata_project.yml", "dbt_project.yml"];
+
+/// Keys of the project file that Strata accepts and ignores (its target is the warehouse).
+const IGNORED_PROJECT_KEYS: [&str; 17] = [
+    "profile",
+    "version",
+    "config-version",
+    "require-dbt-version",
+    "target-path",
+    "clean-targets",
+    "log-path",
+    "packages-install-path",
+    "analysis-paths",
+    "snapshot-paths",
+    "docs-paths",
+    "asset-paths",
+    "quoting",
+    "on-run-start",
+    "on-run-end",
+    "dispatch",
+    "flags",
+];
+
+/// A folder of the hierarchical `models:` / `seeds:` / `data_tests:` blocks.
+#[derive(Debug, Clone, Default)]
+pub struct FolderConfig {
+    /// Settings given at this level.
+    pub layer: ConfigLayer,
+    /// Sub-folders (or, at the last level, file names), by name.
+    pub children: BTreeMap<String, FolderConfig>,
+}
+
+impl FolderConfig {
+    /// Returns the layers that apply to a file at `path` (folders from the resource root, then
+    /// the file's stem), outermost first.
+    pub fn layers_for<'a>(&'a self, project: &str, path: &[String]) -> Vec<&'a ConfigLayer> {
+        let mut layers = vec![&self.layer];
+        // The first level names the project (or a package); the project's own block applies.
+        let Some(mut node) = self.children.get(project) else { return layers };
+        layers.push(&node.layer);
+        for part in path {
+            match node.children.get(part) {
+                Some(child) => {
+                    layers.push(&child.layer);
+                    node = child;
+                }
+                None => break,
+            }
+        }
+        layers
+    }
+
+    fn read(
+        yaml: &Yaml,
+        source: &SourceText,
+        errors: &mut Vec<ProjectDiagnostic>,
+    ) -> FolderConfig {
+        let mut folder = FolderConfig::default();
+        let rest = read_config_mapping(yaml, source, false, &mut folder.layer, errors);
+        for (name, child) in rest {
+            if child.entries().is_some() || child.is_null() {
+                folder.children.insert(name.to_string(), FolderConfig::read(child, source, errors));
+            } else {
+                errors.push(
+                    ProjectDiagnostic::error(
+                        "strata::project_config",
+                        format!("'{name}' is neither a folder nor a setting"),
+                    )
+                    .at(source, child.line, child.column)
+                    .with_hint(format!(
+                        "settings in this block take a '+' prefix: '+{name}: …'; folders map to settings"
+                    )),
+                );
+            }
+        }
+        folder
+    }
+}
+
+/// A SQL file of the project: a model, a macro file or a singular test.
+#[derive(Debug, Clone)]
+pub struct SqlFile {
+    /// Name of the node: the file stem.
+    pub name: String,
+    /// Folders between the resource root (such as `models/`) and the file.
+    pub folders: Vec<String>,
+    /// Path and text; the path is relative to the project folder.
+    pub source: SourceText,
+}
+
+impl SqlFile {
+    /// The layer of a model: the first folder under the model path (`bronze`, `silver`, `gold`).
+    pub fn layer(&self) -> Option<&str> {
+        self.folders.first().map(String::as_str)
+    }
+}
+
+/// A seed CSV file with its header.
+#[derive(Debug, Clone)]
+pub struct SeedFile {
+    /// Name of the seed: the file stem.
+    pub name: String,
+    /// Folders between the seed path and the file.
+    pub folders: Vec<String>,
+    /// Path relative to the project folder.
+    pub path: PathBuf,
+    /// Column names from the header row.
+    pub columns: Vec<String>,
+}
+
+/// A parsed property (`.yml`) file.
+#[derive(Debug, Clone)]
+pub struct PropertyFile {
+    /// Path and text.
+    pub source: SourceText,
+    /// The parsed document.
+    pub document: Yaml,
+}
+
+/// Everything read from a project folder, before rendering.
+#[derive(Debug, Clone)]
+pub struct Project {
+    /// The project folder.
+    pub root: PathBuf,
+    /// The project file (`dbt_project.yml` or `strata_project.yml`).
+    pub project_file: SourceText,
+    /// `name`.
+    pub name: String,
+    /// `model-paths`.
+    pub model_paths: Vec<String>,
+    /// `seed-paths`.
+    pub seed_paths: Vec<String>,
+    /// `test-paths`.
+    pub test_paths: Vec<String>,
+    /// `macro-paths`.
+    pub macro_paths: Vec<String>,
+    /// `vars` of the project file.
+    pub vars: serde_json::Map<String, serde_json::Value>,
+    /// The hierarchical `models:` block.
+    pub models_config: FolderConfig,
+    /// The hierarchical `seeds:` block.
+    pub seeds_config: FolderConfig,
+    /// The hierarchical `data_tests:` (or `tests:`) block.
+    pub tests_config: FolderConfig,
+    /// Model files, sorted by path.
+    pub models: Vec<SqlFile>,
+    /// Seed files, sorted by path.
+    pub seeds: Vec<SeedFile>,
+    /// Macro files, sorted by path.
+    pub macros: Vec<SqlFile>,
+    /// Singular test files, sorted by path.
+    pub singular_tests: Vec<SqlFile>,
+    /// Property files, sorted by path.
+    pub property_files: Vec<PropertyFile>,
+}
+
+/// Outcome of loading: the project (when its file could be read) and every diagnostic.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The project, unless the project file itself is missing or unreadable.
+    pub project: Option<Project>,
+    /// Problems found while loading.
+    pub diagnostics: Diagnostics,
+}
+
+impl Project {
+    /// Reads the project in `root`, collecting every problem instead of stopping at the first.
+    pub fn load(root: &Path) -> Loaded {
+        let mut diagnostics = Diagnostics::default();
+        let project = load_project(root, &mut diagnostics);
+        Loaded { project, diagnostics }
+    }
+}
+
+fn load_project(root: &Path, diagnostics: &mut Diagnostics) -> Option<Project> {
+    let Some(file_name) = PROJECT_FILES.iter().find(|name| root.join(name).is_file()) else {
+        let message = if root.is_dir() {
+            format!("no dbt_project.yml or strata_project.yml in {}", root.display())
+        } else {
+            format!("project folder {} does not exist", root.display())
+        };
+        diagnostics.push(ProjectDiagnostic::error("strata::no_project", message).with_hint(
+            "run the command in a project folder or pass --project-dir pointing at one",
+        ));
+        return None;
+    };
+    let project_file = read_source(root, Path::new(file_name), diagnostics)?;
+    let document = match Yaml::parse(&project_file) {
+        Ok(document) => document,
+        Err(diagnostic) => {
+            diagnostics.push(*diagnostic);
+            return None;
+        }
+    };
+    let mut errors = Vec::new();
+    let mut project = Project {
+        root: root.to_path_buf(),
+        name: String::new(),
+        model_paths: vec![String::from("models")],
+        seed_paths: vec![String::from("seeds")],
+        test_paths: vec![String::from("tests")],
+        macro_paths: vec![String::from("macros")],
+        vars: serde_json::Map::new(),
+        models_config: FolderConfig::default(),
+        seeds_config: FolderConfig::default(),
+        tests_config: FolderConfig::default(),
+        models: Vec::new(),
+        seeds: Vec::new(),
+        macros: Vec::new(),
+        singular_tests: Vec::new(),
+        property_files: Vec::new(),
+        project_file: project_file.clone(),
+    };
+    read_project_keys(&document, &project_file, &mut project, &mut errors);
+    for error in errors {
+        diagnostics.push(error);
+    }
+
+    for folder in project.model_paths.clone() {
+        for path in list_files(root, &folder, diagnostics) {
+            match extension(&path) {
+                "sql" => {
+                    if let Some(file) = sql_file(root, &folder, &path, diagnostics) {
+                        project.models.push(file);
+                    }
+                }
+                "yml" | "yaml" => read_properties(root, &path, &mut project, diagnostics),
+                _ => {}
+            }
+        }
+    }
+    for folder in project.seed_paths.clone() {
+        for path in list_files(root, &folder, diagnostics) {
+            match extension(&path) {
+                "csv" => {
+                    if let Some(seed) = seed_file(root, &folder, &path, diagnostics) {
+                        project.seeds.push(seed);
+                    }
+                }
+                "yml" | "yaml" => read_properties(root, &path, &mut project, diagnostics),
+                _ => {}
+            }
+        }
+    }
+    for folder in project.macro_paths.clone() {
+        for path in list_files(root, &folder, diagnostics) {
+            match extension(&path) {
+                "sql" => {
+                    if let Some(file) = sql_file(root, &folder, &path, diagnostics) {
+                        project.macros.push(file);
+                    }
+                }
+                "yml" | "yaml" => read_properties(root, &path, &mut project, diagnostics),
+                _ => {}
+            }
+        }
+    }
+    for folder in project.test_paths.clone() {
+        for path in list_files(root, &folder, diagnostics) {
+            match extension(&path) {
+                "sql" => {
+                    if let Some(file) = sql_file(root, &folder, &path, diagnostics) {
+                        project.singular_tests.push(file);
+                    }
+                }
+                "yml" | "yaml" => read_properties(root, &path, &mut project, diagnostics),
+                _ => {}
+            }
+        }
+    }
+    Some(project)
+}
+
+fn read_project_keys(
+    document: &Yaml,
+    source: &SourceText,
+    project: &mut Project,
+    errors: &mut Vec<ProjectDiagnostic>,
+) {
+    let Some(entries) = document.entries() else {
+        errors.push(
+            ProjectDiagnostic::error(
+                "strata::project_file",
+                format!("the project file must be a mapping, found {}", document.kind()),
+            )
+            .at(source, document.line, document.column)
+            .with_hint("start with 'name: my_project'"),
+        );
+        return;
+    };
+    for (key, value) in entries {
+        match key.name.as_str() {
+            "name" => match value.as_str() {
+                Some(name) if is_identifier(name) => project.name = name.to_string(),
+                _ => errors.push(
+                    ProjectDiagnostic::error(
+                        "strata::project_file",
+                        format!(
+                            "project name must be letters, digits and underscores, found {}",
+                            value.scalar_string().unwrap_or_else(|| value.kind().to_string())
+                        ),
+                    )
+                    .at(source, value.line, value.column),
+                ),
+            },
+            "model-paths" | "source-paths" => {
+                project.model_paths = path_list(value, source, errors)
+            }
+            "seed-paths" | "data-paths" => project.seed_paths = path_list(value, source, errors),
+            "test-paths" => project.test_paths = path_list(value, source, errors),
+            "macro-paths" => project.macro_paths = path_list(value, source, errors),
+            "vars" => match value.to_json() {
+                serde_json::Value::Object(vars) => project.vars = vars,
+                serde_json::Value::Null => {}
+                _ => errors.push(
+                    ProjectDiagnostic::error(
+                        "strata::project_file",
+                        format!("'vars' must be a mapping, found {}", value.kind()),
+                    )
+                    .at(source, value.line, value.column),
+                ),
+            },
+            "models" => project.models_config = FolderConfig::read(value, source, errors),
+            "seeds" => project.seeds_config = FolderConfig::read(value, source, errors),
+            "data_tests" | "tests" => {
+                project.tests_config = FolderConfig::read(value, source, errors)
+            }
+            other if IGNORED_PROJECT_KEYS.contains(&other) => {}
+            other if other.ends_with("-paths") || other == "snapshots" || other == "sources" => {}
+            other => errors.push(
+                ProjectDiagnostic::warning(
+                    "strata::project_file",
+                    format!("unknown key '{other}' in the project file is ignored"),
+                )
+                .at(source, key.line, key.column),
+            ),
+        }
+    }
+    if project.name.is_empty() && errors.iter().all(|e| e.code != "strata::project_file") {
+        errors.push(
+            ProjectDiagnostic::error("strata::project_file", "the project file has no 'name'")
+                .at(source, 1, 1)
+                .with_hint("add 'name: my_project' at the top"),
+        );
+    }
+}
+
+fn path_list(value: &Yaml, source: &SourceText, errors: &mut Vec<ProjectDiagnostic>) -> Vec<String> {
+    match &value.value {
+        YamlValue::Seq(items) => items
+            .iter()
+            .filter_map(|item| match item.as_str() {
+                Some(path) if is_relative_inside(path) => Some(path.trim_end_matches('/').to_string()),
+                _ => {
+                    errors.push(
+                        ProjectDiagnostic::error(
+                            "strata::project_file",
+                            "each path must be a folder inside the project",
+                        )
+                        .at(source, item.line, item.column),
+                    );
+                    None
+                }
+            })
+            .collect(),
+        YamlValue::String(path) if is_relative_inside(path) => vec![path.clone()],
+        _ => {
+            errors.push(
+                ProjectDiagnostic::error(
+                    "strata::project_file",
+                    format!("expected a list of folders, found {}", value.kind()),
+                )
+                .at(source, value.line, value.column)
+                .with_hint("write for example: [\"models\"]"),
+            );
+            Vec::new()
+        }
+    }
+}
+
+fn is_relative_inside(path: &str) -> bool {
+    let path = Path::new(path);
+    !path.as_os_str().is_empty()
+        && path.components().all(|part| matches!(part, std::path::Component::Normal(_) | std::path::Component::CurDir))
+}
+
+/// Returns true for names made of ASCII letters, digits and underscores, not starting with a
+/// digit: safe as SQL identifiers without quoting.
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn extension(path: &Path) -> &str {
+    path.extension().and_then(|ext| ext.to_str()).unwrap_or_default()
+}
+
+/// Lists files under `root/folder`, recursively, sorted, relative to `root`. Hidden entries and
+/// symlink loops are skipped.
+fn list_files(root: &Path, folder: &str, diagnostics: &mut Diagnostics) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![PathBuf::from(folder)];
+    let mut depth_guard = 0usize;
+    while let Some(relative) = pending.pop() {
+        depth_guard += 1;
+        if depth_guard > 1_000_000 {
+            break;
+        }
+        let absolute = root.join(&relative);
+        let entries = match std::fs::read_dir(&absolute) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => {
+                diagnostics.push(
+                    ProjectDiagnostic::error("strata::io", format!("cannot read folder: {err}"))
+                        .in_file(&relative),
+                );
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = relative.join(name);
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => pending.push(path),
+                Ok(kind) if kind.is_file() => files.push(path),
+                Ok(kind) if kind.is_symlink() => {
+                    if root.join(&path).is_file() {
+                        files.push(path);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn read_source(root: &Path, relative: &Path, diagnostics: &mut Diagnostics) -> Option<SourceText> {
+    match std::fs::read(root.join(relative)) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => Some(SourceText::new(relative, text)),
+            Err(err) => {
+                diagnostics.push(
+                    ProjectDiagnostic::error(
+                        "strata::encoding",
+                        format!("file is not UTF-8 (invalid byte at offset {})", err.utf8_error().valid_up_to()),
+                    )
+                    .in_file(relative)
+                    .with_hint("save the file as UTF-8"),
+                );
+                None
+            }
+        },
+        Err(err) => {
+            diagnostics.push(
+                ProjectDiagnostic::error("strata::io", format!("cannot read file: {err}"))
+                    .in_file(relative),
+            );
+            None
+        }
+    }
+}
+
+fn folders_between(folder: &str, path: &Path) -> Vec<String> {
+    let inner = path.strip_prefix(folder).unwrap_or(path);
+    let mut parts: Vec<String> =
+        inner.components().map(|part| part.as_os_str().to_string_lossy().into_owned()).collect();
+    parts.pop();
+    parts
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn sql_file(root: &Path, folder: &str, path: &Path, diagnostics: &mut Diagnostics) -> Option<SqlFile> {
+    let source = read_source(root, path, diagnostics)?;
+    Some(SqlFile { name: stem(path), folders: folders_between(folder, path), source })
+}
+
+fn seed_file(root: &Path, folder: &str, path: &Path, diagnostics: &mut Diagnostics) -> Option<SeedFile> {
+    let file = match std::fs::File::open(root.join(path)) {
+        Ok(file) => file,
+        Err(err) => {
+            diagnostics.push(
+                ProjectDiagnostic::error("strata::io", format!("cannot read seed: {err}")).in_file(path),
+            );
+            return None;
+        }
+    };
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(file);
+    let columns = match reader.headers() {
+        Ok(headers) => headers.iter().map(|column| column.trim().to_string()).collect::<Vec<_>>(),
+        Err(err) => {
+            diagnostics.push(
+                ProjectDiagnostic::error("strata::seed", format!("cannot read the CSV header: {err}"))
+                    .in_file(path)
+                    .with_hint("a seed's first line names its columns, separated by commas"),
+            );
+            return None;
+        }
+    };
+    if columns.is_empty() || columns.iter().any(String::is_empty) {
+        diagnostics.push(
+            ProjectDiagnostic::error("strata::seed", "the CSV header has an empty column name")
+                .in_file(path)
+                .with_hint("give every column a name in the first line"),
+        );
+        return None;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for column in &columns {
+        if !seen.insert(column.to_ascii_lowercase()) {
+            diagnostics.push(
+                ProjectDiagnostic::error("strata::seed", format!("column '{column}' appears twice in the header"))
+                    .in_file(path),
+            );
+            return None;
+        }
+    }
+    Some(SeedFile { name: stem(path), folders: folders_between(folder, path), path: path.to_path_buf(), columns })
+}
+
+fn read_properties(root: &Path, path: &Path, project: &mut Project, diagnostics: &mut Diagnostics) {
+    let Some(source) = read_source(root, path, diagnostics) else { return };
+    match Yaml::parse(&source) {
+        Ok(document) => project.property_files.push(PropertyFile { source, document }),
+        Err(diagnostic) => diagnostics.push(*diagnostic),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, path: &str, text: &str) {
+        let full = root.join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, text).unwrap();
+    }
+
+    #[test]
+    fn loads_files_and_folder_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(
+            root,
+            "dbt_project.yml",
+            "name: shop\nprofile: x\nversion: '1.0'\nconfig-version: 2\nvars: {days: 3}\nmodels:\n  shop:\n    +materialized: view\n    gold:\n      +materialized: table\n      +tags: [daily]\n",
+        );
+        write(root, "models/gold/orders.sql", "select 1 as id");
+        write(root, "models/schema.yml", "version: 2\n");
+        write(root, "seeds/codes.csv", "code,name\n1,a\n");
+        write(root, "macros/m.sql", "{% macro m() %}1{% endmacro %}");
+        let loaded = Project::load(root);
+        assert!(loaded.diagnostics.is_empty(), "{}", loaded.diagnostics);
+        let project = loaded.project.unwrap();
+        assert_eq!(project.name, "shop");
+        assert_eq!(project.models[0].name, "orders");
+        assert_eq!(project.models[0].layer(), Some("gold"));
+        assert_eq!(project.seeds[0].columns, vec!["code", "name"]);
+        assert_eq!(project.vars["days"], 3);
+        let layers = project.models_config.layers_for("shop", &[String::from("gold")]);
+        let config = crate::config::NodeConfig::resolve(crate::config::Materialization::View, layers);
+        assert_eq!(config.materialized, crate::config::Materialization::Table);
+        assert_eq!(config.tags, vec!["daily"]);
+    }
+
+    #[test]
+    fn a_missing_project_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let loaded = Project::load(dir.path());
+        let text = loaded.diagnostics.to_string();
+        assert!(text.contains("no dbt_project.yml or strata_project.yml"), "{text}");
+        assert!(loaded.project.is_none());
+    }
+
+    #[test]
+    fn bad_settings_point_at_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "dbt_project.yml", "name: p\nmodels:\n  p:\n    +materialized: tabel\n");
+        let loaded = Project::load(dir.path());
+        let first = loaded.diagnostics.iter().next().expect("a diagnostic");
+        assert_eq!(first.line, Some(4));
+        assert!(first.message.contains("did you mean 'table'"), "{}", first.message);
+    }
+}
