@@ -1,5 +1,6 @@
 //! Strata core.
 pub mod config;
 pub mod diagnostics;
+pub mod jinja;
 pub mod project;
 pub mod yaml;

@@ -1,0 +1,741 @@
+//! Rendering of models, tests and macros with minijinja, with dbt's functions: `ref`, `source`,
+//! `config`, `var`, `env_var`, `is_incremental`, `this`, `target`, and user macros.
+//!
+//! A project's macros are concatenated into one template, `__macros__`, so that every macro can
+//! call every other one, as in dbt. Each node template starts with a one-line prelude that hands
+//! the node's [`RenderScope`] to the render state and imports the macros; functions find the
+//! scope through the state, which also works inside macros called from the node.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use minijinja::value::{Kwargs, Object, Rest, Serde};
+use minijinja::{Environment, Error, ErrorKind, State, Value};
+use serde::Serialize;
+
+use crate::config::{ConfigLayer, NodeConfig, did_you_mean};
+use crate::diagnostics::{ProjectDiagnostic, SourceText};
+use crate::project::{SqlFile, is_identifier};
+
+/// Name of the template holding every macro of the project.
+const MACROS_TEMPLATE: &str = "__macros__";
+
+/// Upper bound on the work of one render, so that a runaway loop in a template fails instead
+/// of hanging the compiler.
+const FUEL_PER_RENDER: u64 = 50_000_000;
+
+/// A table or view in the warehouse, as `ref()` and `source()` render it: `schema.identifier`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Relation {
+    /// Schema (for models, the layer by default); empty for an ephemeral CTE.
+    pub schema: String,
+    /// Table name.
+    pub identifier: String,
+}
+
+impl Relation {
+    /// Creates a relation.
+    pub fn new(schema: impl Into<String>, identifier: impl Into<String>) -> Self {
+        Self { schema: schema.into(), identifier: identifier.into() }
+    }
+}
+
+/// Quotes an identifier only when it would not survive unquoted (DataFusion folds unquoted
+/// identifiers to lowercase).
+pub fn quote_identifier(name: &str) -> String {
+    if is_identifier(name) && name.chars().all(|c| !c.is_ascii_uppercase()) {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+impl fmt::Display for Relation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.schema.is_empty() {
+            f.write_str(&quote_identifier(&self.identifier))
+        } else {
+            write!(f, "{}.{}", quote_identifier(&self.schema), quote_identifier(&self.identifier))
+        }
+    }
+}
+
+impl Object for Relation {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        match key.as_str()? {
+            "schema" => Some(Value::from(self.schema.clone())),
+            "identifier" | "name" | "table" => Some(Value::from(self.identifier.clone())),
+            "database" => Some(Value::from("strata")),
+            _ => None,
+        }
+    }
+
+    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result
+    where
+        Self: Sized + 'static,
+    {
+        fmt::Display::fmt(self.as_ref(), f)
+    }
+}
+
+/// What every render of one compile shares: names that `ref()` and `source()` resolve to,
+/// variables, the environment and the target.
+#[derive(Debug, Default)]
+pub struct RenderInputs {
+    /// The project's name (the package of `ref('package', 'model')`).
+    pub project_name: String,
+    /// Project vars (`vars:` of the project file), before command-line vars.
+    pub project_vars: serde_json::Map<String, serde_json::Value>,
+    /// Vars from `--vars`, which win over project vars.
+    pub cli_vars: serde_json::Map<String, serde_json::Value>,
+    /// Environment variables visible to `env_var()`.
+    pub env: BTreeMap<String, String>,
+    /// `target.name`.
+    pub target_name: String,
+    /// `target.schema`: the schema of models outside any layer folder.
+    pub target_schema: String,
+    /// Relations of models and seeds by name.
+    pub relations: BTreeMap<String, Relation>,
+    /// Names of disabled models and seeds, for a precise error.
+    pub disabled: BTreeSet<String>,
+    /// Relations of source tables by (source, table).
+    pub sources: BTreeMap<(String, String), Relation>,
+    /// Configuration of each node before its own `config()` call, for `config.get`.
+    pub base_configs: BTreeMap<String, Vec<ConfigLayer>>,
+}
+
+impl RenderInputs {
+    /// Looks up a variable: `--vars`, then the project's own scope in `vars:`, then global
+    /// project vars.
+    pub fn var(&self, name: &str) -> Option<&serde_json::Value> {
+        self.cli_vars
+            .get(name)
+            .or_else(|| {
+                self.project_vars
+                    .get(&self.project_name)
+                    .and_then(|scoped| scoped.as_object())
+                    .and_then(|scoped| scoped.get(name))
+            })
+            .or_else(|| self.project_vars.get(name))
+    }
+}
+
+/// A reference made by a node while it rendered.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Dependency {
+    /// `ref('name')` (a model or a seed).
+    Ref(String),
+    /// `source('source', 'table')`.
+    Source(String, String),
+}
+
+/// What a render recorded: references and `config()` settings.
+#[derive(Debug, Default, Clone)]
+pub struct Captured {
+    /// `ref()` and `source()` calls, in call order, deduplicated.
+    pub dependencies: Vec<Dependency>,
+    /// Settings from `{{ config(...) }}` calls.
+    pub config: ConfigLayer,
+    /// Messages from `log()` and `exceptions.warn()`.
+    pub messages: Vec<String>,
+}
+
+/// Per-render state of one node, reachable from every function through the render state.
+#[derive(Debug)]
+pub struct RenderScope {
+    inputs: Arc<RenderInputs>,
+    node: String,
+    is_incremental: bool,
+    captured: Mutex<Captured>,
+}
+
+impl Object for RenderScope {}
+
+impl RenderScope {
+    fn record(&self, dependency: Dependency) {
+        let mut captured = self.captured.lock().unwrap_or_else(|poison| poison.into_inner());
+        if !captured.dependencies.contains(&dependency) {
+            captured.dependencies.push(dependency);
+        }
+    }
+}
+
+fn scope(state: &State) -> Result<Arc<RenderScope>, Error> {
+    state
+        .get_extension::<Value>()
+        .and_then(|value| value.downcast_object::<RenderScope>())
+        .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "strata functions need a node to render"))
+}
+
+fn enter(state: &mut State, scope: Value) -> String {
+    state.get_or_insert_extension(scope);
+    String::new()
+}
+
+fn ref_function(state: &State, args: Rest<String>, _kwargs: Kwargs) -> Result<Value, Error> {
+    let scope = scope(state)?;
+    let name = match args.as_slice() {
+        [name] => name.clone(),
+        [package, name] => {
+            if package != &scope.inputs.project_name {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!(
+                        "ref('{package}', '{name}') names package '{package}', which is not this project ('{}'); packages are not supported yet",
+                        scope.inputs.project_name
+                    ),
+                ));
+            }
+            name.clone()
+        }
+        _ => {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "ref() takes a model name, or a package and a model name",
+            ));
+        }
+    };
+    if let Some(relation) = scope.inputs.relations.get(&name) {
+        scope.record(Dependency::Ref(name));
+        return Ok(Value::from_object(relation.clone()));
+    }
+    if scope.inputs.disabled.contains(&name) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("'{name}' is disabled (enabled: false), so it cannot be referenced"),
+        ));
+    }
+    let hint = did_you_mean(&name, scope.inputs.relations.keys().map(String::as_str));
+    Err(Error::new(ErrorKind::InvalidOperation, format!("unknown model or seed '{name}'{hint}")))
+}
+
+fn source_function(state: &State, source: String, table: String) -> Result<Value, Error> {
+    let scope = scope(state)?;
+    let key = (source.clone(), table.clone());
+    if let Some(relation) = scope.inputs.sources.get(&key) {
+        scope.record(Dependency::Source(source, table));
+        return Ok(Value::from_object(relation.clone()));
+    }
+    let same_source: Vec<&str> = scope
+        .inputs
+        .sources
+        .keys()
+        .filter(|(name, _)| *name == source)
+        .map(|(_, table)| table.as_str())
+        .collect();
+    let message = if same_source.is_empty() {
+        let names: BTreeSet<&str> = scope.inputs.sources.keys().map(|(name, _)| name.as_str()).collect();
+        format!("unknown source '{source}'{}", did_you_mean(&source, names))
+    } else {
+        format!("source '{source}' has no table '{table}'{}", did_you_mean(&table, same_source))
+    };
+    Err(Error::new(ErrorKind::InvalidOperation, message))
+}
+
+fn var_function(state: &State, name: String, default: Option<Value>) -> Result<Value, Error> {
+    let scope = scope(state)?;
+    match (scope.inputs.var(&name), default) {
+        (Some(value), _) => Ok(Value::from(Serde(value))),
+        (None, Some(default)) => Ok(default),
+        (None, None) => Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "required var '{name}' is not set; set it under 'vars:' in the project file or pass --vars '{{{name}: ...}}'"
+            ),
+        )),
+    }
+}
+
+fn env_var_function(state: &State, name: String, default: Option<Value>) -> Result<Value, Error> {
+    let scope = scope(state)?;
+    match (scope.inputs.env.get(&name), default) {
+        (Some(value), _) => Ok(Value::from(value.clone())),
+        (None, Some(default)) => Ok(default),
+        (None, None) => Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("environment variable '{name}' is not set and env_var() was given no default"),
+        )),
+    }
+}
+
+fn is_incremental_function(state: &State) -> Result<bool, Error> {
+    Ok(scope(state)?.is_incremental)
+}
+
+fn log_function(state: &State, message: Value, _kwargs: Kwargs) -> Result<String, Error> {
+    let scope = scope(state)?;
+    let mut captured = scope.captured.lock().unwrap_or_else(|poison| poison.into_inner());
+    captured.messages.push(message.to_string());
+    Ok(String::new())
+}
+
+/// `config`: callable as `config(key=value, …)`, with `config.get(key, default)` and
+/// `config.require(key)` methods.
+#[derive(Debug)]
+struct ConfigObject;
+
+impl Object for ConfigObject {
+    fn call(self: &Arc<Self>, state: &mut State<'_, '_>, args: &[Value]) -> Result<Value, Error> {
+        let scope = scope(state)?;
+        let mut captured = scope.captured.lock().unwrap_or_else(|poison| poison.into_inner());
+        for arg in args {
+            let settings: serde_json::Value = serde_json::to_value(arg).map_err(|err| {
+                Error::new(ErrorKind::InvalidOperation, format!("config() value: {err}"))
+            })?;
+            let serde_json::Value::Object(settings) = settings else {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    "config() takes keyword arguments, such as config(materialized='table')",
+                ));
+            };
+            for (key, value) in settings {
+                if key == "__minijinja_ValueKind" {
+                    continue;
+                }
+                captured
+                    .config
+                    .set(&key, &value)
+                    .map_err(|message| Error::new(ErrorKind::InvalidOperation, message))?;
+            }
+        }
+        Ok(Value::from(""))
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        state: &mut State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, Error> {
+        let scope = scope(state)?;
+        let (key, default): (String, Option<Value>) = minijinja::value::from_args(args)?;
+        let resolved = {
+            let captured = scope.captured.lock().unwrap_or_else(|poison| poison.into_inner());
+            let base = scope.inputs.base_configs.get(&scope.node);
+            let layers = base.into_iter().flatten().chain(std::iter::once(&captured.config));
+            NodeConfig::resolve(crate::config::Materialization::View, layers)
+        };
+        let value = resolved.get(&key).filter(|value| !value.is_null());
+        match (method, value, default) {
+            ("get", Some(value), _) => Ok(Value::from(Serde(&value))),
+            ("get", None, default) => Ok(default.unwrap_or(Value::from(()))),
+            ("require", Some(value), _) => Ok(Value::from(Serde(&value))),
+            ("require", None, _) => Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("config '{key}' is required but not set"),
+            )),
+            _ => Err(Error::new(ErrorKind::UnknownMethod, format!("config has no method '{method}'"))),
+        }
+    }
+}
+
+/// `exceptions.raise_compiler_error(message)` and `exceptions.warn(message)`.
+#[derive(Debug)]
+struct ExceptionsObject;
+
+impl Object for ExceptionsObject {
+    fn call_method(
+        self: &Arc<Self>,
+        state: &mut State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, Error> {
+        let (message,): (String,) = minijinja::value::from_args(args)?;
+        match method {
+            "raise_compiler_error" => Err(Error::new(ErrorKind::InvalidOperation, message)),
+            "warn" => {
+                let scope = scope(state)?;
+                let mut captured = scope.captured.lock().unwrap_or_else(|poison| poison.into_inner());
+                captured.messages.push(message);
+                Ok(Value::from(""))
+            }
+            _ => Err(Error::new(ErrorKind::UnknownMethod, format!("exceptions has no method '{method}'"))),
+        }
+    }
+}
+
+/// Where a macro file starts inside the combined macro template.
+#[derive(Debug, Clone)]
+struct MacroFileSpan {
+    start: usize,
+    end: usize,
+    source: SourceText,
+}
+
+/// A compiled Jinja environment for one project: builtins, macros and node templates.
+pub struct Renderer {
+    env: Environment<'static>,
+    prelude: String,
+    macro_files: Vec<MacroFileSpan>,
+    sources: BTreeMap<String, SourceText>,
+}
+
+impl fmt::Debug for Renderer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Renderer").field("templates", &self.sources.len()).finish()
+    }
+}
+
+/// The result of rendering one node.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// The rendered SQL.
+    pub sql: String,
+    /// What the render recorded.
+    pub captured: Captured,
+}
+
+impl Renderer {
+    /// Builds the environment with the project's macros. Problems in macro files (syntax
+    /// errors, a macro defined twice) are returned as diagnostics; the other macros stay usable.
+    pub fn new(macros: &[SqlFile], diagnostics: &mut Vec<ProjectDiagnostic>) -> Renderer {
+        let mut env = Environment::new();
+        env.set_fuel(Some(FUEL_PER_RENDER));
+        env.set_recursion_limit(200);
+        if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder().keep_trailing_newline(true).build() {
+            env.set_syntax(syntax);
+        }
+        env.add_function("__strata_enter", enter);
+        env.add_function("ref", ref_function);
+        env.add_function("source", source_function);
+        env.add_function("var", var_function);
+        env.add_function("env_var", env_var_function);
+        env.add_function("is_incremental", is_incremental_function);
+        env.add_function("log", log_function);
+        env.add_global("config", Value::from_object(ConfigObject));
+        env.add_global("exceptions", Value::from_object(ExceptionsObject));
+        env.add_global("execute", Value::from(true));
+        env.add_global("flags", Value::from(Serde(BTreeMap::from([("FULL_REFRESH", false)]))));
+
+        let mut combined = String::new();
+        let mut macro_files = Vec::new();
+        let mut names: BTreeMap<String, (SourceText, usize)> = BTreeMap::new();
+        for file in macros {
+            // Check each file alone first, so one broken file does not hide all macros.
+            if let Err(err) = env.template_from_named_str("__check__", &file.source.text) {
+                diagnostics.push(jinja_diagnostic(&err, &file.source, 0));
+                continue;
+            }
+            for (name, offset) in macro_names(&file.source.text) {
+                if let Some((first, first_offset)) = names.get(&name) {
+                    let (line, _) = first.line_column_of(*first_offset);
+                    diagnostics.push(
+                        ProjectDiagnostic::error("strata::duplicate_macro", format!("macro '{name}' is defined twice"))
+                            .at_range(&file.source, offset, offset + name.len())
+                            .with_hint(format!(
+                                "it is also defined at {}:{line}; rename or remove one",
+                                first.path.display()
+                            )),
+                    );
+                    continue;
+                }
+                names.insert(name, (file.source.clone(), offset));
+            }
+            let start = combined.len();
+            combined.push_str(&file.source.text);
+            macro_files.push(MacroFileSpan { start, end: combined.len(), source: file.source.clone() });
+            combined.push('\n');
+        }
+        let mut prelude = String::from("{{ __strata_enter(__strata_scope) }}");
+        if !names.is_empty() {
+            if let Err(err) = env.add_template_owned(MACROS_TEMPLATE, combined) {
+                // Files parsed alone but not together (e.g. an unclosed raw block); report once.
+                let file = macro_files.first().map(|span| span.source.clone());
+                if let Some(file) = file {
+                    diagnostics.push(jinja_diagnostic(&err, &file, 0));
+                }
+            } else {
+                let list: Vec<&str> = names.keys().map(String::as_str).collect();
+                prelude.push_str(&format!("{{% from \"{MACROS_TEMPLATE}\" import {} %}}", list.join(", ")));
+            }
+        }
+        Renderer { env, prelude, macro_files, sources: BTreeMap::new() }
+    }
+
+    /// Adds a node's template. The template name is the file path.
+    ///
+    /// # Errors
+    /// Returns a diagnostic at the syntax error.
+    pub fn add(&mut self, source: &SourceText) -> Result<(), Box<ProjectDiagnostic>> {
+        let name = source.path.to_string_lossy().into_owned();
+        let text = format!("{}{}", self.prelude, source.text);
+        match self.env.add_template_owned(name.clone(), text) {
+            Ok(()) => {
+                self.sources.insert(name, source.clone());
+                Ok(())
+            }
+            Err(err) => Err(Box::new(self.diagnostic(&err, source))),
+        }
+    }
+
+    /// Renders a template added with [`Renderer::add`] for the node `node`.
+    ///
+    /// # Errors
+    /// Returns a diagnostic at the failing expression (in the node or in a macro).
+    pub fn render(
+        &self,
+        source: &SourceText,
+        node: &str,
+        inputs: &Arc<RenderInputs>,
+        is_incremental: bool,
+        this: Option<&Relation>,
+    ) -> Result<Rendered, Box<ProjectDiagnostic>> {
+        let name = source.path.to_string_lossy();
+        let template = self.env.get_template(&name).map_err(|err| Box::new(self.diagnostic(&err, source)))?;
+        let scope = Arc::new(RenderScope {
+            inputs: inputs.clone(),
+            node: node.to_string(),
+            is_incremental,
+            captured: Mutex::new(Captured::default()),
+        });
+        let target = BTreeMap::from([
+            ("name", inputs.target_name.clone()),
+            ("schema", inputs.target_schema.clone()),
+            ("type", String::from("strata")),
+            ("database", String::from("strata")),
+        ]);
+        let context = minijinja::context! {
+            __strata_scope => Value::from_dyn_object(scope.clone()),
+            this => this.map(|relation| Value::from_object(relation.clone())),
+            target => target,
+            model => BTreeMap::from([("name", node.to_string())]),
+        };
+        let sql = template.render(context).map_err(|err| Box::new(self.diagnostic(&err, source)))?;
+        let captured = scope.captured.lock().unwrap_or_else(|poison| poison.into_inner()).clone();
+        Ok(Rendered { sql, captured })
+    }
+
+    /// Renders a short Jinja string from a property or project file (a location, a schema),
+    /// with `var()`, `env_var()` and `target` available.
+    ///
+    /// # Errors
+    /// Returns the rendering error's message.
+    pub fn render_string(&self, text: &str, inputs: &Arc<RenderInputs>) -> Result<String, String> {
+        if !text.contains("{{") && !text.contains("{%") {
+            return Ok(text.to_string());
+        }
+        let scope = Arc::new(RenderScope {
+            inputs: inputs.clone(),
+            node: String::new(),
+            is_incremental: false,
+            captured: Mutex::new(Captured::default()),
+        });
+        let template = format!("{{{{ __strata_enter(__strata_scope) }}}}{text}");
+        self.env
+            .render_str(&template, minijinja::context! { __strata_scope => Value::from_dyn_object(scope) })
+            .map_err(|err| err.detail().unwrap_or("invalid template").to_string())
+    }
+
+    fn diagnostic(&self, err: &Error, node_source: &SourceText) -> ProjectDiagnostic {
+        if err.name() == Some(MACROS_TEMPLATE) {
+            if let Some(range) = err.range() {
+                if let Some(file) = self.macro_files.iter().find(|file| range.start >= file.start && range.start <= file.end) {
+                    return jinja_diagnostic_at(err, &file.source, range.start - file.start, range.end - file.start);
+                }
+            }
+        }
+        jinja_diagnostic(err, node_source, self.prelude.len())
+    }
+}
+
+/// Converts a minijinja error into a diagnostic on `source`, whose template text started with
+/// `prelude_len` bytes of Strata's own prelude.
+fn jinja_diagnostic(err: &Error, source: &SourceText, prelude_len: usize) -> ProjectDiagnostic {
+    match (err.range(), err.line()) {
+        (Some(range), _) => jinja_diagnostic_at(
+            err,
+            source,
+            range.start.saturating_sub(prelude_len),
+            range.end.saturating_sub(prelude_len),
+        ),
+        (None, Some(line)) => {
+            base_diagnostic(err).at(source, u32::try_from(line).unwrap_or(u32::MAX), 1)
+        }
+        (None, None) => base_diagnostic(err).in_file(&source.path),
+    }
+}
+
+fn jinja_diagnostic_at(err: &Error, source: &SourceText, start: usize, end: usize) -> ProjectDiagnostic {
+    base_diagnostic(err).at_range(source, start, end)
+}
+
+fn base_diagnostic(err: &Error) -> ProjectDiagnostic {
+    let detail = err.detail().unwrap_or_default().to_string();
+    let (code, message, hint) = match err.kind() {
+        ErrorKind::SyntaxError => (
+            "strata::jinja_syntax",
+            format!("jinja syntax error: {detail}"),
+            Some("check that every {{, {% and {# is closed and every block has its end tag"),
+        ),
+        ErrorKind::UnknownFunction => (
+            "strata::jinja_unknown_function",
+            format!("unknown function: {detail}"),
+            Some("define it as a macro under macros/, or check the spelling"),
+        ),
+        ErrorKind::UnknownTest | ErrorKind::UnknownFilter | ErrorKind::UnknownMethod => {
+            ("strata::jinja", format!("{detail}"), None)
+        }
+        ErrorKind::OutOfFuel => (
+            "strata::jinja_fuel",
+            String::from("template rendering ran too long"),
+            Some("look for a loop over a very large range"),
+        ),
+        _ if detail.starts_with("unknown model") || detail.starts_with("unknown source") || detail.starts_with("source '") => {
+            ("strata::unknown_ref", detail.clone(), None)
+        }
+        _ if detail.is_empty() => ("strata::jinja", err.kind().to_string(), None),
+        _ => ("strata::jinja", detail.clone(), None),
+    };
+    let diagnostic = ProjectDiagnostic::error(code, message);
+    match hint {
+        Some(hint) => diagnostic.with_hint(hint),
+        None => diagnostic,
+    }
+}
+
+/// Finds `{% macro name(` definitions in a macro file, with the byte offset of each name.
+pub fn macro_names(text: &str) -> Vec<(String, usize)> {
+    let mut names = Vec::new();
+    let mut rest = 0usize;
+    while let Some(found) = text[rest..].find("{%") {
+        let mut at = rest + found + 2;
+        let bytes = text.as_bytes();
+        if bytes.get(at) == Some(&b'-') || bytes.get(at) == Some(&b'+') {
+            at += 1;
+        }
+        while bytes.get(at).is_some_and(u8::is_ascii_whitespace) {
+            at += 1;
+        }
+        if text[at..].starts_with("macro") && bytes.get(at + 5).is_some_and(u8::is_ascii_whitespace) {
+            let mut start = at + 5;
+            while bytes.get(start).is_some_and(u8::is_ascii_whitespace) {
+                start += 1;
+            }
+            let end = start
+                + text[start..].bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
+            if end > start {
+                names.push((text[start..end].to_string(), start));
+            }
+        }
+        rest = at;
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn macro_file(path: &str, text: &str) -> SqlFile {
+        SqlFile { name: String::from("m"), folders: Vec::new(), source: SourceText::new(path, text) }
+    }
+
+    fn inputs() -> Arc<RenderInputs> {
+        Arc::new(RenderInputs {
+            project_name: String::from("shop"),
+            project_vars: serde_json::json!({"days": 3}).as_object().unwrap().clone(),
+            cli_vars: serde_json::json!({"region": "eu"}).as_object().unwrap().clone(),
+            env: BTreeMap::from([(String::from("HOME_DIR"), String::from("/h"))]),
+            target_name: String::from("dev"),
+            target_schema: String::from("main"),
+            relations: BTreeMap::from([
+                (String::from("orders"), Relation::new("silver", "orders")),
+                (String::from("Customers"), Relation::new("gold", "Customers")),
+            ]),
+            sources: BTreeMap::from([(
+                (String::from("raw"), String::from("events")),
+                Relation::new("raw", "events"),
+            )]),
+            ..RenderInputs::default()
+        })
+    }
+
+    fn render(macros: &[SqlFile], text: &str) -> Result<Rendered, Box<ProjectDiagnostic>> {
+        let mut errors = Vec::new();
+        let mut renderer = Renderer::new(macros, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let source = SourceText::new(PathBuf::from("models/m.sql"), text);
+        renderer.add(&source)?;
+        renderer.render(&source, "m", &inputs(), false, Some(&Relation::new("gold", "m")))
+    }
+
+    #[test]
+    fn dbt_functions_render_and_are_recorded() {
+        let rendered = render(
+            &[],
+            "{{ config(materialized='table', tags=['a']) }}select * from {{ ref('orders') }} join {{ source('raw', 'events') }} \
+             where d > {{ var('days') }} and r = '{{ var('region') }}' and x = {{ var('missing', 7) }} -- {{ env_var('HOME_DIR') }} {{ this }} {{ is_incremental() }} {{ ref('Customers') }}",
+        )
+        .unwrap();
+        assert_eq!(
+            rendered.sql,
+            "select * from silver.orders join raw.events where d > 3 and r = 'eu' and x = 7 -- /h gold.m False gold.\"Customers\""
+        );
+        assert_eq!(
+            rendered.captured.dependencies,
+            vec![
+                Dependency::Ref(String::from("orders")),
+                Dependency::Source(String::from("raw"), String::from("events")),
+                Dependency::Ref(String::from("Customers")),
+            ]
+        );
+        assert_eq!(rendered.captured.config.materialized, Some(crate::config::Materialization::Table));
+    }
+
+    #[test]
+    fn macros_call_each_other_and_see_the_node() {
+        let macros = [
+            macro_file("macros/a.sql", "{% macro cents(col) %}({{ col }} / 100.0){% endmacro %}"),
+            macro_file("macros/b.sql", "{% macro orders_total() %}sum({{ cents('amount') }}) from {{ ref('orders') }}{% endmacro %}"),
+        ];
+        let rendered = render(&macros, "select {{ orders_total() }}").unwrap();
+        assert_eq!(rendered.sql, "select sum((amount / 100.0)) from silver.orders");
+        assert_eq!(rendered.captured.dependencies, vec![Dependency::Ref(String::from("orders"))]);
+    }
+
+    #[test]
+    fn an_unknown_ref_suggests_the_closest_name() {
+        let err = render(&[], "select 1\nfrom {{ ref('ordres') }}").unwrap_err();
+        assert_eq!(err.message, "unknown model or seed 'ordres' (did you mean 'orders'?)");
+        assert_eq!((err.line, err.column), (Some(2), Some(9)));
+    }
+
+    #[test]
+    fn errors_in_macros_point_into_the_macro_file() {
+        let macros = [
+            macro_file("macros/a.sql", "{% macro ok() %}1{% endmacro %}"),
+            macro_file("macros/b.sql", "\n{% macro bad() %}{{ ref('nope') }}{% endmacro %}"),
+        ];
+        let err = render(&macros, "select {{ bad() }}").unwrap_err();
+        assert_eq!(err.file.as_deref(), Some(std::path::Path::new("macros/b.sql")));
+        assert_eq!(err.line, Some(2));
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let err = render(&[], "select 1\n{% if x %}\n").unwrap_err();
+        assert_eq!(err.code, "strata::jinja_syntax");
+        assert!(err.message.contains("unexpected end of input"), "{}", err.message);
+    }
+
+    #[test]
+    fn missing_vars_explain_how_to_set_them() {
+        let err = render(&[], "{{ var('nope') }}").unwrap_err();
+        assert!(err.message.contains("--vars"), "{}", err.message);
+    }
+
+    #[test]
+    fn config_get_sees_earlier_settings() {
+        let rendered = render(&[], "{{ config(unique_key='id') }}{{ config.get('unique_key') | join(',') }} {{ config.get('nothing', 'd') }}").unwrap();
+        assert_eq!(rendered.sql, "id d");
+    }
+
+    #[test]
+    fn macro_names_are_found() {
+        let names = macro_names("{%- macro a(x) %}{% endmacro %}\n{% macro  b_2() -%}{%- endmacro %}");
+        let names: Vec<&str> = names.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, vec!["a", "b_2"]);
+    }
+}
