@@ -515,6 +515,15 @@ impl Renderer {
         if !text.contains("{{") && !text.contains("{%") {
             return Ok(text.to_string());
         }
+        self.render_expression(text, inputs).map(|rendered| rendered.sql)
+    }
+
+    /// Renders a short template outside any node (a test argument such as `{{ ref('x') }}`),
+    /// recording the references it makes.
+    ///
+    /// # Errors
+    /// Returns the rendering error's message.
+    pub fn render_expression(&self, text: &str, inputs: &Arc<RenderInputs>) -> Result<Rendered, String> {
         let scope = Arc::new(RenderScope {
             inputs: inputs.clone(),
             node: String::new(),
@@ -522,9 +531,12 @@ impl Renderer {
             captured: Mutex::new(Captured::default()),
         });
         let template = format!("{{{{ __strata_enter(__strata_scope) }}}}{text}");
-        self.env
-            .render_str(&template, minijinja::context! { __strata_scope => Value::from_dyn_object(scope) })
-            .map_err(|err| err.detail().unwrap_or("invalid template").to_string())
+        let sql = self
+            .env
+            .render_str(&template, minijinja::context! { __strata_scope => Value::from_dyn_object(scope.clone()) })
+            .map_err(|err| err.detail().unwrap_or("invalid template").to_string())?;
+        let captured = scope.captured.lock().unwrap_or_else(|poison| poison.into_inner()).clone();
+        Ok(Rendered { sql, captured })
     }
 
     fn diagnostic(&self, err: &Error, node_source: &SourceText) -> ProjectDiagnostic {

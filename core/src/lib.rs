@@ -1,7 +1,12 @@
 //! Strata core.
+pub mod compiler;
 pub mod config;
+pub mod dag;
+pub mod data_tests;
 pub mod diagnostics;
 pub mod jinja;
+pub mod manifest;
 pub mod project;
 pub mod properties;
+pub mod selection;
 pub mod yaml;
