@@ -1,0 +1,162 @@
+//! The Strata command line as a library, so that tests can run any command in-process.
+//!
+//! `strata compile`, `strata ls` and `strata dag` work on a dbt-style project;
+//! `strata generate-sample-data` writes raw input for `examples/medallion`.
+
+#![warn(missing_docs)]
+
+mod project_commands;
+pub mod sample_data;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Strata: medallion data pipelines from dbt-style projects.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Renders every model and test and writes compiled SQL and target/manifest.json.
+    Compile(CompileArgs),
+    /// Lists the project's nodes (models, seeds, tests, sources).
+    Ls(LsArgs),
+    /// Prints the dependency graph as Mermaid or Graphviz dot.
+    Dag(DagArgs),
+    /// Writes deterministic, deliberately messy raw data for examples/medallion.
+    GenerateSampleData(sample_data::SampleDataArgs),
+}
+
+/// Options shared by every command that reads a project.
+#[derive(Debug, Clone, Args)]
+pub struct ProjectArgs {
+    /// The project folder (holding dbt_project.yml or strata_project.yml).
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    pub project_dir: PathBuf,
+    /// Variables as YAML or JSON, such as '{days: 7}'; they override the project's vars.
+    #[arg(long, value_name = "YAML")]
+    pub vars: Option<String>,
+    /// Target name seen as `target.name` in Jinja.
+    #[arg(long, default_value = "dev")]
+    pub target: String,
+}
+
+/// Node selection, as in dbt.
+#[derive(Debug, Clone, Args)]
+pub struct SelectionArgs {
+    /// Nodes to include: names, +name, name+, @name, tag:x, path:x, layer:x,
+    /// config.materialized:x; space = union, comma = intersection.
+    #[arg(long, short = 's', num_args = 1.., value_name = "SELECTOR")]
+    pub select: Vec<String>,
+    /// Nodes to leave out, with the same syntax.
+    #[arg(long, num_args = 1.., value_name = "SELECTOR")]
+    pub exclude: Vec<String>,
+}
+
+/// `strata compile`.
+#[derive(Debug, Args)]
+pub struct CompileArgs {
+    #[command(flatten)]
+    project: ProjectArgs,
+    #[command(flatten)]
+    selection: SelectionArgs,
+    /// Folder for compiled SQL and the manifest, relative to the project folder.
+    #[arg(long, default_value = "target", value_name = "DIR")]
+    target_path: PathBuf,
+}
+
+/// Output formats of listing commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// One line per node, for people.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// The file of each node.
+    Path,
+}
+
+/// `strata ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    project: ProjectArgs,
+    #[command(flatten)]
+    selection: SelectionArgs,
+    /// Only nodes of these kinds.
+    #[arg(long, value_enum, num_args = 1..)]
+    resource_type: Vec<ResourceTypeArg>,
+    /// How to print each node.
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    output: OutputFormat,
+}
+
+/// Resource types accepted by `--resource-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResourceTypeArg {
+    /// Models.
+    Model,
+    /// Seeds.
+    Seed,
+    /// Tests.
+    Test,
+    /// Sources.
+    Source,
+}
+
+/// Graph formats of `strata dag`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DagFormat {
+    /// A Mermaid flowchart (renders on GitHub and in many wikis).
+    Mermaid,
+    /// Graphviz dot.
+    Dot,
+}
+
+/// `strata dag`.
+#[derive(Debug, Args)]
+pub struct DagArgs {
+    #[command(flatten)]
+    project: ProjectArgs,
+    #[command(flatten)]
+    selection: SelectionArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "mermaid")]
+    format: DagFormat,
+    /// Include tests in the graph.
+    #[arg(long)]
+    tests: bool,
+}
+
+/// Runs a command with the given environment (passed in so tests can control it).
+///
+/// # Errors
+/// Returns an error for failures outside the project (such as an unwritable target folder);
+/// project problems are printed as diagnostics and give a failing exit code.
+pub fn execute(cli: Cli, env: &BTreeMap<String, String>) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr().lock();
+    let color = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !env.contains_key("NO_COLOR");
+    let mut out = project_commands::Output { stdout: &mut stdout, stderr: &mut stderr, color };
+    match cli.command {
+        Command::Compile(args) => project_commands::compile(&args, env, &mut out),
+        Command::Ls(args) => project_commands::ls(&args, env, &mut out),
+        Command::Dag(args) => project_commands::dag(&args, env, &mut out),
+        Command::GenerateSampleData(args) => {
+            let summary = sample_data::generate(&args)?;
+            writeln!(out.stdout, "{summary}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub use project_commands::{CommandOutcome, run_compile};
