@@ -145,8 +145,13 @@ pub struct DagArgs {
 pub fn execute(cli: Cli, env: &BTreeMap<String, String>) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr().lock();
-    let color = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !env.contains_key("NO_COLOR");
-    let mut out = project_commands::Output { stdout: &mut stdout, stderr: &mut stderr, color };
+    let color =
+        std::io::IsTerminal::is_terminal(&std::io::stderr()) && !env.contains_key("NO_COLOR");
+    let mut out = project_commands::Output {
+        stdout: &mut stdout,
+        stderr: &mut stderr,
+        color,
+    };
     match cli.command {
         Command::Compile(args) => project_commands::compile(&args, env, &mut out),
         Command::Ls(args) => project_commands::ls(&args, env, &mut out),

@@ -14,7 +14,10 @@ use strata_core::project::Project;
 use strata_core::selection;
 use strata_core::yaml::Yaml;
 
-use crate::{CompileArgs, DagArgs, DagFormat, LsArgs, OutputFormat, ProjectArgs, ResourceTypeArg, SelectionArgs};
+use crate::{
+    CompileArgs, DagArgs, DagFormat, LsArgs, OutputFormat, ProjectArgs, ResourceTypeArg,
+    SelectionArgs,
+};
 
 /// Where a command writes.
 pub(crate) struct Output<'a> {
@@ -48,21 +51,38 @@ pub fn run_compile(
     let cli_vars = match vars.map(parse_vars).transpose() {
         Ok(vars) => vars.unwrap_or_default(),
         Err(diagnostic) => {
-            diagnostics.push(diagnostic);
-            return CommandOutcome { manifest: None, selected: BTreeSet::new(), diagnostics };
+            diagnostics.push(*diagnostic);
+            return CommandOutcome {
+                manifest: None,
+                selected: BTreeSet::new(),
+                diagnostics,
+            };
         }
     };
     let loaded = Project::load(project_dir);
     diagnostics.extend(loaded.diagnostics);
     let Some(project) = loaded.project else {
-        return CommandOutcome { manifest: None, selected: BTreeSet::new(), diagnostics };
+        return CommandOutcome {
+            manifest: None,
+            selected: BTreeSet::new(),
+            diagnostics,
+        };
     };
-    let options = CompileOptions { cli_vars, env: env.clone(), target_name: target.to_string(), ..CompileOptions::default() };
+    let options = CompileOptions {
+        cli_vars,
+        env: env.clone(),
+        target_name: target.to_string(),
+        ..CompileOptions::default()
+    };
     let compilation = compiler::compile(&project, &options);
     diagnostics.extend(compilation.diagnostics);
     diagnostics.sort();
     let Some(manifest) = compilation.manifest.filter(|_| !diagnostics.has_errors()) else {
-        return CommandOutcome { manifest: None, selected: BTreeSet::new(), diagnostics };
+        return CommandOutcome {
+            manifest: None,
+            selected: BTreeSet::new(),
+            diagnostics,
+        };
     };
     match selection::select(&manifest, select, exclude) {
         Ok(chosen) => {
@@ -72,30 +92,56 @@ pub fn run_compile(
                     format!("the selector '{unmatched}' matched no node"),
                 ));
             }
-            CommandOutcome { manifest: Some(manifest), selected: chosen.nodes, diagnostics }
+            CommandOutcome {
+                manifest: Some(manifest),
+                selected: chosen.nodes,
+                diagnostics,
+            }
         }
         Err(err) => {
             diagnostics.push(ProjectDiagnostic::error("strata::selection", err.to_string()).with_hint(
                 "selectors look like: name, +name, name+, tag:daily, path:models/gold, layer:silver, config.materialized:table",
             ));
-            CommandOutcome { manifest: None, selected: BTreeSet::new(), diagnostics }
+            CommandOutcome {
+                manifest: None,
+                selected: BTreeSet::new(),
+                diagnostics,
+            }
         }
     }
 }
 
-fn parse_vars(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, ProjectDiagnostic> {
+fn parse_vars(
+    text: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, Box<ProjectDiagnostic>> {
     let source = strata_core::diagnostics::SourceText::new("--vars", text);
-    let yaml = Yaml::parse(&source).map_err(|diagnostic| *diagnostic)?;
+    let yaml = Yaml::parse(&source)?;
     match yaml.to_json() {
         serde_json::Value::Object(vars) => Ok(vars),
         serde_json::Value::Null => Ok(serde_json::Map::new()),
-        _ => Err(ProjectDiagnostic::error("strata::vars", format!("--vars must be a mapping, found {}", yaml.kind()))
-            .with_hint("write --vars '{name: value}'")),
+        _ => Err(Box::new(
+            ProjectDiagnostic::error(
+                "strata::vars",
+                format!("--vars must be a mapping, found {}", yaml.kind()),
+            )
+            .with_hint("write --vars '{name: value}'"),
+        )),
     }
 }
 
-fn outcome_for(project: &ProjectArgs, selection: &SelectionArgs, env: &BTreeMap<String, String>) -> CommandOutcome {
-    run_compile(&project.project_dir, project.vars.as_deref(), &project.target, &selection.select, &selection.exclude, env)
+fn outcome_for(
+    project: &ProjectArgs,
+    selection: &SelectionArgs,
+    env: &BTreeMap<String, String>,
+) -> CommandOutcome {
+    run_compile(
+        &project.project_dir,
+        project.vars.as_deref(),
+        &project.target,
+        &selection.select,
+        &selection.exclude,
+        env,
+    )
 }
 
 /// Prints diagnostics; returns false when one of them is an error.
@@ -105,34 +151,51 @@ fn report(diagnostics: &Diagnostics, out: &mut Output) -> anyhow::Result<bool> {
     }
     if diagnostics.has_errors() {
         let count = diagnostics.error_count();
-        writeln!(out.stderr, "{count} error{} found; nothing was written", if count == 1 { "" } else { "s" })?;
+        writeln!(
+            out.stderr,
+            "{count} error{} found; nothing was written",
+            if count == 1 { "" } else { "s" }
+        )?;
         return Ok(false);
     }
     Ok(true)
 }
 
-pub(crate) fn compile(args: &CompileArgs, env: &BTreeMap<String, String>, out: &mut Output) -> anyhow::Result<ExitCode> {
+pub(crate) fn compile(
+    args: &CompileArgs,
+    env: &BTreeMap<String, String>,
+    out: &mut Output,
+) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let outcome = outcome_for(&args.project, &args.selection, env);
     if !report(&outcome.diagnostics, out)? {
         return Ok(ExitCode::FAILURE);
     }
-    let Some(manifest) = outcome.manifest else { return Ok(ExitCode::FAILURE) };
+    let Some(manifest) = outcome.manifest else {
+        return Ok(ExitCode::FAILURE);
+    };
     let target = args.project.project_dir.join(&args.target_path);
     let mut written = 0usize;
     for id in &outcome.selected {
-        let Some(node) = manifest.nodes.get(id) else { continue };
-        let (Some(path), Some(sql)) = (&node.compiled_path, &node.compiled_code) else { continue };
+        let Some(node) = manifest.nodes.get(id) else {
+            continue;
+        };
+        let (Some(path), Some(sql)) = (&node.compiled_path, &node.compiled_code) else {
+            continue;
+        };
         let file = target.join(path);
         if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         std::fs::write(&file, sql).with_context(|| format!("cannot write {}", file.display()))?;
         written += 1;
     }
-    std::fs::create_dir_all(&target).with_context(|| format!("cannot create {}", target.display()))?;
+    std::fs::create_dir_all(&target)
+        .with_context(|| format!("cannot create {}", target.display()))?;
     let manifest_path = target.join("manifest.json");
-    std::fs::write(&manifest_path, manifest.to_json()).with_context(|| format!("cannot write {}", manifest_path.display()))?;
+    std::fs::write(&manifest_path, manifest.to_json())
+        .with_context(|| format!("cannot write {}", manifest_path.display()))?;
     let counts = count_by_type(&manifest, &outcome.selected);
     writeln!(
         out.stdout,
@@ -164,12 +227,18 @@ fn count_by_type(manifest: &Manifest, selected: &BTreeSet<String>) -> String {
     .join(", ")
 }
 
-pub(crate) fn ls(args: &LsArgs, env: &BTreeMap<String, String>, out: &mut Output) -> anyhow::Result<ExitCode> {
+pub(crate) fn ls(
+    args: &LsArgs,
+    env: &BTreeMap<String, String>,
+    out: &mut Output,
+) -> anyhow::Result<ExitCode> {
     let outcome = outcome_for(&args.project, &args.selection, env);
     if !report(&outcome.diagnostics, out)? {
         return Ok(ExitCode::FAILURE);
     }
-    let Some(manifest) = outcome.manifest else { return Ok(ExitCode::FAILURE) };
+    let Some(manifest) = outcome.manifest else {
+        return Ok(ExitCode::FAILURE);
+    };
     let wanted: BTreeSet<ResourceType> = args
         .resource_type
         .iter()
@@ -180,8 +249,15 @@ pub(crate) fn ls(args: &LsArgs, env: &BTreeMap<String, String>, out: &mut Output
             ResourceTypeArg::Source => ResourceType::Source,
         })
         .collect();
-    for node in manifest.dag().topological_order().iter().filter_map(|id| manifest.nodes.get(id)) {
-        if !outcome.selected.contains(&node.unique_id) || (!wanted.is_empty() && !wanted.contains(&node.resource_type)) {
+    for node in manifest
+        .dag()
+        .topological_order()
+        .iter()
+        .filter_map(|id| manifest.nodes.get(id))
+    {
+        if !outcome.selected.contains(&node.unique_id)
+            || (!wanted.is_empty() && !wanted.contains(&node.resource_type))
+        {
             continue;
         }
         match args.output {
@@ -197,10 +273,23 @@ pub(crate) fn ls(args: &LsArgs, env: &BTreeMap<String, String>, out: &mut Output
                         node.relation_name.clone().unwrap_or_default()
                     ),
                     ResourceType::Seed => node.relation_name.clone().unwrap_or_default(),
-                    ResourceType::Test => format!("severity {}", serde_json::to_value(node.config.severity)?.as_str().unwrap_or("error")),
-                    ResourceType::Source => node.source.as_ref().and_then(|s| s.location.clone()).unwrap_or_else(|| String::from("(no location)")),
+                    ResourceType::Test => format!(
+                        "severity {}",
+                        serde_json::to_value(node.config.severity)?
+                            .as_str()
+                            .unwrap_or("error")
+                    ),
+                    ResourceType::Source => node
+                        .source
+                        .as_ref()
+                        .and_then(|s| s.location.clone())
+                        .unwrap_or_else(|| String::from("(no location)")),
                 };
-                writeln!(out.stdout, "{:<7} {name:<40} {detail}", node.resource_type.as_str())?;
+                writeln!(
+                    out.stdout,
+                    "{:<7} {name:<40} {detail}",
+                    node.resource_type.as_str()
+                )?;
             }
             OutputFormat::Json => {
                 let line = serde_json::json!({
@@ -222,16 +311,27 @@ pub(crate) fn ls(args: &LsArgs, env: &BTreeMap<String, String>, out: &mut Output
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn dag(args: &DagArgs, env: &BTreeMap<String, String>, out: &mut Output) -> anyhow::Result<ExitCode> {
+pub(crate) fn dag(
+    args: &DagArgs,
+    env: &BTreeMap<String, String>,
+    out: &mut Output,
+) -> anyhow::Result<ExitCode> {
     let outcome = outcome_for(&args.project, &args.selection, env);
     if !report(&outcome.diagnostics, out)? {
         return Ok(ExitCode::FAILURE);
     }
-    let Some(manifest) = outcome.manifest else { return Ok(ExitCode::FAILURE) };
+    let Some(manifest) = outcome.manifest else {
+        return Ok(ExitCode::FAILURE);
+    };
     let shown: BTreeSet<&str> = outcome
         .selected
         .iter()
-        .filter(|id| manifest.nodes.get(*id).is_some_and(|node| args.tests || node.resource_type != ResourceType::Test))
+        .filter(|id| {
+            manifest
+                .nodes
+                .get(*id)
+                .is_some_and(|node| args.tests || node.resource_type != ResourceType::Test)
+        })
         .map(String::as_str)
         .collect();
     write!(out.stdout, "{}", render_dag(&manifest, &shown, args.format))?;
@@ -241,7 +341,11 @@ pub(crate) fn dag(args: &DagArgs, env: &BTreeMap<String, String>, out: &mut Outp
 /// Renders the graph of `shown` nodes; node ids become `n0`, `n1`, … to stay valid in both
 /// formats whatever the node names are.
 pub(crate) fn render_dag(manifest: &Manifest, shown: &BTreeSet<&str>, format: DagFormat) -> String {
-    let ids: BTreeMap<&str, String> = shown.iter().enumerate().map(|(index, id)| (*id, format!("n{index}"))).collect();
+    let ids: BTreeMap<&str, String> = shown
+        .iter()
+        .enumerate()
+        .map(|(index, id)| (*id, format!("n{index}")))
+        .collect();
     let mut text = String::new();
     let label = |id: &str| -> String {
         manifest.nodes.get(id).map_or_else(
@@ -256,7 +360,10 @@ pub(crate) fn render_dag(manifest: &Manifest, shown: &BTreeSet<&str>, format: Da
         DagFormat::Mermaid => {
             text.push_str("flowchart LR\n");
             for (id, short) in &ids {
-                let kind = manifest.nodes.get(*id).map_or("model", |node| node.resource_type.as_str());
+                let kind = manifest
+                    .nodes
+                    .get(*id)
+                    .map_or("model", |node| node.resource_type.as_str());
                 let name = label(id).replace('"', "'");
                 let shape = match kind {
                     "source" => format!("{short}[(\"{name}\")]"),
@@ -267,7 +374,12 @@ pub(crate) fn render_dag(manifest: &Manifest, shown: &BTreeSet<&str>, format: Da
                 text.push_str(&format!("    {shape}\n"));
             }
             for (id, short) in &ids {
-                for parent in manifest.nodes.get(*id).map(|node| node.depends_on.as_slice()).unwrap_or_default() {
+                for parent in manifest
+                    .nodes
+                    .get(*id)
+                    .map(|node| node.depends_on.as_slice())
+                    .unwrap_or_default()
+                {
                     if let Some(parent_short) = ids.get(parent.as_str()) {
                         text.push_str(&format!("    {parent_short} --> {short}\n"));
                     }
@@ -277,17 +389,28 @@ pub(crate) fn render_dag(manifest: &Manifest, shown: &BTreeSet<&str>, format: Da
         DagFormat::Dot => {
             text.push_str("digraph strata {\n    rankdir=LR;\n    node [shape=box];\n");
             for (id, short) in &ids {
-                let kind = manifest.nodes.get(*id).map_or("model", |node| node.resource_type.as_str());
+                let kind = manifest
+                    .nodes
+                    .get(*id)
+                    .map_or("model", |node| node.resource_type.as_str());
                 let shape = match kind {
                     "source" => "cylinder",
                     "seed" => "parallelogram",
                     "test" => "hexagon",
                     _ => "box",
                 };
-                text.push_str(&format!("    {short} [label=\"{}\", shape={shape}];\n", label(id).replace('"', "\\\"")));
+                text.push_str(&format!(
+                    "    {short} [label=\"{}\", shape={shape}];\n",
+                    label(id).replace('"', "\\\"")
+                ));
             }
             for (id, short) in &ids {
-                for parent in manifest.nodes.get(*id).map(|node| node.depends_on.as_slice()).unwrap_or_default() {
+                for parent in manifest
+                    .nodes
+                    .get(*id)
+                    .map(|node| node.depends_on.as_slice())
+                    .unwrap_or_default()
+                {
                     if let Some(parent_short) = ids.get(parent.as_str()) {
                         text.push_str(&format!("    {parent_short} -> {short};\n"));
                     }

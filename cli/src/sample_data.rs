@@ -124,8 +124,14 @@ impl Random {
     }
 }
 
-const EVENT_TYPES: [(&str, u64); 6] =
-    [("page_view", 50), ("click", 25), ("add_to_cart", 10), ("purchase", 6), ("signup", 5), ("logout", 4)];
+const EVENT_TYPES: [(&str, u64); 6] = [
+    ("page_view", 50),
+    ("click", 25),
+    ("add_to_cart", 10),
+    ("purchase", 6),
+    ("signup", 5),
+    ("logout", 4),
+];
 const DEVICES: [&str; 5] = ["Mobile", " desktop", "TABLET", "mobile ", "Desktop"];
 const PLANS: [&str; 5] = ["free", "Pro", " enterprise", "FREE", "pro"];
 const COUNTRIES: [&str; 6] = ["de", "FR", " us", "GB", "nl ", "Es"];
@@ -150,7 +156,10 @@ fn messy_event_type(random: &mut Random) -> Option<String> {
         0 => name.to_ascii_uppercase(),
         1 => {
             let mut chars = name.chars();
-            chars.next().map(|first| first.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
+            chars
+                .next()
+                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
         }
         _ => name.to_string(),
     };
@@ -200,22 +209,44 @@ fn new_event(sequence: u64, users: u64, random: &mut Random) -> EventRow {
         match random.below(100) {
             0 => Some(String::from("n/a")),
             1 => None,
-            _ => Some(format!("{}.{:02}", 1 + random.below(500), random.below(100))),
+            _ => Some(format!(
+                "{}.{:02}",
+                1 + random.below(500),
+                random.below(100)
+            )),
         }
     } else if random.per_mille(20) {
         Some(String::new())
     } else {
         None
     };
-    let device = if random.per_mille(30) { None } else { Some(DEVICES[random.below(DEVICES.len() as u64) as usize].to_string()) };
-    EventRow { event_id, user_id, event_type, event_timestamp, amount, device }
+    let device = if random.per_mille(30) {
+        None
+    } else {
+        Some(DEVICES[random.below(DEVICES.len() as u64) as usize].to_string())
+    };
+    EventRow {
+        event_id,
+        user_id,
+        event_type,
+        event_timestamp,
+        amount,
+        device,
+    }
 }
 
 fn events_schema() -> Arc<Schema> {
     Arc::new(Schema::new(
-        ["event_id", "user_id", "event_type", "event_timestamp", "amount", "device"]
-            .map(|name| Field::new(name, DataType::Utf8, true))
-            .to_vec(),
+        [
+            "event_id",
+            "user_id",
+            "event_type",
+            "event_timestamp",
+            "amount",
+            "device",
+        ]
+        .map(|name| Field::new(name, DataType::Utf8, true))
+        .to_vec(),
     ))
 }
 
@@ -225,11 +256,15 @@ fn events_schema() -> Arc<Schema> {
 /// Returns an error when a file cannot be written or an argument is out of range.
 pub fn generate(args: &SampleDataArgs) -> Result<SampleDataSummary, SampleDataError> {
     if args.batches == 0 {
-        return Err(SampleDataError::InvalidArgument(String::from("--batches must be at least 1")));
+        return Err(SampleDataError::InvalidArgument(String::from(
+            "--batches must be at least 1",
+        )));
     }
     let users = args.users.unwrap_or((args.events / 50).max(100));
     if users == 0 {
-        return Err(SampleDataError::InvalidArgument(String::from("--users must be at least 1")));
+        return Err(SampleDataError::InvalidArgument(String::from(
+            "--users must be at least 1",
+        )));
     }
     let events_dir = args.out.join("events");
     create_dir(&events_dir)?;
@@ -237,7 +272,10 @@ pub fn generate(args: &SampleDataArgs) -> Result<SampleDataSummary, SampleDataEr
     if let Ok(entries) = std::fs::read_dir(&events_dir) {
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with("batch_") {
-                std::fs::remove_file(entry.path()).map_err(|source| SampleDataError::Io { path: entry.path(), source })?;
+                std::fs::remove_file(entry.path()).map_err(|source| SampleDataError::Io {
+                    path: entry.path(),
+                    source,
+                })?;
             }
         }
     }
@@ -253,23 +291,42 @@ pub fn generate(args: &SampleDataArgs) -> Result<SampleDataSummary, SampleDataEr
         let rows = per_batch.min(args.events - written);
         let path = events_dir.join(format!("batch_{:04}.parquet", batch + 1));
         let mut builders: Vec<StringBuilder> = (0..6).map(|_| StringBuilder::new()).collect();
-        let file = File::create(&path).map_err(|source| SampleDataError::Io { path: path.clone(), source })?;
+        let file = File::create(&path).map_err(|source| SampleDataError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_max_row_group_row_count(Some(1 << 20))
             .build();
-        let parquet_error = |source| SampleDataError::Parquet { path: path.clone(), source };
-        let mut writer = ArrowWriter::try_new(file, events_schema(), Some(properties)).map_err(parquet_error)?;
-        let flush = |builders: &mut Vec<StringBuilder>, writer: &mut ArrowWriter<File>| -> Result<(), SampleDataError> {
-            let columns: Vec<ArrayRef> = builders.iter_mut().map(|builder| Arc::new(builder.finish()) as ArrayRef).collect();
+        let parquet_error = |source| SampleDataError::Parquet {
+            path: path.clone(),
+            source,
+        };
+        let mut writer =
+            ArrowWriter::try_new(file, events_schema(), Some(properties)).map_err(parquet_error)?;
+        let flush = |builders: &mut Vec<StringBuilder>,
+                     writer: &mut ArrowWriter<File>|
+         -> Result<(), SampleDataError> {
+            let columns: Vec<ArrayRef> = builders
+                .iter_mut()
+                .map(|builder| Arc::new(builder.finish()) as ArrayRef)
+                .collect();
             if columns[0].is_empty() {
                 return Ok(());
             }
-            let batch = RecordBatch::try_new(events_schema(), columns).map_err(|err| SampleDataError::Parquet {
-                path: path.clone(),
-                source: parquet::errors::ParquetError::ArrowError(err.to_string()),
+            let batch = RecordBatch::try_new(events_schema(), columns).map_err(|err| {
+                SampleDataError::Parquet {
+                    path: path.clone(),
+                    source: parquet::errors::ParquetError::ArrowError(err.to_string()),
+                }
             })?;
-            writer.write(&batch).map_err(|source| SampleDataError::Parquet { path: path.clone(), source })
+            writer
+                .write(&batch)
+                .map_err(|source| SampleDataError::Parquet {
+                    path: path.clone(),
+                    source,
+                })
         };
         let mut pending = 0usize;
         for _ in 0..rows {
@@ -315,37 +372,71 @@ pub fn generate(args: &SampleDataArgs) -> Result<SampleDataSummary, SampleDataEr
             }
         }
         flush(&mut builders, &mut writer)?;
-        writer.close().map_err(|source| SampleDataError::Parquet { path: path.clone(), source })?;
+        writer.close().map_err(|source| SampleDataError::Parquet {
+            path: path.clone(),
+            source,
+        })?;
         written += rows;
         files.push(path);
     }
     let users_path = args.out.join("users.csv");
     write_users(&users_path, users, &mut random)?;
     files.push(users_path);
-    Ok(SampleDataSummary { events: args.events, duplicates, users, files })
+    Ok(SampleDataSummary {
+        events: args.events,
+        duplicates,
+        users,
+        files,
+    })
 }
 
 fn create_dir(path: &Path) -> Result<(), SampleDataError> {
-    std::fs::create_dir_all(path).map_err(|source| SampleDataError::Io { path: path.to_path_buf(), source })
+    std::fs::create_dir_all(path).map_err(|source| SampleDataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn write_users(path: &Path, users: u64, random: &mut Random) -> Result<(), SampleDataError> {
-    let csv_error = |source| SampleDataError::Csv { path: path.to_path_buf(), source };
+    let csv_error = |source| SampleDataError::Csv {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut writer = csv::Writer::from_path(path).map_err(csv_error)?;
-    writer.write_record(["user_id", "user_name", "signup_date", "plan", "country"]).map_err(csv_error)?;
+    writer
+        .write_record(["user_id", "user_name", "signup_date", "plan", "country"])
+        .map_err(csv_error)?;
     for user in 1..=users {
         let signup = if random.per_mille(10) {
             String::from("unknown")
         } else {
-            format!("20{:02}-{:02}-{:02}", 23 + random.below(3), 1 + random.below(12), 1 + random.below(28))
+            format!(
+                "20{:02}-{:02}-{:02}",
+                23 + random.below(3),
+                1 + random.below(12),
+                1 + random.below(28)
+            )
         };
-        let plan = if random.per_mille(20) { String::new() } else { PLANS[random.below(PLANS.len() as u64) as usize].to_string() };
+        let plan = if random.per_mille(20) {
+            String::new()
+        } else {
+            PLANS[random.below(PLANS.len() as u64) as usize].to_string()
+        };
         let country = COUNTRIES[random.below(COUNTRIES.len() as u64) as usize].to_string();
         writer
-            .write_record([user.to_string(), format!("User {user}"), signup, plan, country])
+            .write_record([
+                user.to_string(),
+                format!("User {user}"),
+                signup,
+                plan,
+                country,
+            ])
             .map_err(csv_error)?;
     }
-    writer.flush().map_err(|source| SampleDataError::Io { path: path.to_path_buf(), source })
+    writer.flush().map_err(|source| SampleDataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -356,12 +447,22 @@ mod tests {
     fn output_is_deterministic_and_messy() {
         let first = tempfile::tempdir().unwrap();
         let second = tempfile::tempdir().unwrap();
-        let args = |out: &Path| SampleDataArgs { events: 20_000, out: out.to_path_buf(), users: None, batches: 2, seed: 7 };
+        let args = |out: &Path| SampleDataArgs {
+            events: 20_000,
+            out: out.to_path_buf(),
+            users: None,
+            batches: 2,
+            seed: 7,
+        };
         let summary = generate(&args(first.path())).unwrap();
         generate(&args(second.path())).unwrap();
         assert_eq!(summary.events, 20_000);
         assert!(summary.duplicates > 200, "{summary}");
-        for name in ["events/batch_0001.parquet", "events/batch_0002.parquet", "users.csv"] {
+        for name in [
+            "events/batch_0001.parquet",
+            "events/batch_0002.parquet",
+            "users.csv",
+        ] {
             let a = std::fs::read(first.path().join(name)).unwrap();
             let b = std::fs::read(second.path().join(name)).unwrap();
             assert!(a == b, "{name} differs between runs");

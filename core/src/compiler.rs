@@ -13,7 +13,9 @@ use crate::config::{ConfigLayer, Materialization, NodeConfig, closest};
 use crate::data_tests::{self, BUILT_IN_TESTS};
 use crate::diagnostics::{Diagnostics, ProjectDiagnostic, SourceText};
 use crate::jinja::{Dependency, Relation, RenderInputs, Renderer};
-use crate::manifest::{Column, Manifest, Metadata, Node, ResourceType, SourceInfo, TestInfo, checksum};
+use crate::manifest::{
+    Column, Manifest, Metadata, Node, ResourceType, SourceInfo, TestInfo, checksum,
+};
 use crate::project::{Project, SqlFile};
 use crate::properties::{ColumnDeclaration, NodeProperties, Properties, TestDeclaration};
 
@@ -67,7 +69,11 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
     let mut errors: Vec<ProjectDiagnostic> = Vec::new();
     let properties = Properties::read(&project.property_files, &mut errors);
     let mut renderer = Renderer::new(&project.macros, &mut errors);
-    let target_name = if options.target_name.is_empty() { "dev" } else { options.target_name.as_str() };
+    let target_name = if options.target_name.is_empty() {
+        "dev"
+    } else {
+        options.target_name.as_str()
+    };
 
     let model_properties = index_properties(&properties.models, "model", &mut errors);
     let seed_properties = index_properties(&properties.seeds, "seed", &mut errors);
@@ -78,16 +84,26 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
     for file in &project.models {
         if let Some(first) = names.get(&file.name) {
             errors.push(
-                ProjectDiagnostic::error("strata::duplicate_name", format!("two models are named '{}'", file.name))
-                    .in_file(&file.source.path)
-                    .with_hint(format!("the other is {}; rename one of the files", first.path.display())),
+                ProjectDiagnostic::error(
+                    "strata::duplicate_name",
+                    format!("two models are named '{}'", file.name),
+                )
+                .in_file(&file.source.path)
+                .with_hint(format!(
+                    "the other is {}; rename one of the files",
+                    first.path.display()
+                )),
             );
             continue;
         }
         names.insert(file.name.clone(), file.source.clone());
         let properties = model_properties.get(file.name.as_str()).copied();
-        let mut base_layers: Vec<ConfigLayer> =
-            project.models_config.layers_for(&project.name, &path_with_stem(&file.folders, &file.name)).into_iter().cloned().collect();
+        let mut base_layers: Vec<ConfigLayer> = project
+            .models_config
+            .layers_for(&project.name, &path_with_stem(&file.folders, &file.name))
+            .into_iter()
+            .cloned()
+            .collect();
         if let Some(properties) = properties {
             base_layers.push(properties.config.clone());
         }
@@ -108,9 +124,20 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
     for (name, properties) in &model_properties {
         if !names.contains_key(*name) {
             errors.push(
-                ProjectDiagnostic::warning("strata::orphan_properties", format!("model '{name}' is described here but has no SQL file"))
-                    .at(&properties.origin.source, properties.origin.line, properties.origin.column)
-                    .with_hint(closest_hint(name, names.keys().map(String::as_str), "models/<layer>/<name>.sql")),
+                ProjectDiagnostic::warning(
+                    "strata::orphan_properties",
+                    format!("model '{name}' is described here but has no SQL file"),
+                )
+                .at(
+                    &properties.origin.source,
+                    properties.origin.line,
+                    properties.origin.column,
+                )
+                .with_hint(closest_hint(
+                    name,
+                    names.keys().map(String::as_str),
+                    "models/<layer>/<name>.sql",
+                )),
             );
         }
     }
@@ -119,26 +146,40 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
     for seed in &project.seeds {
         if names.contains_key(&seed.name) {
             errors.push(
-                ProjectDiagnostic::error("strata::duplicate_name", format!("a seed and a model are both named '{}'", seed.name))
-                    .in_file(&seed.path)
-                    .with_hint("ref() reaches models and seeds by name; rename one"),
+                ProjectDiagnostic::error(
+                    "strata::duplicate_name",
+                    format!("a seed and a model are both named '{}'", seed.name),
+                )
+                .in_file(&seed.path)
+                .with_hint("ref() reaches models and seeds by name; rename one"),
             );
             continue;
         }
         names.insert(seed.name.clone(), SourceText::new(&seed.path, ""));
         let properties = seed_properties.get(seed.name.as_str()).copied();
-        let mut layers: Vec<ConfigLayer> =
-            project.seeds_config.layers_for(&project.name, &path_with_stem(&seed.folders, &seed.name)).into_iter().cloned().collect();
+        let mut layers: Vec<ConfigLayer> = project
+            .seeds_config
+            .layers_for(&project.name, &path_with_stem(&seed.folders, &seed.name))
+            .into_iter()
+            .cloned()
+            .collect();
         if let Some(properties) = properties {
             layers.push(properties.config.clone());
         }
         let mut config = NodeConfig::resolve(Materialization::Seed, &layers);
         config.materialized = Materialization::Seed;
         for column in config.column_types.keys() {
-            if !seed.columns.iter().any(|name| name.eq_ignore_ascii_case(column)) {
+            if !seed
+                .columns
+                .iter()
+                .any(|name| name.eq_ignore_ascii_case(column))
+            {
                 let diagnostic = ProjectDiagnostic::error(
                     "strata::seed",
-                    format!("column_types names '{column}', which is not a column of seed '{}'", seed.name),
+                    format!(
+                        "column_types names '{column}', which is not a column of seed '{}'",
+                        seed.name
+                    ),
                 )
                 .with_hint(format!("its columns are: {}", seed.columns.join(", ")));
                 errors.push(match properties {
@@ -147,11 +188,21 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
                 });
             }
         }
-        let relation = Relation::new(config.schema.clone().unwrap_or_else(|| SEED_SCHEMA.to_string()), config.alias.clone().unwrap_or_else(|| seed.name.clone()));
+        let relation = Relation::new(
+            config
+                .schema
+                .clone()
+                .unwrap_or_else(|| SEED_SCHEMA.to_string()),
+            config.alias.clone().unwrap_or_else(|| seed.name.clone()),
+        );
         let mut columns: Vec<Column> = seed
             .columns
             .iter()
-            .map(|name| Column { name: name.clone(), description: String::new(), data_type: config.column_types.get(name).cloned() })
+            .map(|name| Column {
+                name: name.clone(),
+                description: String::new(),
+                data_type: config.column_types.get(name).cloned(),
+            })
             .collect();
         if let Some(properties) = properties {
             merge_column_docs(&mut columns, &properties.columns);
@@ -169,7 +220,9 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
             fqn,
             relation_name: Some(relation.to_string()),
             relation: Some(relation),
-            description: properties.map(|p| p.description.clone()).unwrap_or_default(),
+            description: properties
+                .map(|p| p.description.clone())
+                .unwrap_or_default(),
             columns,
             depends_on: Vec::new(),
             raw_code: String::new(),
@@ -194,23 +247,38 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
     };
     let mut source_nodes: Vec<Node> = Vec::new();
     {
-        let string_inputs = Arc::new(RenderInputs { ..clone_inputs(&inputs) });
+        let string_inputs = Arc::new(RenderInputs {
+            ..clone_inputs(&inputs)
+        });
         let mut seen: BTreeMap<(String, String), ()> = BTreeMap::new();
         for source in &properties.sources {
             for table in &source.tables {
                 let key = (source.name.clone(), table.name.clone());
                 if seen.insert(key.clone(), ()).is_some() {
-                    errors.push(
-                        table.origin.error("strata::duplicate_source", format!("source table '{}.{}' is declared twice", source.name, table.name)),
-                    );
+                    errors.push(table.origin.error(
+                        "strata::duplicate_source",
+                        format!(
+                            "source table '{}.{}' is declared twice",
+                            source.name, table.name
+                        ),
+                    ));
                     continue;
                 }
                 let pattern = table.location.clone().or_else(|| source.location.clone());
                 let location = match pattern {
                     Some(pattern) => match renderer.render_string(&pattern, &string_inputs) {
-                        Ok(text) => Some(text.replace("{name}", &table.identifier).replace("{identifier}", &table.identifier)),
+                        Ok(text) => Some(
+                            text.replace("{name}", &table.identifier)
+                                .replace("{identifier}", &table.identifier),
+                        ),
                         Err(message) => {
-                            errors.push(table.origin.error("strata::source_location", format!("cannot render the location of '{}.{}': {message}", source.name, table.name)));
+                            errors.push(table.origin.error(
+                                "strata::source_location",
+                                format!(
+                                    "cannot render the location of '{}.{}': {message}",
+                                    source.name, table.name
+                                ),
+                            ));
                             None
                         }
                     },
@@ -223,15 +291,38 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
                     }
                     None => (None, None),
                 };
-                let format = table.format.clone().or_else(|| source.format.clone()).or(inferred).map(|format| normalize_format(&format));
+                let format = table
+                    .format
+                    .clone()
+                    .or_else(|| source.format.clone())
+                    .or(inferred)
+                    .map(|format| normalize_format(&format));
                 if let Some(format) = &format {
                     if !["parquet", "csv", "json"].contains(&format.as_str()) {
-                        errors.push(table.origin.error("strata::source_format", format!("unknown file format '{format}' for source '{}.{}'", source.name, table.name)).with_hint("use parquet, csv or json (newline-delimited)"));
+                        errors.push(
+                            table
+                                .origin
+                                .error(
+                                    "strata::source_format",
+                                    format!(
+                                        "unknown file format '{format}' for source '{}.{}'",
+                                        source.name, table.name
+                                    ),
+                                )
+                                .with_hint("use parquet, csv or json (newline-delimited)"),
+                        );
                     }
                 } else if let Some(location) = &location {
                     errors.push(
-                        table.origin.error("strata::source_format", format!("cannot tell the file format of '{location}'"))
-                            .with_hint("end the location with .parquet, .csv or .json, or set meta.format"),
+                        table
+                            .origin
+                            .error(
+                                "strata::source_format",
+                                format!("cannot tell the file format of '{location}'"),
+                            )
+                            .with_hint(
+                                "end the location with .parquet, .csv or .json, or set meta.format",
+                            ),
                     );
                 }
                 let relation = Relation::new(source.schema.clone(), table.identifier.clone());
@@ -245,11 +336,19 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
                     package_name: project.name.clone(),
                     original_file_path: path_string(&table.origin.source.path),
                     layer: None,
-                    fqn: vec![project.name.clone(), source.name.clone(), table.name.clone()],
+                    fqn: vec![
+                        project.name.clone(),
+                        source.name.clone(),
+                        table.name.clone(),
+                    ],
                     relation_name: Some(relation.to_string()),
                     relation: Some(relation),
                     config: NodeConfig::resolve(Materialization::Table, []),
-                    description: if table.description.is_empty() { source.description.clone() } else { table.description.clone() },
+                    description: if table.description.is_empty() {
+                        source.description.clone()
+                    } else {
+                        table.description.clone()
+                    },
                     columns,
                     depends_on: Vec::new(),
                     raw_code: String::new(),
@@ -257,7 +356,12 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
                     compiled_path: None,
                     checksum: checksum(&format!("{:?}{:?}", location, format)),
                     test: None,
-                    source: Some(SourceInfo { source_name: source.name.clone(), identifier: table.identifier.clone(), location, format }),
+                    source: Some(SourceInfo {
+                        source_name: source.name.clone(),
+                        identifier: table.identifier.clone(),
+                        location,
+                        format,
+                    }),
                 });
             }
         }
@@ -270,8 +374,12 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
 
     // Singular tests render like models.
     for file in &project.singular_tests {
-        let layers: Vec<ConfigLayer> =
-            project.tests_config.layers_for(&project.name, &path_with_stem(&file.folders, &file.name)).into_iter().cloned().collect();
+        let layers: Vec<ConfigLayer> = project
+            .tests_config
+            .layers_for(&project.name, &path_with_stem(&file.folders, &file.name))
+            .into_iter()
+            .cloned()
+            .collect();
         let mut config = NodeConfig::resolve(Materialization::Test, &layers);
         config.materialized = Materialization::Test;
         drafts.push(Draft {
@@ -293,12 +401,20 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
         if draft.resource_type == ResourceType::Model {
             draft.relation = Some(model_relation(draft.file, &draft.config));
             if draft.config.enabled {
-                inputs.relations.insert(draft.file.name.clone(), draft.relation.clone().unwrap_or_else(|| Relation::new("", "")));
+                inputs.relations.insert(
+                    draft.file.name.clone(),
+                    draft
+                        .relation
+                        .clone()
+                        .unwrap_or_else(|| Relation::new("", "")),
+                );
             } else {
                 inputs.disabled.insert(draft.file.name.clone());
             }
         }
-        inputs.base_configs.insert(draft.file.name.clone(), draft.base_layers.clone());
+        inputs
+            .base_configs
+            .insert(draft.file.name.clone(), draft.base_layers.clone());
     }
     let first_inputs = Arc::new(clone_inputs(&inputs));
     let mut failed: BTreeSet<String> = BTreeSet::new();
@@ -311,20 +427,40 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
             failed.insert(draft.unique_id.clone());
             continue;
         }
-        let is_incremental = draft.config.materialized == Materialization::Incremental && options.incremental_models.contains(&draft.file.name);
-        match renderer.render(&draft.file.source, &draft.file.name, &first_inputs, is_incremental, draft.relation.as_ref()) {
+        let is_incremental = draft.config.materialized == Materialization::Incremental
+            && options.incremental_models.contains(&draft.file.name);
+        match renderer.render(
+            &draft.file.source,
+            &draft.file.name,
+            &first_inputs,
+            is_incremental,
+            draft.relation.as_ref(),
+        ) {
             Ok(rendered) => {
                 let mut layers = draft.base_layers.clone();
                 layers.push(rendered.captured.config.clone());
-                let default = if draft.resource_type == ResourceType::Test { Materialization::Test } else { Materialization::View };
+                let default = if draft.resource_type == ResourceType::Test {
+                    Materialization::Test
+                } else {
+                    Materialization::View
+                };
                 draft.config = NodeConfig::resolve(default, &layers);
                 if draft.resource_type == ResourceType::Test {
                     draft.config.materialized = Materialization::Test;
-                } else if matches!(draft.config.materialized, Materialization::Seed | Materialization::Test) {
+                } else if matches!(
+                    draft.config.materialized,
+                    Materialization::Seed | Materialization::Test
+                ) {
                     errors.push(
-                        ProjectDiagnostic::error("strata::config", format!("a model cannot be materialized as '{}'", draft.config.materialized))
-                            .in_file(&draft.file.source.path)
-                            .with_hint("use table, view, incremental or ephemeral"),
+                        ProjectDiagnostic::error(
+                            "strata::config",
+                            format!(
+                                "a model cannot be materialized as '{}'",
+                                draft.config.materialized
+                            ),
+                        )
+                        .in_file(&draft.file.source.path)
+                        .with_hint("use table, view, incremental or ephemeral"),
                     );
                     failed.insert(draft.unique_id.clone());
                 }
@@ -354,7 +490,9 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
         final_inputs.disabled.remove(&draft.file.name);
         if draft.config.enabled {
             let relation = model_relation(draft.file, &draft.config);
-            final_inputs.relations.insert(draft.file.name.clone(), relation);
+            final_inputs
+                .relations
+                .insert(draft.file.name.clone(), relation);
         } else {
             final_inputs.disabled.insert(draft.file.name.clone());
         }
@@ -368,29 +506,55 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
             continue;
         }
         for dependency in &draft.dependencies {
-            if let Dependency::Ref(name) = dependency {
-                if final_inputs.disabled.contains(name) {
-                    errors.push(
-                        locate(&draft.file.source, name)
-                            .map_or_else(|| ProjectDiagnostic::error("strata::disabled_ref", "").in_file(&draft.file.source.path), |(start, end)| {
-                                ProjectDiagnostic::error("strata::disabled_ref", "").at_range(&draft.file.source, start, end)
-                            })
-                            .with_hint(format!("enable '{name}' or remove the reference")),
+            if let Dependency::Ref(name) = dependency
+                && final_inputs.disabled.contains(name)
+            {
+                errors.push(
+                    locate(&draft.file.source, name)
+                        .map_or_else(
+                            || {
+                                ProjectDiagnostic::error("strata::disabled_ref", "")
+                                    .in_file(&draft.file.source.path)
+                            },
+                            |(start, end)| {
+                                ProjectDiagnostic::error("strata::disabled_ref", "").at_range(
+                                    &draft.file.source,
+                                    start,
+                                    end,
+                                )
+                            },
+                        )
+                        .with_hint(format!("enable '{name}' or remove the reference")),
+                );
+                if let Some(last) = errors.last_mut() {
+                    last.message = format!(
+                        "'{name}' is disabled (enabled: false), so it cannot be referenced"
                     );
-                    if let Some(last) = errors.last_mut() {
-                        last.message = format!("'{name}' is disabled (enabled: false), so it cannot be referenced");
-                    }
-                    failed.insert(draft.unique_id.clone());
                 }
+                failed.insert(draft.unique_id.clone());
             }
         }
-        let own_relation = if draft.resource_type == ResourceType::Model { Some(model_relation(draft.file, &draft.config)) } else { None };
+        let own_relation = if draft.resource_type == ResourceType::Model {
+            Some(model_relation(draft.file, &draft.config))
+        } else {
+            None
+        };
         let changed = own_relation != draft.relation
-            || draft.seen_relations.iter().any(|(dependency, seen)| relation_of(dependency, &final_inputs) != *seen);
+            || draft
+                .seen_relations
+                .iter()
+                .any(|(dependency, seen)| relation_of(dependency, &final_inputs) != *seen);
         draft.relation = own_relation;
         if changed && !failed.contains(&draft.unique_id) {
-            let is_incremental = draft.config.materialized == Materialization::Incremental && options.incremental_models.contains(&draft.file.name);
-            match renderer.render(&draft.file.source, &draft.file.name, &final_inputs, is_incremental, draft.relation.as_ref()) {
+            let is_incremental = draft.config.materialized == Materialization::Incremental
+                && options.incremental_models.contains(&draft.file.name);
+            match renderer.render(
+                &draft.file.source,
+                &draft.file.name,
+                &final_inputs,
+                is_incremental,
+                draft.relation.as_ref(),
+            ) {
                 Ok(rendered) => {
                     draft.dependencies = rendered.captured.dependencies;
                     draft.sql = Some(rendered.sql);
@@ -409,16 +573,29 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
         .iter()
         .filter(|draft| draft.resource_type == ResourceType::Model && draft.config.enabled)
         .map(|draft| (draft.file.name.clone(), draft.unique_id.clone()))
-        .chain(seeds.iter().map(|seed| (seed.name.clone(), seed.unique_id.clone())))
+        .chain(
+            seeds
+                .iter()
+                .map(|seed| (seed.name.clone(), seed.unique_id.clone())),
+        )
         .collect();
     let source_ids: BTreeMap<(String, String), String> = source_nodes
         .iter()
-        .filter_map(|node| node.source.as_ref().map(|info| ((info.source_name.clone(), node.name.clone()), node.unique_id.clone())))
+        .filter_map(|node| {
+            node.source.as_ref().map(|info| {
+                (
+                    (info.source_name.clone(), node.name.clone()),
+                    node.unique_id.clone(),
+                )
+            })
+        })
         .collect();
     let dependency_id = |dependency: &Dependency| -> Option<String> {
         match dependency {
             Dependency::Ref(name) => model_ids.get(name).cloned(),
-            Dependency::Source(source, table) => source_ids.get(&(source.clone(), table.clone())).cloned(),
+            Dependency::Source(source, table) => {
+                source_ids.get(&(source.clone(), table.clone())).cloned()
+            }
         }
     };
     for draft in &drafts {
@@ -433,7 +610,11 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
         if let Some(properties) = draft.properties {
             merge_column_docs(&mut columns, &properties.columns);
         }
-        let mut depends_on: Vec<String> = draft.dependencies.iter().filter_map(&dependency_id).collect();
+        let mut depends_on: Vec<String> = draft
+            .dependencies
+            .iter()
+            .filter_map(&dependency_id)
+            .collect();
         depends_on.sort();
         depends_on.dedup();
         let original = path_string(&draft.file.source.path);
@@ -444,12 +625,19 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
                 resource_type: draft.resource_type,
                 name: draft.file.name.clone(),
                 package_name: project.name.clone(),
-                layer: if draft.resource_type == ResourceType::Model { draft.file.layer().map(str::to_string) } else { None },
+                layer: if draft.resource_type == ResourceType::Model {
+                    draft.file.layer().map(str::to_string)
+                } else {
+                    None
+                },
                 fqn,
                 relation_name: draft.relation.as_ref().map(ToString::to_string),
                 relation: draft.relation.clone(),
                 config: draft.config.clone(),
-                description: draft.properties.map(|p| p.description.clone()).unwrap_or_default(),
+                description: draft
+                    .properties
+                    .map(|p| p.description.clone())
+                    .unwrap_or_default(),
                 columns,
                 depends_on,
                 raw_code: draft.file.source.text.to_string(),
@@ -476,32 +664,64 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
         .models
         .iter()
         .map(|p| (ResourceType::Model, p.name.clone(), None, &p.tests))
-        .chain(properties.seeds.iter().map(|p| (ResourceType::Seed, p.name.clone(), None, &p.tests)))
+        .chain(
+            properties
+                .seeds
+                .iter()
+                .map(|p| (ResourceType::Seed, p.name.clone(), None, &p.tests)),
+        )
         .chain(properties.sources.iter().flat_map(|source| {
-            source.tables.iter().map(move |table| (ResourceType::Source, table.name.clone(), Some(source.name.clone()), &table.tests))
+            source.tables.iter().map(move |table| {
+                (
+                    ResourceType::Source,
+                    table.name.clone(),
+                    Some(source.name.clone()),
+                    &table.tests,
+                )
+            })
         }));
     let mut generic_tests: Vec<Node> = Vec::new();
     for (resource_type, name, source_name, tests) in declared {
         let attached_id = match &source_name {
             Some(source) => source_ids.get(&(source.clone(), name.clone())).cloned(),
-            None => model_ids.get(&name).cloned().filter(|id| id.starts_with(resource_type.as_str())),
+            None => model_ids
+                .get(&name)
+                .cloned()
+                .filter(|id| id.starts_with(resource_type.as_str())),
         };
-        let Some(attached_id) = attached_id else { continue };
-        let Some(attached) = nodes.get(&attached_id) else { continue };
+        let Some(attached_id) = attached_id else {
+            continue;
+        };
+        let Some(attached) = nodes.get(&attached_id) else {
+            continue;
+        };
         for test in tests.iter() {
-            match generic_test(project, attached, test, &renderer, &final_inputs, &dependency_id) {
+            match generic_test(
+                project,
+                attached,
+                test,
+                &renderer,
+                &final_inputs,
+                &dependency_id,
+            ) {
                 Ok(Some(node)) => generic_tests.push(node),
                 Ok(None) => {}
-                Err(diagnostic) => errors.push(diagnostic),
+                Err(diagnostic) => errors.push(*diagnostic),
             }
         }
     }
     for test in generic_tests {
         if let Some(existing) = nodes.get(&test.unique_id) {
             errors.push(
-                ProjectDiagnostic::error("strata::duplicate_test", format!("two tests are named '{}'", test.name))
-                    .in_file(&test.original_file_path)
-                    .with_hint(format!("the other is in {}; give one a distinct 'name:'", existing.original_file_path)),
+                ProjectDiagnostic::error(
+                    "strata::duplicate_test",
+                    format!("two tests are named '{}'", test.name),
+                )
+                .in_file(&test.original_file_path)
+                .with_hint(format!(
+                    "the other is in {}; give one a distinct 'name:'",
+                    existing.original_file_path
+                )),
             );
             continue;
         }
@@ -521,7 +741,11 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
         macros: project
             .macros
             .iter()
-            .flat_map(|file| crate::jinja::macro_names(&file.source.text).into_iter().map(move |(name, _)| (name, path_string(&file.source.path))))
+            .flat_map(|file| {
+                crate::jinja::macro_names(&file.source.text)
+                    .into_iter()
+                    .map(move |(name, _)| (name, path_string(&file.source.path)))
+            })
             .collect(),
         nodes,
         parent_map: BTreeMap::new(),
@@ -532,8 +756,14 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
         errors.push(cycle_diagnostic(&cycle, &manifest, project));
     }
     for id in dag.nodes() {
-        manifest.parent_map.insert(id.to_string(), dag.parents(id).map(str::to_string).collect());
-        manifest.child_map.insert(id.to_string(), dag.children(id).map(str::to_string).collect());
+        manifest.parent_map.insert(
+            id.to_string(),
+            dag.parents(id).map(str::to_string).collect(),
+        );
+        manifest.child_map.insert(
+            id.to_string(),
+            dag.children(id).map(str::to_string).collect(),
+        );
     }
 
     let mut diagnostics = Diagnostics::default();
@@ -542,7 +772,10 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
     }
     diagnostics.sort();
     let manifest = (!diagnostics.has_errors()).then_some(manifest);
-    Compilation { manifest, diagnostics }
+    Compilation {
+        manifest,
+        diagnostics,
+    }
 }
 
 fn clone_inputs(inputs: &RenderInputs) -> RenderInputs {
@@ -563,7 +796,10 @@ fn clone_inputs(inputs: &RenderInputs) -> RenderInputs {
 fn relation_of(dependency: &Dependency, inputs: &RenderInputs) -> Option<Relation> {
     match dependency {
         Dependency::Ref(name) => inputs.relations.get(name).cloned(),
-        Dependency::Source(source, table) => inputs.sources.get(&(source.clone(), table.clone())).cloned(),
+        Dependency::Source(source, table) => inputs
+            .sources
+            .get(&(source.clone(), table.clone()))
+            .cloned(),
     }
 }
 
@@ -573,8 +809,15 @@ fn model_relation(file: &SqlFile, config: &NodeConfig) -> Relation {
     if config.materialized == Materialization::Ephemeral {
         return Relation::new("", format!("{EPHEMERAL_PREFIX}{}", file.name));
     }
-    let schema = config.schema.clone().or_else(|| file.layer().map(str::to_string)).unwrap_or_else(|| DEFAULT_SCHEMA.to_string());
-    Relation::new(schema, config.alias.clone().unwrap_or_else(|| file.name.clone()))
+    let schema = config
+        .schema
+        .clone()
+        .or_else(|| file.layer().map(str::to_string))
+        .unwrap_or_else(|| DEFAULT_SCHEMA.to_string());
+    Relation::new(
+        schema,
+        config.alias.clone().unwrap_or_else(|| file.name.clone()),
+    )
 }
 
 fn path_with_stem(folders: &[String], stem: &str) -> Vec<String> {
@@ -584,7 +827,10 @@ fn path_with_stem(folders: &[String], stem: &str) -> Vec<String> {
 }
 
 fn path_string(path: &std::path::Path) -> String {
-    path.components().map(|part| part.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+    path.components()
+        .map(|part| part.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn index_properties<'a>(
@@ -598,7 +844,10 @@ fn index_properties<'a>(
             errors.push(
                 properties
                     .origin
-                    .error("strata::duplicate_properties", format!("{what} '{}' is described twice", properties.name))
+                    .error(
+                        "strata::duplicate_properties",
+                        format!("{what} '{}' is described twice", properties.name),
+                    )
                     .with_hint(format!(
                         "the other description is at {}:{}; merge them",
                         first.origin.source.path.display(),
@@ -614,7 +863,10 @@ fn index_properties<'a>(
 
 fn merge_column_docs(columns: &mut Vec<Column>, declared: &[ColumnDeclaration]) {
     for declaration in declared {
-        match columns.iter_mut().find(|column| column.name.eq_ignore_ascii_case(&declaration.name)) {
+        match columns
+            .iter_mut()
+            .find(|column| column.name.eq_ignore_ascii_case(&declaration.name))
+        {
             Some(column) => {
                 column.description.clone_from(&declaration.description);
                 if declaration.data_type.is_some() {
@@ -630,7 +882,11 @@ fn merge_column_docs(columns: &mut Vec<Column>, declared: &[ColumnDeclaration]) 
     }
 }
 
-fn closest_hint<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>, fallback: &str) -> String {
+fn closest_hint<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+    fallback: &str,
+) -> String {
     match closest(name, candidates) {
         Some(best) => format!("did you mean '{best}'?"),
         None => format!("create {fallback} or remove this entry"),
@@ -650,7 +906,10 @@ fn parse_location(text: &str) -> (String, Option<String>) {
         ("read_ndjson", "json"),
         ("read_json", "json"),
     ] {
-        if let Some(rest) = trimmed.strip_prefix(function).and_then(|rest| rest.trim_start().strip_prefix('(')) {
+        if let Some(rest) = trimmed
+            .strip_prefix(function)
+            .and_then(|rest| rest.trim_start().strip_prefix('('))
+        {
             let quote = rest.trim_start().chars().next();
             if let Some(quote @ ('\'' | '"')) = quote {
                 let inner = &rest.trim_start()[1..];
@@ -662,10 +921,17 @@ fn parse_location(text: &str) -> (String, Option<String>) {
     }
     let lower = trimmed.to_ascii_lowercase();
     let without_compression = lower.trim_end_matches(".gz").trim_end_matches(".zst");
-    let format = [(".parquet", "parquet"), (".csv", "csv"), (".tsv", "csv"), (".json", "json"), (".ndjson", "json"), (".jsonl", "json")]
-        .iter()
-        .find(|(extension, _)| without_compression.ends_with(extension))
-        .map(|(_, format)| (*format).to_string());
+    let format = [
+        (".parquet", "parquet"),
+        (".csv", "csv"),
+        (".tsv", "csv"),
+        (".json", "json"),
+        (".ndjson", "json"),
+        (".jsonl", "json"),
+    ]
+    .iter()
+    .find(|(extension, _)| without_compression.ends_with(extension))
+    .map(|(_, format)| (*format).to_string());
     (trimmed.to_string(), format)
 }
 
@@ -688,7 +954,12 @@ fn tidy_sql(sql: &str) -> String {
     out
 }
 
-fn check_unique_relations(drafts: &[Draft], seeds: &[Node], inputs: &RenderInputs, errors: &mut Vec<ProjectDiagnostic>) {
+fn check_unique_relations(
+    drafts: &[Draft],
+    seeds: &[Node],
+    inputs: &RenderInputs,
+    errors: &mut Vec<ProjectDiagnostic>,
+) {
     let mut owners: BTreeMap<&Relation, &str> = BTreeMap::new();
     for seed in seeds {
         if let Some(relation) = &seed.relation {
@@ -696,15 +967,23 @@ fn check_unique_relations(drafts: &[Draft], seeds: &[Node], inputs: &RenderInput
         }
     }
     for draft in drafts {
-        if draft.resource_type != ResourceType::Model || !draft.config.enabled || draft.config.materialized == Materialization::Ephemeral {
+        if draft.resource_type != ResourceType::Model
+            || !draft.config.enabled
+            || draft.config.materialized == Materialization::Ephemeral
+        {
             continue;
         }
-        let Some(relation) = inputs.relations.get(&draft.file.name) else { continue };
+        let Some(relation) = inputs.relations.get(&draft.file.name) else {
+            continue;
+        };
         if let Some(other) = owners.get(relation) {
             errors.push(
-                ProjectDiagnostic::error("strata::duplicate_relation", format!("'{}' and '{other}' both write {relation}", draft.file.name))
-                    .in_file(&draft.file.source.path)
-                    .with_hint("give one of them a different schema or alias"),
+                ProjectDiagnostic::error(
+                    "strata::duplicate_relation",
+                    format!("'{}' and '{other}' both write {relation}", draft.file.name),
+                )
+                .in_file(&draft.file.source.path)
+                .with_hint("give one of them a different schema or alias"),
             );
         } else {
             owners.insert(relation, &draft.file.name);
@@ -730,16 +1009,34 @@ fn locate(source: &SourceText, name: &str) -> Option<(usize, usize)> {
 }
 
 fn cycle_diagnostic(cycle: &[String], manifest: &Manifest, project: &Project) -> ProjectDiagnostic {
-    let names: Vec<String> = cycle.iter().map(|id| manifest.nodes.get(id).map_or_else(|| id.clone(), |node| node.name.clone())).collect();
+    let names: Vec<String> = cycle
+        .iter()
+        .map(|id| {
+            manifest
+                .nodes
+                .get(id)
+                .map_or_else(|| id.clone(), |node| node.name.clone())
+        })
+        .collect();
     let message = format!("dependency cycle: {}", names.join(" -> "));
-    let hint = "a model cannot depend on itself, directly or through others; remove one of these refs";
-    let first = manifest.nodes.get(&cycle[0]);
-    let file = first.and_then(|node| project.models.iter().chain(&project.singular_tests).find(|file| path_string(&file.source.path) == node.original_file_path));
-    let next = names.get(1).cloned().unwrap_or_default();
+    let hint = "each arrow points from a model to one that reads it, so the first model ends up reading itself; remove one of these refs";
+    // Point at the reference that closes the first edge: the second node's ref to the first.
+    let reader = cycle.get(1).and_then(|id| manifest.nodes.get(id));
+    let file = reader.and_then(|node| {
+        project
+            .models
+            .iter()
+            .chain(&project.singular_tests)
+            .find(|file| path_string(&file.source.path) == node.original_file_path)
+    });
     match file {
-        Some(file) => match locate(&file.source, &next) {
-            Some((start, end)) => ProjectDiagnostic::error("strata::cycle", message).at_range(&file.source, start, end).with_hint(hint),
-            None => ProjectDiagnostic::error("strata::cycle", message).in_file(&file.source.path).with_hint(hint),
+        Some(file) => match locate(&file.source, &names[0]) {
+            Some((start, end)) => ProjectDiagnostic::error("strata::cycle", message)
+                .at_range(&file.source, start, end)
+                .with_hint(hint),
+            None => ProjectDiagnostic::error("strata::cycle", message)
+                .in_file(&file.source.path)
+                .with_hint(hint),
         },
         None => ProjectDiagnostic::error("strata::cycle", message).with_hint(hint),
     }
@@ -749,8 +1046,15 @@ fn cycle_diagnostic(cycle: &[String], manifest: &Manifest, project: &Project) ->
 fn inline_ephemeral_models(nodes: &mut BTreeMap<String, Node>) {
     let ephemeral: BTreeMap<String, (String, Vec<String>)> = nodes
         .values()
-        .filter(|node| node.resource_type == ResourceType::Model && node.config.materialized == Materialization::Ephemeral)
-        .filter_map(|node| node.compiled_code.clone().map(|sql| (node.unique_id.clone(), (sql, node.depends_on.clone()))))
+        .filter(|node| {
+            node.resource_type == ResourceType::Model
+                && node.config.materialized == Materialization::Ephemeral
+        })
+        .filter_map(|node| {
+            node.compiled_code
+                .clone()
+                .map(|sql| (node.unique_id.clone(), (sql, node.depends_on.clone())))
+        })
         .collect();
     if ephemeral.is_empty() {
         return;
@@ -762,7 +1066,12 @@ fn inline_ephemeral_models(nodes: &mut BTreeMap<String, Node>) {
         // Every ephemeral model reachable through ephemeral models, parents first.
         let mut ordered: Vec<String> = Vec::new();
         let mut visiting: BTreeSet<String> = BTreeSet::new();
-        fn visit(id: &str, ephemeral: &BTreeMap<String, (String, Vec<String>)>, ordered: &mut Vec<String>, visiting: &mut BTreeSet<String>) {
+        fn visit(
+            id: &str,
+            ephemeral: &BTreeMap<String, (String, Vec<String>)>,
+            ordered: &mut Vec<String>,
+            visiting: &mut BTreeSet<String>,
+        ) {
             if ordered.iter().any(|done| done == id) || !visiting.insert(id.to_string()) {
                 return;
             }
@@ -788,7 +1097,10 @@ fn inline_ephemeral_models(nodes: &mut BTreeMap<String, Node>) {
             .filter_map(|id| {
                 let (sql, _) = ephemeral.get(id)?;
                 let name = id.rsplit('.').next()?;
-                Some(format!("{EPHEMERAL_PREFIX}{name} as (\n{}\n)", sql.trim_end()))
+                Some(format!(
+                    "{EPHEMERAL_PREFIX}{name} as (\n{}\n)",
+                    sql.trim_end()
+                ))
             })
             .collect();
         if let Some(sql) = &node.compiled_code {
@@ -806,7 +1118,10 @@ fn inject_ctes(sql: &str, ctes: &str) -> String {
         && body[4..].chars().next().is_some_and(char::is_whitespace);
     if starts_with_with {
         let rest = &body[4..];
-        let recursive = rest.trim_start().get(..9).is_some_and(|word| word.eq_ignore_ascii_case("recursive"));
+        let recursive = rest
+            .trim_start()
+            .get(..9)
+            .is_some_and(|word| word.eq_ignore_ascii_case("recursive"));
         if !recursive {
             return format!("{}with {ctes},\n{}", &sql[..body_start], rest.trim_start());
         }
@@ -839,10 +1154,26 @@ fn generic_test(
     renderer: &Renderer,
     inputs: &Arc<RenderInputs>,
     dependency_id: &dyn Fn(&Dependency) -> Option<String>,
-) -> Result<Option<Node>, ProjectDiagnostic> {
+) -> Result<Option<Node>, Box<ProjectDiagnostic>> {
     let origin = &test.origin;
-    let folders: Vec<String> = origin.source.path.parent().map(|parent| parent.components().skip(1).map(|part| part.as_os_str().to_string_lossy().into_owned()).collect()).unwrap_or_default();
-    let mut layers: Vec<ConfigLayer> = project.tests_config.layers_for(&project.name, &folders).into_iter().cloned().collect();
+    let folders: Vec<String> = origin
+        .source
+        .path
+        .parent()
+        .map(|parent| {
+            parent
+                .components()
+                .skip(1)
+                .map(|part| part.as_os_str().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut layers: Vec<ConfigLayer> = project
+        .tests_config
+        .layers_for(&project.name, &folders)
+        .into_iter()
+        .cloned()
+        .collect();
     layers.push(test.config.clone());
     let mut config = NodeConfig::resolve(Materialization::Test, &layers);
     config.materialized = Materialization::Test;
@@ -850,69 +1181,146 @@ fn generic_test(
         return Ok(None);
     }
     if attached.config.materialized == Materialization::Ephemeral {
-        return Err(origin
-            .error("strata::test_on_ephemeral", format!("'{}' is ephemeral, so it has no table to test", attached.name))
-            .with_hint("materialize it as a view or a table to test it"));
+        return Err(Box::new(
+            origin
+                .error(
+                    "strata::test_on_ephemeral",
+                    format!(
+                        "'{}' is ephemeral, so it has no table to test",
+                        attached.name
+                    ),
+                )
+                .with_hint("materialize it as a view or a table to test it"),
+        ));
     }
     let relation = attached.relation_name.clone().unwrap_or_default();
     let column = test.column.clone();
-    let needs_column = |name: &str| -> Result<String, ProjectDiagnostic> {
+    let needs_column = |name: &str| -> Result<String, Box<ProjectDiagnostic>> {
         column.clone().ok_or_else(|| {
-            origin.error("strata::test_declaration", format!("'{name}' checks a column; declare it under a column or pass column_name"))
+            Box::new(origin.error(
+                "strata::test_declaration",
+                format!("'{name}' checks a column; declare it under a column or pass column_name"),
+            ))
         })
     };
-    if attached.resource_type == ResourceType::Seed {
-        if let Some(column) = &column {
-            if !attached.columns.iter().any(|known| known.name.eq_ignore_ascii_case(column)) {
-                return Err(origin
-                    .error("strata::unknown_column", format!("seed '{}' has no column '{column}'", attached.name))
-                    .with_hint(format!(
-                        "its columns are: {}",
-                        attached.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
-                    )));
-            }
-        }
+    if attached.resource_type == ResourceType::Seed
+        && let Some(column) = &column
+        && !attached
+            .columns
+            .iter()
+            .any(|known| known.name.eq_ignore_ascii_case(column))
+    {
+        return Err(Box::new(
+            origin
+                .error(
+                    "strata::unknown_column",
+                    format!("seed '{}' has no column '{column}'", attached.name),
+                )
+                .with_hint(format!(
+                    "its columns are: {}",
+                    attached
+                        .columns
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+        ));
     }
     let where_clause = config.where_clause.as_deref();
     let mut depends_on = vec![attached.unique_id.clone()];
     let (sql, name_suffix) = match test.test_name.as_str() {
-        "not_null" => (data_tests::not_null(&relation, &needs_column("not_null")?, where_clause), String::new()),
-        "unique" => (data_tests::unique(&relation, &needs_column("unique")?, where_clause), String::new()),
+        "not_null" => (
+            data_tests::not_null(&relation, &needs_column("not_null")?, where_clause),
+            String::new(),
+        ),
+        "unique" => (
+            data_tests::unique(&relation, &needs_column("unique")?, where_clause),
+            String::new(),
+        ),
         "accepted_values" => {
             let column = needs_column("accepted_values")?;
-            let quote = test.arguments.get("quote").and_then(serde_json::Value::as_bool).unwrap_or(true);
+            let quote = test
+                .arguments
+                .get("quote")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(true);
             let values = test.arguments.get("values");
             let sql = data_tests::accepted_values(&relation, &column, values, quote, where_clause)
-                .map_err(|message| origin.error("strata::test_declaration", message).with_hint("write values: [a, b, c]"))?;
+                .map_err(|message| {
+                    origin
+                        .error("strata::test_declaration", message)
+                        .with_hint("write values: [a, b, c]")
+                })?;
             let suffix = values
                 .and_then(serde_json::Value::as_array)
-                .map(|values| values.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).collect::<Vec<_>>().join("__"))
+                .map(|values| {
+                    values
+                        .iter()
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                        .collect::<Vec<_>>()
+                        .join("__")
+                })
                 .unwrap_or_default();
             (sql, format!("__{suffix}"))
         }
         "relationships" => {
             let column = needs_column("relationships")?;
-            let to = test.arguments.get("to").and_then(serde_json::Value::as_str).ok_or_else(|| {
-                origin.error("strata::test_declaration", "relationships needs 'to:', such as to: ref('customers')")
-            })?;
-            let field = test.arguments.get("field").and_then(serde_json::Value::as_str).ok_or_else(|| {
-                origin.error("strata::test_declaration", "relationships needs 'field:', the column of the parent it matches")
-            })?;
-            let expression = if to.contains("{{") { to.to_string() } else { format!("{{{{ {to} }}}}") };
+            let to = test
+                .arguments
+                .get("to")
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| {
+                    origin.error(
+                        "strata::test_declaration",
+                        "relationships needs 'to:', such as to: ref('customers')",
+                    )
+                })?;
+            let field = test
+                .arguments
+                .get("field")
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| {
+                    origin.error(
+                        "strata::test_declaration",
+                        "relationships needs 'field:', the column of the parent it matches",
+                    )
+                })?;
+            let expression = if to.contains("{{") {
+                to.to_string()
+            } else {
+                format!("{{{{ {to} }}}}")
+            };
             let rendered = renderer
                 .render_expression(&expression, inputs)
-                .map_err(|message| origin.error("strata::unknown_ref", format!("in relationships 'to': {message}")))?;
+                .map_err(|message| {
+                    origin.error(
+                        "strata::unknown_ref",
+                        format!("in relationships 'to': {message}"),
+                    )
+                })?;
             for dependency in &rendered.captured.dependencies {
                 if let Some(id) = dependency_id(dependency) {
                     depends_on.push(id);
                 }
             }
-            let parent_name = rendered.captured.dependencies.first().map(|dependency| match dependency {
-                Dependency::Ref(name) => format!("ref_{name}_"),
-                Dependency::Source(source, table) => format!("source_{source}_{table}_"),
-            });
+            let parent_name =
+                rendered
+                    .captured
+                    .dependencies
+                    .first()
+                    .map(|dependency| match dependency {
+                        Dependency::Ref(name) => format!("ref_{name}_"),
+                        Dependency::Source(source, table) => format!("source_{source}_{table}_"),
+                    });
             (
-                data_tests::relationships(&relation, &column, rendered.sql.trim(), field, where_clause),
+                data_tests::relationships(
+                    &relation,
+                    &column,
+                    rendered.sql.trim(),
+                    field,
+                    where_clause,
+                ),
                 format!("__{field}__{}", parent_name.unwrap_or_default()),
             )
         }
@@ -920,9 +1328,19 @@ fn generic_test(
             let known: Vec<&str> = BUILT_IN_TESTS.to_vec();
             let hint = match closest(other, known.iter().copied()) {
                 Some(best) => format!("did you mean '{best}'?"),
-                None => format!("Strata knows {}; package tests such as dbt_utils are not supported yet", BUILT_IN_TESTS.join(", ")),
+                None => format!(
+                    "Strata knows {}; package tests such as dbt_utils are not supported yet",
+                    BUILT_IN_TESTS.join(", ")
+                ),
             };
-            return Err(origin.error("strata::unknown_test", format!("unknown generic test '{other}'")).with_hint(hint));
+            return Err(Box::new(
+                origin
+                    .error(
+                        "strata::unknown_test",
+                        format!("unknown generic test '{other}'"),
+                    )
+                    .with_hint(hint),
+            ));
         }
     };
     let attached_name = match &attached.source {
@@ -941,7 +1359,10 @@ fn generic_test(
     let file = path_string(&origin.source.path);
     let mut arguments = test.arguments.clone();
     if let Some(column) = &column {
-        arguments.insert(String::from("column_name"), serde_json::Value::String(column.clone()));
+        arguments.insert(
+            String::from("column_name"),
+            serde_json::Value::String(column.clone()),
+        );
     }
     let mut fqn = vec![project.name.clone()];
     fqn.extend(folders);
@@ -963,7 +1384,12 @@ fn generic_test(
         raw_code: String::new(),
         checksum: checksum(&sql),
         compiled_code: Some(sql),
-        test: Some(TestInfo { test_name: test.test_name.clone(), arguments, attached_node: Some(attached.unique_id.clone()), column_name: column }),
+        test: Some(TestInfo {
+            test_name: test.test_name.clone(),
+            arguments,
+            attached_node: Some(attached.unique_id.clone()),
+            column_name: column,
+        }),
         source: None,
         name,
     }))
@@ -974,7 +1400,13 @@ fn generic_test(
 fn test_name(raw: &str) -> String {
     let mut name: String = raw
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     while name.contains("___") {
         name = name.replace("___", "__");
@@ -993,7 +1425,10 @@ mod tests {
     #[test]
     fn ctes_merge_into_an_existing_with() {
         let ctes = "__strata_cte__e as (\nselect 1\n)";
-        assert_eq!(inject_ctes("select * from e", ctes), "with __strata_cte__e as (\nselect 1\n)\nselect * from e");
+        assert_eq!(
+            inject_ctes("select * from e", ctes),
+            "with __strata_cte__e as (\nselect 1\n)\nselect * from e"
+        );
         assert_eq!(
             inject_ctes("-- note\nWITH a as (select 1) select * from a", ctes),
             "-- note\nwith __strata_cte__e as (\nselect 1\n),\na as (select 1) select * from a"
@@ -1002,8 +1437,17 @@ mod tests {
 
     #[test]
     fn locations_in_dbt_duckdb_style() {
-        assert_eq!(parse_location("read_parquet('s3://b/x/*.parquet')"), (String::from("s3://b/x/*.parquet"), Some(String::from("parquet"))));
-        assert_eq!(parse_location("data/users.csv"), (String::from("data/users.csv"), Some(String::from("csv"))));
+        assert_eq!(
+            parse_location("read_parquet('s3://b/x/*.parquet')"),
+            (
+                String::from("s3://b/x/*.parquet"),
+                Some(String::from("parquet"))
+            )
+        );
+        assert_eq!(
+            parse_location("data/users.csv"),
+            (String::from("data/users.csv"), Some(String::from("csv")))
+        );
         assert_eq!(parse_location("data/events/").1, None);
     }
 
@@ -1013,7 +1457,10 @@ mod tests {
         let name = test_name(&long);
         assert!(name.len() <= 64, "{name}");
         assert_ne!(name, test_name(&format!("{long}y")));
-        assert_eq!(test_name("not_null_Orders_Order Id"), "not_null_orders_order_id");
+        assert_eq!(
+            test_name("not_null_Orders_Order Id"),
+            "not_null_orders_order_id"
+        );
     }
 
     #[test]

@@ -420,14 +420,22 @@ impl ConfigLayer {
                 })?);
             }
             "full_refresh" => {
-                self.full_refresh = if json.is_null() { None } else { Some(expect_bool(key, &json)?) }
+                self.full_refresh = if json.is_null() {
+                    None
+                } else {
+                    Some(expect_bool(key, &json)?)
+                }
             }
             "column_types" => {
                 let serde_json::Value::Object(map) = &json else {
-                    return Err(format!("'column_types' must be a mapping, found {}", json_kind(&json)));
+                    return Err(format!(
+                        "'column_types' must be a mapping, found {}",
+                        json_kind(&json)
+                    ));
                 };
                 for (column, data_type) in map {
-                    self.column_types.insert(column.clone(), expect_string(column, data_type)?);
+                    self.column_types
+                        .insert(column.clone(), expect_string(column, data_type)?);
                 }
             }
             "severity" => {
@@ -473,7 +481,10 @@ fn expect_bool(key: &str, json: &serde_json::Value) -> Result<bool, String> {
         serde_json::Value::Bool(flag) => Ok(*flag),
         serde_json::Value::String(text) if text.eq_ignore_ascii_case("true") => Ok(true),
         serde_json::Value::String(text) if text.eq_ignore_ascii_case("false") => Ok(false),
-        other => Err(format!("'{key}' must be true or false, found {}", json_kind(other))),
+        other => Err(format!(
+            "'{key}' must be true or false, found {}",
+            json_kind(other)
+        )),
     }
 }
 
@@ -481,12 +492,19 @@ fn expect_string(key: &str, json: &serde_json::Value) -> Result<String, String> 
     match json {
         serde_json::Value::String(text) => Ok(text.clone()),
         serde_json::Value::Number(number) => Ok(number.to_string()),
-        other => Err(format!("'{key}' must be a string, found {}", json_kind(other))),
+        other => Err(format!(
+            "'{key}' must be a string, found {}",
+            json_kind(other)
+        )),
     }
 }
 
 fn optional_string(key: &str, json: &serde_json::Value) -> Result<Option<String>, String> {
-    if json.is_null() { Ok(None) } else { expect_string(key, json).map(Some) }
+    if json.is_null() {
+        Ok(None)
+    } else {
+        expect_string(key, json).map(Some)
+    }
 }
 
 fn string_list(key: &str, json: &serde_json::Value) -> Result<Vec<String>, String> {
@@ -496,9 +514,10 @@ fn string_list(key: &str, json: &serde_json::Value) -> Result<Vec<String>, Strin
         serde_json::Value::Array(items) => {
             items.iter().map(|item| expect_string(key, item)).collect()
         }
-        other => {
-            Err(format!("'{key}' must be a string or a list of strings, found {}", json_kind(other)))
-        }
+        other => Err(format!(
+            "'{key}' must be a string or a list of strings, found {}",
+            json_kind(other)
+        )),
     }
 }
 
@@ -524,7 +543,9 @@ fn partition_columns(json: &serde_json::Value) -> Result<Vec<String>, String> {
     match json {
         serde_json::Value::Object(map) => match map.get("field") {
             Some(field) => Ok(vec![expect_string("partition_by.field", field)?]),
-            None => Err(String::from("'partition_by' as a mapping needs a 'field' key")),
+            None => Err(String::from(
+                "'partition_by' as a mapping needs a 'field' key",
+            )),
         },
         other => string_list("partition_by", other),
     }
@@ -561,7 +582,9 @@ pub fn parse_condition(text: &str) -> Option<(&'static str, u64)> {
 
 /// Returns ` (did you mean 'x'?)` for the closest candidate, or an empty string.
 pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
-    closest(name, candidates).map(|best| format!(" (did you mean '{best}'?)")).unwrap_or_default()
+    closest(name, candidates)
+        .map(|best| format!(" (did you mean '{best}'?)"))
+        .unwrap_or_default()
 }
 
 /// Returns the candidate closest to `name`, when one is close enough to be a likely typo.
@@ -599,7 +622,10 @@ pub fn read_config_mapping<'a>(
     for (key, value) in entries {
         let (name, is_config) = match key.name.strip_prefix('+') {
             Some(stripped) => (stripped, true),
-            None => (key.name.as_str(), bare_keys_are_config && CONFIG_KEYS.contains(&key.name.as_str())),
+            None => (
+                key.name.as_str(),
+                bare_keys_are_config && CONFIG_KEYS.contains(&key.name.as_str()),
+            ),
         };
         if !is_config {
             rest.push((key.name.as_str(), value));
@@ -611,10 +637,15 @@ pub fn read_config_mapping<'a>(
             continue;
         }
         if let Err(message) = layer.set(name, &value.to_json()) {
-            errors.push(
-                ProjectDiagnostic::error("strata::config", message)
-                    .at(source, value.line.max(key.line), if value.line > 0 { value.column } else { key.column }),
-            );
+            errors.push(ProjectDiagnostic::error("strata::config", message).at(
+                source,
+                value.line.max(key.line),
+                if value.line > 0 {
+                    value.column
+                } else {
+                    key.column
+                },
+            ));
         }
     }
     rest
@@ -631,7 +662,9 @@ mod tests {
         outer.set("tags", &"nightly".into()).unwrap();
         let mut inner = ConfigLayer::default();
         inner.set("materialized", &"table".into()).unwrap();
-        inner.set("tags", &serde_json::json!(["pii", "nightly"])).unwrap();
+        inner
+            .set("tags", &serde_json::json!(["pii", "nightly"]))
+            .unwrap();
         let config = NodeConfig::resolve(Materialization::View, [&outer, &inner]);
         assert_eq!(config.materialized, Materialization::Table);
         assert_eq!(config.tags, vec!["nightly", "pii"]);

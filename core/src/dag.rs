@@ -40,12 +40,20 @@ impl Dag {
 
     /// Returns the direct parents of a node.
     pub fn parents(&self, id: &str) -> impl Iterator<Item = &str> {
-        self.parents.get(id).into_iter().flatten().map(String::as_str)
+        self.parents
+            .get(id)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
     }
 
     /// Returns the direct children of a node.
     pub fn children(&self, id: &str) -> impl Iterator<Item = &str> {
-        self.children.get(id).into_iter().flatten().map(String::as_str)
+        self.children
+            .get(id)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
     }
 
     /// Returns one cycle as a path `a, b, …, a` when the graph has any.
@@ -56,7 +64,8 @@ impl Dag {
             OnStack,
             Done,
         }
-        let mut marks: BTreeMap<&str, Mark> = self.nodes().map(|id| (id, Mark::Unvisited)).collect();
+        let mut marks: BTreeMap<&str, Mark> =
+            self.nodes().map(|id| (id, Mark::Unvisited)).collect();
         for start in self.nodes() {
             if marks[start] != Mark::Unvisited {
                 continue;
@@ -70,8 +79,10 @@ impl Dag {
                     Some(child) => match marks[child] {
                         Mark::OnStack => {
                             let from = stack.iter().position(|(id, _)| *id == child).unwrap_or(0);
-                            let mut cycle: Vec<String> =
-                                stack[from..].iter().map(|(id, _)| (*id).to_string()).collect();
+                            let mut cycle: Vec<String> = stack[from..]
+                                .iter()
+                                .map(|(id, _)| (*id).to_string())
+                                .collect();
                             cycle.push(child.to_string());
                             return Some(cycle);
                         }
@@ -94,10 +105,16 @@ impl Dag {
     /// Returns every node with its parents before it; ties are broken by id, so the order is
     /// deterministic. Nodes on a cycle are left out.
     pub fn topological_order(&self) -> Vec<String> {
-        let mut remaining: BTreeMap<&str, usize> =
-            self.parents.iter().map(|(id, parents)| (id.as_str(), parents.len())).collect();
-        let mut ready: BTreeSet<&str> =
-            remaining.iter().filter(|(_, count)| **count == 0).map(|(id, _)| *id).collect();
+        let mut remaining: BTreeMap<&str, usize> = self
+            .parents
+            .iter()
+            .map(|(id, parents)| (id.as_str(), parents.len()))
+            .collect();
+        let mut ready: BTreeSet<&str> = remaining
+            .iter()
+            .filter(|(_, count)| **count == 0)
+            .map(|(id, _)| *id)
+            .collect();
         let mut order = Vec::with_capacity(remaining.len());
         while let Some(id) = ready.pop_first() {
             order.push(id.to_string());
@@ -161,15 +178,27 @@ mod tests {
 
     #[test]
     fn topological_order_puts_parents_first_deterministically() {
-        assert_eq!(chain().topological_order(), vec!["a", "b", "d", "c", "lonely"]);
+        assert_eq!(
+            chain().topological_order(),
+            vec!["a", "b", "d", "c", "lonely"]
+        );
     }
 
     #[test]
     fn walks_respect_depth() {
         let dag = chain();
-        assert_eq!(dag.ancestors("c", None), BTreeSet::from(["a".into(), "b".into(), "d".into()]));
-        assert_eq!(dag.ancestors("c", Some(1)), BTreeSet::from(["b".into(), "d".into()]));
-        assert_eq!(dag.descendants("a", Some(1)), BTreeSet::from(["b".into(), "d".into()]));
+        assert_eq!(
+            dag.ancestors("c", None),
+            BTreeSet::from(["a".into(), "b".into(), "d".into()])
+        );
+        assert_eq!(
+            dag.ancestors("c", Some(1)),
+            BTreeSet::from(["b".into(), "d".into()])
+        );
+        assert_eq!(
+            dag.descendants("a", Some(1)),
+            BTreeSet::from(["b".into(), "d".into()])
+        );
     }
 
     #[test]

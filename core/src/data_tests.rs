@@ -17,7 +17,10 @@ fn subject(relation: &str, where_clause: Option<&str>) -> String {
 /// `not_null`: rows where the column is null.
 pub fn not_null(relation: &str, column: &str, where_clause: Option<&str>) -> String {
     let column = quote_identifier(column);
-    format!("select {column}\nfrom {}\nwhere {column} is null\n", subject(relation, where_clause))
+    format!(
+        "select {column}\nfrom {}\nwhere {column} is null\n",
+        subject(relation, where_clause)
+    )
 }
 
 /// `unique`: values that appear more than once (nulls are not compared, as in dbt).
@@ -41,7 +44,9 @@ pub fn accepted_values(
     where_clause: Option<&str>,
 ) -> Result<String, String> {
     let Some(serde_json::Value::Array(values)) = values else {
-        return Err(String::from("accepted_values needs 'values:', a list of the allowed values"));
+        return Err(String::from(
+            "accepted_values needs 'values:', a list of the allowed values",
+        ));
     };
     if values.is_empty() {
         return Err(String::from("accepted_values needs at least one value"));
@@ -55,7 +60,11 @@ pub fn accepted_values(
             serde_json::Value::Number(number) => number.to_string(),
             serde_json::Value::Bool(flag) if quote => format!("'{flag}'"),
             serde_json::Value::Bool(flag) => flag.to_string(),
-            other => return Err(format!("accepted_values can only list scalars, found {other}")),
+            other => {
+                return Err(format!(
+                    "accepted_values can only list scalars, found {other}"
+                ));
+            }
         };
         literals.push(literal);
     }
@@ -94,7 +103,10 @@ mod tests {
         assert!(sql.contains("not in ('a', 'it''s')"), "{sql}");
         let numbers = serde_json::json!([1, 2]);
         let sql = accepted_values("s.t", "n", Some(&numbers), false, Some("n > 0")).unwrap();
-        assert!(sql.contains("not in (1, 2)") && sql.contains("where n > 0"), "{sql}");
+        assert!(
+            sql.contains("not in (1, 2)") && sql.contains("where n > 0"),
+            "{sql}"
+        );
         assert!(accepted_values("s.t", "n", None, true, None).is_err());
     }
 

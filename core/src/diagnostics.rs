@@ -34,7 +34,10 @@ pub struct SourceText {
 impl SourceText {
     /// Wraps the text of the file at `path` (relative to the project folder).
     pub fn new(path: impl Into<PathBuf>, text: impl Into<Arc<str>>) -> Self {
-        Self { path: path.into(), text: text.into() }
+        Self {
+            path: path.into(),
+            text: text.into(),
+        }
     }
 
     /// Converts a 1-based line and column (in characters) into a byte offset, clamped to the
@@ -45,8 +48,11 @@ impl SourceText {
         for (index, text_line) in self.text.split_inclusive('\n').enumerate() {
             if index + 1 == line {
                 let column = column.max(1) as usize - 1;
-                let within: usize =
-                    text_line.chars().take(column).map(char::len_utf8).sum::<usize>();
+                let within: usize = text_line
+                    .chars()
+                    .take(column)
+                    .map(char::len_utf8)
+                    .sum::<usize>();
                 return offset + within;
             }
             offset += text_line.len();
@@ -113,7 +119,10 @@ impl ProjectDiagnostic {
 
     /// Creates a warning diagnostic with a code and a message.
     pub fn warning(code: &'static str, message: impl Into<String>) -> Self {
-        Self { severity: Severity::Warning, ..Self::error(code, message) }
+        Self {
+            severity: Severity::Warning,
+            ..Self::error(code, message)
+        }
     }
 
     /// Points the diagnostic at a file without a precise location.
@@ -197,11 +206,15 @@ impl Diagnostic for ProjectDiagnostic {
     }
 
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.hint.as_ref().map(|hint| Box::new(hint) as Box<dyn fmt::Display>)
+        self.hint
+            .as_ref()
+            .map(|hint| Box::new(hint) as Box<dyn fmt::Display>)
     }
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
-        self.source.as_ref().map(|source| &source.text as &dyn miette::SourceCode)
+        self.source
+            .as_ref()
+            .map(|source| &source.text as &dyn miette::SourceCode)
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
@@ -230,12 +243,17 @@ impl Diagnostics {
 
     /// Returns true when at least one diagnostic is an error.
     pub fn has_errors(&self) -> bool {
-        self.items.iter().any(|item| item.severity == Severity::Error)
+        self.items
+            .iter()
+            .any(|item| item.severity == Severity::Error)
     }
 
     /// Returns the number of errors.
     pub fn error_count(&self) -> usize {
-        self.items.iter().filter(|item| item.severity == Severity::Error).count()
+        self.items
+            .iter()
+            .filter(|item| item.severity == Severity::Error)
+            .count()
     }
 
     /// Returns true when there is no diagnostic at all.
@@ -261,7 +279,11 @@ impl Diagnostics {
 
     /// Renders every diagnostic with its snippet, as a person reads it in a terminal.
     pub fn render(&self, color: bool) -> String {
-        let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
+        let theme = if color {
+            GraphicalTheme::unicode()
+        } else {
+            GraphicalTheme::unicode_nocolor()
+        };
         let handler = GraphicalReportHandler::new_themed(theme).with_width(100);
         let mut out = String::new();
         for item in &self.items {
@@ -318,7 +340,9 @@ impl Diagnostic for NamedDiagnostic<'_> {
         self.inner.help()
     }
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
-        self.named_source.as_ref().map(|named| named as &dyn miette::SourceCode)
+        self.named_source
+            .as_ref()
+            .map(|named| named as &dyn miette::SourceCode)
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         self.inner.labels()

@@ -37,7 +37,10 @@ pub struct Relation {
 impl Relation {
     /// Creates a relation.
     pub fn new(schema: impl Into<String>, identifier: impl Into<String>) -> Self {
-        Self { schema: schema.into(), identifier: identifier.into() }
+        Self {
+            schema: schema.into(),
+            identifier: identifier.into(),
+        }
     }
 }
 
@@ -56,7 +59,12 @@ impl fmt::Display for Relation {
         if self.schema.is_empty() {
             f.write_str(&quote_identifier(&self.identifier))
         } else {
-            write!(f, "{}.{}", quote_identifier(&self.schema), quote_identifier(&self.identifier))
+            write!(
+                f,
+                "{}.{}",
+                quote_identifier(&self.schema),
+                quote_identifier(&self.identifier)
+            )
         }
     }
 }
@@ -154,7 +162,10 @@ impl Object for RenderScope {}
 
 impl RenderScope {
     fn record(&self, dependency: Dependency) {
-        let mut captured = self.captured.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut captured = self
+            .captured
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         if !captured.dependencies.contains(&dependency) {
             captured.dependencies.push(dependency);
         }
@@ -165,7 +176,12 @@ fn scope(state: &State) -> Result<Arc<RenderScope>, Error> {
     state
         .get_extension::<Value>()
         .and_then(|value| value.downcast_object::<RenderScope>())
-        .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "strata functions need a node to render"))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                "strata functions need a node to render",
+            )
+        })
 }
 
 fn enter(state: &mut State, scope: Value) -> String {
@@ -207,7 +223,10 @@ fn ref_function(state: &State, args: Rest<String>, _kwargs: Kwargs) -> Result<Va
         ));
     }
     let hint = did_you_mean(&name, scope.inputs.relations.keys().map(String::as_str));
-    Err(Error::new(ErrorKind::InvalidOperation, format!("unknown model or seed '{name}'{hint}")))
+    Err(Error::new(
+        ErrorKind::InvalidOperation,
+        format!("unknown model or seed '{name}'{hint}"),
+    ))
 }
 
 fn source_function(state: &State, source: String, table: String) -> Result<Value, Error> {
@@ -225,10 +244,18 @@ fn source_function(state: &State, source: String, table: String) -> Result<Value
         .map(|(_, table)| table.as_str())
         .collect();
     let message = if same_source.is_empty() {
-        let names: BTreeSet<&str> = scope.inputs.sources.keys().map(|(name, _)| name.as_str()).collect();
+        let names: BTreeSet<&str> = scope
+            .inputs
+            .sources
+            .keys()
+            .map(|(name, _)| name.as_str())
+            .collect();
         format!("unknown source '{source}'{}", did_you_mean(&source, names))
     } else {
-        format!("source '{source}' has no table '{table}'{}", did_you_mean(&table, same_source))
+        format!(
+            "source '{source}' has no table '{table}'{}",
+            did_you_mean(&table, same_source)
+        )
     };
     Err(Error::new(ErrorKind::InvalidOperation, message))
 }
@@ -265,7 +292,10 @@ fn is_incremental_function(state: &State) -> Result<bool, Error> {
 
 fn log_function(state: &State, message: Value, _kwargs: Kwargs) -> Result<String, Error> {
     let scope = scope(state)?;
-    let mut captured = scope.captured.lock().unwrap_or_else(|poison| poison.into_inner());
+    let mut captured = scope
+        .captured
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
     captured.messages.push(message.to_string());
     Ok(String::new())
 }
@@ -278,10 +308,16 @@ struct ConfigObject;
 impl Object for ConfigObject {
     fn call(self: &Arc<Self>, state: &mut State<'_, '_>, args: &[Value]) -> Result<Value, Error> {
         let scope = scope(state)?;
-        let mut captured = scope.captured.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut captured = scope
+            .captured
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         for arg in args {
             let settings: serde_json::Value = serde_json::to_value(arg).map_err(|err| {
-                Error::new(ErrorKind::InvalidOperation, format!("config() value: {err}"))
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("config() value: {err}"),
+                )
             })?;
             let serde_json::Value::Object(settings) = settings else {
                 return Err(Error::new(
@@ -293,10 +329,9 @@ impl Object for ConfigObject {
                 if key == "__minijinja_ValueKind" {
                     continue;
                 }
-                captured
-                    .config
-                    .set(&key, &value)
-                    .map_err(|message| Error::new(ErrorKind::InvalidOperation, message))?;
+                captured.config.set(&key, &value).map_err(|message| {
+                    Error::new(ErrorKind::InvalidOperation, format!("config(): {message}"))
+                })?;
             }
         }
         Ok(Value::from(""))
@@ -311,9 +346,15 @@ impl Object for ConfigObject {
         let scope = scope(state)?;
         let (key, default): (String, Option<Value>) = minijinja::value::from_args(args)?;
         let resolved = {
-            let captured = scope.captured.lock().unwrap_or_else(|poison| poison.into_inner());
+            let captured = scope
+                .captured
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
             let base = scope.inputs.base_configs.get(&scope.node);
-            let layers = base.into_iter().flatten().chain(std::iter::once(&captured.config));
+            let layers = base
+                .into_iter()
+                .flatten()
+                .chain(std::iter::once(&captured.config));
             NodeConfig::resolve(crate::config::Materialization::View, layers)
         };
         let value = resolved.get(&key).filter(|value| !value.is_null());
@@ -325,7 +366,10 @@ impl Object for ConfigObject {
                 ErrorKind::InvalidOperation,
                 format!("config '{key}' is required but not set"),
             )),
-            _ => Err(Error::new(ErrorKind::UnknownMethod, format!("config has no method '{method}'"))),
+            _ => Err(Error::new(
+                ErrorKind::UnknownMethod,
+                format!("config has no method '{method}'"),
+            )),
         }
     }
 }
@@ -346,11 +390,17 @@ impl Object for ExceptionsObject {
             "raise_compiler_error" => Err(Error::new(ErrorKind::InvalidOperation, message)),
             "warn" => {
                 let scope = scope(state)?;
-                let mut captured = scope.captured.lock().unwrap_or_else(|poison| poison.into_inner());
+                let mut captured = scope
+                    .captured
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner());
                 captured.messages.push(message);
                 Ok(Value::from(""))
             }
-            _ => Err(Error::new(ErrorKind::UnknownMethod, format!("exceptions has no method '{method}'"))),
+            _ => Err(Error::new(
+                ErrorKind::UnknownMethod,
+                format!("exceptions has no method '{method}'"),
+            )),
         }
     }
 }
@@ -373,7 +423,9 @@ pub struct Renderer {
 
 impl fmt::Debug for Renderer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Renderer").field("templates", &self.sources.len()).finish()
+        f.debug_struct("Renderer")
+            .field("templates", &self.sources.len())
+            .finish()
     }
 }
 
@@ -393,7 +445,10 @@ impl Renderer {
         let mut env = Environment::new();
         env.set_fuel(Some(FUEL_PER_RENDER));
         env.set_recursion_limit(200);
-        if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder().keep_trailing_newline(true).build() {
+        if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+            .keep_trailing_newline(true)
+            .build()
+        {
             env.set_syntax(syntax);
         }
         env.add_function("__strata_enter", enter);
@@ -406,7 +461,10 @@ impl Renderer {
         env.add_global("config", Value::from_object(ConfigObject));
         env.add_global("exceptions", Value::from_object(ExceptionsObject));
         env.add_global("execute", Value::from(true));
-        env.add_global("flags", Value::from(Serde(BTreeMap::from([("FULL_REFRESH", false)]))));
+        env.add_global(
+            "flags",
+            Value::from(Serde(BTreeMap::from([("FULL_REFRESH", false)]))),
+        );
 
         let mut combined = String::new();
         let mut macro_files = Vec::new();
@@ -421,12 +479,15 @@ impl Renderer {
                 if let Some((first, first_offset)) = names.get(&name) {
                     let (line, _) = first.line_column_of(*first_offset);
                     diagnostics.push(
-                        ProjectDiagnostic::error("strata::duplicate_macro", format!("macro '{name}' is defined twice"))
-                            .at_range(&file.source, offset, offset + name.len())
-                            .with_hint(format!(
-                                "it is also defined at {}:{line}; rename or remove one",
-                                first.path.display()
-                            )),
+                        ProjectDiagnostic::error(
+                            "strata::duplicate_macro",
+                            format!("macro '{name}' is defined twice"),
+                        )
+                        .at_range(&file.source, offset, offset + name.len())
+                        .with_hint(format!(
+                            "it is also defined at {}:{line}; rename or remove one",
+                            first.path.display()
+                        )),
                     );
                     continue;
                 }
@@ -434,7 +495,11 @@ impl Renderer {
             }
             let start = combined.len();
             combined.push_str(&file.source.text);
-            macro_files.push(MacroFileSpan { start, end: combined.len(), source: file.source.clone() });
+            macro_files.push(MacroFileSpan {
+                start,
+                end: combined.len(),
+                source: file.source.clone(),
+            });
             combined.push('\n');
         }
         let mut prelude = String::from("{{ __strata_enter(__strata_scope) }}");
@@ -447,10 +512,18 @@ impl Renderer {
                 }
             } else {
                 let list: Vec<&str> = names.keys().map(String::as_str).collect();
-                prelude.push_str(&format!("{{% from \"{MACROS_TEMPLATE}\" import {} %}}", list.join(", ")));
+                prelude.push_str(&format!(
+                    "{{% from \"{MACROS_TEMPLATE}\" import {} %}}",
+                    list.join(", ")
+                ));
             }
         }
-        Renderer { env, prelude, macro_files, sources: BTreeMap::new() }
+        Renderer {
+            env,
+            prelude,
+            macro_files,
+            sources: BTreeMap::new(),
+        }
     }
 
     /// Adds a node's template. The template name is the file path.
@@ -482,7 +555,10 @@ impl Renderer {
         this: Option<&Relation>,
     ) -> Result<Rendered, Box<ProjectDiagnostic>> {
         let name = source.path.to_string_lossy();
-        let template = self.env.get_template(&name).map_err(|err| Box::new(self.diagnostic(&err, source)))?;
+        let template = self
+            .env
+            .get_template(&name)
+            .map_err(|err| Box::new(self.diagnostic(&err, source)))?;
         let scope = Arc::new(RenderScope {
             inputs: inputs.clone(),
             node: node.to_string(),
@@ -501,8 +577,14 @@ impl Renderer {
             target => target,
             model => BTreeMap::from([("name", node.to_string())]),
         };
-        let sql = template.render(context).map_err(|err| Box::new(self.diagnostic(&err, source)))?;
-        let captured = scope.captured.lock().unwrap_or_else(|poison| poison.into_inner()).clone();
+        let sql = template
+            .render(context)
+            .map_err(|err| Box::new(self.diagnostic(&err, source)))?;
+        let captured = scope
+            .captured
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
         Ok(Rendered { sql, captured })
     }
 
@@ -515,7 +597,8 @@ impl Renderer {
         if !text.contains("{{") && !text.contains("{%") {
             return Ok(text.to_string());
         }
-        self.render_expression(text, inputs).map(|rendered| rendered.sql)
+        self.render_expression(text, inputs)
+            .map(|rendered| rendered.sql)
     }
 
     /// Renders a short template outside any node (a test argument such as `{{ ref('x') }}`),
@@ -523,7 +606,11 @@ impl Renderer {
     ///
     /// # Errors
     /// Returns the rendering error's message.
-    pub fn render_expression(&self, text: &str, inputs: &Arc<RenderInputs>) -> Result<Rendered, String> {
+    pub fn render_expression(
+        &self,
+        text: &str,
+        inputs: &Arc<RenderInputs>,
+    ) -> Result<Rendered, String> {
         let scope = Arc::new(RenderScope {
             inputs: inputs.clone(),
             node: String::new(),
@@ -533,19 +620,33 @@ impl Renderer {
         let template = format!("{{{{ __strata_enter(__strata_scope) }}}}{text}");
         let sql = self
             .env
-            .render_str(&template, minijinja::context! { __strata_scope => Value::from_dyn_object(scope.clone()) })
+            .render_str(
+                &template,
+                minijinja::context! { __strata_scope => Value::from_dyn_object(scope.clone()) },
+            )
             .map_err(|err| err.detail().unwrap_or("invalid template").to_string())?;
-        let captured = scope.captured.lock().unwrap_or_else(|poison| poison.into_inner()).clone();
+        let captured = scope
+            .captured
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
         Ok(Rendered { sql, captured })
     }
 
     fn diagnostic(&self, err: &Error, node_source: &SourceText) -> ProjectDiagnostic {
-        if err.name() == Some(MACROS_TEMPLATE) {
-            if let Some(range) = err.range() {
-                if let Some(file) = self.macro_files.iter().find(|file| range.start >= file.start && range.start <= file.end) {
-                    return jinja_diagnostic_at(err, &file.source, range.start - file.start, range.end - file.start);
-                }
-            }
+        if err.name() == Some(MACROS_TEMPLATE)
+            && let Some(range) = err.range()
+            && let Some(file) = self
+                .macro_files
+                .iter()
+                .find(|file| range.start >= file.start && range.start <= file.end)
+        {
+            return jinja_diagnostic_at(
+                err,
+                &file.source,
+                range.start - file.start,
+                range.end - file.start,
+            );
         }
         jinja_diagnostic(err, node_source, self.prelude.len())
     }
@@ -568,7 +669,12 @@ fn jinja_diagnostic(err: &Error, source: &SourceText, prelude_len: usize) -> Pro
     }
 }
 
-fn jinja_diagnostic_at(err: &Error, source: &SourceText, start: usize, end: usize) -> ProjectDiagnostic {
+fn jinja_diagnostic_at(
+    err: &Error,
+    source: &SourceText,
+    start: usize,
+    end: usize,
+) -> ProjectDiagnostic {
     base_diagnostic(err).at_range(source, start, end)
 }
 
@@ -582,20 +688,27 @@ fn base_diagnostic(err: &Error) -> ProjectDiagnostic {
         ),
         ErrorKind::UnknownFunction => (
             "strata::jinja_unknown_function",
-            format!("unknown function: {detail}"),
+            format!(
+                "unknown function '{}'",
+                detail.trim_end_matches(" is unknown")
+            ),
             Some("define it as a macro under macros/, or check the spelling"),
         ),
         ErrorKind::UnknownTest | ErrorKind::UnknownFilter | ErrorKind::UnknownMethod => {
-            ("strata::jinja", format!("{detail}"), None)
+            ("strata::jinja", detail.clone(), None)
         }
         ErrorKind::OutOfFuel => (
             "strata::jinja_fuel",
             String::from("template rendering ran too long"),
             Some("look for a loop over a very large range"),
         ),
-        _ if detail.starts_with("unknown model") || detail.starts_with("unknown source") || detail.starts_with("source '") => {
+        _ if detail.starts_with("unknown model")
+            || detail.starts_with("unknown source")
+            || detail.starts_with("source '") =>
+        {
             ("strata::unknown_ref", detail.clone(), None)
         }
+        _ if detail.starts_with("config(): ") => ("strata::config", detail.clone(), None),
         _ if detail.is_empty() => ("strata::jinja", err.kind().to_string(), None),
         _ => ("strata::jinja", detail.clone(), None),
     };
@@ -619,13 +732,17 @@ pub fn macro_names(text: &str) -> Vec<(String, usize)> {
         while bytes.get(at).is_some_and(u8::is_ascii_whitespace) {
             at += 1;
         }
-        if text[at..].starts_with("macro") && bytes.get(at + 5).is_some_and(u8::is_ascii_whitespace) {
+        if text[at..].starts_with("macro") && bytes.get(at + 5).is_some_and(u8::is_ascii_whitespace)
+        {
             let mut start = at + 5;
             while bytes.get(start).is_some_and(u8::is_ascii_whitespace) {
                 start += 1;
             }
             let end = start
-                + text[start..].bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
+                + text[start..]
+                    .bytes()
+                    .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                    .count();
             if end > start {
                 names.push((text[start..end].to_string(), start));
             }
@@ -641,20 +758,30 @@ mod tests {
     use std::path::PathBuf;
 
     fn macro_file(path: &str, text: &str) -> SqlFile {
-        SqlFile { name: String::from("m"), folders: Vec::new(), source: SourceText::new(path, text) }
+        SqlFile {
+            name: String::from("m"),
+            folders: Vec::new(),
+            source: SourceText::new(path, text),
+        }
     }
 
     fn inputs() -> Arc<RenderInputs> {
         Arc::new(RenderInputs {
             project_name: String::from("shop"),
             project_vars: serde_json::json!({"days": 3}).as_object().unwrap().clone(),
-            cli_vars: serde_json::json!({"region": "eu"}).as_object().unwrap().clone(),
+            cli_vars: serde_json::json!({"region": "eu"})
+                .as_object()
+                .unwrap()
+                .clone(),
             env: BTreeMap::from([(String::from("HOME_DIR"), String::from("/h"))]),
             target_name: String::from("dev"),
             target_schema: String::from("main"),
             relations: BTreeMap::from([
                 (String::from("orders"), Relation::new("silver", "orders")),
-                (String::from("Customers"), Relation::new("gold", "Customers")),
+                (
+                    String::from("Customers"),
+                    Relation::new("gold", "Customers"),
+                ),
             ]),
             sources: BTreeMap::from([(
                 (String::from("raw"), String::from("events")),
@@ -670,7 +797,13 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         let source = SourceText::new(PathBuf::from("models/m.sql"), text);
         renderer.add(&source)?;
-        renderer.render(&source, "m", &inputs(), false, Some(&Relation::new("gold", "m")))
+        renderer.render(
+            &source,
+            "m",
+            &inputs(),
+            false,
+            Some(&Relation::new("gold", "m")),
+        )
     }
 
     #[test]
@@ -693,24 +826,42 @@ mod tests {
                 Dependency::Ref(String::from("Customers")),
             ]
         );
-        assert_eq!(rendered.captured.config.materialized, Some(crate::config::Materialization::Table));
+        assert_eq!(
+            rendered.captured.config.materialized,
+            Some(crate::config::Materialization::Table)
+        );
     }
 
     #[test]
     fn macros_call_each_other_and_see_the_node() {
         let macros = [
-            macro_file("macros/a.sql", "{% macro cents(col) %}({{ col }} / 100.0){% endmacro %}"),
-            macro_file("macros/b.sql", "{% macro orders_total() %}sum({{ cents('amount') }}) from {{ ref('orders') }}{% endmacro %}"),
+            macro_file(
+                "macros/a.sql",
+                "{% macro cents(col) %}({{ col }} / 100.0){% endmacro %}",
+            ),
+            macro_file(
+                "macros/b.sql",
+                "{% macro orders_total() %}sum({{ cents('amount') }}) from {{ ref('orders') }}{% endmacro %}",
+            ),
         ];
         let rendered = render(&macros, "select {{ orders_total() }}").unwrap();
-        assert_eq!(rendered.sql, "select sum((amount / 100.0)) from silver.orders");
-        assert_eq!(rendered.captured.dependencies, vec![Dependency::Ref(String::from("orders"))]);
+        assert_eq!(
+            rendered.sql,
+            "select sum((amount / 100.0)) from silver.orders"
+        );
+        assert_eq!(
+            rendered.captured.dependencies,
+            vec![Dependency::Ref(String::from("orders"))]
+        );
     }
 
     #[test]
     fn an_unknown_ref_suggests_the_closest_name() {
         let err = render(&[], "select 1\nfrom {{ ref('ordres') }}").unwrap_err();
-        assert_eq!(err.message, "unknown model or seed 'ordres' (did you mean 'orders'?)");
+        assert_eq!(
+            err.message,
+            "unknown model or seed 'ordres' (did you mean 'orders'?)"
+        );
         assert_eq!((err.line, err.column), (Some(2), Some(9)));
     }
 
@@ -718,10 +869,16 @@ mod tests {
     fn errors_in_macros_point_into_the_macro_file() {
         let macros = [
             macro_file("macros/a.sql", "{% macro ok() %}1{% endmacro %}"),
-            macro_file("macros/b.sql", "\n{% macro bad() %}{{ ref('nope') }}{% endmacro %}"),
+            macro_file(
+                "macros/b.sql",
+                "\n{% macro bad() %}{{ ref('nope') }}{% endmacro %}",
+            ),
         ];
         let err = render(&macros, "select {{ bad() }}").unwrap_err();
-        assert_eq!(err.file.as_deref(), Some(std::path::Path::new("macros/b.sql")));
+        assert_eq!(
+            err.file.as_deref(),
+            Some(std::path::Path::new("macros/b.sql"))
+        );
         assert_eq!(err.line, Some(2));
     }
 
@@ -729,7 +886,11 @@ mod tests {
     fn syntax_errors_name_the_line() {
         let err = render(&[], "select 1\n{% if x %}\n").unwrap_err();
         assert_eq!(err.code, "strata::jinja_syntax");
-        assert!(err.message.contains("unexpected end of input"), "{}", err.message);
+        assert!(
+            err.message.contains("unexpected end of input"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
@@ -746,7 +907,8 @@ mod tests {
 
     #[test]
     fn macro_names_are_found() {
-        let names = macro_names("{%- macro a(x) %}{% endmacro %}\n{% macro  b_2() -%}{%- endmacro %}");
+        let names =
+            macro_names("{%- macro a(x) %}{% endmacro %}\n{% macro  b_2() -%}{%- endmacro %}");
         let names: Vec<&str> = names.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, vec!["a", "b_2"]);
     }

@@ -1,4 +1,19 @@
-//! Strata core.
+//! Strata core: what every Strata process shares.
+//!
+//! Today that is the project compiler — everything from a dbt-style project folder to a
+//! manifest of compiled SQL:
+//!
+//! - [`project`] reads `dbt_project.yml` / `strata_project.yml`, models, seeds, macros, tests
+//!   and property files, collecting every problem as a [`diagnostics::ProjectDiagnostic`];
+//! - [`properties`] and [`config`] read sources, columns, tests and layered configuration;
+//! - [`jinja`] renders SQL with dbt's functions (`ref`, `source`, `config`, `var`, `env_var`,
+//!   `is_incremental`, `this`, `target`) and the project's macros;
+//! - [`compiler`] resolves configuration, inlines ephemeral models, writes test SQL
+//!   ([`data_tests`]) and checks the DAG ([`dag`]), producing a [`manifest::Manifest`];
+//! - [`selection`] applies dbt's `--select` / `--exclude` syntax to a manifest.
+
+#![warn(missing_docs)]
+
 pub mod compiler;
 pub mod config;
 pub mod dag;

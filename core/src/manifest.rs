@@ -187,7 +187,9 @@ impl Manifest {
     /// Looks a node up by unique id or, for models, seeds and tests, by name.
     pub fn find(&self, name_or_id: &str) -> Option<&Node> {
         self.nodes.get(name_or_id).or_else(|| {
-            self.nodes.values().find(|node| node.resource_type != ResourceType::Source && node.name == name_or_id)
+            self.nodes
+                .values()
+                .find(|node| node.resource_type != ResourceType::Source && node.name == name_or_id)
         })
     }
 }

@@ -50,7 +50,9 @@ impl FolderConfig {
     pub fn layers_for<'a>(&'a self, project: &str, path: &[String]) -> Vec<&'a ConfigLayer> {
         let mut layers = vec![&self.layer];
         // The first level names the project (or a package); the project's own block applies.
-        let Some(mut node) = self.children.get(project) else { return layers };
+        let Some(mut node) = self.children.get(project) else {
+            return layers;
+        };
         layers.push(&node.layer);
         for part in path {
             match node.children.get(part) {
@@ -64,16 +66,14 @@ impl FolderConfig {
         layers
     }
 
-    fn read(
-        yaml: &Yaml,
-        source: &SourceText,
-        errors: &mut Vec<ProjectDiagnostic>,
-    ) -> FolderConfig {
+    fn read(yaml: &Yaml, source: &SourceText, errors: &mut Vec<ProjectDiagnostic>) -> FolderConfig {
         let mut folder = FolderConfig::default();
         let rest = read_config_mapping(yaml, source, false, &mut folder.layer, errors);
         for (name, child) in rest {
             if child.entries().is_some() || child.is_null() {
-                folder.children.insert(name.to_string(), FolderConfig::read(child, source, errors));
+                folder
+                    .children
+                    .insert(name.to_string(), FolderConfig::read(child, source, errors));
             } else {
                 errors.push(
                     ProjectDiagnostic::error(
@@ -182,20 +182,28 @@ impl Project {
     pub fn load(root: &Path) -> Loaded {
         let mut diagnostics = Diagnostics::default();
         let project = load_project(root, &mut diagnostics);
-        Loaded { project, diagnostics }
+        Loaded {
+            project,
+            diagnostics,
+        }
     }
 }
 
 fn load_project(root: &Path, diagnostics: &mut Diagnostics) -> Option<Project> {
     let Some(file_name) = PROJECT_FILES.iter().find(|name| root.join(name).is_file()) else {
         let message = if root.is_dir() {
-            format!("no dbt_project.yml or strata_project.yml in {}", root.display())
+            format!(
+                "no dbt_project.yml or strata_project.yml in {}",
+                root.display()
+            )
         } else {
             format!("project folder {} does not exist", root.display())
         };
-        diagnostics.push(ProjectDiagnostic::error("strata::no_project", message).with_hint(
-            "run the command in a project folder or pass --project-dir pointing at one",
-        ));
+        diagnostics.push(
+            ProjectDiagnostic::error("strata::no_project", message).with_hint(
+                "run the command in a project folder or pass --project-dir pointing at one",
+            ),
+        );
         return None;
     };
     let project_file = read_source(root, Path::new(file_name), diagnostics)?;
@@ -295,7 +303,10 @@ fn read_project_keys(
         errors.push(
             ProjectDiagnostic::error(
                 "strata::project_file",
-                format!("the project file must be a mapping, found {}", document.kind()),
+                format!(
+                    "the project file must be a mapping, found {}",
+                    document.kind()
+                ),
             )
             .at(source, document.line, document.column)
             .with_hint("start with 'name: my_project'"),
@@ -311,7 +322,9 @@ fn read_project_keys(
                         "strata::project_file",
                         format!(
                             "project name must be letters, digits and underscores, found {}",
-                            value.scalar_string().unwrap_or_else(|| value.kind().to_string())
+                            value
+                                .scalar_string()
+                                .unwrap_or_else(|| value.kind().to_string())
                         ),
                     )
                     .at(source, value.line, value.column),
@@ -359,12 +372,18 @@ fn read_project_keys(
     }
 }
 
-fn path_list(value: &Yaml, source: &SourceText, errors: &mut Vec<ProjectDiagnostic>) -> Vec<String> {
+fn path_list(
+    value: &Yaml,
+    source: &SourceText,
+    errors: &mut Vec<ProjectDiagnostic>,
+) -> Vec<String> {
     match &value.value {
         YamlValue::Seq(items) => items
             .iter()
             .filter_map(|item| match item.as_str() {
-                Some(path) if is_relative_inside(path) => Some(path.trim_end_matches('/').to_string()),
+                Some(path) if is_relative_inside(path) => {
+                    Some(path.trim_end_matches('/').to_string())
+                }
                 _ => {
                     errors.push(
                         ProjectDiagnostic::error(
@@ -395,7 +414,12 @@ fn path_list(value: &Yaml, source: &SourceText, errors: &mut Vec<ProjectDiagnost
 fn is_relative_inside(path: &str) -> bool {
     let path = Path::new(path);
     !path.as_os_str().is_empty()
-        && path.components().all(|part| matches!(part, std::path::Component::Normal(_) | std::path::Component::CurDir))
+        && path.components().all(|part| {
+            matches!(
+                part,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        })
 }
 
 /// Returns true for names made of ASCII letters, digits and underscores, not starting with a
@@ -407,7 +431,9 @@ pub fn is_identifier(name: &str) -> bool {
 }
 
 fn extension(path: &Path) -> &str {
-    path.extension().and_then(|ext| ext.to_str()).unwrap_or_default()
+    path.extension()
+        .and_then(|ext| ext.to_str())
+        .unwrap_or_default()
 }
 
 /// Lists files under `root/folder`, recursively, sorted, relative to `root`. Hidden entries and
@@ -443,11 +469,7 @@ fn list_files(root: &Path, folder: &str, diagnostics: &mut Diagnostics) -> Vec<P
             match entry.file_type() {
                 Ok(kind) if kind.is_dir() => pending.push(path),
                 Ok(kind) if kind.is_file() => files.push(path),
-                Ok(kind) if kind.is_symlink() => {
-                    if root.join(&path).is_file() {
-                        files.push(path);
-                    }
-                }
+                Ok(kind) if kind.is_symlink() && root.join(&path).is_file() => files.push(path),
                 _ => {}
             }
         }
@@ -464,7 +486,10 @@ fn read_source(root: &Path, relative: &Path, diagnostics: &mut Diagnostics) -> O
                 diagnostics.push(
                     ProjectDiagnostic::error(
                         "strata::encoding",
-                        format!("file is not UTF-8 (invalid byte at offset {})", err.utf8_error().valid_up_to()),
+                        format!(
+                            "file is not UTF-8 (invalid byte at offset {})",
+                            err.utf8_error().valid_up_to()
+                        ),
                     )
                     .in_file(relative)
                     .with_hint("save the file as UTF-8"),
@@ -484,39 +509,66 @@ fn read_source(root: &Path, relative: &Path, diagnostics: &mut Diagnostics) -> O
 
 fn folders_between(folder: &str, path: &Path) -> Vec<String> {
     let inner = path.strip_prefix(folder).unwrap_or(path);
-    let mut parts: Vec<String> =
-        inner.components().map(|part| part.as_os_str().to_string_lossy().into_owned()).collect();
+    let mut parts: Vec<String> = inner
+        .components()
+        .map(|part| part.as_os_str().to_string_lossy().into_owned())
+        .collect();
     parts.pop();
     parts
 }
 
 fn stem(path: &Path) -> String {
-    path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
-fn sql_file(root: &Path, folder: &str, path: &Path, diagnostics: &mut Diagnostics) -> Option<SqlFile> {
+fn sql_file(
+    root: &Path,
+    folder: &str,
+    path: &Path,
+    diagnostics: &mut Diagnostics,
+) -> Option<SqlFile> {
     let source = read_source(root, path, diagnostics)?;
-    Some(SqlFile { name: stem(path), folders: folders_between(folder, path), source })
+    Some(SqlFile {
+        name: stem(path),
+        folders: folders_between(folder, path),
+        source,
+    })
 }
 
-fn seed_file(root: &Path, folder: &str, path: &Path, diagnostics: &mut Diagnostics) -> Option<SeedFile> {
+fn seed_file(
+    root: &Path,
+    folder: &str,
+    path: &Path,
+    diagnostics: &mut Diagnostics,
+) -> Option<SeedFile> {
     let file = match std::fs::File::open(root.join(path)) {
         Ok(file) => file,
         Err(err) => {
             diagnostics.push(
-                ProjectDiagnostic::error("strata::io", format!("cannot read seed: {err}")).in_file(path),
+                ProjectDiagnostic::error("strata::io", format!("cannot read seed: {err}"))
+                    .in_file(path),
             );
             return None;
         }
     };
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(file);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(file);
     let columns = match reader.headers() {
-        Ok(headers) => headers.iter().map(|column| column.trim().to_string()).collect::<Vec<_>>(),
+        Ok(headers) => headers
+            .iter()
+            .map(|column| column.trim().to_string())
+            .collect::<Vec<_>>(),
         Err(err) => {
             diagnostics.push(
-                ProjectDiagnostic::error("strata::seed", format!("cannot read the CSV header: {err}"))
-                    .in_file(path)
-                    .with_hint("a seed's first line names its columns, separated by commas"),
+                ProjectDiagnostic::error(
+                    "strata::seed",
+                    format!("cannot read the CSV header: {err}"),
+                )
+                .in_file(path)
+                .with_hint("a seed's first line names its columns, separated by commas"),
             );
             return None;
         }
@@ -533,19 +585,31 @@ fn seed_file(root: &Path, folder: &str, path: &Path, diagnostics: &mut Diagnosti
     for column in &columns {
         if !seen.insert(column.to_ascii_lowercase()) {
             diagnostics.push(
-                ProjectDiagnostic::error("strata::seed", format!("column '{column}' appears twice in the header"))
-                    .in_file(path),
+                ProjectDiagnostic::error(
+                    "strata::seed",
+                    format!("column '{column}' appears twice in the header"),
+                )
+                .in_file(path),
             );
             return None;
         }
     }
-    Some(SeedFile { name: stem(path), folders: folders_between(folder, path), path: path.to_path_buf(), columns })
+    Some(SeedFile {
+        name: stem(path),
+        folders: folders_between(folder, path),
+        path: path.to_path_buf(),
+        columns,
+    })
 }
 
 fn read_properties(root: &Path, path: &Path, project: &mut Project, diagnostics: &mut Diagnostics) {
-    let Some(source) = read_source(root, path, diagnostics) else { return };
+    let Some(source) = read_source(root, path, diagnostics) else {
+        return;
+    };
     match Yaml::parse(&source) {
-        Ok(document) => project.property_files.push(PropertyFile { source, document }),
+        Ok(document) => project
+            .property_files
+            .push(PropertyFile { source, document }),
         Err(diagnostic) => diagnostics.push(*diagnostic),
     }
 }
@@ -581,8 +645,11 @@ mod tests {
         assert_eq!(project.models[0].layer(), Some("gold"));
         assert_eq!(project.seeds[0].columns, vec!["code", "name"]);
         assert_eq!(project.vars["days"], 3);
-        let layers = project.models_config.layers_for("shop", &[String::from("gold")]);
-        let config = crate::config::NodeConfig::resolve(crate::config::Materialization::View, layers);
+        let layers = project
+            .models_config
+            .layers_for("shop", &[String::from("gold")]);
+        let config =
+            crate::config::NodeConfig::resolve(crate::config::Materialization::View, layers);
         assert_eq!(config.materialized, crate::config::Materialization::Table);
         assert_eq!(config.tags, vec!["daily"]);
     }
@@ -592,17 +659,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let loaded = Project::load(dir.path());
         let text = loaded.diagnostics.to_string();
-        assert!(text.contains("no dbt_project.yml or strata_project.yml"), "{text}");
+        assert!(
+            text.contains("no dbt_project.yml or strata_project.yml"),
+            "{text}"
+        );
         assert!(loaded.project.is_none());
     }
 
     #[test]
     fn bad_settings_point_at_their_line() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "dbt_project.yml", "name: p\nmodels:\n  p:\n    +materialized: tabel\n");
+        write(
+            dir.path(),
+            "dbt_project.yml",
+            "name: p\nmodels:\n  p:\n    +materialized: tabel\n",
+        );
         let loaded = Project::load(dir.path());
         let first = loaded.diagnostics.iter().next().expect("a diagnostic");
         assert_eq!(first.line, Some(4));
-        assert!(first.message.contains("did you mean 'table'"), "{}", first.message);
+        assert!(
+            first.message.contains("did you mean 'table'"),
+            "{}",
+            first.message
+        );
     }
 }

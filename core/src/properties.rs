@@ -18,7 +18,11 @@ pub struct Origin {
 
 impl Origin {
     fn of(source: &SourceText, yaml: &Yaml) -> Origin {
-        Origin { source: source.clone(), line: yaml.line, column: yaml.column }
+        Origin {
+            source: source.clone(),
+            line: yaml.line,
+            column: yaml.column,
+        }
     }
 
     /// Creates an error diagnostic at this position.
@@ -137,7 +141,11 @@ impl Properties {
     }
 }
 
-fn read_file(file: &PropertyFile, properties: &mut Properties, errors: &mut Vec<ProjectDiagnostic>) {
+fn read_file(
+    file: &PropertyFile,
+    properties: &mut Properties,
+    errors: &mut Vec<ProjectDiagnostic>,
+) {
     let source = &file.source;
     let document = &file.document;
     if document.is_null() {
@@ -147,7 +155,10 @@ fn read_file(file: &PropertyFile, properties: &mut Properties, errors: &mut Vec<
         errors.push(
             ProjectDiagnostic::error(
                 "strata::properties",
-                format!("a property file must be a mapping, found {}", document.kind()),
+                format!(
+                    "a property file must be a mapping, found {}",
+                    document.kind()
+                ),
             )
             .at(source, document.line, document.column)
             .with_hint("start with 'version: 2' and a 'models:' or 'sources:' list"),
@@ -214,14 +225,22 @@ fn list<'a>(
     }
 }
 
-fn required_name(item: &Yaml, source: &SourceText, what: &str, errors: &mut Vec<ProjectDiagnostic>) -> Option<String> {
+fn required_name(
+    item: &Yaml,
+    source: &SourceText,
+    what: &str,
+    errors: &mut Vec<ProjectDiagnostic>,
+) -> Option<String> {
     match item.get("name").and_then(Yaml::scalar_string) {
         Some(name) if !name.trim().is_empty() => Some(name),
         _ => {
             errors.push(
-                ProjectDiagnostic::error("strata::properties", format!("this {what} has no 'name'"))
-                    .at(source, item.line, item.column)
-                    .with_hint("add 'name: …'"),
+                ProjectDiagnostic::error(
+                    "strata::properties",
+                    format!("this {what} has no 'name'"),
+                )
+                .at(source, item.line, item.column)
+                .with_hint("add 'name: …'"),
             );
             None
         }
@@ -229,31 +248,49 @@ fn required_name(item: &Yaml, source: &SourceText, what: &str, errors: &mut Vec<
 }
 
 fn text(item: &Yaml, key: &str) -> String {
-    item.get(key).and_then(Yaml::scalar_string).unwrap_or_default()
+    item.get(key)
+        .and_then(Yaml::scalar_string)
+        .unwrap_or_default()
 }
 
-fn read_config(item: &Yaml, source: &SourceText, errors: &mut Vec<ProjectDiagnostic>) -> ConfigLayer {
+fn read_config(
+    item: &Yaml,
+    source: &SourceText,
+    errors: &mut Vec<ProjectDiagnostic>,
+) -> ConfigLayer {
     let mut layer = ConfigLayer::default();
     if let Some(config) = item.get("config") {
         let rest = read_config_mapping(config, source, true, &mut layer, errors);
         for (key, value) in rest {
             if let Err(message) = layer.set(key, &value.to_json()) {
-                errors.push(ProjectDiagnostic::error("strata::config", message).at(source, value.line, value.column));
+                errors.push(ProjectDiagnostic::error("strata::config", message).at(
+                    source,
+                    value.line,
+                    value.column,
+                ));
             }
         }
     }
     // Older property files put some settings next to `name:`.
     for key in ["tags", "meta"] {
-        if let Some(value) = item.get(key) {
-            if let Err(message) = layer.set(key, &value.to_json()) {
-                errors.push(ProjectDiagnostic::error("strata::config", message).at(source, value.line, value.column));
-            }
+        if let Some(value) = item.get(key)
+            && let Err(message) = layer.set(key, &value.to_json())
+        {
+            errors.push(ProjectDiagnostic::error("strata::config", message).at(
+                source,
+                value.line,
+                value.column,
+            ));
         }
     }
     layer
 }
 
-fn read_node(item: &Yaml, source: &SourceText, errors: &mut Vec<ProjectDiagnostic>) -> Option<NodeProperties> {
+fn read_node(
+    item: &Yaml,
+    source: &SourceText,
+    errors: &mut Vec<ProjectDiagnostic>,
+) -> Option<NodeProperties> {
     let name = required_name(item, source, "entry", errors)?;
     let mut node = NodeProperties {
         name,
@@ -283,9 +320,13 @@ fn read_columns_and_tests(
             }
         }
     }
-    let Some(declared) = item.get("columns") else { return };
+    let Some(declared) = item.get("columns") else {
+        return;
+    };
     for column in list(declared, source, "columns", errors) {
-        let Some(name) = required_name(column, source, "column", errors) else { continue };
+        let Some(name) = required_name(column, source, "column", errors) else {
+            continue;
+        };
         for key in ["tests", "data_tests"] {
             if let Some(value) = column.get(key) {
                 for test in list(value, source, key, errors) {
@@ -305,8 +346,16 @@ fn read_columns_and_tests(
 }
 
 /// Keys of a test entry that configure it rather than being arguments (older dbt style).
-const TEST_CONFIG_KEYS: [&str; 8] =
-    ["severity", "where", "store_failures", "warn_if", "error_if", "tags", "enabled", "limit"];
+const TEST_CONFIG_KEYS: [&str; 8] = [
+    "severity",
+    "where",
+    "store_failures",
+    "warn_if",
+    "error_if",
+    "tags",
+    "enabled",
+    "limit",
+];
 
 fn read_test(
     item: &Yaml,
@@ -328,7 +377,10 @@ fn read_test(
             declaration.test_name = name.clone();
             return Some(declaration);
         }
-        YamlValue::Map(entries) if entries.len() == 1 && !matches!(entries[0].0.name.as_str(), "test_name" | "name") => {
+        YamlValue::Map(entries)
+            if entries.len() == 1
+                && !matches!(entries[0].0.name.as_str(), "test_name" | "name") =>
+        {
             declaration.test_name = entries[0].0.name.clone();
             &entries[0].1
         }
@@ -340,7 +392,10 @@ fn read_test(
             errors.push(
                 ProjectDiagnostic::error(
                     "strata::test_declaration",
-                    format!("a test must be a name or a mapping with one test name, found {}", item.kind()),
+                    format!(
+                        "a test must be a name or a mapping with one test name, found {}",
+                        item.kind()
+                    ),
                 )
                 .at(source, item.line, item.column)
                 .with_hint("write '- not_null' or '- accepted_values: {values: [a, b]}'"),
@@ -353,7 +408,11 @@ fn read_test(
             errors.push(
                 ProjectDiagnostic::error(
                     "strata::test_declaration",
-                    format!("the arguments of test '{}' must be a mapping, found {}", declaration.test_name, body.kind()),
+                    format!(
+                        "the arguments of test '{}' must be a mapping, found {}",
+                        declaration.test_name,
+                        body.kind()
+                    ),
                 )
                 .at(source, body.line, body.column),
             );
@@ -366,10 +425,15 @@ fn read_test(
             "test_name" => {}
             "name" => declaration.custom_name = value.scalar_string(),
             "config" => {
-                let rest = read_config_mapping(value, source, true, &mut declaration.config, errors);
+                let rest =
+                    read_config_mapping(value, source, true, &mut declaration.config, errors);
                 for (key, value) in rest {
                     if let Err(message) = declaration.config.set(key, &value.to_json()) {
-                        errors.push(ProjectDiagnostic::error("strata::config", message).at(source, value.line, value.column));
+                        errors.push(ProjectDiagnostic::error("strata::config", message).at(
+                            source,
+                            value.line,
+                            value.column,
+                        ));
                     }
                 }
             }
@@ -388,22 +452,35 @@ fn read_test(
             }
             other if TEST_CONFIG_KEYS.contains(&other) => {
                 if let Err(message) = declaration.config.set(other, &value.to_json()) {
-                    errors.push(ProjectDiagnostic::error("strata::config", message).at(source, value.line, value.column));
+                    errors.push(ProjectDiagnostic::error("strata::config", message).at(
+                        source,
+                        value.line,
+                        value.column,
+                    ));
                 }
             }
             other => {
-                declaration.arguments.insert(other.to_string(), value.to_json());
+                declaration
+                    .arguments
+                    .insert(other.to_string(), value.to_json());
             }
         }
     }
     Some(declaration)
 }
 
-fn read_source(item: &Yaml, source: &SourceText, errors: &mut Vec<ProjectDiagnostic>) -> Option<SourceDeclaration> {
+fn read_source(
+    item: &Yaml,
+    source: &SourceText,
+    errors: &mut Vec<ProjectDiagnostic>,
+) -> Option<SourceDeclaration> {
     let name = required_name(item, source, "source", errors)?;
     let (location, format) = external_location(item);
     let mut declaration = SourceDeclaration {
-        schema: item.get("schema").and_then(Yaml::scalar_string).unwrap_or_else(|| name.clone()),
+        schema: item
+            .get("schema")
+            .and_then(Yaml::scalar_string)
+            .unwrap_or_else(|| name.clone()),
         name,
         description: text(item, "description"),
         location,
@@ -413,10 +490,15 @@ fn read_source(item: &Yaml, source: &SourceText, errors: &mut Vec<ProjectDiagnos
     };
     if let Some(tables) = item.get("tables") {
         for table in list(tables, source, "tables", errors) {
-            let Some(table_name) = required_name(table, source, "source table", errors) else { continue };
+            let Some(table_name) = required_name(table, source, "source table", errors) else {
+                continue;
+            };
             let (location, format) = external_location(table);
             let mut parsed = SourceTable {
-                identifier: table.get("identifier").and_then(Yaml::scalar_string).unwrap_or_else(|| table_name.clone()),
+                identifier: table
+                    .get("identifier")
+                    .and_then(Yaml::scalar_string)
+                    .unwrap_or_else(|| table_name.clone()),
                 name: table_name,
                 description: text(table, "description"),
                 location,
@@ -425,7 +507,13 @@ fn read_source(item: &Yaml, source: &SourceText, errors: &mut Vec<ProjectDiagnos
                 tests: Vec::new(),
                 origin: Origin::of(source, table),
             };
-            read_columns_and_tests(table, source, &mut parsed.columns, &mut parsed.tests, errors);
+            read_columns_and_tests(
+                table,
+                source,
+                &mut parsed.columns,
+                &mut parsed.tests,
+                errors,
+            );
             declaration.tables.push(parsed);
         }
     }
@@ -438,12 +526,22 @@ fn external_location(item: &Yaml) -> (Option<String>, Option<String>) {
     let location = item
         .get("external")
         .and_then(|external| external.get("location"))
-        .or_else(|| item.get("config").and_then(|config| config.get("external_location")))
-        .or_else(|| item.get("meta").and_then(|meta| meta.get("external_location")))
+        .or_else(|| {
+            item.get("config")
+                .and_then(|config| config.get("external_location"))
+        })
+        .or_else(|| {
+            item.get("meta")
+                .and_then(|meta| meta.get("external_location"))
+        })
         .and_then(Yaml::scalar_string);
     let format = item
         .get("external")
-        .and_then(|external| external.get("file_format").or_else(|| external.get("format")))
+        .and_then(|external| {
+            external
+                .get("file_format")
+                .or_else(|| external.get("format"))
+        })
         .or_else(|| item.get("config").and_then(|config| config.get("format")))
         .or_else(|| item.get("meta").and_then(|meta| meta.get("format")))
         .and_then(Yaml::scalar_string);
@@ -487,12 +585,21 @@ models:
         assert!(errors.is_empty(), "{errors:?}");
         let tests = &properties.models[0].tests;
         assert_eq!(tests.len(), 5);
-        assert_eq!(tests[2].config.severity, Some(crate::config::TestSeverity::Warn));
-        assert_eq!(tests[2].arguments["values"], serde_json::json!(["placed", "shipped"]));
+        assert_eq!(
+            tests[2].config.severity,
+            Some(crate::config::TestSeverity::Warn)
+        );
+        assert_eq!(
+            tests[2].arguments["values"],
+            serde_json::json!(["placed", "shipped"])
+        );
         assert_eq!(tests[3].arguments["quote"], serde_json::json!(false));
         assert_eq!(tests[3].config.where_clause.as_deref(), Some("x > 1"));
         assert_eq!(tests[3].config.error_if.as_deref(), Some(">10"));
-        assert_eq!(tests[4].custom_name.as_deref(), Some("orders_have_customers"));
+        assert_eq!(
+            tests[4].custom_name.as_deref(),
+            Some("orders_have_customers")
+        );
         assert_eq!(tests[4].column.as_deref(), Some("customer_id"));
         assert_eq!(tests[4].origin.line, 17);
     }
@@ -525,6 +632,10 @@ sources:
         let (_, errors) = read("models:\n  - description: x\n  - name: a\n    columns: 3\n");
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert_eq!(errors[0].line, Some(2));
-        assert!(errors[1].message.contains("'columns' must be a list"), "{}", errors[1].message);
+        assert!(
+            errors[1].message.contains("'columns' must be a list"),
+            "{}",
+            errors[1].message
+        );
     }
 }

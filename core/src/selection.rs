@@ -11,8 +11,18 @@ use crate::dag::Dag;
 use crate::manifest::{Manifest, Node, ResourceType};
 
 /// Methods a selector may use before the colon.
-pub const METHODS: [&str; 10] =
-    ["name", "tag", "path", "config", "layer", "resource_type", "source", "fqn", "package", "test_type"];
+pub const METHODS: [&str; 10] = [
+    "name",
+    "tag",
+    "path",
+    "config",
+    "layer",
+    "resource_type",
+    "source",
+    "fqn",
+    "package",
+    "test_type",
+];
 
 /// Why a selector could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,10 +60,18 @@ pub struct Selection {
 ///
 /// # Errors
 /// Returns an error for a malformed selector or an unknown method.
-pub fn select(manifest: &Manifest, select: &[String], exclude: &[String]) -> Result<Selection, SelectionError> {
+pub fn select(
+    manifest: &Manifest,
+    select: &[String],
+    exclude: &[String],
+) -> Result<Selection, SelectionError> {
     let dag = manifest.dag();
     let mut unmatched = Vec::new();
-    let terms = |args: &[String]| -> Vec<String> { args.iter().flat_map(|arg| arg.split_whitespace().map(str::to_string)).collect() };
+    let terms = |args: &[String]| -> Vec<String> {
+        args.iter()
+            .flat_map(|arg| arg.split_whitespace().map(str::to_string))
+            .collect()
+    };
     let select_terms = terms(select);
     let mut chosen: BTreeSet<String> = if select_terms.is_empty() {
         manifest.nodes.keys().cloned().collect()
@@ -77,7 +95,10 @@ pub fn select(manifest: &Manifest, select: &[String], exclude: &[String]) -> Res
         add_tests_of(manifest, &mut excluded);
         chosen.retain(|id| !excluded.contains(id));
     }
-    Ok(Selection { nodes: chosen, unmatched })
+    Ok(Selection {
+        nodes: chosen,
+        unmatched,
+    })
 }
 
 /// Adds every test one of whose parents is selected (dbt's eager indirect selection).
@@ -92,7 +113,11 @@ fn add_tests_of(manifest: &Manifest, chosen: &mut BTreeSet<String>) {
     chosen.extend(tests);
 }
 
-fn evaluate_term(manifest: &Manifest, dag: &Dag, term: &str) -> Result<BTreeSet<String>, SelectionError> {
+fn evaluate_term(
+    manifest: &Manifest,
+    dag: &Dag,
+    term: &str,
+) -> Result<BTreeSet<String>, SelectionError> {
     let mut result: Option<BTreeSet<String>> = None;
     for atom in term.split(',') {
         let matched = evaluate_atom(manifest, dag, atom, term)?;
@@ -105,10 +130,18 @@ fn evaluate_term(manifest: &Manifest, dag: &Dag, term: &str) -> Result<BTreeSet<
 }
 
 fn invalid(selector: &str, reason: impl Into<String>) -> SelectionError {
-    SelectionError::Invalid { selector: selector.to_string(), reason: reason.into() }
+    SelectionError::Invalid {
+        selector: selector.to_string(),
+        reason: reason.into(),
+    }
 }
 
-fn evaluate_atom(manifest: &Manifest, dag: &Dag, atom: &str, term: &str) -> Result<BTreeSet<String>, SelectionError> {
+fn evaluate_atom(
+    manifest: &Manifest,
+    dag: &Dag,
+    atom: &str,
+    term: &str,
+) -> Result<BTreeSet<String>, SelectionError> {
     if atom.is_empty() {
         return Err(invalid(term, "empty selector around a comma"));
     }
@@ -121,7 +154,11 @@ fn evaluate_atom(manifest: &Manifest, dag: &Dag, atom: &str, term: &str) -> Resu
         let depth = if digits == 0 {
             None
         } else {
-            Some(rest[..digits].parse::<usize>().map_err(|_| invalid(atom, "the depth before '+' is too large"))?)
+            Some(
+                rest[..digits]
+                    .parse::<usize>()
+                    .map_err(|_| invalid(atom, "the depth before '+' is too large"))?,
+            )
         };
         (Some(depth), &rest[digits + 1..])
     } else {
@@ -133,7 +170,11 @@ fn evaluate_atom(manifest: &Manifest, dag: &Dag, atom: &str, term: &str) -> Resu
             let depth = if depth_text.is_empty() {
                 None
             } else {
-                Some(depth_text.parse::<usize>().map_err(|_| invalid(atom, "the depth after '+' is too large"))?)
+                Some(
+                    depth_text
+                        .parse::<usize>()
+                        .map_err(|_| invalid(atom, "the depth after '+' is too large"))?,
+                )
             };
             (Some(depth), &rest[..plus])
         }
@@ -168,7 +209,11 @@ fn evaluate_atom(manifest: &Manifest, dag: &Dag, atom: &str, term: &str) -> Resu
     Ok(selected)
 }
 
-fn match_method(manifest: &Manifest, body: &str, atom: &str) -> Result<BTreeSet<String>, SelectionError> {
+fn match_method(
+    manifest: &Manifest,
+    body: &str,
+    atom: &str,
+) -> Result<BTreeSet<String>, SelectionError> {
     let (method, value) = match body.split_once(':') {
         Some((method, value)) => (method, value),
         None if looks_like_path(body) => ("path", body),
@@ -184,30 +229,56 @@ fn match_method(manifest: &Manifest, body: &str, atom: &str) -> Result<BTreeSet<
     let predicate: Box<dyn Fn(&Node) -> bool> = match (method, argument) {
         ("name", None) => Box::new(move |node: &Node| matches_name(node, value)),
         ("fqn", None) => Box::new(move |node: &Node| matches_fqn(node, value)),
-        ("tag", None) => Box::new(move |node: &Node| node.config.tags.iter().any(|tag| glob(value, tag))),
+        ("tag", None) => {
+            Box::new(move |node: &Node| node.config.tags.iter().any(|tag| glob(value, tag)))
+        }
         ("path", None) => {
-            let wanted = value.trim_start_matches("./").trim_end_matches('/').to_string();
+            let wanted = value
+                .trim_start_matches("./")
+                .trim_end_matches('/')
+                .to_string();
             Box::new(move |node: &Node| {
                 let path = node.original_file_path.as_str();
-                glob(&wanted, path) || path.strip_prefix(wanted.as_str()).is_some_and(|rest| rest.starts_with('/'))
+                glob(&wanted, path)
+                    || path
+                        .strip_prefix(wanted.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
             })
         }
-        ("layer", None) => Box::new(move |node: &Node| node.layer.as_deref().is_some_and(|layer| glob(value, layer))),
-        ("resource_type", None) => Box::new(move |node: &Node| node.resource_type.as_str() == value),
+        ("layer", None) => Box::new(move |node: &Node| {
+            node.layer
+                .as_deref()
+                .is_some_and(|layer| glob(value, layer))
+        }),
+        ("resource_type", None) => {
+            Box::new(move |node: &Node| node.resource_type.as_str() == value)
+        }
         ("package", None) => Box::new(move |node: &Node| glob(value, &node.package_name)),
         ("source", None) => Box::new(move |node: &Node| {
-            node.source.as_ref().is_some_and(|info| match value.split_once('.') {
-                Some((source, table)) => glob(source, &info.source_name) && glob(table, &node.name),
-                None => glob(value, &info.source_name),
-            })
+            node.source
+                .as_ref()
+                .is_some_and(|info| match value.split_once('.') {
+                    Some((source, table)) => {
+                        glob(source, &info.source_name) && glob(table, &node.name)
+                    }
+                    None => glob(value, &info.source_name),
+                })
         }),
         ("test_type", None) => Box::new(move |node: &Node| {
             node.test.as_ref().is_some_and(|test| {
-                let kind = if test.test_name == "singular" { "singular" } else { "generic" };
+                let kind = if test.test_name == "singular" {
+                    "singular"
+                } else {
+                    "generic"
+                };
                 kind == value || (value == "data" && kind == "singular")
             })
         }),
-        ("test_name", None) => Box::new(move |node: &Node| node.test.as_ref().is_some_and(|test| glob(value, &test.test_name))),
+        ("test_name", None) => Box::new(move |node: &Node| {
+            node.test
+                .as_ref()
+                .is_some_and(|test| glob(value, &test.test_name))
+        }),
         ("config", Some(key)) => {
             let key = key.to_string();
             Box::new(move |node: &Node| config_matches(node, &key, value))
@@ -220,14 +291,26 @@ fn match_method(manifest: &Manifest, body: &str, atom: &str) -> Result<BTreeSet<
             let hint = closest(method, METHODS.iter().copied().chain(["test_name"]))
                 .map(|best| format!(" (did you mean '{best}:'?)"))
                 .unwrap_or_default();
-            return Err(SelectionError::UnknownMethod { selector: atom.to_string(), method: full, hint });
+            return Err(SelectionError::UnknownMethod {
+                selector: atom.to_string(),
+                method: full,
+                hint,
+            });
         }
     };
-    Ok(manifest.nodes.values().filter(|node| predicate(node)).map(|node| node.unique_id.clone()).collect())
+    Ok(manifest
+        .nodes
+        .values()
+        .filter(|node| predicate(node))
+        .map(|node| node.unique_id.clone())
+        .collect())
 }
 
 fn looks_like_path(body: &str) -> bool {
-    body.contains('/') || [".sql", ".csv", ".yml", ".yaml"].iter().any(|extension| body.ends_with(extension))
+    body.contains('/')
+        || [".sql", ".csv", ".yml", ".yaml"]
+            .iter()
+            .any(|extension| body.ends_with(extension))
 }
 
 fn matches_name(node: &Node, pattern: &str) -> bool {
@@ -242,7 +325,13 @@ fn matches_name(node: &Node, pattern: &str) -> bool {
 /// parts after the project do.
 fn matches_fqn(node: &Node, pattern: &str) -> bool {
     let parts: Vec<&str> = pattern.split('.').collect();
-    let fits = |fqn: &[String]| parts.len() <= fqn.len() && parts.iter().zip(fqn).all(|(part, actual)| glob(part, actual));
+    let fits = |fqn: &[String]| {
+        parts.len() <= fqn.len()
+            && parts
+                .iter()
+                .zip(fqn)
+                .all(|(part, actual)| glob(part, actual))
+    };
     fits(&node.fqn) || fits(node.fqn.get(1..).unwrap_or_default())
 }
 
@@ -251,7 +340,9 @@ fn config_matches(node: &Node, key: &str, wanted: &str) -> bool {
         Some(serde_json::Value::String(text)) => glob(wanted, &text),
         Some(serde_json::Value::Bool(flag)) => wanted.eq_ignore_ascii_case(&flag.to_string()),
         Some(serde_json::Value::Number(number)) => wanted == number.to_string(),
-        Some(serde_json::Value::Array(items)) => items.iter().any(|item| item.as_str().is_some_and(|text| glob(wanted, text))),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .any(|item| item.as_str().is_some_and(|text| glob(wanted, text))),
         _ => false,
     }
 }

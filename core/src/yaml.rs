@@ -61,7 +61,11 @@ impl Yaml {
     /// Returns a diagnostic at the parser's error location when the text is not valid YAML.
     pub fn parse(source: &SourceText) -> Result<Yaml, Box<ProjectDiagnostic>> {
         if source.text.trim().is_empty() {
-            return Ok(Yaml { value: YamlValue::Null, line: 1, column: 1 });
+            return Ok(Yaml {
+                value: YamlValue::Null,
+                line: 1,
+                column: 1,
+            });
         }
         match serde_saphyr::from_str::<Spanned<YamlValue>>(&source.text) {
             Ok(spanned) => Ok(Yaml {
@@ -71,17 +75,13 @@ impl Yaml {
             }),
             Err(err) => {
                 let message = first_line(&err.to_string());
-                let diagnostic = ProjectDiagnostic::error(
-                    "strata::yaml",
-                    format!("invalid YAML: {message}"),
-                )
-                .with_hint("check the indentation and quoting around this position");
+                let diagnostic =
+                    ProjectDiagnostic::error("strata::yaml", format!("invalid YAML: {message}"))
+                        .with_hint("check the indentation and quoting around this position");
                 Err(Box::new(match err.location() {
-                    Some(location) => diagnostic.at(
-                        source,
-                        location.line() as u32,
-                        location.column() as u32,
-                    ),
+                    Some(location) => {
+                        diagnostic.at(source, location.line() as u32, location.column() as u32)
+                    }
                     None => diagnostic.in_file(&source.path),
                 }))
             }
@@ -91,9 +91,10 @@ impl Yaml {
     /// Returns the value of `key` when this node is a mapping that has it.
     pub fn get(&self, key: &str) -> Option<&Yaml> {
         match &self.value {
-            YamlValue::Map(entries) => {
-                entries.iter().find(|(k, _)| k.name == key).map(|(_, value)| value)
-            }
+            YamlValue::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.name == key)
+                .map(|(_, value)| value),
             _ => None,
         }
     }
@@ -156,7 +157,10 @@ impl Yaml {
                 serde_json::Value::Array(items.iter().map(Yaml::to_json).collect())
             }
             YamlValue::Map(entries) => serde_json::Value::Object(
-                entries.iter().map(|(key, value)| (key.name.clone(), value.to_json())).collect(),
+                entries
+                    .iter()
+                    .map(|(key, value)| (key.name.clone(), value.to_json()))
+                    .collect(),
             ),
         }
     }
@@ -273,7 +277,9 @@ mod tests {
     fn nodes_carry_their_positions() {
         let doc = parse("version: 2\nmodels:\n  - name: orders\n    tests: [unique]\n");
         let models = doc.get("models").unwrap();
-        let YamlValue::Seq(items) = &models.value else { panic!("{models:?}") };
+        let YamlValue::Seq(items) = &models.value else {
+            panic!("{models:?}")
+        };
         let name = items[0].get("name").unwrap();
         assert_eq!(name.as_str(), Some("orders"));
         assert_eq!((name.line, name.column), (3, 11));
@@ -296,6 +302,9 @@ mod tests {
         assert_eq!(doc.get("b").unwrap().value, YamlValue::Float(2.5));
         assert_eq!(doc.get("c").unwrap().value, YamlValue::Bool(true));
         assert!(doc.get("d").unwrap().is_null());
-        assert_eq!(doc.get("e").unwrap().scalar_string().as_deref(), Some("text"));
+        assert_eq!(
+            doc.get("e").unwrap().scalar_string().as_deref(),
+            Some("text")
+        );
     }
 }

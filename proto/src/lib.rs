@@ -1,0 +1,34 @@
+//! Strata's wire types, generated from `strata/v1/*.proto`. Domain types live in
+//! `strata-core`; conversions between the two live there too.
+
+#![warn(missing_docs)]
+
+/// Package `strata.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/strata.v1.rs"));
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::v1::{Task, TaskKind};
+
+    #[test]
+    fn tasks_round_trip_through_bytes() {
+        let task = Task {
+            run_id: String::from("run-1"),
+            task_id: String::from("t-7"),
+            attempt: 2,
+            kind: TaskKind::Model as i32,
+            node_unique_id: String::from("model.medallion.silver_events"),
+            sql: String::from("select 1"),
+            output_location: String::from("file:///w/silver/silver_events"),
+            input_files: vec![String::from("a.parquet")],
+        };
+        let bytes = task.encode_to_vec();
+        assert_eq!(Task::decode(bytes.as_slice()).unwrap(), task);
+        assert!(Task::decode(&b"\xff\xff\xff"[..]).is_err());
+    }
+}
