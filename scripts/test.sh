@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Strata's whole test suite — the README's test command; .ci/run calls it.
+#
+#   1. formatting and lints (cargo fmt --check, clippy -D warnings)
+#   2. every Rust test: unit, golden compile, diagnostics, selection, property tests, CLI
+#   3. dbt parity: dbt-core (pinned, in a virtualenv this script creates) parses the example,
+#      the fixture projects and a generated 200-model project; its graph must match Strata's
+#
+# Services: the compiler needs none yet. Tests that need RabbitMQ or an S3 server start them
+# here (and fail loudly when they cannot) once such tests exist.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/strata-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+for tool in cargo python3; do
+    command -v "$tool" >/dev/null || { echo "error: $tool is required but not installed" >&2; exit 1; }
+done
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "dbt parity"
+venv="$("$root/scripts/python-env.sh")"
+cargo build --locked -p strata
+synthetic="$(mktemp -d)"
+trap 'rm -rf "$synthetic"' EXIT
+"$venv/bin/python" benches/compile/generate_project.py --models 200 --tests 800 --out "$synthetic/project" >/dev/null
+"$venv/bin/python" tests/dbt_parity/check.py \
+    --strata "$CARGO_TARGET_DIR/debug/strata" --dbt "$venv/bin/dbt" \
+    examples/medallion \
+    tests/fixtures/compile/basic/project \
+    tests/fixtures/compile/config_precedence/project \
+    tests/fixtures/compile/ephemeral_chain/project \
+    tests/fixtures/compile/test_forms/project \
+    "$synthetic/project"
