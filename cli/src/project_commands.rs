@@ -176,6 +176,7 @@ pub(crate) fn compile(
     };
     let target = args.project.project_dir.join(&args.target_path);
     let mut written = 0usize;
+    let mut created: BTreeSet<std::path::PathBuf> = BTreeSet::new();
     for id in &outcome.selected {
         let Some(node) = manifest.nodes.get(id) else {
             continue;
@@ -183,12 +184,7 @@ pub(crate) fn compile(
         let (Some(path), Some(sql)) = (&node.compiled_path, &node.compiled_code) else {
             continue;
         };
-        let file = target.join(path);
-        if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        std::fs::write(&file, sql).with_context(|| format!("cannot write {}", file.display()))?;
+        write_if_changed(&target.join(path), sql, &mut created)?;
         written += 1;
     }
     std::fs::create_dir_all(&target)
@@ -205,6 +201,26 @@ pub(crate) fn compile(
         target.display()
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a file unless it already holds exactly `content`: a recompile of an unchanged
+/// project then costs reads instead of thousands of file writes (and keeps mtimes stable).
+fn write_if_changed(
+    file: &Path,
+    content: &str,
+    created: &mut BTreeSet<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    if let Some(parent) = file.parent()
+        && !created.contains(parent)
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+        created.insert(parent.to_path_buf());
+    }
+    if std::fs::read(file).is_ok_and(|existing| existing == content.as_bytes()) {
+        return Ok(());
+    }
+    std::fs::write(file, content).with_context(|| format!("cannot write {}", file.display()))
 }
 
 fn count_by_type(manifest: &Manifest, selected: &BTreeSet<String>) -> String {

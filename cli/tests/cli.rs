@@ -35,7 +35,10 @@ fn copy_dir(from: &Path, to: &Path) {
 fn medallion_copy() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path().join("medallion");
-    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/medallion"), &project);
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/medallion"),
+        &project,
+    );
     (dir, project)
 }
 
@@ -44,13 +47,25 @@ fn compile_writes_sql_and_manifest_from_the_current_folder() {
     let (_dir, project) = medallion_copy();
     let output = strata(&project, &["compile"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
-    assert!(text(&output.stdout).contains("compiled 8 models, 1 seed, 15 tests, 2 sources"), "{}", text(&output.stdout));
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(project.join("target/manifest.json")).unwrap()).unwrap();
+    assert!(
+        text(&output.stdout).contains("compiled 8 models, 1 seed, 15 tests, 2 sources"),
+        "{}",
+        text(&output.stdout)
+    );
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(project.join("target/manifest.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(manifest["metadata"]["project_name"], "medallion");
-    let sql = std::fs::read_to_string(project.join("target/compiled/medallion/models/silver/silver_events.sql")).unwrap();
+    let sql = std::fs::read_to_string(
+        project.join("target/compiled/medallion/models/silver/silver_events.sql"),
+    )
+    .unwrap();
     assert!(sql.contains("from bronze.bronze_events"), "{sql}");
-    assert!(sql.contains("lower(trim(event_type)) as event_type"), "{sql}");
+    assert!(
+        sql.contains("lower(trim(event_type)) as event_type"),
+        "{sql}"
+    );
 }
 
 #[test]
@@ -59,12 +74,27 @@ fn compile_with_selection_and_vars() {
     let project_arg = project.to_str().unwrap();
     let output = strata(
         Path::new("/"),
-        &["compile", "--project-dir", project_arg, "--select", "bronze_events", "--vars", "{batch_id: b42}"],
+        &[
+            "compile",
+            "--project-dir",
+            project_arg,
+            "--select",
+            "bronze_events",
+            "--vars",
+            "{batch_id: b42}",
+        ],
     );
     assert!(output.status.success(), "{}", text(&output.stderr));
-    let sql = std::fs::read_to_string(project.join("target/compiled/medallion/models/bronze/bronze_events.sql")).unwrap();
+    let sql = std::fs::read_to_string(
+        project.join("target/compiled/medallion/models/bronze/bronze_events.sql"),
+    )
+    .unwrap();
     assert!(sql.contains("'b42' as _batch_id"), "{sql}");
-    assert!(!project.join("target/compiled/medallion/models/gold").exists());
+    assert!(
+        !project
+            .join("target/compiled/medallion/models/gold")
+            .exists()
+    );
 }
 
 #[test]
@@ -72,15 +102,25 @@ fn a_broken_project_fails_with_located_errors_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("models")).unwrap();
     std::fs::write(dir.path().join("dbt_project.yml"), "name: p\n").unwrap();
-    std::fs::write(dir.path().join("models/a.sql"), "select *\nfrom {{ ref('bb') }}\n").unwrap();
+    std::fs::write(
+        dir.path().join("models/a.sql"),
+        "select *\nfrom {{ ref('bb') }}\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("models/b.sql"), "select 1\n{% if x %}\n").unwrap();
     let output = strata(dir.path(), &["compile"]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("unknown model or seed 'bb' (did you mean 'b'?)"), "{stderr}");
+    assert!(
+        stderr.contains("unknown model or seed 'bb' (did you mean 'b'?)"),
+        "{stderr}"
+    );
     assert!(stderr.contains("models/a.sql:2:"), "{stderr}");
     assert!(stderr.contains("jinja syntax error"), "{stderr}");
-    assert!(stderr.contains("2 errors found; nothing was written"), "{stderr}");
+    assert!(
+        stderr.contains("2 errors found; nothing was written"),
+        "{stderr}"
+    );
     assert!(!dir.path().join("target").exists());
 }
 
@@ -89,30 +129,64 @@ fn missing_project_and_bad_vars_say_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let output = strata(dir.path(), &["ls"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(text(&output.stderr).contains("no dbt_project.yml or strata_project.yml"), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("no dbt_project.yml or strata_project.yml"),
+        "{}",
+        text(&output.stderr)
+    );
     let (_dir, project) = medallion_copy();
     let output = strata(&project, &["compile", "--vars", "[1, 2]"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(text(&output.stderr).contains("--vars must be a mapping"), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("--vars must be a mapping"),
+        "{}",
+        text(&output.stderr)
+    );
 }
 
 #[test]
 fn ls_prints_json_lines() {
     let (_dir, project) = medallion_copy();
-    let output = strata(&project, &["ls", "--select", "layer:gold", "--resource-type", "model", "--output", "json"]);
+    let output = strata(
+        &project,
+        &[
+            "ls",
+            "--select",
+            "layer:gold",
+            "--resource-type",
+            "model",
+            "--output",
+            "json",
+        ],
+    );
     assert!(output.status.success(), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
     let names: Vec<String> = stdout
         .lines()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["name"].as_str().unwrap().to_string())
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
-    assert_eq!(names, ["daily_user_activity", "user_running_revenue", "revenue_by_plan"]);
+    assert_eq!(
+        names,
+        [
+            "daily_user_activity",
+            "user_running_revenue",
+            "revenue_by_plan"
+        ]
+    );
 }
 
 #[test]
 fn dag_prints_mermaid_and_dot() {
     let (_dir, project) = medallion_copy();
-    let output = strata(&project, &["dag", "--format", "dot", "--select", "+daily_user_activity"]);
+    let output = strata(
+        &project,
+        &["dag", "--format", "dot", "--select", "+daily_user_activity"],
+    );
     assert!(output.status.success(), "{}", text(&output.stderr));
     let dot = text(&output.stdout);
     assert!(dot.starts_with("digraph strata {"), "{dot}");
@@ -126,10 +200,29 @@ fn dag_prints_mermaid_and_dot() {
 #[test]
 fn generate_sample_data_writes_the_raw_files() {
     let dir = tempfile::tempdir().unwrap();
-    let output = strata(dir.path(), &["generate-sample-data", "--events", "5000", "--out", "data", "--batches", "3"]);
+    let output = strata(
+        dir.path(),
+        &[
+            "generate-sample-data",
+            "--events",
+            "5000",
+            "--out",
+            "data",
+            "--batches",
+            "3",
+        ],
+    );
     assert!(output.status.success(), "{}", text(&output.stderr));
-    assert!(text(&output.stdout).contains("wrote 5000 events"), "{}", text(&output.stdout));
-    for file in ["data/events/batch_0001.parquet", "data/events/batch_0003.parquet", "data/users.csv"] {
+    assert!(
+        text(&output.stdout).contains("wrote 5000 events"),
+        "{}",
+        text(&output.stdout)
+    );
+    for file in [
+        "data/events/batch_0001.parquet",
+        "data/events/batch_0003.parquet",
+        "data/users.csv",
+    ] {
         assert!(dir.path().join(file).is_file(), "{file} missing");
     }
 }

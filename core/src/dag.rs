@@ -12,18 +12,25 @@ pub struct Dag {
 impl Dag {
     /// Adds a node without edges (no effect when it exists).
     pub fn add_node(&mut self, id: &str) {
-        self.parents.entry(id.to_string()).or_default();
-        self.children.entry(id.to_string()).or_default();
+        // Look up before inserting: `entry` would allocate the key even for known nodes.
+        if !self.parents.contains_key(id) {
+            self.parents.insert(id.to_string(), BTreeSet::new());
+            self.children.insert(id.to_string(), BTreeSet::new());
+        }
     }
 
     /// Adds an edge: `child` depends on `parent`. Both nodes are added when missing.
     pub fn add_edge(&mut self, parent: &str, child: &str) {
         self.add_node(parent);
         self.add_node(child);
-        if let Some(parents) = self.parents.get_mut(child) {
+        if let Some(parents) = self.parents.get_mut(child)
+            && !parents.contains(parent)
+        {
             parents.insert(parent.to_string());
         }
-        if let Some(children) = self.children.get_mut(parent) {
+        if let Some(children) = self.children.get_mut(parent)
+            && !children.contains(child)
+        {
             children.insert(child.to_string());
         }
     }

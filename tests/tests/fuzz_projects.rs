@@ -12,18 +12,26 @@ fn sql_fragment(models: usize) -> impl Strategy<Value = String> {
     let model = 0..models.max(1);
     prop_oneof![
         Just(String::from("select 1 as id")),
-        model.clone().prop_map(|i| format!(" from {{{{ ref('m{i}') }}}} ")),
-        model.clone().prop_map(|i| format!(" join {{{{ ref(\"m{i}\") }}}} using (id) ")),
+        model
+            .clone()
+            .prop_map(|i| format!(" from {{{{ ref('m{i}') }}}} ")),
+        model
+            .clone()
+            .prop_map(|i| format!(" join {{{{ ref(\"m{i}\") }}}} using (id) ")),
         Just(String::from(" {{ ref('missing_model') }} ")),
         Just(String::from(" {{ source('raw', 'events') }} ")),
         Just(String::from(" {{ source('raw', 'nope') }} ")),
         Just(String::from("{{ config(materialized='table') }}")),
         Just(String::from("{{ config(materialized='ephemeral') }}")),
-        Just(String::from("{{ config(materialized='incremental', unique_key='id') }}")),
+        Just(String::from(
+            "{{ config(materialized='incremental', unique_key='id') }}"
+        )),
         Just(String::from("{{ config(materialized=3) }}")),
         Just(String::from("{{ config(enabled=false) }}")),
         Just(String::from("{{ config(schema='other', alias='x') }}")),
-        Just(String::from("{% if is_incremental() %} where id > 0 {% endif %}")),
+        Just(String::from(
+            "{% if is_incremental() %} where id > 0 {% endif %}"
+        )),
         Just(String::from("{% for i in range(3) %}{{ i }},{% endfor %}")),
         Just(String::from("{{ var('v', 1) }} {{ var('required_var') }}")),
         Just(String::from("{{ env_var('STRATA_TEST_REGION') }}")),
@@ -34,7 +42,9 @@ fn sql_fragment(models: usize) -> impl Strategy<Value = String> {
         Just(String::from("{% endfor %}")),
         Just(String::from("{{ this }} {{ target.name }}")),
         Just(String::from("{{ ref() }} {{ ref(1, 2, 3) }}")),
-        Just(String::from("{{ exceptions.raise_compiler_error('boom') }}")),
+        Just(String::from(
+            "{{ exceptions.raise_compiler_error('boom') }}"
+        )),
         "[ -~\\n]{0,40}",
         "\\PC{0,20}",
     ]
@@ -65,8 +75,12 @@ fn yaml_fragment(models: usize) -> impl Strategy<Value = String> {
 fn project_file() -> impl Strategy<Value = String> {
     prop_oneof![
         Just(String::from("name: fuzz\n")),
-        Just(String::from("name: fuzz\nvars: {required_var: 5}\nmodels:\n  fuzz:\n    +materialized: table\n")),
-        Just(String::from("name: fuzz\nmodels:\n  fuzz:\n    +materialized: nope\n    sub: 1\n")),
+        Just(String::from(
+            "name: fuzz\nvars: {required_var: 5}\nmodels:\n  fuzz:\n    +materialized: table\n"
+        )),
+        Just(String::from(
+            "name: fuzz\nmodels:\n  fuzz:\n    +materialized: nope\n    sub: 1\n"
+        )),
         Just(String::from("name: fuzz\nmodel-paths: [models, '../x']\n")),
         Just(String::from("name: [\n")),
         Just(String::new()),

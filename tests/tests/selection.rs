@@ -7,8 +7,19 @@ use strata_core::selection::{self, SelectionError};
 use strata_tests::{repo_root, test_env};
 
 fn manifest() -> Manifest {
-    let outcome = strata::run_compile(&repo_root().join("examples/medallion"), None, "dev", &[], &[], &test_env());
-    assert!(!outcome.diagnostics.has_errors(), "{}", outcome.diagnostics.render(false));
+    let outcome = strata::run_compile(
+        &repo_root().join("examples/medallion"),
+        None,
+        "dev",
+        &[],
+        &[],
+        &test_env(),
+    );
+    assert!(
+        !outcome.diagnostics.has_errors(),
+        "{}",
+        outcome.diagnostics.render(false)
+    );
     outcome.manifest.expect("manifest")
 }
 
@@ -35,14 +46,31 @@ fn names(manifest: &Manifest, select: &[&str], exclude: &[&str]) -> Vec<String> 
 fn plain_names_and_graph_operators() {
     let m = manifest();
     assert_eq!(names(&m, &["silver_events"], &[]), ["silver_events"]);
-    assert_eq!(names(&m, &["+silver_events"], &[]), ["bronze_events", "silver_events", "source:raw.events"]);
-    assert_eq!(names(&m, &["1+silver_events"], &[]), ["bronze_events", "silver_events"]);
+    assert_eq!(
+        names(&m, &["+silver_events"], &[]),
+        ["bronze_events", "silver_events", "source:raw.events"]
+    );
+    assert_eq!(
+        names(&m, &["1+silver_events"], &[]),
+        ["bronze_events", "silver_events"]
+    );
     assert_eq!(
         names(&m, &["silver_events+"], &[]),
-        ["daily_user_activity", "revenue_by_plan", "silver_events", "user_running_revenue"]
+        [
+            "daily_user_activity",
+            "revenue_by_plan",
+            "silver_events",
+            "user_running_revenue"
+        ]
     );
-    assert_eq!(names(&m, &["bronze_events+1"], &[]), ["bronze_events", "silver_events"]);
-    assert_eq!(names(&m, &["silver_*"], &[]), ["silver_events", "silver_users"]);
+    assert_eq!(
+        names(&m, &["bronze_events+1"], &[]),
+        ["bronze_events", "silver_events"]
+    );
+    assert_eq!(
+        names(&m, &["silver_*"], &[]),
+        ["silver_events", "silver_users"]
+    );
 }
 
 #[test]
@@ -67,23 +95,51 @@ fn at_selects_descendants_and_their_ancestors() {
 #[test]
 fn methods() {
     let m = manifest();
-    let gold = ["daily_user_activity", "revenue_by_plan", "user_running_revenue"];
+    let gold = [
+        "daily_user_activity",
+        "revenue_by_plan",
+        "user_running_revenue",
+    ];
     assert_eq!(names(&m, &["layer:gold"], &[]), gold);
     assert_eq!(names(&m, &["tag:reporting"], &[]), gold);
     assert_eq!(names(&m, &["path:models/gold"], &[]), gold);
-    assert_eq!(names(&m, &["models/gold/revenue_by_plan.sql"], &[]), ["revenue_by_plan"]);
-    assert_eq!(names(&m, &["config.materialized:ephemeral"], &[]), ["event_categories"]);
-    assert_eq!(names(&m, &["resource_type:seed"], &[]), ["event_type_categories"]);
-    assert_eq!(names(&m, &["source:raw.users+1"], &[]), ["bronze_users", "source:raw.users"]);
-    assert_eq!(names(&m, &["fqn:medallion.bronze.*"], &[]), ["bronze_events", "bronze_users"]);
+    assert_eq!(
+        names(&m, &["models/gold/revenue_by_plan.sql"], &[]),
+        ["revenue_by_plan"]
+    );
+    assert_eq!(
+        names(&m, &["config.materialized:ephemeral"], &[]),
+        ["event_categories"]
+    );
+    assert_eq!(
+        names(&m, &["resource_type:seed"], &[]),
+        ["event_type_categories"]
+    );
+    assert_eq!(
+        names(&m, &["source:raw.users+1"], &[]),
+        ["bronze_users", "source:raw.users"]
+    );
+    assert_eq!(
+        names(&m, &["fqn:medallion.bronze.*"], &[]),
+        ["bronze_events", "bronze_users"]
+    );
 }
 
 #[test]
 fn union_intersection_and_exclusion() {
     let m = manifest();
-    assert_eq!(names(&m, &["layer:bronze layer:gold"], &["tag:reporting"]), ["bronze_events", "bronze_users"]);
-    assert_eq!(names(&m, &["+revenue_by_plan,layer:silver"], &[]), ["event_categories", "silver_events", "silver_users"]);
-    assert_eq!(names(&m, &["layer:silver"], &["silver_users+"]), ["event_categories", "silver_events"]);
+    assert_eq!(
+        names(&m, &["layer:bronze layer:gold"], &["tag:reporting"]),
+        ["bronze_events", "bronze_users"]
+    );
+    assert_eq!(
+        names(&m, &["+revenue_by_plan,layer:silver"], &[]),
+        ["event_categories", "silver_events", "silver_users"]
+    );
+    assert_eq!(
+        names(&m, &["layer:silver"], &["silver_users+"]),
+        ["event_categories", "silver_events"]
+    );
 }
 
 #[test]
@@ -99,8 +155,14 @@ fn tests_come_along_with_the_nodes_they_test() {
         .collect();
     assert!(tests.contains("unique_silver_users_user_id"), "{tests:?}");
     // The relationships test reads silver_users too, so it is selected eagerly, as in dbt.
-    assert!(tests.contains("relationships_silver_events_user_id__user_id__ref_silver_users"), "{tests:?}");
-    assert!(!tests.contains("unique_silver_events_event_id"), "{tests:?}");
+    assert!(
+        tests.contains("relationships_silver_events_user_id__user_id__ref_silver_users"),
+        "{tests:?}"
+    );
+    assert!(
+        !tests.contains("unique_silver_events_event_id"),
+        "{tests:?}"
+    );
 }
 
 #[test]
