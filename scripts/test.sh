@@ -40,6 +40,7 @@ trap 'rm -rf "$synthetic"' EXIT
     examples/medallion \
     tests/fixtures/compile/basic/project \
     tests/fixtures/compile/config_precedence/project \
+    tests/fixtures/compile/custom_generic_tests/project \
     tests/fixtures/compile/ephemeral_chain/project \
     tests/fixtures/compile/test_forms/project \
     "$synthetic/project"

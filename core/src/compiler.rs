@@ -1324,12 +1324,49 @@ fn generic_test(
                 format!("__{field}__{}", parent_name.unwrap_or_default()),
             )
         }
+        other if renderer.has_generic_test(other) => {
+            let Some(relation) = attached.relation.as_ref() else {
+                return Err(Box::new(origin.error(
+                    "strata::test_declaration",
+                    format!("'{}' has no table to test", attached.name),
+                )));
+            };
+            let rendered = renderer
+                .render_generic_test(other, relation, column.as_deref(), &test.arguments, inputs)
+                .map_err(|message| {
+                    Box::new(origin.error(
+                        "strata::jinja",
+                        format!("in generic test '{other}': {message}"),
+                    ))
+                })?;
+            for dependency in &rendered.captured.dependencies {
+                if let Some(id) = dependency_id(dependency) {
+                    depends_on.push(id);
+                }
+            }
+            let suffix: Vec<String> = test
+                .arguments
+                .iter()
+                .filter(|(key, _)| key.as_str() != "column_name")
+                .map(|(_, value)| {
+                    value
+                        .as_str()
+                        .map_or_else(|| value.to_string(), str::to_string)
+                })
+                .collect();
+            let suffix = if suffix.is_empty() {
+                String::new()
+            } else {
+                format!("__{}", suffix.join("__"))
+            };
+            (tidy_sql(&rendered.sql), suffix)
+        }
         other => {
             let known: Vec<&str> = BUILT_IN_TESTS.to_vec();
             let hint = match closest(other, known.iter().copied()) {
                 Some(best) => format!("did you mean '{best}'?"),
                 None => format!(
-                    "Strata knows {}; package tests such as dbt_utils are not supported yet",
+                    "Strata knows {} and tests defined with {{% test {other}(model, column_name) %}} in macros/ or tests/generic/; package tests such as dbt_utils are not supported yet",
                     BUILT_IN_TESTS.join(", ")
                 ),
             };

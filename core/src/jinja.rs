@@ -411,6 +411,68 @@ struct MacroFileSpan {
     start: usize,
     end: usize,
     source: SourceText,
+    /// Edits made by [`rewrite_test_blocks`], to map positions back to the file.
+    edits: Vec<(usize, isize)>,
+}
+
+impl MacroFileSpan {
+    /// Maps an offset in the rewritten text (relative to the file's start) to the file.
+    fn original_offset(&self, rewritten: usize) -> usize {
+        let delta = self
+            .edits
+            .iter()
+            .take_while(|(at, _)| *at <= rewritten)
+            .last()
+            .map_or(0, |(_, delta)| *delta);
+        rewritten.saturating_add_signed(-delta)
+    }
+}
+
+/// Rewrites dbt's `{% test name(...) %}` / `{% endtest %}` blocks into macros named
+/// `test_name`, returning the text and the edits (position after each edit in the new text,
+/// cumulative growth) so that error positions can be mapped back.
+pub fn rewrite_test_blocks(text: &str) -> (String, Vec<(usize, isize)>) {
+    let mut out = String::with_capacity(text.len());
+    let mut edits = Vec::new();
+    let mut growth: isize = 0;
+    let mut rest = 0usize;
+    let bytes = text.as_bytes();
+    while let Some(found) = text[rest..].find("{%") {
+        let mut at = rest + found + 2;
+        if matches!(bytes.get(at), Some(b'-' | b'+')) {
+            at += 1;
+        }
+        while bytes.get(at).is_some_and(u8::is_ascii_whitespace) {
+            at += 1;
+        }
+        let word_end = at
+            + text[at..]
+                .bytes()
+                .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                .count();
+        let (replacement, replaced_end) = match &text[at..word_end] {
+            "test" if bytes.get(word_end).is_some_and(u8::is_ascii_whitespace) => {
+                let mut name_start = word_end;
+                while bytes.get(name_start).is_some_and(u8::is_ascii_whitespace) {
+                    name_start += 1;
+                }
+                ("macro test_", name_start)
+            }
+            "endtest" => ("endmacro", word_end),
+            _ => {
+                out.push_str(&text[rest..at]);
+                rest = at;
+                continue;
+            }
+        };
+        out.push_str(&text[rest..at]);
+        out.push_str(replacement);
+        growth += replacement.len() as isize - (replaced_end - at) as isize;
+        edits.push((out.len(), growth));
+        rest = replaced_end;
+    }
+    out.push_str(&text[rest..]);
+    (out, edits)
 }
 
 /// A compiled Jinja environment for one project: builtins, macros and node templates.
@@ -419,6 +481,7 @@ pub struct Renderer {
     prelude: String,
     macro_files: Vec<MacroFileSpan>,
     sources: BTreeMap<String, SourceText>,
+    macros: BTreeSet<String>,
 }
 
 impl fmt::Debug for Renderer {
@@ -470,20 +533,40 @@ impl Renderer {
         let mut macro_files = Vec::new();
         let mut names: BTreeMap<String, (SourceText, usize)> = BTreeMap::new();
         for file in macros {
+            let (text, edits) = rewrite_test_blocks(&file.source.text);
+            let span = MacroFileSpan {
+                start: 0,
+                end: text.len(),
+                source: file.source.clone(),
+                edits,
+            };
             // Check each file alone first, so one broken file does not hide all macros.
-            if let Err(err) = env.template_from_named_str("__check__", &file.source.text) {
-                diagnostics.push(jinja_diagnostic(&err, &file.source, 0));
+            if let Err(err) = env.template_from_named_str("__check__", &text) {
+                diagnostics.push(match err.range() {
+                    Some(range) => jinja_diagnostic_at(
+                        &err,
+                        &file.source,
+                        span.original_offset(range.start),
+                        span.original_offset(range.end),
+                    ),
+                    None => jinja_diagnostic(&err, &file.source, 0),
+                });
                 continue;
             }
-            for (name, offset) in macro_names(&file.source.text) {
+            for (name, offset) in macro_names(&text) {
+                let offset = span.original_offset(offset);
                 if let Some((first, first_offset)) = names.get(&name) {
                     let (line, _) = first.line_column_of(*first_offset);
+                    let shown = name
+                        .strip_prefix("test_")
+                        .filter(|_| !file.source.text[offset..].starts_with(&name))
+                        .unwrap_or(&name);
                     diagnostics.push(
                         ProjectDiagnostic::error(
                             "strata::duplicate_macro",
                             format!("macro '{name}' is defined twice"),
                         )
-                        .at_range(&file.source, offset, offset + name.len())
+                        .at_range(&file.source, offset, offset + shown.len())
                         .with_hint(format!(
                             "it is also defined at {}:{line}; rename or remove one",
                             first.path.display()
@@ -494,11 +577,11 @@ impl Renderer {
                 names.insert(name, (file.source.clone(), offset));
             }
             let start = combined.len();
-            combined.push_str(&file.source.text);
+            combined.push_str(&text);
             macro_files.push(MacroFileSpan {
                 start,
                 end: combined.len(),
-                source: file.source.clone(),
+                ..span
             });
             combined.push('\n');
         }
@@ -523,6 +606,7 @@ impl Renderer {
             prelude,
             macro_files,
             sources: BTreeMap::new(),
+            macros: names.into_keys().collect(),
         }
     }
 
@@ -633,6 +717,72 @@ impl Renderer {
         Ok(Rendered { sql, captured })
     }
 
+    /// Returns true when the project defines the generic test `name` with `{% test name %}`.
+    pub fn has_generic_test(&self, name: &str) -> bool {
+        self.macros.contains(&format!("test_{name}"))
+    }
+
+    /// Renders a project-defined generic test for one model (and column). String arguments
+    /// that start with `ref(` or `source(` are evaluated, as dbt does for `to: ref('x')`.
+    ///
+    /// # Errors
+    /// Returns the rendering error's message.
+    pub fn render_generic_test(
+        &self,
+        name: &str,
+        relation: &Relation,
+        column: Option<&str>,
+        arguments: &serde_json::Map<String, serde_json::Value>,
+        inputs: &Arc<RenderInputs>,
+    ) -> Result<Rendered, String> {
+        let mut call = format!("test_{name}(model=__model");
+        if column.is_some() {
+            call.push_str(", column_name=__column");
+        }
+        let mut values = BTreeMap::new();
+        for (key, value) in arguments {
+            if !is_identifier(key) || key == "model" || (key == "column_name" && column.is_some()) {
+                continue;
+            }
+            match value.as_str() {
+                Some(text) if text.starts_with("ref(") || text.starts_with("source(") => {
+                    call.push_str(&format!(", {key}={text}"));
+                }
+                _ => {
+                    call.push_str(&format!(", {key}=__args.{key}"));
+                    values.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        call.push(')');
+        let scope = Arc::new(RenderScope {
+            inputs: inputs.clone(),
+            node: String::new(),
+            is_incremental: false,
+            captured: Mutex::new(Captured::default()),
+        });
+        let template = format!("{}{{{{ {call} }}}}", self.prelude);
+        let context = minijinja::context! {
+            __strata_scope => Value::from_dyn_object(scope.clone()),
+            __model => Value::from_object(relation.clone()),
+            __column => column,
+            __args => Value::from(Serde(values)),
+        };
+        let sql = self
+            .env
+            .render_str(&template, context)
+            .map_err(|err| match err.detail() {
+                Some(detail) => detail.to_string(),
+                None => err.kind().to_string(),
+            })?;
+        let captured = scope
+            .captured
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        Ok(Rendered { sql, captured })
+    }
+
     fn diagnostic(&self, err: &Error, node_source: &SourceText) -> ProjectDiagnostic {
         if err.name() == Some(MACROS_TEMPLATE)
             && let Some(range) = err.range()
@@ -644,8 +794,8 @@ impl Renderer {
             return jinja_diagnostic_at(
                 err,
                 &file.source,
-                range.start - file.start,
-                range.end - file.start,
+                file.original_offset(range.start - file.start),
+                file.original_offset(range.end.max(range.start) - file.start),
             );
         }
         jinja_diagnostic(err, node_source, self.prelude.len())
@@ -880,6 +1030,27 @@ mod tests {
             Some(std::path::Path::new("macros/b.sql"))
         );
         assert_eq!(err.line, Some(2));
+    }
+
+    #[test]
+    fn errors_after_test_blocks_map_back_to_the_file() {
+        let macros = [macro_file(
+            "macros/t.sql",
+            "{% test positive(model, column_name) %}select 1{% endtest %}\n{% macro bad() %}{{ ref('nope') }}{% endmacro %}",
+        )];
+        let err = render(&macros, "select {{ bad() }}").unwrap_err();
+        assert_eq!(
+            err.file.as_deref(),
+            Some(std::path::Path::new("macros/t.sql"))
+        );
+        assert_eq!((err.line, err.column), (Some(2), Some(21)));
+    }
+
+    #[test]
+    fn test_blocks_become_macros() {
+        let (text, edits) = rewrite_test_blocks("{%- test a(model) -%}x{%- endtest %}");
+        assert_eq!(text, "{%- macro test_a(model) -%}x{%- endmacro %}");
+        assert_eq!(edits.len(), 2);
     }
 
     #[test]

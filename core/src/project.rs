@@ -281,8 +281,16 @@ fn load_project(root: &Path, diagnostics: &mut Diagnostics) -> Option<Project> {
         for path in list_files(root, &folder, diagnostics) {
             match extension(&path) {
                 "sql" => {
+                    // Generic test definitions (`{% test %}` blocks, by convention under
+                    // tests/generic/) are macros, not singular tests.
                     if let Some(file) = sql_file(root, &folder, &path, diagnostics) {
-                        project.singular_tests.push(file);
+                        if file.folders.first().is_some_and(|first| first == "generic")
+                            || defines_generic_test(&file.source.text)
+                        {
+                            project.macros.push(file);
+                        } else {
+                            project.singular_tests.push(file);
+                        }
                     }
                 }
                 "yml" | "yaml" => read_properties(root, &path, &mut project, diagnostics),
@@ -428,6 +436,12 @@ pub fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// True when a SQL file defines a generic test with a `{% test name(...) %}` block.
+fn defines_generic_test(text: &str) -> bool {
+    let (rewritten, edits) = crate::jinja::rewrite_test_blocks(text);
+    !edits.is_empty() && rewritten.contains("macro test_")
 }
 
 fn extension(path: &Path) -> &str {

@@ -1,5 +1,6 @@
 //! Splits the input at NUL bytes into the files of a project (project file, two models, a
-//! property file, a macro file, --vars) and compiles it: nothing may panic.
+//! property file, a macro file, --vars) and compiles it, then uses the two model texts as
+//! selectors: nothing may panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -23,7 +24,16 @@ fuzz_target!(|data: &[u8]| {
         let _ = std::fs::create_dir_all(full.parent().unwrap_or(root));
         let _ = std::fs::write(full, content);
     }
-    let vars = (!vars.is_empty()).then_some(vars);
-    let env = std::collections::BTreeMap::new();
-    let _ = strata::run_compile(root, vars.as_deref(), "dev", &[], &[], &env);
+    let loaded = strata_core::project::Project::load(root);
+    let Some(project) = loaded.project else { return };
+    let source = strata_core::diagnostics::SourceText::new("--vars", vars);
+    let cli_vars = match strata_core::yaml::Yaml::parse(&source).map(|yaml| yaml.to_json()) {
+        Ok(serde_json::Value::Object(vars)) => vars,
+        _ => serde_json::Map::new(),
+    };
+    let options = strata_core::compiler::CompileOptions { cli_vars, ..Default::default() };
+    let compilation = strata_core::compiler::compile(&project, &options);
+    if let Some(manifest) = compilation.manifest {
+        let _ = strata_core::selection::select(&manifest, &[model_a.clone()], &[model_b.clone()]);
+    }
 });
