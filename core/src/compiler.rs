@@ -1365,8 +1365,11 @@ fn generic_test(
             let known: Vec<&str> = BUILT_IN_TESTS.to_vec();
             let hint = match closest(other, known.iter().copied()) {
                 Some(best) => format!("did you mean '{best}'?"),
+                None if other.contains('.') => String::from(
+                    "tests from packages such as dbt_utils are not supported yet; define the check with a {% test %} block in macros/ or tests/generic/",
+                ),
                 None => format!(
-                    "Strata knows {} and tests defined with {{% test {other}(model, column_name) %}} in macros/ or tests/generic/; package tests such as dbt_utils are not supported yet",
+                    "Strata knows {}; define '{other}' with {{% test {other}(model, column_name) %}} in macros/ or tests/generic/",
                     BUILT_IN_TESTS.join(", ")
                 ),
             };

@@ -174,6 +174,6 @@ proptest! {
         write(dir.path(), "dbt_project.yml", &format!("name: p\n{yaml}"));
         write(dir.path(), "models/m.sql", &sql);
         write(dir.path(), "models/s.yml", &yaml);
-        let _ = strata::run_compile(dir.path(), Some(&yaml), "dev", &[sql.clone()], &[], &test_env());
+        let _ = strata::run_compile(dir.path(), Some(&yaml), "dev", std::slice::from_ref(&sql), &[], &test_env());
     }
 }
