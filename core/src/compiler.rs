@@ -235,6 +235,54 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
         });
     }
 
+    // Folder blocks of the project file that apply to nothing are most likely typos.
+    for (config, paths, what) in [
+        (
+            &project.models_config,
+            project
+                .models
+                .iter()
+                .map(|file| path_with_stem(&file.folders, &file.name))
+                .collect::<Vec<_>>(),
+            "models",
+        ),
+        (
+            &project.seeds_config,
+            project
+                .seeds
+                .iter()
+                .map(|seed| path_with_stem(&seed.folders, &seed.name))
+                .collect(),
+            "seeds",
+        ),
+    ] {
+        for (path, line, column) in config.unused_paths(&project.name, &paths) {
+            let folders: BTreeSet<&str> = paths
+                .iter()
+                .flat_map(|path| path.iter().map(String::as_str))
+                .collect();
+            let last = path.rsplit('.').next().unwrap_or_default();
+            let hint = match closest(last, folders.iter().copied()) {
+                Some(best) => format!("did you mean '{best}'?"),
+                None => format!(
+                    "no {what} are under this path; remove the block or fix the folder name"
+                ),
+            };
+            let diagnostic = ProjectDiagnostic::warning(
+                "strata::unused_config",
+                format!("'{what}: {path}' applies to no {what}"),
+            );
+            errors.push(
+                if line > 0 {
+                    diagnostic.at(&project.project_file, line, column)
+                } else {
+                    diagnostic.in_file(&project.project_file.path)
+                }
+                .with_hint(hint),
+            );
+        }
+    }
+
     // Sources.
     let mut inputs = RenderInputs {
         project_name: project.name.clone(),

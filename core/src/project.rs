@@ -40,6 +40,10 @@ const IGNORED_PROJECT_KEYS: [&str; 17] = [
 pub struct FolderConfig {
     /// Settings given at this level.
     pub layer: ConfigLayer,
+    /// Position of this folder's key in the project file (0 for the root).
+    pub line: u32,
+    /// Column of this folder's key.
+    pub column: u32,
     /// Sub-folders (or, at the last level, file names), by name.
     pub children: BTreeMap<String, FolderConfig>,
 }
@@ -66,14 +70,55 @@ impl FolderConfig {
         layers
     }
 
+    /// Returns the folder paths (under the project's own block) that match no resource, with
+    /// their positions, given the paths (folders then file stem) of every resource.
+    pub fn unused_paths(
+        &self,
+        project: &str,
+        resources: &[Vec<String>],
+    ) -> Vec<(String, u32, u32)> {
+        let mut unused = Vec::new();
+        let Some(root) = self.children.get(project) else {
+            return unused;
+        };
+        let mut pending: Vec<(Vec<String>, &FolderConfig)> = root
+            .children
+            .iter()
+            .map(|(name, child)| (vec![name.clone()], child))
+            .collect();
+        while let Some((path, folder)) = pending.pop() {
+            let used = resources.iter().any(|resource| resource.starts_with(&path));
+            if !used {
+                unused.push((
+                    format!("{project}.{}", path.join(".")),
+                    folder.line,
+                    folder.column,
+                ));
+                continue;
+            }
+            for (name, child) in &folder.children {
+                let mut longer = path.clone();
+                longer.push(name.clone());
+                pending.push((longer, child));
+            }
+        }
+        unused.sort();
+        unused
+    }
+
     fn read(yaml: &Yaml, source: &SourceText, errors: &mut Vec<ProjectDiagnostic>) -> FolderConfig {
         let mut folder = FolderConfig::default();
         let rest = read_config_mapping(yaml, source, false, &mut folder.layer, errors);
         for (name, child) in rest {
             if child.entries().is_some() || child.is_null() {
-                folder
-                    .children
-                    .insert(name.to_string(), FolderConfig::read(child, source, errors));
+                let mut read = FolderConfig::read(child, source, errors);
+                let key = yaml
+                    .entries()
+                    .and_then(|entries| entries.iter().find(|(key, _)| key.name == name));
+                if let Some((key, _)) = key {
+                    (read.line, read.column) = (key.line, key.column);
+                }
+                folder.children.insert(name.to_string(), read);
             } else {
                 errors.push(
                     ProjectDiagnostic::error(
