@@ -10,7 +10,9 @@
 //!   `is_incremental`, `this`, `target`) and the project's macros;
 //! - [`compiler`] resolves configuration, inlines ephemeral models, writes test SQL
 //!   ([`data_tests`]) and checks the DAG ([`dag`]), producing a [`manifest::Manifest`];
-//! - [`selection`] applies dbt's `--select` / `--exclude` syntax to a manifest.
+//! - [`selection`] applies dbt's `--select` / `--exclude` syntax to a manifest;
+//! - [`queue`] is the job queue between coordinator and workers, with its in-memory
+//!   implementation and the conformance suite every implementation passes.
 
 #![warn(missing_docs)]
 
@@ -23,5 +25,6 @@ pub mod jinja;
 pub mod manifest;
 pub mod project;
 pub mod properties;
+pub mod queue;
 pub mod selection;
 pub mod yaml;
