@@ -31,7 +31,7 @@ cargo test --workspace --locked
 
 step "dbt parity"
 venv="$("$root/scripts/python-env.sh")"
-cargo build --locked -p strata
+cargo build --workspace --locked   # same features as the test build: no rebuild
 synthetic="$(mktemp -d)"
 trap 'rm -rf "$synthetic"' EXIT
 "$venv/bin/python" benches/compile/generate_project.py --models 200 --tests 800 --out "$synthetic/project" >/dev/null

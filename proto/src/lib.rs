@@ -13,19 +13,22 @@ pub mod v1 {
 mod tests {
     use prost::Message;
 
-    use super::v1::{Task, TaskKind};
+    use super::v1::{Task, TaskKind, TaskOutput};
 
     #[test]
     fn tasks_round_trip_through_bytes() {
         let task = Task {
             run_id: String::from("run-1"),
             task_id: String::from("t-7"),
-            attempt: 2,
             kind: TaskKind::Model as i32,
             node_unique_id: String::from("model.medallion.silver_events"),
             sql: String::from("select 1"),
-            output_location: String::from("file:///w/silver/silver_events"),
-            input_files: vec![String::from("a.parquet")],
+            inputs: Vec::new(),
+            output: Some(TaskOutput {
+                table_uri: String::from("file:///w/silver/silver_events"),
+                file_prefix: String::from("run-1-t-7-a1"),
+                partition_by: vec![String::from("event_date")],
+            }),
         };
         let bytes = task.encode_to_vec();
         assert_eq!(Task::decode(bytes.as_slice()).unwrap(), task);
