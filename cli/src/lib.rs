@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+mod execute_commands;
 mod project_commands;
 pub mod sample_data;
 
@@ -32,6 +33,14 @@ pub enum Command {
     Ls(LsArgs),
     /// Prints the dependency graph as Mermaid or Graphviz dot.
     Dag(DagArgs),
+    /// Builds the selected models (embedded mode: coordinator and workers in this process).
+    Run(execute_commands::ExecuteArgs),
+    /// Loads seeds, builds models and runs tests, in DAG order.
+    Build(execute_commands::ExecuteArgs),
+    /// Loads the selected seeds.
+    Seed(execute_commands::ExecuteArgs),
+    /// Runs the selected data tests.
+    Test(execute_commands::ExecuteArgs),
     /// Writes deterministic, deliberately messy raw data for examples/medallion.
     GenerateSampleData(sample_data::SampleDataArgs),
 }
@@ -156,6 +165,18 @@ pub fn execute(cli: Cli, env: &BTreeMap<String, String>) -> anyhow::Result<ExitC
         Command::Compile(args) => project_commands::compile(&args, env, &mut out),
         Command::Ls(args) => project_commands::ls(&args, env, &mut out),
         Command::Dag(args) => project_commands::dag(&args, env, &mut out),
+        Command::Run(args) => {
+            execute_commands::execute(&args, &execute_commands::types_of("run"), env, &mut out)
+        }
+        Command::Build(args) => {
+            execute_commands::execute(&args, &execute_commands::types_of("build"), env, &mut out)
+        }
+        Command::Seed(args) => {
+            execute_commands::execute(&args, &execute_commands::types_of("seed"), env, &mut out)
+        }
+        Command::Test(args) => {
+            execute_commands::execute(&args, &execute_commands::types_of("test"), env, &mut out)
+        }
         Command::GenerateSampleData(args) => {
             let summary = sample_data::generate(&args)?;
             writeln!(out.stdout, "{summary}")?;

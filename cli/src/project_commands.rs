@@ -145,7 +145,7 @@ fn outcome_for(
 }
 
 /// Prints diagnostics; returns false when one of them is an error.
-fn report(diagnostics: &Diagnostics, out: &mut Output) -> anyhow::Result<bool> {
+pub(crate) fn report(diagnostics: &Diagnostics, out: &mut Output) -> anyhow::Result<bool> {
     if !diagnostics.is_empty() {
         write!(out.stderr, "{}", diagnostics.render(out.color))?;
     }

@@ -1,8 +1,15 @@
 //! Strata coordinator.
 //!
-//! Owns a run from submission to its record: it compiles the project with `strata-core`, plans
-//! each selected model into tasks, publishes them on the job queue, consumes results, commits
-//! each model's files in one Delta transaction and runs its tests. The execution issue fills
-//! this crate; until then `strata compile` covers everything up to planning.
+//! Owns a run from its request to its record: it turns each selected node of a compiled
+//! project into tasks on the job queue, collects the workers' results, retries transient
+//! failures with backoff, commits each model's files in one Delta transaction (nothing is
+//! visible before it), runs tests, and skips what is downstream of a failure.
 
 #![warn(missing_docs)]
+
+pub mod commit;
+pub mod run;
+pub mod warehouse;
+
+pub use run::{Coordinator, NodeResult, NodeStatus, RunEvent, RunRecord, RunRequest};
+pub use warehouse::Warehouse;

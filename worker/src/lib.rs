@@ -1,8 +1,17 @@
 //! Strata worker.
 //!
-//! A stateless process that takes tasks from the job queue, executes them with DataFusion,
-//! writes Parquet files under the model's table location and reports the result. It keeps
-//! nothing a run needs after its task is committed, except shuffle outputs it serves over Arrow
-//! Flight. Built in the execution and distribution issues.
+//! A stateless executor of tasks: it registers a task's inputs (files, Delta tables pinned at
+//! a version, view definitions) in a DataFusion session running under a memory-pool limit,
+//! runs the task's SQL, and streams the output into Parquet files of the model's Delta table.
+//! It reports the files; only the coordinator commits them, so nothing a worker writes is
+//! visible until the model's single commit.
 
 #![warn(missing_docs)]
+
+pub mod error;
+pub mod execution;
+pub mod service;
+
+pub use error::{Class, TaskError};
+pub use execution::{ExecutionConfig, run_task};
+pub use service::{WorkerConfig, serve};

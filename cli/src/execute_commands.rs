@@ -1,0 +1,287 @@
+//! `strata run`, `strata build`, `strata seed`, `strata test`: execute a compiled project in
+//! embedded mode — the coordinator and in-process workers over the in-memory job queue, the
+//! same code as the distributed mode — and print progress and a summary like dbt's.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use strata_coordinator::{Coordinator, NodeStatus, RunEvent, RunRecord, RunRequest, Warehouse};
+use strata_core::manifest::ResourceType;
+use strata_core::queue::MemoryQueue;
+use strata_worker::{ExecutionConfig, WorkerConfig};
+
+use crate::project_commands::{Output, report, run_compile};
+use crate::{ProjectArgs, SelectionArgs};
+
+/// Options of the commands that execute nodes.
+#[derive(Debug, Args)]
+pub struct ExecuteArgs {
+    #[command(flatten)]
+    pub(crate) project: ProjectArgs,
+    #[command(flatten)]
+    pub(crate) selection: SelectionArgs,
+    /// Where tables are written: a local folder, file://, s3:// or memory:// (default:
+    /// `<project>/warehouse`; also STRATA_WAREHOUSE).
+    #[arg(long, value_name = "URL")]
+    pub(crate) warehouse: Option<String>,
+    /// Nodes run at the same time.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) threads: usize,
+    /// Stop starting nodes after the first failure.
+    #[arg(long, short = 'x')]
+    pub(crate) fail_fast: bool,
+    /// Memory limit of each task's DataFusion memory pool, in MiB.
+    #[arg(long, default_value_t = 4096, value_name = "MIB")]
+    pub(crate) memory_limit_mib: usize,
+    /// Print the run record as JSON instead of the summary.
+    #[arg(long, value_enum, default_value = "text")]
+    pub(crate) output: RunOutput,
+}
+
+/// How a run reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunOutput {
+    /// Progress lines and a summary.
+    Text,
+    /// The run record as JSON on standard output.
+    Json,
+}
+
+pub(crate) fn execute(
+    args: &ExecuteArgs,
+    resource_types: &[ResourceType],
+    env: &BTreeMap<String, String>,
+    out: &mut Output,
+) -> anyhow::Result<ExitCode> {
+    let outcome = run_compile(
+        &args.project.project_dir,
+        args.project.vars.as_deref(),
+        &args.project.target,
+        &args.selection.select,
+        &args.selection.exclude,
+        env,
+    );
+    if !report(&outcome.diagnostics, out)? {
+        return Ok(ExitCode::FAILURE);
+    }
+    let Some(manifest) = outcome.manifest else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let project_dir = args
+        .project
+        .project_dir
+        .canonicalize()
+        .context("cannot resolve the project folder")?;
+    let location = args
+        .warehouse
+        .clone()
+        .or_else(|| env.get("STRATA_WAREHOUSE").cloned())
+        .unwrap_or_else(|| String::from("warehouse"));
+    let warehouse = Warehouse::parse(&location, &project_dir)?;
+    let request = RunRequest {
+        manifest: Arc::new(manifest),
+        selected: outcome.selected,
+        resource_types: resource_types.iter().copied().collect(),
+        project_dir: project_dir.clone(),
+        warehouse: warehouse.clone(),
+        threads: args.threads.max(1),
+        fail_fast: args.fail_fast,
+        retries: 2,
+        retry_backoff: Duration::from_millis(500),
+    };
+    let execution = ExecutionConfig {
+        memory_limit_bytes: args.memory_limit_mib.max(64) << 20,
+        ..ExecutionConfig::default()
+    };
+    let run_id = run_id();
+    let text = args.output == RunOutput::Text;
+    if text {
+        writeln!(
+            out.stdout,
+            "Running with strata={} on {} (run {run_id})",
+            env!("CARGO_PKG_VERSION"),
+            warehouse.root()
+        )?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let stdout = &mut out.stdout;
+    let record = runtime.block_on(async {
+        let queue = Arc::new(MemoryQueue::new());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let worker = tokio::spawn(strata_worker::serve(
+            queue.clone(),
+            WorkerConfig {
+                worker_id: String::from("embedded-0"),
+                slots: request.threads,
+                execution,
+            },
+            stopped,
+        ));
+        let coordinator = Coordinator::new(queue.clone());
+        let record = coordinator
+            .run(&request, &run_id, |event| {
+                if text {
+                    let _ = progress(stdout, &event);
+                }
+            })
+            .await;
+        let _ = stop.send(true);
+        queue.close();
+        let _ = worker.await;
+        record
+    })?;
+    save_record(&record, &project_dir, &warehouse)?;
+    if text {
+        summary(out.stdout, &record)?;
+    } else {
+        writeln!(out.stdout, "{}", serde_json::to_string_pretty(&record)?)?;
+    }
+    Ok(if record.success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn run_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("run-{}-{:04x}", now.as_secs(), now.subsec_nanos() % 0xffff)
+}
+
+fn progress(out: &mut dyn Write, event: &RunEvent) -> std::io::Result<()> {
+    let RunEvent::Finished {
+        result,
+        done,
+        total,
+    } = event
+    else {
+        return Ok(());
+    };
+    let kind = result.resource_type.as_str();
+    let what = match (result.resource_type, &result.relation) {
+        (ResourceType::Test, _) => format!("test {}", result.name),
+        (_, Some(relation)) => format!("{kind} {relation}"),
+        _ => format!("{kind} {}", result.name),
+    };
+    let seconds = result.duration_ms as f64 / 1000.0;
+    let detail = match result.status {
+        NodeStatus::Success => format!("OK {} rows in {seconds:.2}s", result.rows),
+        NodeStatus::Pass => format!("PASS in {seconds:.2}s"),
+        NodeStatus::Warn => format!("WARN {} in {seconds:.2}s", result.failures.unwrap_or(0)),
+        NodeStatus::Fail => format!(
+            "FAIL {} in {seconds:.2}s",
+            result
+                .failures
+                .map_or_else(|| String::from("error"), |n| n.to_string())
+        ),
+        NodeStatus::Error => format!("ERROR in {seconds:.2}s"),
+        NodeStatus::Skipped => String::from("SKIP"),
+    };
+    let retries = if result.attempts > 1 {
+        format!(" after {} attempts", result.attempts)
+    } else {
+        String::new()
+    };
+    writeln!(
+        out,
+        "{done:>4} of {total:<4} {what:.<70} [{detail}{retries}]"
+    )
+}
+
+fn summary(out: &mut dyn Write, record: &RunRecord) -> std::io::Result<()> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for node in &record.nodes {
+        let label = match node.status {
+            NodeStatus::Success | NodeStatus::Pass => "PASS",
+            NodeStatus::Warn => "WARN",
+            NodeStatus::Error | NodeStatus::Fail => "ERROR",
+            NodeStatus::Skipped => "SKIP",
+        };
+        *counts.entry(label).or_default() += 1;
+        *kinds.entry(node.resource_type.as_str()).or_default() += 1;
+    }
+    let kinds: Vec<String> = kinds
+        .iter()
+        .map(|(kind, n)| format!("{n} {kind}{}", if *n == 1 { "" } else { "s" }))
+        .collect();
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Finished running {} in {:.2}s.",
+        kinds.join(", "),
+        record.elapsed_ms as f64 / 1000.0
+    )?;
+    let problems: Vec<_> = record
+        .nodes
+        .iter()
+        .filter(|node| {
+            matches!(
+                node.status,
+                NodeStatus::Error | NodeStatus::Fail | NodeStatus::Warn
+            )
+        })
+        .collect();
+    for node in &problems {
+        let label = if node.status == NodeStatus::Warn {
+            "Warning"
+        } else {
+            "Failure"
+        };
+        writeln!(
+            out,
+            "\n{label} in {} {} ({}):\n  {}",
+            node.resource_type.as_str(),
+            node.name,
+            node.unique_id,
+            node.error.as_deref().unwrap_or("")
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Done. PASS={} WARN={} ERROR={} SKIP={} TOTAL={}",
+        counts.get("PASS").unwrap_or(&0),
+        counts.get("WARN").unwrap_or(&0),
+        counts.get("ERROR").unwrap_or(&0),
+        counts.get("SKIP").unwrap_or(&0),
+        record.nodes.len()
+    )
+}
+
+fn save_record(
+    record: &RunRecord,
+    project_dir: &std::path::Path,
+    warehouse: &Warehouse,
+) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(record)? + "\n";
+    let target = project_dir.join("target");
+    std::fs::create_dir_all(&target)?;
+    std::fs::write(target.join("run_results.json"), &json)?;
+    if let Some(root) = warehouse.local_path() {
+        let folder = root.join("_strata").join("runs").join(&record.run_id);
+        std::fs::create_dir_all(&folder)?;
+        std::fs::write(folder.join("run_results.json"), &json)?;
+    }
+    Ok(())
+}
+
+/// Resource types each command executes.
+pub(crate) fn types_of(command: &str) -> Vec<ResourceType> {
+    match command {
+        "seed" => vec![ResourceType::Seed],
+        "test" => vec![ResourceType::Test],
+        "build" => vec![ResourceType::Seed, ResourceType::Model, ResourceType::Test],
+        _ => vec![ResourceType::Model],
+    }
+}

@@ -1,0 +1,739 @@
+//! One run: the selected nodes of a compiled project executed in DAG order, as many at once
+//! as dependencies and `threads` allow. Each model or seed becomes tasks on the job queue; the
+//! coordinator collects the results, commits each model in one Delta transaction, then lets
+//! its dependants start. Tests run as tasks too and, with severity `error`, stop the models
+//! downstream of what they test (as `dbt build` does).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use serde::Serialize;
+use strata_core::config::{Materialization, TestSeverity, parse_condition};
+use strata_core::dag::Dag;
+use strata_core::manifest::{Manifest, Node, ResourceType};
+use strata_core::queue::{ATTEMPT_HEADER, Consumer, JobQueue, Message, RESULT_QUEUE, TASK_QUEUE};
+use strata_proto::v1::{
+    DeltaInput, FailureClass, FileFormat, FileInput, Task, TaskInput, TaskKind, TaskOutput,
+    TaskResult, task_input,
+};
+
+use crate::commit;
+use crate::warehouse::Warehouse;
+
+/// What to run and how.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The compiled project.
+    pub manifest: Arc<Manifest>,
+    /// Unique ids of the selected nodes (tests included).
+    pub selected: BTreeSet<String>,
+    /// Kinds of node this command executes (`run`: models; `seed`: seeds; `build`: all).
+    pub resource_types: BTreeSet<ResourceType>,
+    /// The project folder, for relative source locations and seed files.
+    pub project_dir: PathBuf,
+    /// Where tables are written.
+    pub warehouse: Warehouse,
+    /// Nodes executing at the same time.
+    pub threads: usize,
+    /// Stop starting nodes after the first failure.
+    pub fail_fast: bool,
+    /// Retries of a task after a transient failure (a model's `retries` config wins).
+    pub retries: u32,
+    /// Delay before the first retry; doubled for each further one.
+    pub retry_backoff: Duration,
+}
+
+/// The outcome of one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// A model or seed was built.
+    Success,
+    /// A model or seed failed.
+    Error,
+    /// Not run because something upstream failed (or `--fail-fast` stopped the run).
+    Skipped,
+    /// A test found no failing rows (or fewer than its thresholds).
+    Pass,
+    /// A test failed with severity `warn`, or crossed `warn_if` only.
+    Warn,
+    /// A test failed with severity `error`.
+    Fail,
+}
+
+impl NodeStatus {
+    /// True when dependants may run.
+    pub fn is_ok(self) -> bool {
+        matches!(self, Self::Success | Self::Pass | Self::Warn)
+    }
+}
+
+/// The record of one node in a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeResult {
+    /// Unique id.
+    pub unique_id: String,
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub resource_type: ResourceType,
+    /// Outcome.
+    pub status: NodeStatus,
+    /// Rows written (models, seeds).
+    pub rows: i64,
+    /// Bytes written.
+    pub bytes: i64,
+    /// Wall time from the first task's dispatch to the commit.
+    pub duration_ms: u64,
+    /// Failing rows of a test.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failures: Option<i64>,
+    /// Delta version committed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// Attempts of the node's task(s), retries included.
+    pub attempts: u32,
+    /// Relation written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relation: Option<String>,
+    /// What went wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Peak memory of the node's tasks in their memory pools.
+    pub peak_memory_bytes: i64,
+}
+
+/// The record of a run, saved as JSON under `target/` and in the warehouse.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    /// Run id.
+    pub run_id: String,
+    /// Wall time of the whole run.
+    pub elapsed_ms: u64,
+    /// True when no node ended in error or fail.
+    pub success: bool,
+    /// Every node that was considered, in completion order.
+    pub nodes: Vec<NodeResult>,
+}
+
+/// Progress of a run, for a display.
+#[derive(Debug, Clone)]
+pub enum RunEvent {
+    /// A node started.
+    Started {
+        /// Unique id.
+        unique_id: String,
+        /// Nodes finished so far.
+        done: usize,
+        /// Nodes in the run.
+        total: usize,
+    },
+    /// A node finished.
+    Finished {
+        /// Its record.
+        result: NodeResult,
+        /// Nodes finished so far.
+        done: usize,
+        /// Nodes in the run.
+        total: usize,
+    },
+}
+
+/// Errors that stop a run as a whole (not a node failing).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(#[from] strata_core::queue::QueueError),
+}
+
+struct InFlight {
+    started: Instant,
+    attempt: u32,
+    task: Task,
+    node: String,
+}
+
+/// Executes a run over a job queue on which workers consume [`TASK_QUEUE`].
+pub struct Coordinator<Q: JobQueue> {
+    queue: Arc<Q>,
+}
+
+impl<Q: JobQueue> Coordinator<Q> {
+    /// A coordinator publishing on `queue`.
+    pub fn new(queue: Arc<Q>) -> Self {
+        Self { queue }
+    }
+
+    /// Runs the request to the end and returns its record. Node failures are in the record;
+    /// only a failing queue ends the run with an error.
+    ///
+    /// # Errors
+    /// Returns an error when the queue fails.
+    pub async fn run(
+        &self,
+        request: &RunRequest,
+        run_id: &str,
+        mut on_event: impl FnMut(RunEvent),
+    ) -> Result<RunRecord, RunError> {
+        let started = Instant::now();
+        let manifest = &request.manifest;
+        let dag = manifest.dag();
+        let to_run: BTreeSet<String> = request
+            .selected
+            .iter()
+            .filter(|id| {
+                manifest.nodes.get(*id).is_some_and(|node| {
+                    request.resource_types.contains(&node.resource_type)
+                        && node.config.materialized != Materialization::Ephemeral
+                        && node.resource_type != ResourceType::Source
+                })
+            })
+            .cloned()
+            .collect();
+        let waits_for = waits_for(manifest, &dag, &to_run);
+        let total = to_run.len();
+        let mut results: BTreeMap<String, NodeResult> = BTreeMap::new();
+        let mut order: Vec<String> = Vec::new();
+        let mut versions: HashMap<String, i64> = HashMap::new();
+        let mut running: BTreeMap<String, InFlight> = BTreeMap::new();
+        let mut consumer = self.queue.consume(RESULT_QUEUE, 64).await?;
+        let mut stopped = false;
+        let mut task_counter = 0u64;
+
+        loop {
+            // Start every node whose dependencies are done, up to `threads` at once.
+            let ready: Vec<String> = to_run
+                .iter()
+                .filter(|id| {
+                    !results.contains_key(*id)
+                        && !running.values().any(|flight| &flight.node == *id)
+                })
+                .filter(|id| {
+                    waits_for
+                        .get(*id)
+                        .is_none_or(|deps| deps.iter().all(|dep| results.contains_key(dep)))
+                })
+                .cloned()
+                .collect();
+            for id in ready {
+                let node = &manifest.nodes[&id];
+                let blocked = waits_for
+                    .get(&id)
+                    .and_then(|deps| deps.iter().find(|dep| !results[*dep].status.is_ok()));
+                if blocked.is_some() || stopped {
+                    let reason = match blocked {
+                        Some(dep) => {
+                            format!("skipped because '{}' did not succeed", results[dep].name)
+                        }
+                        None => String::from("skipped: --fail-fast stopped the run"),
+                    };
+                    let result = skipped(node, reason);
+                    finish(&mut results, &mut order, result, total, &mut on_event);
+                    continue;
+                }
+                if running.len() >= request.threads.max(1) {
+                    break;
+                }
+                match self
+                    .build_task(request, run_id, node, &mut versions, &mut task_counter)
+                    .await
+                {
+                    Ok(task) => {
+                        on_event(RunEvent::Started {
+                            unique_id: id.clone(),
+                            done: results.len(),
+                            total,
+                        });
+                        self.publish(&task, 1).await?;
+                        running.insert(
+                            task.task_id.clone(),
+                            InFlight {
+                                started: Instant::now(),
+                                attempt: 1,
+                                task,
+                                node: id.clone(),
+                            },
+                        );
+                    }
+                    Err(message) => {
+                        let mut result = skipped(node, message);
+                        result.status = if node.resource_type == ResourceType::Test {
+                            NodeStatus::Fail
+                        } else {
+                            NodeStatus::Error
+                        };
+                        stopped |= request.fail_fast;
+                        finish(&mut results, &mut order, result, total, &mut on_event);
+                    }
+                }
+            }
+            if running.is_empty() {
+                if results.len() >= total {
+                    break;
+                }
+                continue;
+            }
+
+            // Wait for the next result.
+            let Some(delivery) = consumer.next().await? else {
+                break;
+            };
+            let Ok(result) = TaskResult::decode(delivery.message.body.as_slice()) else {
+                delivery
+                    .dead_letter("malformed task result: not a strata.v1.TaskResult")
+                    .await?;
+                continue;
+            };
+            delivery.ack().await?;
+            let Some(flight) = running.get(&result.task_id) else {
+                continue;
+            };
+            if result.attempt != flight.attempt {
+                continue; // a stale duplicate of an earlier attempt
+            }
+            let node = &manifest.nodes[&flight.node];
+            let class =
+                FailureClass::try_from(result.failure_class).unwrap_or(FailureClass::Unspecified);
+            if class != FailureClass::Unspecified {
+                let allowed = match class {
+                    FailureClass::Transient => node.config.retries.unwrap_or(request.retries),
+                    FailureClass::Internal => 1,
+                    _ => 0,
+                };
+                if flight.attempt <= allowed {
+                    let attempt = flight.attempt + 1;
+                    let delay = request.retry_backoff * 2u32.saturating_pow(flight.attempt - 1);
+                    let task = flight.task.clone();
+                    if let Some(flight) = running.get_mut(&result.task_id) {
+                        flight.attempt = attempt;
+                    }
+                    let queue = self.queue.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let message = Message::new(task.encode_to_vec())
+                            .with_header(ATTEMPT_HEADER, attempt.to_string());
+                        let _ = queue.publish(TASK_QUEUE, message).await;
+                    });
+                    continue;
+                }
+            }
+            let Some(flight) = running.remove(&result.task_id) else {
+                continue;
+            };
+            let node_result = self
+                .complete(
+                    request,
+                    run_id,
+                    node,
+                    &flight,
+                    &result,
+                    class,
+                    &mut versions,
+                )
+                .await;
+            if !node_result.status.is_ok() {
+                stopped |= request.fail_fast;
+            }
+            finish(&mut results, &mut order, node_result, total, &mut on_event);
+        }
+        let nodes: Vec<NodeResult> = order.iter().filter_map(|id| results.remove(id)).collect();
+        let success = nodes
+            .iter()
+            .all(|node| !matches!(node.status, NodeStatus::Error | NodeStatus::Fail));
+        Ok(RunRecord {
+            run_id: run_id.to_string(),
+            elapsed_ms: elapsed_ms(started),
+            success,
+            nodes,
+        })
+    }
+
+    async fn publish(&self, task: &Task, attempt: u32) -> Result<(), RunError> {
+        let message =
+            Message::new(task.encode_to_vec()).with_header(ATTEMPT_HEADER, attempt.to_string());
+        self.queue.publish(TASK_QUEUE, message).await?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn complete(
+        &self,
+        request: &RunRequest,
+        run_id: &str,
+        node: &Node,
+        flight: &InFlight,
+        result: &TaskResult,
+        class: FailureClass,
+        versions: &mut HashMap<String, i64>,
+    ) -> NodeResult {
+        let mut record = NodeResult {
+            unique_id: node.unique_id.clone(),
+            name: node.name.clone(),
+            resource_type: node.resource_type,
+            status: NodeStatus::Success,
+            rows: result.rows,
+            bytes: result.bytes,
+            duration_ms: 0,
+            failures: None,
+            version: None,
+            attempts: flight.attempt,
+            relation: node.relation_name.clone(),
+            error: None,
+            peak_memory_bytes: result.peak_memory_bytes,
+        };
+        if class != FailureClass::Unspecified {
+            record.status = if node.resource_type == ResourceType::Test {
+                NodeStatus::Fail
+            } else {
+                NodeStatus::Error
+            };
+            record.error = Some(result.error.clone());
+        } else if node.resource_type == ResourceType::Test {
+            record.failures = Some(result.failing_rows);
+            record.status = test_status(node, result.failing_rows);
+            if record.status != NodeStatus::Pass {
+                record.error = Some(format!("{} failing rows", result.failing_rows));
+            }
+        } else if let Some(relation) = &node.relation {
+            let location = request.warehouse.table_uri(relation);
+            match commit::overwrite(
+                &location,
+                &result.delta_schema_json,
+                &node.config.partition_by,
+                &result.files,
+                run_id,
+            )
+            .await
+            {
+                Ok(version) => {
+                    versions.insert(node.unique_id.clone(), version);
+                    record.version = Some(version);
+                }
+                Err(err) => {
+                    record.status = NodeStatus::Error;
+                    record.error = Some(err.to_string());
+                }
+            }
+        }
+        record.duration_ms = elapsed_ms(flight.started);
+        record
+    }
+
+    async fn build_task(
+        &self,
+        request: &RunRequest,
+        run_id: &str,
+        node: &Node,
+        versions: &mut HashMap<String, i64>,
+        counter: &mut u64,
+    ) -> Result<Task, String> {
+        *counter += 1;
+        let task_id = format!("{}-{counter:05}", node.name);
+        let mut inputs = Vec::new();
+        let (kind, sql) = match node.resource_type {
+            ResourceType::Seed => {
+                let relation = node.relation.as_ref().ok_or("a seed without a relation")?;
+                let path = request.project_dir.join(&node.original_file_path);
+                let location = file_url(&path)?;
+                inputs.push(TaskInput {
+                    schema: relation.schema.clone(),
+                    name: relation.identifier.clone(),
+                    source: Some(task_input::Source::Files(FileInput {
+                        location,
+                        format: FileFormat::Csv as i32,
+                        column_types: node.config.column_types.clone().into_iter().collect(),
+                        files: Vec::new(),
+                    })),
+                });
+                (TaskKind::Seed, format!("select * from {relation}"))
+            }
+            ResourceType::Test => (
+                TaskKind::Test,
+                node.compiled_code.clone().unwrap_or_default(),
+            ),
+            _ => (
+                TaskKind::Model,
+                node.compiled_code.clone().unwrap_or_default(),
+            ),
+        };
+        if node.resource_type != ResourceType::Seed {
+            let mut seen = BTreeSet::new();
+            for parent in &node.depends_on {
+                self.add_inputs(request, parent, versions, &mut inputs, &mut seen)
+                    .await?;
+            }
+        }
+        let output = match (node.resource_type, &node.relation) {
+            (ResourceType::Model | ResourceType::Seed, Some(relation)) => Some(TaskOutput {
+                table_uri: request.warehouse.table_uri(relation),
+                file_prefix: format!("{run_id}-{task_id}"),
+                partition_by: node.config.partition_by.clone(),
+            }),
+            _ => None,
+        };
+        Ok(Task {
+            run_id: run_id.to_string(),
+            task_id,
+            kind: kind as i32,
+            node_unique_id: node.unique_id.clone(),
+            sql,
+            inputs,
+            output,
+        })
+    }
+
+    /// Adds the relation of `id` to the inputs, and for views and ephemeral models the
+    /// relations they read, dependencies first.
+    fn add_inputs<'a>(
+        &'a self,
+        request: &'a RunRequest,
+        id: &'a str,
+        versions: &'a mut HashMap<String, i64>,
+        inputs: &'a mut Vec<TaskInput>,
+        seen: &'a mut BTreeSet<String>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            if !seen.insert(id.to_string()) {
+                return Ok(());
+            }
+            let Some(node) = request.manifest.nodes.get(id) else {
+                return Ok(());
+            };
+            let materialized = node.config.materialized;
+            if matches!(
+                materialized,
+                Materialization::View | Materialization::Ephemeral
+            ) && node.resource_type == ResourceType::Model
+            {
+                for parent in &node.depends_on {
+                    self.add_inputs(request, parent, versions, inputs, seen)
+                        .await?;
+                }
+                if materialized == Materialization::Ephemeral {
+                    return Ok(());
+                }
+            }
+            let relation = node
+                .relation
+                .as_ref()
+                .ok_or_else(|| format!("'{}' has no relation", node.name))?;
+            let source = match node.resource_type {
+                ResourceType::Source => {
+                    let info = node
+                        .source
+                        .as_ref()
+                        .ok_or("a source without its location")?;
+                    let location = info.location.as_deref().ok_or_else(|| {
+                        format!(
+                            "source '{}.{}' has no location; set meta.external_location in {}",
+                            info.source_name, node.name, node.original_file_path
+                        )
+                    })?;
+                    let format = match info.format.as_deref() {
+                        Some("parquet") => FileFormat::Parquet,
+                        Some("csv") => FileFormat::Csv,
+                        Some("json") => FileFormat::Json,
+                        _ => FileFormat::Unspecified,
+                    };
+                    task_input::Source::Files(FileInput {
+                        location: resolve_location(&request.project_dir, location)?,
+                        format: format as i32,
+                        column_types: HashMap::new(),
+                        files: Vec::new(),
+                    })
+                }
+                ResourceType::Model if materialized == Materialization::View => {
+                    task_input::Source::ViewSql(node.compiled_code.clone().unwrap_or_default())
+                }
+                _ => {
+                    let table_uri = request.warehouse.table_uri(relation);
+                    let version = match versions.get(id) {
+                        Some(version) => *version,
+                        None => {
+                            let table = commit::open_table(&table_uri)
+                                .await
+                                .map_err(|err| err.to_string())?;
+                            let version = table.and_then(|table| table.version()).and_then(|version| i64::try_from(version).ok()).ok_or_else(|| {
+                                let command = if node.resource_type == ResourceType::Seed { "strata seed" } else { "strata run" };
+                                format!("'{}' has not been built yet ({table_uri} has no table); run `{command} --select {}` first", node.name, node.name)
+                            })?;
+                            versions.insert(id.to_string(), version);
+                            version
+                        }
+                    };
+                    task_input::Source::Delta(DeltaInput { table_uri, version })
+                }
+            };
+            inputs.push(TaskInput {
+                schema: relation.schema.clone(),
+                name: relation.identifier.clone(),
+                source: Some(source),
+            });
+            Ok(())
+        })
+    }
+}
+
+/// The nodes each node waits for: its selected parents (through ephemeral models), plus, as in
+/// `dbt build`, the tests of those parents, so a failing test stops what is downstream of it.
+fn waits_for(
+    manifest: &Manifest,
+    dag: &Dag,
+    to_run: &BTreeSet<String>,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let mut waits: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for id in to_run {
+        let mut parents = BTreeSet::new();
+        let mut stack: Vec<&str> = dag.parents(id).collect();
+        let mut visited = BTreeSet::new();
+        while let Some(parent) = stack.pop() {
+            if !visited.insert(parent) {
+                continue;
+            }
+            if to_run.contains(parent) {
+                parents.insert(parent.to_string());
+            } else if manifest
+                .nodes
+                .get(parent)
+                .is_some_and(|node| node.config.materialized == Materialization::Ephemeral)
+            {
+                stack.extend(dag.parents(parent));
+            }
+        }
+        let descendants = dag.descendants(id, None);
+        let tests: BTreeSet<String> = parents
+            .iter()
+            .flat_map(|parent| dag.children(parent))
+            .filter(|child| {
+                *child != id && to_run.contains(*child) && !descendants.contains(*child)
+            })
+            .filter(|child| {
+                manifest
+                    .nodes
+                    .get(*child)
+                    .is_some_and(|node| node.resource_type == ResourceType::Test)
+            })
+            .map(str::to_string)
+            .collect();
+        if manifest
+            .nodes
+            .get(id)
+            .is_some_and(|node| node.resource_type != ResourceType::Test)
+        {
+            parents.extend(tests);
+        }
+        waits.insert(id.clone(), parents);
+    }
+    waits
+}
+
+/// Status of a test from its failing rows, its severity and `warn_if` / `error_if`.
+pub fn test_status(node: &Node, failures: i64) -> NodeStatus {
+    let crosses = |condition: &str| {
+        parse_condition(condition).is_some_and(|(operator, threshold)| {
+            let threshold = i64::try_from(threshold).unwrap_or(i64::MAX);
+            match operator {
+                ">" => failures > threshold,
+                ">=" => failures >= threshold,
+                "<" => failures < threshold,
+                "<=" => failures <= threshold,
+                "=" => failures == threshold,
+                _ => failures != threshold,
+            }
+        })
+    };
+    match node.config.severity {
+        TestSeverity::Error if crosses(&node.config.error_if) => NodeStatus::Fail,
+        _ if crosses(&node.config.warn_if) => NodeStatus::Warn,
+        _ => NodeStatus::Pass,
+    }
+}
+
+fn skipped(node: &Node, reason: String) -> NodeResult {
+    NodeResult {
+        unique_id: node.unique_id.clone(),
+        name: node.name.clone(),
+        resource_type: node.resource_type,
+        status: NodeStatus::Skipped,
+        rows: 0,
+        bytes: 0,
+        duration_ms: 0,
+        failures: None,
+        version: None,
+        attempts: 0,
+        relation: node.relation_name.clone(),
+        error: Some(reason),
+        peak_memory_bytes: 0,
+    }
+}
+
+fn finish(
+    results: &mut BTreeMap<String, NodeResult>,
+    order: &mut Vec<String>,
+    result: NodeResult,
+    total: usize,
+    on_event: &mut impl FnMut(RunEvent),
+) {
+    order.push(result.unique_id.clone());
+    results.insert(result.unique_id.clone(), result.clone());
+    on_event(RunEvent::Finished {
+        result,
+        done: results.len(),
+        total,
+    });
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn file_url(path: &std::path::Path) -> Result<String, String> {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|err| err.to_string())?
+            .join(path)
+    };
+    url::Url::from_file_path(&absolute)
+        .map(|url| url.to_string())
+        .map_err(|()| format!("cannot make a URL of {}", absolute.display()))
+}
+
+/// Turns a source location into an absolute URL: URLs stay, paths are taken relative to the
+/// project folder.
+fn resolve_location(project_dir: &std::path::Path, location: &str) -> Result<String, String> {
+    if location.contains("://") {
+        return Ok(location.to_string());
+    }
+    let path = std::path::Path::new(location);
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        project_dir.join(path)
+    };
+    let absolute = match absolute.canonicalize() {
+        Ok(canonical) => canonical,
+        // A glob does not exist as a path; canonicalize its folder instead.
+        Err(_) => match (
+            absolute
+                .parent()
+                .and_then(|parent| parent.canonicalize().ok()),
+            absolute.file_name(),
+        ) {
+            (Some(parent), Some(name)) => parent.join(name),
+            _ => {
+                return Err(format!(
+                    "source location {} does not exist",
+                    absolute.display()
+                ));
+            }
+        },
+    };
+    // A plain absolute path, not a file:// URL: DataFusion expands globs only in paths.
+    Ok(absolute.display().to_string())
+}

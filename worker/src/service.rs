@@ -1,0 +1,84 @@
+//! The worker's main loop: take tasks from the queue (at most `slots` at a time), run them,
+//! publish each result, and acknowledge the task only after the result was accepted — so a
+//! worker that dies at any point leaves its task to be delivered again.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use strata_core::queue::{
+    Consumer, Delivery, JobQueue, Message, RESULT_QUEUE, Settler, TASK_QUEUE,
+};
+use strata_proto::v1::Task;
+use tokio::sync::{Semaphore, watch};
+
+use crate::execution::{ExecutionConfig, run_task};
+
+/// Settings of one worker process (or in-process worker in embedded mode).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Identifies the worker in results and logs.
+    pub worker_id: String,
+    /// Tasks run at the same time.
+    pub slots: usize,
+    /// The execution engine's settings.
+    pub execution: ExecutionConfig,
+}
+
+/// Serves tasks until `stop` turns true or the queue closes; tasks already started finish.
+///
+/// # Errors
+/// Returns the queue's error when consuming fails.
+pub async fn serve<Q: JobQueue>(
+    queue: Arc<Q>,
+    config: WorkerConfig,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), strata_core::queue::QueueError> {
+    let slots = Arc::new(Semaphore::new(config.slots.max(1)));
+    let mut consumer = queue.consume(TASK_QUEUE, config.slots.max(1)).await?;
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        let delivery = tokio::select! {
+            delivery = consumer.next() => delivery?,
+            _ = stop.changed() => None,
+        };
+        let Some(delivery) = delivery else { break };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let queue = queue.clone();
+        let config = config.clone();
+        running.spawn(async move {
+            handle(queue.as_ref(), &config, delivery).await;
+            drop(permit);
+        });
+        while running.try_join_next().is_some() {}
+    }
+    while running.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn handle<Q: JobQueue, S: Settler>(queue: &Q, config: &WorkerConfig, delivery: Delivery<S>) {
+    let task = match Task::decode(delivery.message.body.as_slice()) {
+        Ok(task) if !task.task_id.is_empty() => task,
+        Ok(_) => {
+            let _ = delivery.dead_letter("malformed task: no task_id").await;
+            return;
+        }
+        Err(err) => {
+            let _ = delivery
+                .dead_letter(format!("malformed task: not a strata.v1.Task ({err})"))
+                .await;
+            return;
+        }
+    };
+    let attempt = delivery.attempt();
+    let result = run_task(&config.execution, &task, attempt, &config.worker_id).await;
+    let mut message = Message::new(result.encode_to_vec());
+    for (name, value) in &delivery.message.headers {
+        message = message.with_header(name, value.clone());
+    }
+    // Ack only after the result is safe on the queue; otherwise the task comes back.
+    if queue.publish(RESULT_QUEUE, message).await.is_ok() {
+        let _ = delivery.ack().await;
+    }
+}
