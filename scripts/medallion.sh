@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The README's main job: builds strata, writes sample raw data for examples/medallion when it
-# is absent, and compiles the pipeline (lists its nodes and writes compiled SQL and the
-# manifest under examples/medallion/target). Execution (`strata build`) lands with the
-# execution-core issue; this script will then run it instead.
+# The README's main job: builds strata (release), writes sample raw data for
+# examples/medallion when it is absent, and builds the pipeline in embedded mode — seeds,
+# models and tests in DAG order into Delta tables under examples/medallion/warehouse —
+# printing progress and a summary.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/strata-target}"
@@ -12,5 +12,4 @@ project="$root/examples/medallion"
 if [[ ! -d "$project/data/events" ]]; then
     "$strata" generate-sample-data --events "${EVENTS:-1000000}" --out "$project/data"
 fi
-"$strata" ls --project-dir "$project"
-"$strata" compile --project-dir "$project"
+"$strata" build --project-dir "$project" "$@"

@@ -5,6 +5,8 @@
 #   2. every Rust test: unit, golden compile, diagnostics, selection, property tests, CLI
 #   3. dbt parity: dbt-core (pinned, in a virtualenv this script creates) parses the example,
 #      the fixture projects and a generated 200-model project; its graph must match Strata's
+#   4. correctness: examples/medallion built by Strata on generated data equals DuckDB's
+#      result for the same SQL, read back from the Delta tables with the `deltalake` package
 #
 # Services: the compiler needs none yet. Tests that need RabbitMQ or an S3 server start them
 # here (and fail loudly when they cannot) once such tests exist.
@@ -33,7 +35,8 @@ step "dbt parity"
 venv="$("$root/scripts/python-env.sh")"
 cargo build --workspace --locked   # same features as the test build: no rebuild
 synthetic="$(mktemp -d)"
-trap 'rm -rf "$synthetic"' EXIT
+medallion="$(mktemp -d)"
+trap 'rm -rf "$synthetic" "$medallion"' EXIT
 "$venv/bin/python" benches/compile/generate_project.py --models 200 --tests 800 --out "$synthetic/project" >/dev/null
 "$venv/bin/python" tests/dbt_parity/check.py \
     --strata "$CARGO_TARGET_DIR/debug/strata" --dbt "$venv/bin/dbt" \
@@ -44,3 +47,12 @@ trap 'rm -rf "$synthetic"' EXIT
     tests/fixtures/compile/ephemeral_chain/project \
     tests/fixtures/compile/test_forms/project \
     "$synthetic/project"
+
+step "examples/medallion vs DuckDB"
+strata="$CARGO_TARGET_DIR/debug/strata"
+cp -r examples/medallion "$medallion/project"
+rm -rf "$medallion/project/target" "$medallion/project/data" "$medallion/project/warehouse"
+"$strata" generate-sample-data --events 50000 --batches 3 --out "$medallion/project/data"
+"$strata" build --project-dir "$medallion/project" --threads 2
+"$venv/bin/python" tests/reference/compare_duckdb.py \
+    --project "$medallion/project" --warehouse "$medallion/project/warehouse"

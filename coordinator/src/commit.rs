@@ -42,6 +42,12 @@ pub async fn open_table(location: &str) -> Result<Option<DeltaTable>, CommitErro
         location: location.to_string(),
         reason: err.to_string(),
     })?;
+    if let Ok(path) = url.to_file_path()
+        && url.scheme() == "file"
+        && !path.join("_delta_log").is_dir()
+    {
+        return Ok(None);
+    }
     let builder = DeltaTableBuilder::from_url(url).map_err(|source| CommitError::Delta {
         location: location.to_string(),
         source,

@@ -218,7 +218,7 @@ async fn listing_table(
         vec![ListingTableUrl::parse(location).map_err(TaskError::from)?]
     } else {
         only.iter()
-            .map(|file| ListingTableUrl::parse(file))
+            .map(ListingTableUrl::parse)
             .collect::<Result<_, _>>()
             .map_err(TaskError::from)?
     };

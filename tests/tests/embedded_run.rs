@@ -1,0 +1,174 @@
+//! End-to-end runs in embedded mode (coordinator and workers in one process over the
+//! in-memory queue): examples/medallion on generated data, and the commit protocol's promise
+//! that a failed model leaves the previous version readable.
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use strata_tests::repo_root;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let name = entry.file_name();
+        if ["target", "data", "warehouse"]
+            .iter()
+            .any(|skip| name == *skip)
+        {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(&name));
+        } else {
+            std::fs::copy(&path, to.join(&name)).unwrap();
+        }
+    }
+}
+
+fn strata(args: &[&str]) -> std::process::ExitCode {
+    let mut argv = vec!["strata"];
+    argv.extend_from_slice(args);
+    let cli = strata::Cli::try_parse_from(argv).expect("valid arguments");
+    strata::execute(cli, &strata_tests::test_env()).expect("command runs")
+}
+
+fn medallion_with_data(events: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("medallion");
+    copy_dir(&repo_root().join("examples/medallion"), &project);
+    let data = project.join("data");
+    let code = strata(&[
+        "generate-sample-data",
+        "--events",
+        events,
+        "--out",
+        data.to_str().unwrap(),
+        "--batches",
+        "2",
+    ]);
+    assert_eq!(code, std::process::ExitCode::SUCCESS);
+    (dir, project)
+}
+
+fn record(project: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(project.join("target/run_results.json")).unwrap())
+        .unwrap()
+}
+
+fn node<'a>(record: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    record["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|node| node["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in the run"))
+}
+
+#[test]
+fn medallion_builds_end_to_end() {
+    let (_dir, project) = medallion_with_data("20000");
+    let code = strata(&[
+        "build",
+        "--project-dir",
+        project.to_str().unwrap(),
+        "--threads",
+        "2",
+    ]);
+    let record = record(&project);
+    assert_eq!(code, std::process::ExitCode::SUCCESS, "{record:#}");
+    assert_eq!(record["success"], true);
+    assert_eq!(record["nodes"].as_array().unwrap().len(), 23);
+    assert_eq!(node(&record, "bronze_events")["rows"], 20000);
+    let silver = node(&record, "silver_events")["rows"].as_i64().unwrap();
+    assert!(
+        silver > 15_000 && silver < 20_000,
+        "deduplicated and filtered: {silver}"
+    );
+    // Unknown users are expected: the relationships test warns instead of failing.
+    let relationships = node(
+        &record,
+        "relationships_silver_events_user_id__user_id__ref_silver_users",
+    );
+    assert_eq!(relationships["status"], "warn");
+    assert!(relationships["failures"].as_i64().unwrap() > 0);
+    assert_eq!(
+        node(&record, "unique_silver_events_event_id")["status"],
+        "pass"
+    );
+    for table in [
+        "bronze/bronze_events",
+        "silver/silver_events",
+        "gold/daily_user_activity",
+        "seeds/event_type_categories",
+    ] {
+        let log = project
+            .join("warehouse")
+            .join(table)
+            .join("_delta_log/00000000000000000000.json");
+        assert!(log.is_file(), "{} has no Delta log", table);
+    }
+    // The run record is kept in the warehouse too.
+    let runs = project.join("warehouse/_strata/runs");
+    assert_eq!(std::fs::read_dir(runs).unwrap().count(), 1);
+}
+
+#[test]
+fn a_failed_model_leaves_the_previous_version_readable() {
+    let (_dir, project) = medallion_with_data("2000");
+    let dir = project.to_str().unwrap();
+    assert_eq!(
+        strata(&["run", "--project-dir", dir, "--select", "+silver_users"]),
+        std::process::ExitCode::SUCCESS
+    );
+    let first = record(&project);
+    let rows = node(&first, "silver_users")["rows"].as_i64().unwrap();
+    assert_eq!(node(&first, "silver_users")["version"], 0);
+
+    // Break the model: a column that does not exist fails at planning, a user error.
+    let model = project.join("models/silver/silver_users.sql");
+    std::fs::write(
+        &model,
+        "select no_such_column from {{ ref('bronze_users') }}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        strata(&["run", "--project-dir", dir, "--select", "silver_users"]),
+        std::process::ExitCode::FAILURE
+    );
+    let failed = record(&project);
+    let silver = node(&failed, "silver_users");
+    assert_eq!(silver["status"], "error");
+    assert_eq!(silver["attempts"], 1, "a user error is not retried");
+    assert!(
+        silver["error"].as_str().unwrap().contains("no_such_column"),
+        "{silver}"
+    );
+
+    // The table still answers with the first version's rows: a test reading it passes.
+    std::fs::write(
+        project.join("tests/users_still_there.sql"),
+        format!("select n from (select count(*) as n from {{{{ ref('silver_users') }}}}) as c where n <> {rows}\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        strata(&[
+            "test",
+            "--project-dir",
+            dir,
+            "--select",
+            "users_still_there"
+        ]),
+        std::process::ExitCode::SUCCESS
+    );
+    assert_eq!(
+        node(&record(&project), "users_still_there")["status"],
+        "pass"
+    );
+    assert!(
+        !project
+            .join("warehouse/silver/silver_users/_delta_log/00000000000000000001.json")
+            .exists(),
+        "the failed run must not commit"
+    );
+}
