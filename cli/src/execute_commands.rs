@@ -38,6 +38,9 @@ pub struct ExecuteArgs {
     /// Memory limit of each task's DataFusion memory pool, in MiB.
     #[arg(long, default_value_t = 4096, value_name = "MIB")]
     pub(crate) memory_limit_mib: usize,
+    /// Rebuild incremental models from scratch (except those with `full_refresh: false`).
+    #[arg(long)]
+    pub(crate) full_refresh: bool,
     /// Print the run record as JSON instead of the summary.
     #[arg(long, value_enum, default_value = "text")]
     pub(crate) output: RunOutput,
@@ -83,9 +86,55 @@ pub(crate) fn execute(
         .or_else(|| env.get("STRATA_WAREHOUSE").cloned())
         .unwrap_or_else(|| String::from("warehouse"));
     let warehouse = Warehouse::parse(&location, &project_dir)?;
+    // Incremental models whose table exists render with is_incremental() true: compile again.
+    let incremental: Vec<&strata_core::manifest::Node> = manifest
+        .nodes
+        .values()
+        .filter(|node| {
+            node.config.materialized == strata_core::config::Materialization::Incremental
+        })
+        .filter(|node| !args.full_refresh || node.config.full_refresh == Some(false))
+        .filter(|node| {
+            node.relation
+                .as_ref()
+                .is_some_and(|relation| table_exists(&warehouse, relation))
+        })
+        .collect();
+    let incremental_ids: std::collections::BTreeSet<String> = incremental
+        .iter()
+        .map(|node| node.unique_id.clone())
+        .collect();
+    let incremental_names: std::collections::BTreeSet<String> =
+        incremental.iter().map(|node| node.name.clone()).collect();
+    let (manifest, selected) = if incremental_names.is_empty() {
+        (manifest, outcome.selected)
+    } else {
+        let again = crate::project_commands::compile_for_run(
+            &args.project.project_dir,
+            args.project.vars.as_deref(),
+            &args.project.target,
+            &args.selection.select,
+            &args.selection.exclude,
+            env,
+            &incremental_names,
+        );
+        if !report(&again.diagnostics, out)? {
+            return Ok(ExitCode::FAILURE);
+        }
+        let Some(manifest) = again.manifest else {
+            return Ok(ExitCode::FAILURE);
+        };
+        (manifest, again.selected)
+    };
+    // Like dbt, every run leaves the manifest it ran next to its run record.
+    let target = project_dir.join("target");
+    std::fs::create_dir_all(&target)
+        .with_context(|| format!("cannot create {}", target.display()))?;
+    std::fs::write(target.join("manifest.json"), manifest.to_json())
+        .context("cannot write target/manifest.json")?;
     let request = RunRequest {
         manifest: Arc::new(manifest),
-        selected: outcome.selected,
+        selected,
         resource_types: resource_types.iter().copied().collect(),
         project_dir: project_dir.clone(),
         warehouse: warehouse.clone(),
@@ -93,6 +142,7 @@ pub(crate) fn execute(
         fail_fast: args.fail_fast,
         retries: 2,
         retry_backoff: Duration::from_millis(500),
+        incremental_models: incremental_ids,
     };
     let execution = ExecutionConfig {
         memory_limit_bytes: args.memory_limit_mib.max(64) << 20,
@@ -149,6 +199,19 @@ pub(crate) fn execute(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// True when the relation's Delta table exists (local warehouses are checked on disk; other
+/// stores when the first task opens the table).
+fn table_exists(warehouse: &Warehouse, relation: &strata_core::jinja::Relation) -> bool {
+    match warehouse.local_path() {
+        Some(root) => root
+            .join(&relation.schema)
+            .join(&relation.identifier)
+            .join("_delta_log")
+            .is_dir(),
+        None => false,
+    }
 }
 
 fn run_id() -> String {

@@ -47,6 +47,27 @@ pub fn run_compile(
     exclude: &[String],
     env: &BTreeMap<String, String>,
 ) -> CommandOutcome {
+    compile_for_run(
+        project_dir,
+        vars,
+        target,
+        select,
+        exclude,
+        env,
+        &BTreeSet::new(),
+    )
+}
+
+/// Like [`run_compile`], rendering `is_incremental()` as true for the named models.
+pub fn compile_for_run(
+    project_dir: &Path,
+    vars: Option<&str>,
+    target: &str,
+    select: &[String],
+    exclude: &[String],
+    env: &BTreeMap<String, String>,
+    incremental_models: &BTreeSet<String>,
+) -> CommandOutcome {
     let mut diagnostics = Diagnostics::default();
     let cli_vars = match vars.map(parse_vars).transpose() {
         Ok(vars) => vars.unwrap_or_default(),
@@ -72,7 +93,7 @@ pub fn run_compile(
         cli_vars,
         env: env.clone(),
         target_name: target.to_string(),
-        ..CompileOptions::default()
+        incremental_models: incremental_models.clone(),
     };
     let compilation = compiler::compile(&project, &options);
     diagnostics.extend(compilation.diagnostics);

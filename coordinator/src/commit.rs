@@ -78,6 +78,29 @@ fn add_action(file: &WrittenFile, now_ms: i64) -> Add {
     }
 }
 
+/// Adds `files` to the table in one transaction (an incremental append) and returns the new
+/// version. A changed schema (new columns) is committed with the files.
+///
+/// # Errors
+/// Returns an error when the schema is invalid or the transaction fails.
+pub async fn append(
+    location: &str,
+    schema_json: &str,
+    partition_by: &[String],
+    files: &[WrittenFile],
+    run_id: &str,
+) -> Result<i64, CommitError> {
+    write(
+        location,
+        schema_json,
+        partition_by,
+        files,
+        run_id,
+        SaveMode::Append,
+    )
+    .await
+}
+
 /// Replaces the table's content with `files` in one transaction (creating the table on first
 /// use) and returns the new version.
 ///
@@ -89,6 +112,25 @@ pub async fn overwrite(
     partition_by: &[String],
     files: &[WrittenFile],
     run_id: &str,
+) -> Result<i64, CommitError> {
+    write(
+        location,
+        schema_json,
+        partition_by,
+        files,
+        run_id,
+        SaveMode::Overwrite,
+    )
+    .await
+}
+
+async fn write(
+    location: &str,
+    schema_json: &str,
+    partition_by: &[String],
+    files: &[WrittenFile],
+    run_id: &str,
+    mode: SaveMode,
 ) -> Result<i64, CommitError> {
     let schema: StructType = serde_json::from_str(schema_json)
         .map_err(|err| CommitError::InvalidSchema(err.to_string()))?;
@@ -133,11 +175,15 @@ pub async fn overwrite(
         }
         Some(table) => {
             let snapshot = table.snapshot().map_err(delta_error)?;
-            let mut actions: Vec<Action> = snapshot
-                .log_data()
-                .into_iter()
-                .map(|file| Action::Remove(file.remove_action(true)))
-                .collect();
+            let mut actions: Vec<Action> = if mode == SaveMode::Overwrite {
+                snapshot
+                    .log_data()
+                    .into_iter()
+                    .map(|file| Action::Remove(file.remove_action(true)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             if snapshot.schema().as_ref() != &schema
                 || snapshot.metadata().partition_columns() != partition_by
             {
@@ -150,7 +196,7 @@ pub async fn overwrite(
             }
             actions.extend(adds);
             let operation = DeltaOperation::Write {
-                mode: SaveMode::Overwrite,
+                mode,
                 partition_by: (!partition_by.is_empty()).then(|| partition_by.to_vec()),
                 predicate: None,
             };

@@ -16,8 +16,8 @@ use strata_core::dag::Dag;
 use strata_core::manifest::{Manifest, Node, ResourceType};
 use strata_core::queue::{ATTEMPT_HEADER, Consumer, JobQueue, Message, RESULT_QUEUE, TASK_QUEUE};
 use strata_proto::v1::{
-    DeltaInput, FailureClass, FileFormat, FileInput, Task, TaskInput, TaskKind, TaskOutput,
-    TaskResult, task_input,
+    DeltaInput, FailureClass, FileFormat, FileInput, Incremental, Task, TaskInput, TaskKind,
+    TaskOutput, TaskResult, task_input,
 };
 
 use crate::commit;
@@ -44,6 +44,9 @@ pub struct RunRequest {
     pub retries: u32,
     /// Delay before the first retry; doubled for each further one.
     pub retry_backoff: Duration,
+    /// Incremental models that fold new rows into their existing table (their table exists
+    /// and this is not a full refresh); the others are built from scratch.
+    pub incremental_models: BTreeSet<String>,
 }
 
 /// The outcome of one node.
@@ -400,15 +403,13 @@ impl<Q: JobQueue> Coordinator<Q> {
             }
         } else if let Some(relation) = &node.relation {
             let location = request.warehouse.table_uri(relation);
-            match commit::overwrite(
-                &location,
-                &result.delta_schema_json,
-                &node.config.partition_by,
-                &result.files,
-                run_id,
-            )
-            .await
-            {
+            let (schema, partition_by) = (&result.delta_schema_json, &node.config.partition_by);
+            let committed = if result.append {
+                commit::append(&location, schema, partition_by, &result.files, run_id).await
+            } else {
+                commit::overwrite(&location, schema, partition_by, &result.files, run_id).await
+            };
+            match committed {
                 Ok(version) => {
                     versions.insert(node.unique_id.clone(), version);
                     record.version = Some(version);
@@ -460,11 +461,36 @@ impl<Q: JobQueue> Coordinator<Q> {
                 node.compiled_code.clone().unwrap_or_default(),
             ),
         };
+        let mut incremental = None;
         if node.resource_type != ResourceType::Seed {
             let mut seen = BTreeSet::new();
             for parent in &node.depends_on {
                 self.add_inputs(request, parent, versions, &mut inputs, &mut seen)
                     .await?;
+            }
+            if request.incremental_models.contains(&node.unique_id)
+                && let Some(relation) = &node.relation
+            {
+                // `{{ this }}`: the model's own table at its current version.
+                let mut own = BTreeSet::new();
+                self.add_own_table(request, node, versions, &mut inputs, &mut own)
+                    .await?;
+                incremental = Some(Incremental {
+                    // As dbt: merge when a unique key is set, append otherwise.
+                    strategy: match node.config.incremental_strategy {
+                        Some(strategy) => strategy_name(strategy).to_string(),
+                        None if node.config.unique_key.is_empty() => String::from("append"),
+                        None => String::from("merge"),
+                    },
+                    unique_key: node.config.unique_key.clone(),
+                    partition_by: node.config.partition_by.clone(),
+                    on_schema_change: serde_json::to_value(node.config.on_schema_change)
+                        .ok()
+                        .and_then(|value| value.as_str().map(str::to_string))
+                        .unwrap_or_else(|| String::from("ignore")),
+                    this_schema: relation.schema.clone(),
+                    this_name: relation.identifier.clone(),
+                });
             }
         }
         let output = match (node.resource_type, &node.relation) {
@@ -483,7 +509,22 @@ impl<Q: JobQueue> Coordinator<Q> {
             sql,
             inputs,
             output,
+            incremental,
         })
+    }
+
+    async fn add_own_table(
+        &self,
+        request: &RunRequest,
+        node: &Node,
+        versions: &mut HashMap<String, i64>,
+        inputs: &mut Vec<TaskInput>,
+        seen: &mut BTreeSet<String>,
+    ) -> Result<(), String> {
+        // The table was checked to exist when the run was planned; its current version is
+        // what `{{ this }}` reads, even if the node itself has not run yet in this run.
+        self.add_inputs(request, &node.unique_id, versions, inputs, seen)
+            .await
     }
 
     /// Adds the relation of `id` to the inputs, and for views and ephemeral models the
@@ -629,6 +670,16 @@ fn waits_for(
         waits.insert(id.clone(), parents);
     }
     waits
+}
+
+fn strategy_name(strategy: strata_core::config::IncrementalStrategy) -> &'static str {
+    use strata_core::config::IncrementalStrategy;
+    match strategy {
+        IncrementalStrategy::Append => "append",
+        IncrementalStrategy::Merge => "merge",
+        IncrementalStrategy::DeleteInsert => "delete+insert",
+        IncrementalStrategy::InsertOverwrite => "insert_overwrite",
+    }
 }
 
 /// Status of a test from its failing rows, its severity and `warn_if` / `error_if`.

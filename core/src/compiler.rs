@@ -475,8 +475,9 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
             failed.insert(draft.unique_id.clone());
             continue;
         }
-        let is_incremental = draft.config.materialized == Materialization::Incremental
-            && options.incremental_models.contains(&draft.file.name);
+        // A model's own `config(materialized='incremental')` is only known after rendering:
+        // render the listed models as incremental and re-render below if they are not.
+        let is_incremental = options.incremental_models.contains(&draft.file.name);
         match renderer.render(
             &draft.file.source,
             &draft.file.name,
@@ -587,15 +588,18 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
         } else {
             None
         };
+        let rendered_incremental = options.incremental_models.contains(&draft.file.name);
+        let is_incremental_now =
+            rendered_incremental && draft.config.materialized == Materialization::Incremental;
         let changed = own_relation != draft.relation
+            || rendered_incremental != is_incremental_now
             || draft
                 .seen_relations
                 .iter()
                 .any(|(dependency, seen)| relation_of(dependency, &final_inputs) != *seen);
         draft.relation = own_relation;
         if changed && !failed.contains(&draft.unique_id) {
-            let is_incremental = draft.config.materialized == Materialization::Incremental
-                && options.incremental_models.contains(&draft.file.name);
+            let is_incremental = is_incremental_now;
             match renderer.render(
                 &draft.file.source,
                 &draft.file.name,

@@ -29,6 +29,7 @@ mod tests {
                 file_prefix: String::from("run-1-t-7-a1"),
                 partition_by: vec![String::from("event_date")],
             }),
+            incremental: None,
         };
         let bytes = task.encode_to_vec();
         assert_eq!(Task::decode(bytes.as_slice()).unwrap(), task);

@@ -22,6 +22,7 @@ use datafusion::datasource::listing::{
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
@@ -30,6 +31,7 @@ use strata_proto::v1::{
     FailureClass, FileFormat, Task, TaskInput, TaskKind, TaskResult, WrittenFile, task_input,
 };
 
+use crate::distinct_rewrite::CountWithDistinctToGroupBy;
 use crate::error::TaskError;
 
 /// Settings of a worker's execution engine.
@@ -57,7 +59,8 @@ impl Default for ExecutionConfig {
     }
 }
 
-/// Builds a session for one task, under the configured memory limit.
+/// Builds a session for one task, under the configured memory limit, with Strata's
+/// optimizer rule for `count` next to `count(distinct …)`.
 ///
 /// # Errors
 /// Returns an internal error when the runtime cannot be built.
@@ -82,10 +85,13 @@ pub fn session(
         .options_mut()
         .sql_parser
         .map_string_types_to_utf8view = false;
-    Ok((
-        SessionContext::new_with_config_rt(session_config, runtime),
-        pool,
-    ))
+    let state = SessionStateBuilder::new()
+        .with_config(session_config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_optimizer_rule(Arc::new(CountWithDistinctToGroupBy))
+        .build();
+    Ok((SessionContext::new_with_state(state), pool))
 }
 
 fn ensure_schema(ctx: &SessionContext, schema: &str) -> Result<(), TaskError> {
@@ -365,7 +371,16 @@ async fn execute(
                 .output
                 .as_ref()
                 .ok_or_else(|| TaskError::internal("a model task without an output"))?;
-            let frame = ctx.sql(&task.sql).await?;
+            let sql = match &task.incremental {
+                Some(incremental) => {
+                    let (sql, mode) =
+                        crate::incremental::incremental_sql(&ctx, &task.sql, incremental).await?;
+                    result.append = mode == crate::incremental::CommitMode::Append;
+                    sql
+                }
+                None => task.sql.clone(),
+            };
+            let frame = ctx.sql(&sql).await?;
             let schema = delta_compatible(frame.schema().as_arrow());
             let delta_schema: deltalake::kernel::StructType =
                 schema.as_ref().try_into_kernel().map_err(|err| {

@@ -8,8 +8,10 @@
 
 #![warn(missing_docs)]
 
+pub mod distinct_rewrite;
 pub mod error;
 pub mod execution;
+pub mod incremental;
 pub mod service;
 
 pub use error::{Class, TaskError};
