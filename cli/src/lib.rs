@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 mod execute_commands;
+mod inspect_commands;
 mod project_commands;
 pub mod sample_data;
 
@@ -41,6 +42,10 @@ pub enum Command {
     Seed(execute_commands::ExecuteArgs),
     /// Runs the selected data tests.
     Test(execute_commands::ExecuteArgs),
+    /// Prints rows of a model, seed or source.
+    Show(inspect_commands::ShowArgs),
+    /// Checks that the project compiles, the warehouse is writable and sources have files.
+    Debug(inspect_commands::DebugArgs),
     /// Writes deterministic, deliberately messy raw data for examples/medallion.
     GenerateSampleData(sample_data::SampleDataArgs),
 }
@@ -177,6 +182,8 @@ pub fn execute(cli: Cli, env: &BTreeMap<String, String>) -> anyhow::Result<ExitC
         Command::Test(args) => {
             execute_commands::execute(&args, &execute_commands::types_of("test"), env, &mut out)
         }
+        Command::Show(args) => inspect_commands::show(&args, env, &mut out),
+        Command::Debug(args) => inspect_commands::debug(&args, env, &mut out),
         Command::GenerateSampleData(args) => {
             let summary = sample_data::generate(&args)?;
             writeln!(out.stdout, "{summary}")?;

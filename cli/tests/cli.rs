@@ -226,3 +226,69 @@ fn generate_sample_data_writes_the_raw_files() {
         assert!(dir.path().join(file).is_file(), "{file} missing");
     }
 }
+
+#[test]
+fn build_then_show_and_debug() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("models")).unwrap();
+    std::fs::create_dir_all(root.join("seeds")).unwrap();
+    std::fs::write(root.join("dbt_project.yml"), "name: tiny\n").unwrap();
+    std::fs::write(root.join("seeds/colors.csv"), "id,color\n1,red\n2,blue\n").unwrap();
+    std::fs::write(
+        root.join("models/upper_colors.sql"),
+        "{{ config(materialized='table') }}\nselect id, upper(color) as color from {{ ref('colors') }}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("models/sources.yml"),
+        "version: 2\nsources:\n  - name: raw\n    tables:\n      - name: missing\n        meta: {external_location: data/missing.parquet}\n",
+    )
+    .unwrap();
+    let output = strata(root, &["build"]);
+    assert!(
+        output.status.success(),
+        "{}{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    assert!(
+        text(&output.stdout).contains("Done. PASS=2 WARN=0 ERROR=0 SKIP=0 TOTAL=2"),
+        "{}",
+        text(&output.stdout)
+    );
+
+    let output = strata(root, &["show", "upper_colors", "--limit", "5"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let table = text(&output.stdout);
+    assert!(
+        table.contains("| id | color |")
+            && table.contains("| RED   |")
+            && table.contains("| BLUE  |"),
+        "{table}"
+    );
+
+    let output = strata(root, &["show", "upper_colour"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("did you mean 'upper_colors'?"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let output = strata(root, &["debug"]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a source without files fails debug"
+    );
+    let report = text(&output.stdout);
+    assert!(
+        report.contains("warehouse: file://") && report.contains("OK (writable)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("source raw.missing:") && report.contains("ERROR: no files"),
+        "{report}"
+    );
+}

@@ -11,5 +11,5 @@ pub mod commit;
 pub mod run;
 pub mod warehouse;
 
-pub use run::{Coordinator, NodeResult, NodeStatus, RunEvent, RunRecord, RunRequest};
+pub use run::{Coordinator, NodeResult, NodeStatus, RunEvent, RunRecord, RunRequest, inputs_for};
 pub use warehouse::Warehouse;

@@ -465,8 +465,7 @@ impl<Q: JobQueue> Coordinator<Q> {
         if node.resource_type != ResourceType::Seed {
             let mut seen = BTreeSet::new();
             for parent in &node.depends_on {
-                self.add_inputs(request, parent, versions, &mut inputs, &mut seen)
-                    .await?;
+                add_inputs(request, parent, versions, &mut inputs, &mut seen).await?;
             }
             if request.incremental_models.contains(&node.unique_id)
                 && let Some(relation) = &node.relation
@@ -523,100 +522,110 @@ impl<Q: JobQueue> Coordinator<Q> {
     ) -> Result<(), String> {
         // The table was checked to exist when the run was planned; its current version is
         // what `{{ this }}` reads, even if the node itself has not run yet in this run.
-        self.add_inputs(request, &node.unique_id, versions, inputs, seen)
-            .await
+        add_inputs(request, &node.unique_id, versions, inputs, seen).await
     }
+}
 
-    /// Adds the relation of `id` to the inputs, and for views and ephemeral models the
-    /// relations they read, dependencies first.
-    fn add_inputs<'a>(
-        &'a self,
-        request: &'a RunRequest,
-        id: &'a str,
-        versions: &'a mut HashMap<String, i64>,
-        inputs: &'a mut Vec<TaskInput>,
-        seen: &'a mut BTreeSet<String>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
-        Box::pin(async move {
-            if !seen.insert(id.to_string()) {
+/// Adds the relation of `id` to the inputs, and for views and ephemeral models the
+/// relations they read, dependencies first.
+fn add_inputs<'a>(
+    request: &'a RunRequest,
+    id: &'a str,
+    versions: &'a mut HashMap<String, i64>,
+    inputs: &'a mut Vec<TaskInput>,
+    seen: &'a mut BTreeSet<String>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+    Box::pin(async move {
+        if !seen.insert(id.to_string()) {
+            return Ok(());
+        }
+        let Some(node) = request.manifest.nodes.get(id) else {
+            return Ok(());
+        };
+        let materialized = node.config.materialized;
+        if matches!(
+            materialized,
+            Materialization::View | Materialization::Ephemeral
+        ) && node.resource_type == ResourceType::Model
+        {
+            for parent in &node.depends_on {
+                add_inputs(request, parent, versions, inputs, seen).await?;
+            }
+            if materialized == Materialization::Ephemeral {
                 return Ok(());
             }
-            let Some(node) = request.manifest.nodes.get(id) else {
-                return Ok(());
-            };
-            let materialized = node.config.materialized;
-            if matches!(
-                materialized,
-                Materialization::View | Materialization::Ephemeral
-            ) && node.resource_type == ResourceType::Model
-            {
-                for parent in &node.depends_on {
-                    self.add_inputs(request, parent, versions, inputs, seen)
-                        .await?;
-                }
-                if materialized == Materialization::Ephemeral {
-                    return Ok(());
-                }
+        }
+        let relation = node
+            .relation
+            .as_ref()
+            .ok_or_else(|| format!("'{}' has no relation", node.name))?;
+        let source = match node.resource_type {
+            ResourceType::Source => {
+                let info = node
+                    .source
+                    .as_ref()
+                    .ok_or("a source without its location")?;
+                let location = info.location.as_deref().ok_or_else(|| {
+                    format!(
+                        "source '{}.{}' has no location; set meta.external_location in {}",
+                        info.source_name, node.name, node.original_file_path
+                    )
+                })?;
+                let format = match info.format.as_deref() {
+                    Some("parquet") => FileFormat::Parquet,
+                    Some("csv") => FileFormat::Csv,
+                    Some("json") => FileFormat::Json,
+                    _ => FileFormat::Unspecified,
+                };
+                task_input::Source::Files(FileInput {
+                    location: resolve_location(&request.project_dir, location)?,
+                    format: format as i32,
+                    column_types: HashMap::new(),
+                    files: Vec::new(),
+                })
             }
-            let relation = node
-                .relation
-                .as_ref()
-                .ok_or_else(|| format!("'{}' has no relation", node.name))?;
-            let source = match node.resource_type {
-                ResourceType::Source => {
-                    let info = node
-                        .source
-                        .as_ref()
-                        .ok_or("a source without its location")?;
-                    let location = info.location.as_deref().ok_or_else(|| {
-                        format!(
-                            "source '{}.{}' has no location; set meta.external_location in {}",
-                            info.source_name, node.name, node.original_file_path
-                        )
-                    })?;
-                    let format = match info.format.as_deref() {
-                        Some("parquet") => FileFormat::Parquet,
-                        Some("csv") => FileFormat::Csv,
-                        Some("json") => FileFormat::Json,
-                        _ => FileFormat::Unspecified,
-                    };
-                    task_input::Source::Files(FileInput {
-                        location: resolve_location(&request.project_dir, location)?,
-                        format: format as i32,
-                        column_types: HashMap::new(),
-                        files: Vec::new(),
-                    })
-                }
-                ResourceType::Model if materialized == Materialization::View => {
-                    task_input::Source::ViewSql(node.compiled_code.clone().unwrap_or_default())
-                }
-                _ => {
-                    let table_uri = request.warehouse.table_uri(relation);
-                    let version = match versions.get(id) {
-                        Some(version) => *version,
-                        None => {
-                            let table = commit::open_table(&table_uri)
-                                .await
-                                .map_err(|err| err.to_string())?;
-                            let version = table.and_then(|table| table.version()).and_then(|version| i64::try_from(version).ok()).ok_or_else(|| {
-                                let command = if node.resource_type == ResourceType::Seed { "strata seed" } else { "strata run" };
-                                format!("'{}' has not been built yet ({table_uri} has no table); run `{command} --select {}` first", node.name, node.name)
-                            })?;
-                            versions.insert(id.to_string(), version);
-                            version
-                        }
-                    };
-                    task_input::Source::Delta(DeltaInput { table_uri, version })
-                }
-            };
-            inputs.push(TaskInput {
-                schema: relation.schema.clone(),
-                name: relation.identifier.clone(),
-                source: Some(source),
-            });
-            Ok(())
-        })
-    }
+            ResourceType::Model if materialized == Materialization::View => {
+                task_input::Source::ViewSql(node.compiled_code.clone().unwrap_or_default())
+            }
+            _ => {
+                let table_uri = request.warehouse.table_uri(relation);
+                let version = match versions.get(id) {
+                    Some(version) => *version,
+                    None => {
+                        let table = commit::open_table(&table_uri)
+                            .await
+                            .map_err(|err| err.to_string())?;
+                        let version = table.and_then(|table| table.version()).and_then(|version| i64::try_from(version).ok()).ok_or_else(|| {
+                            let command = if node.resource_type == ResourceType::Seed { "strata seed" } else { "strata run" };
+                            format!("'{}' has not been built yet ({table_uri} has no table); run `{command} --select {}` first", node.name, node.name)
+                        })?;
+                        versions.insert(id.to_string(), version);
+                        version
+                    }
+                };
+                task_input::Source::Delta(DeltaInput { table_uri, version })
+            }
+        };
+        inputs.push(TaskInput {
+            schema: relation.schema.clone(),
+            name: relation.identifier.clone(),
+            source: Some(source),
+        });
+        Ok(())
+    })
+}
+
+/// The inputs a query over node `id` needs: its relation (and, for views and ephemeral
+/// models, what they read), tables pinned at their current version.
+///
+/// # Errors
+/// Returns a message when a table has not been built or a source has no location.
+pub async fn inputs_for(request: &RunRequest, id: &str) -> Result<Vec<TaskInput>, String> {
+    let mut inputs = Vec::new();
+    let mut versions = HashMap::new();
+    let mut seen = BTreeSet::new();
+    add_inputs(request, id, &mut versions, &mut inputs, &mut seen).await?;
+    Ok(inputs)
 }
 
 /// The nodes each node waits for: its selected parents (through ephemeral models), plus, as in

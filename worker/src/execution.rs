@@ -296,6 +296,20 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, TaskE
         .map_err(|err| TaskError::internal(err.to_string()))
 }
 
+/// Runs a query over registered inputs and returns its rows (for `strata show`).
+///
+/// # Errors
+/// Returns the classified error of registration or execution.
+pub async fn query(
+    config: &ExecutionConfig,
+    inputs: &[TaskInput],
+    sql: &str,
+) -> Result<Vec<RecordBatch>, TaskError> {
+    let (ctx, _pool) = session(config)?;
+    register_inputs(&ctx, inputs).await?;
+    Ok(ctx.sql(sql).await?.collect().await?)
+}
+
 /// Runs a task and reports its result. Never fails: a failure is reported in the result with
 /// its class, so that the coordinator decides about retries.
 pub async fn run_task(

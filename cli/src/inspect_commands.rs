@@ -1,0 +1,321 @@
+//! `strata show` (rows of a model, seed or source) and `strata debug` (is everything a run
+//! needs reachable?).
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use strata_coordinator::{RunRequest, Warehouse, inputs_for};
+use strata_core::config::Materialization;
+use strata_core::manifest::ResourceType;
+use strata_worker::ExecutionConfig;
+
+use crate::ProjectArgs;
+use crate::project_commands::{Output, report, run_compile};
+
+/// `strata show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    project: ProjectArgs,
+    /// The model, seed or source (`source_name.table`) to show.
+    node: String,
+    /// Rows to print.
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+    /// The warehouse (default `<project>/warehouse`; also STRATA_WAREHOUSE).
+    #[arg(long, value_name = "URL")]
+    warehouse: Option<String>,
+}
+
+/// `strata debug`.
+#[derive(Debug, Args)]
+pub struct DebugArgs {
+    #[command(flatten)]
+    project: ProjectArgs,
+    /// The warehouse (default `<project>/warehouse`; also STRATA_WAREHOUSE).
+    #[arg(long, value_name = "URL")]
+    warehouse: Option<String>,
+}
+
+fn warehouse_of(
+    option: &Option<String>,
+    env: &BTreeMap<String, String>,
+    project_dir: &std::path::Path,
+) -> anyhow::Result<Warehouse> {
+    let location = option
+        .clone()
+        .or_else(|| env.get("STRATA_WAREHOUSE").cloned())
+        .unwrap_or_else(|| String::from("warehouse"));
+    Ok(Warehouse::parse(&location, project_dir)?)
+}
+
+fn request_for(
+    manifest: strata_core::manifest::Manifest,
+    project_dir: std::path::PathBuf,
+    warehouse: Warehouse,
+) -> RunRequest {
+    RunRequest {
+        manifest: Arc::new(manifest),
+        selected: Default::default(),
+        resource_types: Default::default(),
+        project_dir,
+        warehouse,
+        threads: 1,
+        fail_fast: false,
+        retries: 0,
+        retry_backoff: std::time::Duration::ZERO,
+        incremental_models: Default::default(),
+    }
+}
+
+pub(crate) fn show(
+    args: &ShowArgs,
+    env: &BTreeMap<String, String>,
+    out: &mut Output,
+) -> anyhow::Result<ExitCode> {
+    let outcome = run_compile(
+        &args.project.project_dir,
+        args.project.vars.as_deref(),
+        &args.project.target,
+        &[],
+        &[],
+        env,
+    );
+    if !report(&outcome.diagnostics, out)? {
+        return Ok(ExitCode::FAILURE);
+    }
+    let Some(manifest) = outcome.manifest else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let node = manifest
+        .nodes
+        .values()
+        .find(|node| {
+            node.name == args.node
+                || node.unique_id == args.node
+                || node
+                    .source
+                    .as_ref()
+                    .is_some_and(|info| format!("{}.{}", info.source_name, node.name) == args.node)
+        })
+        .filter(|node| node.resource_type != ResourceType::Test)
+        .cloned();
+    let Some(node) = node else {
+        let names: Vec<&str> = manifest
+            .nodes
+            .values()
+            .filter(|n| n.resource_type != ResourceType::Test)
+            .map(|n| n.name.as_str())
+            .collect();
+        let hint = strata_core::config::did_you_mean(&args.node, names);
+        writeln!(
+            out.stderr,
+            "error: no model, seed or source named '{}'{hint}",
+            args.node
+        )?;
+        return Ok(ExitCode::FAILURE);
+    };
+    let project_dir = args
+        .project
+        .project_dir
+        .canonicalize()
+        .context("cannot resolve the project folder")?;
+    let warehouse = warehouse_of(&args.warehouse, env, &project_dir)?;
+    let sql = match (&node.relation, node.config.materialized) {
+        (_, Materialization::Ephemeral) => format!(
+            "select * from ({}) as ephemeral limit {}",
+            node.compiled_code.clone().unwrap_or_default(),
+            args.limit
+        ),
+        (Some(relation), _) => format!("select * from {relation} limit {}", args.limit),
+        (None, _) => anyhow::bail!("'{}' has no relation to show", node.name),
+    };
+    let request = request_for(manifest, project_dir, warehouse);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let rows = runtime.block_on(async {
+        let mut inputs = Vec::new();
+        if node.config.materialized == Materialization::Ephemeral {
+            for parent in &node.depends_on {
+                inputs.extend(inputs_for(&request, parent).await?);
+            }
+        } else {
+            inputs = inputs_for(&request, &node.unique_id).await?;
+        }
+        strata_worker::execution::query(&ExecutionConfig::default(), &inputs, &sql)
+            .await
+            .map_err(|err| err.to_string())
+    });
+    match rows {
+        Ok(batches) => {
+            let table = datafusion_pretty(&batches)?;
+            writeln!(out.stdout, "{table}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(message) => {
+            writeln!(out.stderr, "error: {message}")?;
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn datafusion_pretty(batches: &[datafusion::arrow::array::RecordBatch]) -> anyhow::Result<String> {
+    Ok(datafusion::arrow::util::pretty::pretty_format_batches(batches)?.to_string())
+}
+
+pub(crate) fn debug(
+    args: &DebugArgs,
+    env: &BTreeMap<String, String>,
+    out: &mut Output,
+) -> anyhow::Result<ExitCode> {
+    let mut healthy = true;
+    writeln!(
+        out.stdout,
+        "strata {} (datafusion 55, delta-rs 1.1)",
+        env!("CARGO_PKG_VERSION")
+    )?;
+    let outcome = run_compile(
+        &args.project.project_dir,
+        args.project.vars.as_deref(),
+        &args.project.target,
+        &[],
+        &[],
+        env,
+    );
+    let _ = report(&outcome.diagnostics, out)?;
+    let Some(manifest) = outcome.manifest else {
+        writeln!(out.stdout, "project: ERROR (see above)")?;
+        return Ok(ExitCode::FAILURE);
+    };
+    let project_dir = args
+        .project
+        .project_dir
+        .canonicalize()
+        .context("cannot resolve the project folder")?;
+    writeln!(
+        out.stdout,
+        "project: {} at {} — OK ({} nodes)",
+        manifest.metadata.project_name,
+        project_dir.display(),
+        manifest.nodes.len()
+    )?;
+    let warehouse = warehouse_of(&args.warehouse, env, &project_dir)?;
+    match warehouse.local_path() {
+        Some(path) => {
+            let probe = path.join(".strata-debug-probe");
+            let writable =
+                std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe));
+            match writable {
+                Ok(()) => writeln!(
+                    out.stdout,
+                    "warehouse: {} — OK (writable)",
+                    warehouse.root()
+                )?,
+                Err(err) => {
+                    healthy = false;
+                    writeln!(
+                        out.stdout,
+                        "warehouse: {} — ERROR: not writable ({err})",
+                        warehouse.root()
+                    )?;
+                }
+            }
+        }
+        None => writeln!(
+            out.stdout,
+            "warehouse: {} — not checked (remote stores are checked by the first task)",
+            warehouse.root()
+        )?,
+    }
+    for node in manifest
+        .nodes
+        .values()
+        .filter(|node| node.resource_type == ResourceType::Source)
+    {
+        let info = node
+            .source
+            .as_ref()
+            .context("source without location info")?;
+        let name = format!("{}.{}", info.source_name, node.name);
+        let Some(location) = &info.location else {
+            healthy = false;
+            writeln!(
+                out.stdout,
+                "source {name}: ERROR — no location (set meta.external_location)"
+            )?;
+            continue;
+        };
+        if location.contains("://") && !location.starts_with("file://") {
+            writeln!(
+                out.stdout,
+                "source {name}: {location} — not checked (remote)"
+            )?;
+            continue;
+        }
+        let path = project_dir.join(location.trim_start_matches("file://"));
+        let files = matching_files(&path);
+        if files == 0 {
+            healthy = false;
+            writeln!(
+                out.stdout,
+                "source {name}: {} — ERROR: no files",
+                path.display()
+            )?;
+        } else {
+            writeln!(
+                out.stdout,
+                "source {name}: {} — OK ({files} file{})",
+                path.display(),
+                if files == 1 { "" } else { "s" }
+            )?;
+        }
+    }
+    writeln!(
+        out.stdout,
+        "{}",
+        if healthy {
+            "All checks passed."
+        } else {
+            "Some checks failed."
+        }
+    )?;
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Counts files matching a path whose last component may hold `*` wildcards.
+fn matching_files(path: &std::path::Path) -> usize {
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !name.contains('*') {
+        return if path.is_file() {
+            1
+        } else if path.is_dir() {
+            std::fs::read_dir(path).map_or(0, |dir| dir.count())
+        } else {
+            0
+        };
+    }
+    let Some(parent) = path.parent() else {
+        return 0;
+    };
+    std::fs::read_dir(parent)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|entry| {
+                    strata_core::selection::glob(&name, &entry.file_name().to_string_lossy())
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
