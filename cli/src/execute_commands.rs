@@ -15,7 +15,7 @@ use strata_core::manifest::ResourceType;
 use strata_core::queue::MemoryQueue;
 use strata_worker::{ExecutionConfig, WorkerConfig};
 
-use crate::project_commands::{Output, report, run_compile};
+use crate::project_commands::{Output, checked, run_compile};
 use crate::{ProjectArgs, SelectionArgs};
 
 /// Options of the commands that execute nodes.
@@ -69,10 +69,7 @@ pub(crate) fn execute(
         &args.selection.exclude,
         env,
     );
-    if !report(&outcome.diagnostics, out)? {
-        return Ok(ExitCode::FAILURE);
-    }
-    let Some(manifest) = outcome.manifest else {
+    let Some((manifest, selected)) = checked(outcome, out)? else {
         return Ok(ExitCode::FAILURE);
     };
     let project_dir = args
@@ -80,12 +77,7 @@ pub(crate) fn execute(
         .project_dir
         .canonicalize()
         .context("cannot resolve the project folder")?;
-    let location = args
-        .warehouse
-        .clone()
-        .or_else(|| env.get("STRATA_WAREHOUSE").cloned())
-        .unwrap_or_else(|| String::from("warehouse"));
-    let warehouse = Warehouse::parse(&location, &project_dir)?;
+    let warehouse = warehouse_of(&args.warehouse, env, &project_dir)?;
     // Incremental models whose table exists render with is_incremental() true: compile again.
     let incremental: Vec<&strata_core::manifest::Node> = manifest
         .nodes
@@ -107,7 +99,7 @@ pub(crate) fn execute(
     let incremental_names: std::collections::BTreeSet<String> =
         incremental.iter().map(|node| node.name.clone()).collect();
     let (manifest, selected) = if incremental_names.is_empty() {
-        (manifest, outcome.selected)
+        (manifest, selected)
     } else {
         let again = crate::project_commands::compile_for_run(
             &args.project.project_dir,
@@ -118,13 +110,10 @@ pub(crate) fn execute(
             env,
             &incremental_names,
         );
-        if !report(&again.diagnostics, out)? {
-            return Ok(ExitCode::FAILURE);
-        }
-        let Some(manifest) = again.manifest else {
+        let Some(compiled) = checked(again, out)? else {
             return Ok(ExitCode::FAILURE);
         };
-        (manifest, again.selected)
+        compiled
     };
     // Like dbt, every run leaves the manifest it ran next to its run record.
     let target = project_dir.join("target");
@@ -199,6 +188,19 @@ pub(crate) fn execute(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The warehouse from `--warehouse`, else `STRATA_WAREHOUSE`, else `<project>/warehouse`.
+pub(crate) fn warehouse_of(
+    option: &Option<String>,
+    env: &BTreeMap<String, String>,
+    project_dir: &std::path::Path,
+) -> anyhow::Result<Warehouse> {
+    let location = option
+        .clone()
+        .or_else(|| env.get("STRATA_WAREHOUSE").cloned())
+        .unwrap_or_else(|| String::from("warehouse"));
+    Ok(Warehouse::parse(&location, project_dir)?)
 }
 
 /// True when the relation's Delta table exists (local warehouses are checked on disk; other

@@ -13,7 +13,8 @@ use strata_core::manifest::ResourceType;
 use strata_worker::ExecutionConfig;
 
 use crate::ProjectArgs;
-use crate::project_commands::{Output, report, run_compile};
+use crate::execute_commands::warehouse_of;
+use crate::project_commands::{Output, checked, report, run_compile};
 
 /// `strata show`.
 #[derive(Debug, Args)]
@@ -38,18 +39,6 @@ pub struct DebugArgs {
     /// The warehouse (default `<project>/warehouse`; also STRATA_WAREHOUSE).
     #[arg(long, value_name = "URL")]
     warehouse: Option<String>,
-}
-
-fn warehouse_of(
-    option: &Option<String>,
-    env: &BTreeMap<String, String>,
-    project_dir: &std::path::Path,
-) -> anyhow::Result<Warehouse> {
-    let location = option
-        .clone()
-        .or_else(|| env.get("STRATA_WAREHOUSE").cloned())
-        .unwrap_or_else(|| String::from("warehouse"));
-    Ok(Warehouse::parse(&location, project_dir)?)
 }
 
 fn request_for(
@@ -84,10 +73,7 @@ pub(crate) fn show(
         &[],
         env,
     );
-    if !report(&outcome.diagnostics, out)? {
-        return Ok(ExitCode::FAILURE);
-    }
-    let Some(manifest) = outcome.manifest else {
+    let Some((manifest, _)) = checked(outcome, out)? else {
         return Ok(ExitCode::FAILURE);
     };
     let node = manifest

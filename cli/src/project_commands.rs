@@ -165,6 +165,20 @@ fn outcome_for(
     )
 }
 
+/// Prints the outcome's diagnostics and returns its manifest and selected nodes, or `None`
+/// when there were errors.
+pub(crate) fn checked(
+    outcome: CommandOutcome,
+    out: &mut Output,
+) -> anyhow::Result<Option<(Manifest, BTreeSet<String>)>> {
+    if !report(&outcome.diagnostics, out)? {
+        return Ok(None);
+    }
+    Ok(outcome
+        .manifest
+        .map(|manifest| (manifest, outcome.selected)))
+}
+
 /// Prints diagnostics; returns false when one of them is an error.
 pub(crate) fn report(diagnostics: &Diagnostics, out: &mut Output) -> anyhow::Result<bool> {
     if !diagnostics.is_empty() {
@@ -189,16 +203,13 @@ pub(crate) fn compile(
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let outcome = outcome_for(&args.project, &args.selection, env);
-    if !report(&outcome.diagnostics, out)? {
-        return Ok(ExitCode::FAILURE);
-    }
-    let Some(manifest) = outcome.manifest else {
+    let Some((manifest, selected)) = checked(outcome, out)? else {
         return Ok(ExitCode::FAILURE);
     };
     let target = args.project.project_dir.join(&args.target_path);
     let mut written = 0usize;
     let mut created: BTreeSet<std::path::PathBuf> = BTreeSet::new();
-    for id in &outcome.selected {
+    for id in &selected {
         let Some(node) = manifest.nodes.get(id) else {
             continue;
         };
@@ -213,7 +224,7 @@ pub(crate) fn compile(
     let manifest_path = target.join("manifest.json");
     std::fs::write(&manifest_path, manifest.to_json())
         .with_context(|| format!("cannot write {}", manifest_path.display()))?;
-    let counts = count_by_type(&manifest, &outcome.selected);
+    let counts = count_by_type(&manifest, &selected);
     writeln!(
         out.stdout,
         "compiled {} in {:.0?}: {written} SQL files and manifest.json in {}",
@@ -270,10 +281,7 @@ pub(crate) fn ls(
     out: &mut Output,
 ) -> anyhow::Result<ExitCode> {
     let outcome = outcome_for(&args.project, &args.selection, env);
-    if !report(&outcome.diagnostics, out)? {
-        return Ok(ExitCode::FAILURE);
-    }
-    let Some(manifest) = outcome.manifest else {
+    let Some((manifest, selected)) = checked(outcome, out)? else {
         return Ok(ExitCode::FAILURE);
     };
     let wanted: BTreeSet<ResourceType> = args
@@ -292,7 +300,7 @@ pub(crate) fn ls(
         .iter()
         .filter_map(|id| manifest.nodes.get(id))
     {
-        if !outcome.selected.contains(&node.unique_id)
+        if !selected.contains(&node.unique_id)
             || (!wanted.is_empty() && !wanted.contains(&node.resource_type))
         {
             continue;
@@ -354,14 +362,10 @@ pub(crate) fn dag(
     out: &mut Output,
 ) -> anyhow::Result<ExitCode> {
     let outcome = outcome_for(&args.project, &args.selection, env);
-    if !report(&outcome.diagnostics, out)? {
-        return Ok(ExitCode::FAILURE);
-    }
-    let Some(manifest) = outcome.manifest else {
+    let Some((manifest, selected)) = checked(outcome, out)? else {
         return Ok(ExitCode::FAILURE);
     };
-    let shown: BTreeSet<&str> = outcome
-        .selected
+    let shown: BTreeSet<&str> = selected
         .iter()
         .filter(|id| {
             manifest

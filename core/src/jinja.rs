@@ -161,6 +161,23 @@ pub struct RenderScope {
 impl Object for RenderScope {}
 
 impl RenderScope {
+    fn new(inputs: &Arc<RenderInputs>, node: &str, is_incremental: bool) -> Arc<RenderScope> {
+        Arc::new(RenderScope {
+            inputs: inputs.clone(),
+            node: node.to_string(),
+            is_incremental,
+            captured: Mutex::new(Captured::default()),
+        })
+    }
+
+    /// What the render recorded so far.
+    fn captured(&self) -> Captured {
+        self.captured
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
     fn record(&self, dependency: Dependency) {
         let mut captured = self
             .captured
@@ -643,12 +660,7 @@ impl Renderer {
             .env
             .get_template(&name)
             .map_err(|err| Box::new(self.diagnostic(&err, source)))?;
-        let scope = Arc::new(RenderScope {
-            inputs: inputs.clone(),
-            node: node.to_string(),
-            is_incremental,
-            captured: Mutex::new(Captured::default()),
-        });
+        let scope = RenderScope::new(inputs, node, is_incremental);
         let target = BTreeMap::from([
             ("name", inputs.target_name.clone()),
             ("schema", inputs.target_schema.clone()),
@@ -664,11 +676,7 @@ impl Renderer {
         let sql = template
             .render(context)
             .map_err(|err| Box::new(self.diagnostic(&err, source)))?;
-        let captured = scope
-            .captured
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone();
+        let captured = scope.captured();
         Ok(Rendered { sql, captured })
     }
 
@@ -695,12 +703,7 @@ impl Renderer {
         text: &str,
         inputs: &Arc<RenderInputs>,
     ) -> Result<Rendered, String> {
-        let scope = Arc::new(RenderScope {
-            inputs: inputs.clone(),
-            node: String::new(),
-            is_incremental: false,
-            captured: Mutex::new(Captured::default()),
-        });
+        let scope = RenderScope::new(inputs, "", false);
         let template = format!("{{{{ __strata_enter(__strata_scope) }}}}{text}");
         let sql = self
             .env
@@ -709,11 +712,7 @@ impl Renderer {
                 minijinja::context! { __strata_scope => Value::from_dyn_object(scope.clone()) },
             )
             .map_err(|err| err.detail().unwrap_or("invalid template").to_string())?;
-        let captured = scope
-            .captured
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone();
+        let captured = scope.captured();
         Ok(Rendered { sql, captured })
     }
 
@@ -755,12 +754,7 @@ impl Renderer {
             }
         }
         call.push(')');
-        let scope = Arc::new(RenderScope {
-            inputs: inputs.clone(),
-            node: String::new(),
-            is_incremental: false,
-            captured: Mutex::new(Captured::default()),
-        });
+        let scope = RenderScope::new(inputs, "", false);
         let template = format!("{}{{{{ {call} }}}}", self.prelude);
         let context = minijinja::context! {
             __strata_scope => Value::from_dyn_object(scope.clone()),
@@ -775,11 +769,7 @@ impl Renderer {
                 Some(detail) => detail.to_string(),
                 None => err.kind().to_string(),
             })?;
-        let captured = scope
-            .captured
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone();
+        let captured = scope.captured();
         Ok(Rendered { sql, captured })
     }
 
