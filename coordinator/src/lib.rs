@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod commit;
+pub mod partitioning;
 pub mod run;
 pub mod warehouse;
 

@@ -97,8 +97,10 @@ pub struct NodeResult {
     /// Delta version committed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<i64>,
-    /// Attempts of the node's task(s), retries included.
+    /// Attempts of the node's task(s), retries included (the most any one task needed).
     pub attempts: u32,
+    /// Tasks the node ran as (more than one for partition-aligned models).
+    pub tasks: u32,
     /// Relation written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relation: Option<String>,
@@ -154,10 +156,42 @@ pub enum RunError {
 }
 
 struct InFlight {
-    started: Instant,
     attempt: u32,
     task: Task,
     node: String,
+}
+
+/// A node whose tasks are out: it completes when all of them have succeeded.
+struct PendingNode {
+    started: Instant,
+    tasks: usize,
+    results: Vec<TaskResult>,
+    attempts: u32,
+}
+
+/// Combines the results of a node's tasks: all their files, summed counts.
+fn merge_results(results: Vec<TaskResult>) -> Result<TaskResult, String> {
+    let mut merged = TaskResult::default();
+    for result in results {
+        if merged.delta_schema_json.is_empty() {
+            merged.delta_schema_json = result.delta_schema_json.clone();
+        } else if !result.delta_schema_json.is_empty()
+            && result.delta_schema_json != merged.delta_schema_json
+        {
+            return Err(String::from(
+                "the input files do not share one schema (partition-aligned tasks produced different columns); align the files or read them in one task",
+            ));
+        }
+        merged.files.extend(result.files);
+        merged.rows += result.rows;
+        merged.bytes += result.bytes;
+        merged.failing_rows += result.failing_rows;
+        merged.peak_memory_bytes = merged.peak_memory_bytes.max(result.peak_memory_bytes);
+        merged.append = result.append;
+        merged.task_id = result.task_id;
+        merged.attempt = result.attempt;
+    }
+    Ok(merged)
 }
 
 /// Executes a run over a job queue on which workers consume [`TASK_QUEUE`].
@@ -203,6 +237,7 @@ impl<Q: JobQueue> Coordinator<Q> {
         let mut order: Vec<String> = Vec::new();
         let mut versions: HashMap<String, i64> = HashMap::new();
         let mut running: BTreeMap<String, InFlight> = BTreeMap::new();
+        let mut pending: BTreeMap<String, PendingNode> = BTreeMap::new();
         let mut consumer = self.queue.consume(RESULT_QUEUE, 64).await?;
         let mut stopped = false;
         let mut task_counter = 0u64;
@@ -211,10 +246,7 @@ impl<Q: JobQueue> Coordinator<Q> {
             // Start every node whose dependencies are done, up to `threads` at once.
             let ready: Vec<String> = to_run
                 .iter()
-                .filter(|id| {
-                    !results.contains_key(*id)
-                        && !running.values().any(|flight| &flight.node == *id)
-                })
+                .filter(|id| !results.contains_key(*id) && !pending.contains_key(*id))
                 .filter(|id| {
                     waits_for
                         .get(*id)
@@ -238,29 +270,39 @@ impl<Q: JobQueue> Coordinator<Q> {
                     finish(&mut results, &mut order, result, total, &mut on_event);
                     continue;
                 }
-                if running.len() >= request.threads.max(1) {
+                if pending.len() >= request.threads.max(1) {
                     break;
                 }
                 match self
-                    .build_task(request, run_id, node, &mut versions, &mut task_counter)
+                    .build_tasks(request, run_id, node, &mut versions, &mut task_counter)
                     .await
                 {
-                    Ok(task) => {
+                    Ok(tasks) => {
                         on_event(RunEvent::Started {
                             unique_id: id.clone(),
                             done: results.len(),
                             total,
                         });
-                        self.publish(&task, 1).await?;
-                        running.insert(
-                            task.task_id.clone(),
-                            InFlight {
+                        pending.insert(
+                            id.clone(),
+                            PendingNode {
                                 started: Instant::now(),
-                                attempt: 1,
-                                task,
-                                node: id.clone(),
+                                tasks: tasks.len(),
+                                results: Vec::new(),
+                                attempts: 0,
                             },
                         );
+                        for task in tasks {
+                            self.publish(&task, 1).await?;
+                            running.insert(
+                                task.task_id.clone(),
+                                InFlight {
+                                    attempt: 1,
+                                    task,
+                                    node: id.clone(),
+                                },
+                            );
+                        }
                     }
                     Err(message) => {
                         let mut result = skipped(node, message);
@@ -274,7 +316,7 @@ impl<Q: JobQueue> Coordinator<Q> {
                     }
                 }
             }
-            if running.is_empty() {
+            if pending.is_empty() {
                 if results.len() >= total {
                     break;
                 }
@@ -327,12 +369,40 @@ impl<Q: JobQueue> Coordinator<Q> {
             let Some(flight) = running.remove(&result.task_id) else {
                 continue;
             };
+            let Some(progress) = pending.get_mut(&flight.node) else {
+                continue;
+            };
+            progress.attempts = progress.attempts.max(flight.attempt);
+            let (result, class) = if class == FailureClass::Unspecified {
+                progress.results.push(result);
+                if progress.results.len() < progress.tasks {
+                    continue;
+                }
+                match merge_results(std::mem::take(&mut progress.results)) {
+                    Ok(merged) => (merged, class),
+                    Err(message) => (
+                        TaskResult {
+                            error: message,
+                            ..TaskResult::default()
+                        },
+                        FailureClass::User,
+                    ),
+                }
+            } else {
+                // One failed task fails the node: forget its other tasks (their files are
+                // never committed).
+                running.retain(|_, other| other.node != flight.node);
+                (result, class)
+            };
+            let Some(progress) = pending.remove(&flight.node) else {
+                continue;
+            };
             let node_result = self
                 .complete(
                     request,
                     run_id,
                     node,
-                    &flight,
+                    &progress,
                     &result,
                     class,
                     &mut versions,
@@ -368,7 +438,7 @@ impl<Q: JobQueue> Coordinator<Q> {
         request: &RunRequest,
         run_id: &str,
         node: &Node,
-        flight: &InFlight,
+        progress: &PendingNode,
         result: &TaskResult,
         class: FailureClass,
         versions: &mut HashMap<String, i64>,
@@ -383,7 +453,8 @@ impl<Q: JobQueue> Coordinator<Q> {
             duration_ms: 0,
             failures: None,
             version: None,
-            attempts: flight.attempt,
+            attempts: progress.attempts,
+            tasks: u32::try_from(progress.tasks).unwrap_or(u32::MAX),
             relation: node.relation_name.clone(),
             error: None,
             peak_memory_bytes: result.peak_memory_bytes,
@@ -420,8 +491,66 @@ impl<Q: JobQueue> Coordinator<Q> {
                 }
             }
         }
-        record.duration_ms = elapsed_ms(flight.started);
+        record.duration_ms = elapsed_ms(progress.started);
         record
+    }
+
+    /// Builds the node's tasks: one, or one per group of input files when the model is
+    /// row-wise over a single multi-file source.
+    async fn build_tasks(
+        &self,
+        request: &RunRequest,
+        run_id: &str,
+        node: &Node,
+        versions: &mut HashMap<String, i64>,
+        counter: &mut u64,
+    ) -> Result<Vec<Task>, String> {
+        let task = self
+            .build_task(request, run_id, node, versions, counter)
+            .await?;
+        let aligned_candidate = node.resource_type == ResourceType::Model
+            && node.config.materialized == Materialization::Table
+            && task.incremental.is_none()
+            && task.inputs.len() == 1;
+        if !aligned_candidate {
+            return Ok(vec![task]);
+        }
+        let input = &task.inputs[0];
+        let Some(task_input::Source::Files(files)) = &input.source else {
+            return Ok(vec![task]);
+        };
+        let format = match FileFormat::try_from(files.format) {
+            Ok(FileFormat::Parquet) => "parquet",
+            Ok(FileFormat::Csv) => "csv",
+            Ok(FileFormat::Json) => "json",
+            _ => return Ok(vec![task]),
+        };
+        let listed = crate::partitioning::local_files(&files.location);
+        if listed.len() < 2
+            || !crate::partitioning::row_wise_over(
+                &task.sql,
+                &input.schema,
+                &input.name,
+                &listed[0],
+                format,
+            )
+            .await
+        {
+            return Ok(vec![task]);
+        }
+        let groups = crate::partitioning::group_files(&listed, request.threads.max(2));
+        Ok(groups
+            .into_iter()
+            .enumerate()
+            .map(|(index, group)| {
+                let mut part = task.clone();
+                part.task_id = format!("{}-p{index:03}", task.task_id);
+                if let Some(task_input::Source::Files(files)) = &mut part.inputs[0].source {
+                    files.files = group;
+                }
+                part
+            })
+            .collect())
     }
 
     async fn build_task(
@@ -725,6 +854,7 @@ fn skipped(node: &Node, reason: String) -> NodeResult {
         failures: None,
         version: None,
         attempts: 0,
+        tasks: 0,
         relation: node.relation_name.clone(),
         error: Some(reason),
         peak_memory_bytes: 0,

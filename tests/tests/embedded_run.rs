@@ -80,6 +80,11 @@ fn medallion_builds_end_to_end() {
     assert_eq!(record["success"], true);
     assert_eq!(record["nodes"].as_array().unwrap().len(), 23);
     assert_eq!(node(&record, "bronze_events")["rows"], 20000);
+    // Row-wise over two source files: two partition-aligned tasks, one commit (version 0).
+    assert_eq!(node(&record, "bronze_events")["tasks"], 2);
+    assert_eq!(node(&record, "bronze_events")["version"], 0);
+    // A window function needs every row: one task.
+    assert_eq!(node(&record, "silver_events")["tasks"], 1);
     let silver = node(&record, "silver_events")["rows"].as_i64().unwrap();
     assert!(
         silver > 15_000 && silver < 20_000,
