@@ -56,3 +56,12 @@ rm -rf "$medallion/project/target" "$medallion/project/data" "$medallion/project
 "$strata" build --project-dir "$medallion/project" --threads 2
 "$venv/bin/python" tests/reference/compare_duckdb.py \
     --project "$medallion/project" --warehouse "$medallion/project/warehouse"
+
+step "fixture projects vs DuckDB"
+for fixture in tests/fixtures/execution/*/; do
+    name="$(basename "$fixture")"
+    cp -r "$fixture" "$medallion/$name"
+    "$strata" build --project-dir "$medallion/$name" --threads 2
+    "$venv/bin/python" tests/reference/compare_duckdb.py \
+        --project "$medallion/$name" --warehouse "$medallion/$name/warehouse"
+done
