@@ -16,6 +16,7 @@ def quote(name):
 
 def main():
     project, manifest_path, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    skip = set(sys.argv[4].split(",")) if len(sys.argv) > 4 and sys.argv[4] else set()
     with open(manifest_path) as handle:
         manifest = json.load(handle)
     ctx = SessionContext()
@@ -51,7 +52,7 @@ def main():
             register(node["relation"], location, info["format"])
         elif kind == "seed":
             register(node["relation"], os.path.join(project, node["original_file_path"]), "csv")
-        elif kind == "model" and node["config"]["materialized"] != "ephemeral":
+        elif kind == "model" and node["config"]["materialized"] != "ephemeral" and node["name"] not in skip:
             relation = node["relation"]
             target = os.path.join(out, relation["schema"], relation["identifier"]) + "/"
             os.makedirs(target, exist_ok=True)
