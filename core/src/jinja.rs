@@ -459,21 +459,11 @@ pub fn rewrite_test_blocks(text: &str) -> (String, Vec<(usize, isize)>) {
         if matches!(bytes.get(at), Some(b'-' | b'+')) {
             at += 1;
         }
-        while bytes.get(at).is_some_and(u8::is_ascii_whitespace) {
-            at += 1;
-        }
-        let word_end = at
-            + text[at..]
-                .bytes()
-                .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
-                .count();
+        at = skip_whitespace(bytes, at);
+        let word_end = identifier_end(text, at);
         let (replacement, replaced_end) = match &text[at..word_end] {
             "test" if bytes.get(word_end).is_some_and(u8::is_ascii_whitespace) => {
-                let mut name_start = word_end;
-                while bytes.get(name_start).is_some_and(u8::is_ascii_whitespace) {
-                    name_start += 1;
-                }
-                ("macro test_", name_start)
+                ("macro test_", skip_whitespace(bytes, word_end))
             }
             "endtest" => ("endmacro", word_end),
             _ => {
@@ -859,6 +849,22 @@ fn base_diagnostic(err: &Error) -> ProjectDiagnostic {
     }
 }
 
+/// Returns the first position at or after `at` that is not ASCII whitespace.
+fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
+    while bytes.get(at).is_some_and(u8::is_ascii_whitespace) {
+        at += 1;
+    }
+    at
+}
+
+/// Returns the end of the identifier (letters, digits, `_`) starting at `at`.
+fn identifier_end(text: &str, at: usize) -> usize {
+    at + text[at..]
+        .bytes()
+        .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        .count()
+}
+
 /// Finds `{% macro name(` definitions in a macro file, with the byte offset of each name.
 pub fn macro_names(text: &str) -> Vec<(String, usize)> {
     let mut names = Vec::new();
@@ -869,20 +875,11 @@ pub fn macro_names(text: &str) -> Vec<(String, usize)> {
         if bytes.get(at) == Some(&b'-') || bytes.get(at) == Some(&b'+') {
             at += 1;
         }
-        while bytes.get(at).is_some_and(u8::is_ascii_whitespace) {
-            at += 1;
-        }
+        at = skip_whitespace(bytes, at);
         if text[at..].starts_with("macro") && bytes.get(at + 5).is_some_and(u8::is_ascii_whitespace)
         {
-            let mut start = at + 5;
-            while bytes.get(start).is_some_and(u8::is_ascii_whitespace) {
-                start += 1;
-            }
-            let end = start
-                + text[start..]
-                    .bytes()
-                    .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
-                    .count();
+            let start = skip_whitespace(bytes, at + 5);
+            let end = identifier_end(text, start);
             if end > start {
                 names.push((text[start..end].to_string(), start));
             }
