@@ -357,6 +357,19 @@ async fn execute(
         let reserved = i64::try_from(pool.reserved()).unwrap_or(i64::MAX);
         peak.fetch_max(reserved, std::sync::atomic::Ordering::Relaxed);
     };
+    // Operators such as sorts reserve and release memory before their first output batch:
+    // sample the pool while the task runs, not only between batches.
+    let sampler = {
+        let (pool, peak) = (pool.clone(), peak.clone());
+        tokio::spawn(async move {
+            loop {
+                let reserved = i64::try_from(pool.reserved()).unwrap_or(i64::MAX);
+                peak.fetch_max(reserved, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let _stop_sampler = AbortOnDrop(sampler);
     match kind {
         TaskKind::Test => {
             let frame = ctx
@@ -451,6 +464,15 @@ async fn execute(
             Ok(())
         }
         TaskKind::Unspecified => Err(TaskError::internal("a task of unknown kind")),
+    }
+}
+
+/// Aborts a background task when dropped, whichever way the enclosing function returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
