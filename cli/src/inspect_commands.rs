@@ -14,7 +14,7 @@ use strata_worker::ExecutionConfig;
 
 use crate::ProjectArgs;
 use crate::execute_commands::warehouse_of;
-use crate::project_commands::{Output, checked, report, run_compile};
+use crate::project_commands::{Output, checked, compile_project, report};
 
 /// `strata show`.
 #[derive(Debug, Args)]
@@ -65,14 +65,7 @@ pub(crate) fn show(
     env: &BTreeMap<String, String>,
     out: &mut Output,
 ) -> anyhow::Result<ExitCode> {
-    let outcome = run_compile(
-        &args.project.project_dir,
-        args.project.vars.as_deref(),
-        &args.project.target,
-        &[],
-        &[],
-        env,
-    );
+    let outcome = compile_project(&args.project, env);
     let Some((manifest, _)) = checked(outcome, out)? else {
         return Ok(ExitCode::FAILURE);
     };
@@ -164,14 +157,7 @@ pub(crate) fn debug(
         "strata {} (datafusion 55, delta-rs 1.1)",
         env!("CARGO_PKG_VERSION")
     )?;
-    let outcome = run_compile(
-        &args.project.project_dir,
-        args.project.vars.as_deref(),
-        &args.project.target,
-        &[],
-        &[],
-        env,
-    );
+    let outcome = compile_project(&args.project, env);
     let _ = report(&outcome.diagnostics, out)?;
     let Some(manifest) = outcome.manifest else {
         writeln!(out.stdout, "project: ERROR (see above)")?;

@@ -58,6 +58,21 @@ pub fn run_compile(
     )
 }
 
+/// Compiles the whole project (no selection) with the options of `project`.
+pub(crate) fn compile_project(
+    project: &ProjectArgs,
+    env: &BTreeMap<String, String>,
+) -> CommandOutcome {
+    run_compile(
+        &project.project_dir,
+        project.vars.as_deref(),
+        &project.target,
+        &[],
+        &[],
+        env,
+    )
+}
+
 /// Like [`run_compile`], rendering `is_incremental()` as true for the named models.
 pub fn compile_for_run(
     project_dir: &Path,
@@ -307,10 +322,7 @@ pub(crate) fn ls(
         }
         match args.output {
             OutputFormat::Text => {
-                let name = match &node.source {
-                    Some(info) => format!("{}.{}", info.source_name, node.name),
-                    None => node.name.clone(),
-                };
+                let name = display_name(node);
                 let detail = match node.resource_type {
                     ResourceType::Model => format!(
                         "{} -> {}",
@@ -387,26 +399,35 @@ pub(crate) fn render_dag(manifest: &Manifest, shown: &BTreeSet<&str>, format: Da
         .enumerate()
         .map(|(index, id)| (*id, format!("n{index}")))
         .collect();
+    // (short id, kind, label) of every node, and (parent, child) short ids of every edge.
+    let nodes: Vec<(&String, &str, String)> = ids
+        .iter()
+        .map(|(id, short)| match manifest.nodes.get(*id) {
+            Some(node) => (short, node.resource_type.as_str(), display_name(node)),
+            None => (short, "model", (*id).to_string()),
+        })
+        .collect();
+    let edges: Vec<(&String, &String)> = ids
+        .iter()
+        .flat_map(|(id, short)| {
+            let parents = manifest
+                .nodes
+                .get(*id)
+                .map(|node| node.depends_on.as_slice())
+                .unwrap_or_default();
+            parents
+                .iter()
+                .filter_map(|parent| ids.get(parent.as_str()))
+                .map(move |parent| (parent, short))
+        })
+        .collect();
     let mut text = String::new();
-    let label = |id: &str| -> String {
-        manifest.nodes.get(id).map_or_else(
-            || id.to_string(),
-            |node| match &node.source {
-                Some(info) => format!("{}.{}", info.source_name, node.name),
-                None => node.name.clone(),
-            },
-        )
-    };
     match format {
         DagFormat::Mermaid => {
             text.push_str("flowchart LR\n");
-            for (id, short) in &ids {
-                let kind = manifest
-                    .nodes
-                    .get(*id)
-                    .map_or("model", |node| node.resource_type.as_str());
-                let name = label(id).replace('"', "'");
-                let shape = match kind {
+            for (short, kind, label) in &nodes {
+                let name = label.replace('"', "'");
+                let shape = match *kind {
                     "source" => format!("{short}[(\"{name}\")]"),
                     "seed" => format!("{short}[/\"{name}\"/]"),
                     "test" => format!("{short}{{{{\"{name}\"}}}}"),
@@ -414,27 +435,14 @@ pub(crate) fn render_dag(manifest: &Manifest, shown: &BTreeSet<&str>, format: Da
                 };
                 text.push_str(&format!("    {shape}\n"));
             }
-            for (id, short) in &ids {
-                for parent in manifest
-                    .nodes
-                    .get(*id)
-                    .map(|node| node.depends_on.as_slice())
-                    .unwrap_or_default()
-                {
-                    if let Some(parent_short) = ids.get(parent.as_str()) {
-                        text.push_str(&format!("    {parent_short} --> {short}\n"));
-                    }
-                }
+            for (parent, child) in &edges {
+                text.push_str(&format!("    {parent} --> {child}\n"));
             }
         }
         DagFormat::Dot => {
             text.push_str("digraph strata {\n    rankdir=LR;\n    node [shape=box];\n");
-            for (id, short) in &ids {
-                let kind = manifest
-                    .nodes
-                    .get(*id)
-                    .map_or("model", |node| node.resource_type.as_str());
-                let shape = match kind {
+            for (short, kind, label) in &nodes {
+                let shape = match *kind {
                     "source" => "cylinder",
                     "seed" => "parallelogram",
                     "test" => "hexagon",
@@ -442,23 +450,22 @@ pub(crate) fn render_dag(manifest: &Manifest, shown: &BTreeSet<&str>, format: Da
                 };
                 text.push_str(&format!(
                     "    {short} [label=\"{}\", shape={shape}];\n",
-                    label(id).replace('"', "\\\"")
+                    label.replace('"', "\\\"")
                 ));
             }
-            for (id, short) in &ids {
-                for parent in manifest
-                    .nodes
-                    .get(*id)
-                    .map(|node| node.depends_on.as_slice())
-                    .unwrap_or_default()
-                {
-                    if let Some(parent_short) = ids.get(parent.as_str()) {
-                        text.push_str(&format!("    {parent_short} -> {short};\n"));
-                    }
-                }
+            for (parent, child) in &edges {
+                text.push_str(&format!("    {parent} -> {child};\n"));
             }
             text.push_str("}\n");
         }
     }
     text
+}
+
+/// A node's name as people write it: `source.table` for sources, the name otherwise.
+fn display_name(node: &strata_core::manifest::Node) -> String {
+    match &node.source {
+        Some(info) => format!("{}.{}", info.source_name, node.name),
+        None => node.name.clone(),
+    }
 }
