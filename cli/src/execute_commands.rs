@@ -72,12 +72,7 @@ pub(crate) fn execute(
     let Some((manifest, selected)) = checked(outcome, out)? else {
         return Ok(ExitCode::FAILURE);
     };
-    let project_dir = args
-        .project
-        .project_dir
-        .canonicalize()
-        .context("cannot resolve the project folder")?;
-    let warehouse = warehouse_of(&args.warehouse, env, &project_dir)?;
+    let (project_dir, warehouse) = project_and_warehouse(&args.project, &args.warehouse, env)?;
     // Incremental models whose table exists render with is_incremental() true: compile again.
     let incremental: Vec<&strata_core::manifest::Node> = manifest
         .nodes
@@ -190,8 +185,22 @@ pub(crate) fn execute(
     })
 }
 
+/// The project folder, resolved, and the warehouse of the command.
+pub(crate) fn project_and_warehouse(
+    project: &crate::ProjectArgs,
+    option: &Option<String>,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<(std::path::PathBuf, Warehouse)> {
+    let project_dir = project
+        .project_dir
+        .canonicalize()
+        .context("cannot resolve the project folder")?;
+    let warehouse = warehouse_of(option, env, &project_dir)?;
+    Ok((project_dir, warehouse))
+}
+
 /// The warehouse from `--warehouse`, else `STRATA_WAREHOUSE`, else `<project>/warehouse`.
-pub(crate) fn warehouse_of(
+fn warehouse_of(
     option: &Option<String>,
     env: &BTreeMap<String, String>,
     project_dir: &std::path::Path,

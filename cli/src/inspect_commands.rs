@@ -13,7 +13,7 @@ use strata_core::manifest::ResourceType;
 use strata_worker::ExecutionConfig;
 
 use crate::ProjectArgs;
-use crate::execute_commands::warehouse_of;
+use crate::execute_commands::project_and_warehouse;
 use crate::project_commands::{Output, checked, compile_project, report};
 
 /// `strata show`.
@@ -97,12 +97,7 @@ pub(crate) fn show(
         )?;
         return Ok(ExitCode::FAILURE);
     };
-    let project_dir = args
-        .project
-        .project_dir
-        .canonicalize()
-        .context("cannot resolve the project folder")?;
-    let warehouse = warehouse_of(&args.warehouse, env, &project_dir)?;
+    let (project_dir, warehouse) = project_and_warehouse(&args.project, &args.warehouse, env)?;
     let sql = match (&node.relation, node.config.materialized) {
         (_, Materialization::Ephemeral) => format!(
             "select * from ({}) as ephemeral limit {}",
@@ -163,11 +158,7 @@ pub(crate) fn debug(
         writeln!(out.stdout, "project: ERROR (see above)")?;
         return Ok(ExitCode::FAILURE);
     };
-    let project_dir = args
-        .project
-        .project_dir
-        .canonicalize()
-        .context("cannot resolve the project folder")?;
+    let (project_dir, warehouse) = project_and_warehouse(&args.project, &args.warehouse, env)?;
     writeln!(
         out.stdout,
         "project: {} at {} — OK ({} nodes)",
@@ -175,7 +166,6 @@ pub(crate) fn debug(
         project_dir.display(),
         manifest.nodes.len()
     )?;
-    let warehouse = warehouse_of(&args.warehouse, env, &project_dir)?;
     match warehouse.local_path() {
         Some(path) => {
             let probe = path.join(".strata-debug-probe");

@@ -599,10 +599,9 @@ impl<Q: JobQueue> Coordinator<Q> {
             if request.incremental_models.contains(&node.unique_id)
                 && let Some(relation) = &node.relation
             {
-                // `{{ this }}`: the model's own table at its current version.
-                let mut own = BTreeSet::new();
-                self.add_own_table(request, node, versions, &mut inputs, &mut own)
-                    .await?;
+                // `{{ this }}`: the model's own table at its current version (the run was
+                // planned knowing it exists), even though the node has not run yet.
+                add_inputs(request, &node.unique_id, versions, &mut inputs, &mut seen).await?;
                 incremental = Some(Incremental {
                     // As dbt: merge when a unique key is set, append otherwise.
                     strategy: match node.config.incremental_strategy {
@@ -639,19 +638,6 @@ impl<Q: JobQueue> Coordinator<Q> {
             output,
             incremental,
         })
-    }
-
-    async fn add_own_table(
-        &self,
-        request: &RunRequest,
-        node: &Node,
-        versions: &mut HashMap<String, i64>,
-        inputs: &mut Vec<TaskInput>,
-        seen: &mut BTreeSet<String>,
-    ) -> Result<(), String> {
-        // The table was checked to exist when the run was planned; its current version is
-        // what `{{ this }}` reads, even if the node itself has not run yet in this run.
-        add_inputs(request, &node.unique_id, versions, inputs, seen).await
     }
 }
 

@@ -295,9 +295,7 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
     };
     let mut source_nodes: Vec<Node> = Vec::new();
     {
-        let string_inputs = Arc::new(RenderInputs {
-            ..clone_inputs(&inputs)
-        });
+        let string_inputs = Arc::new(inputs.clone());
         let mut seen: BTreeMap<(String, String), ()> = BTreeMap::new();
         for source in &properties.sources {
             for table in &source.tables {
@@ -464,7 +462,7 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
             .base_configs
             .insert(draft.file.name.clone(), draft.base_layers.clone());
     }
-    let first_inputs = Arc::new(clone_inputs(&inputs));
+    let first_inputs = Arc::new(inputs.clone());
     let mut failed: BTreeSet<String> = BTreeSet::new();
     for draft in &mut drafts {
         if !draft.config.enabled {
@@ -530,7 +528,7 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
     }
 
     // Final relations and the set of disabled models, now that in-SQL config is known.
-    let mut final_inputs = clone_inputs(&inputs);
+    let mut final_inputs = inputs.clone();
     for draft in &drafts {
         if draft.resource_type != ResourceType::Model {
             continue;
@@ -827,21 +825,6 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
     Compilation {
         manifest,
         diagnostics,
-    }
-}
-
-fn clone_inputs(inputs: &RenderInputs) -> RenderInputs {
-    RenderInputs {
-        project_name: inputs.project_name.clone(),
-        project_vars: inputs.project_vars.clone(),
-        cli_vars: inputs.cli_vars.clone(),
-        env: inputs.env.clone(),
-        target_name: inputs.target_name.clone(),
-        target_schema: inputs.target_schema.clone(),
-        relations: inputs.relations.clone(),
-        disabled: inputs.disabled.clone(),
-        sources: inputs.sources.clone(),
-        base_configs: inputs.base_configs.clone(),
     }
 }
 

@@ -89,7 +89,7 @@ impl Object for Relation {
 
 /// What every render of one compile shares: names that `ref()` and `source()` resolve to,
 /// variables, the environment and the target.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RenderInputs {
     /// The project's name (the package of `ref('package', 'model')`).
     pub project_name: String,
@@ -487,14 +487,13 @@ pub struct Renderer {
     env: Environment<'static>,
     prelude: String,
     macro_files: Vec<MacroFileSpan>,
-    sources: BTreeMap<String, SourceText>,
     macros: BTreeSet<String>,
 }
 
 impl fmt::Debug for Renderer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Renderer")
-            .field("templates", &self.sources.len())
+            .field("macro_files", &self.macro_files.len())
             .finish()
     }
 }
@@ -612,7 +611,6 @@ impl Renderer {
             env,
             prelude,
             macro_files,
-            sources: BTreeMap::new(),
             macros: names.into_keys().collect(),
         }
     }
@@ -624,13 +622,9 @@ impl Renderer {
     pub fn add(&mut self, source: &SourceText) -> Result<(), Box<ProjectDiagnostic>> {
         let name = source.path.to_string_lossy().into_owned();
         let text = format!("{}{}", self.prelude, source.text);
-        match self.env.add_template_owned(name.clone(), text) {
-            Ok(()) => {
-                self.sources.insert(name, source.clone());
-                Ok(())
-            }
-            Err(err) => Err(Box::new(self.diagnostic(&err, source))),
-        }
+        self.env
+            .add_template_owned(name, text)
+            .map_err(|err| Box::new(self.diagnostic(&err, source)))
     }
 
     /// Renders a template added with [`Renderer::add`] for the node `node`.

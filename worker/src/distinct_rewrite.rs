@@ -149,22 +149,22 @@ impl OptimizerRule for CountWithDistinctToGroupBy {
         let mut outer_aggregates = Vec::new();
         for (index, (aggregate, combine)) in aggr_expr.iter().zip(&combines).enumerate() {
             let partial = format!("__strata_partial_{index}");
-            if *combine == Combine::CountDistinct {
-                outer_aggregates.push(count(col(DISTINCT)));
-                continue;
-            }
+            let recombine: fn(Expr) -> Expr = match combine {
+                Combine::CountDistinct => {
+                    outer_aggregates.push(count(col(DISTINCT)));
+                    continue;
+                }
+                Combine::Count | Combine::Sum => sum,
+                Combine::Min => min,
+                Combine::Max => max,
+            };
             let Expr::AggregateFunction(function) = aggregate else {
                 return Ok(Transformed::no(plan));
             };
             let mut inner = function.clone();
             inner.params.distinct = false;
             inner_aggregates.push(Expr::AggregateFunction(inner).alias(&partial));
-            outer_aggregates.push(match combine {
-                Combine::Count | Combine::Sum => sum(col(&partial)),
-                Combine::Min => min(col(&partial)),
-                Combine::Max => max(col(&partial)),
-                Combine::CountDistinct => unreachable_combine(),
-            });
+            outer_aggregates.push(recombine(col(&partial)));
         }
         let outer_groups: Vec<Expr> = group_names
             .iter()
@@ -196,11 +196,6 @@ impl OptimizerRule for CountWithDistinctToGroupBy {
             .build()?;
         Ok(Transformed::yes(rewritten))
     }
-}
-
-fn unreachable_combine() -> Expr {
-    // CountDistinct is handled before this match; keep the plan valid if that ever changes.
-    lit(datafusion::common::ScalarValue::Null)
 }
 
 #[cfg(test)]
