@@ -73,20 +73,23 @@ pub(crate) fn execute(
         return Ok(ExitCode::FAILURE);
     };
     let (project_dir, warehouse) = project_and_warehouse(&args.project, &args.warehouse, env)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
     // Incremental models whose table exists render with is_incremental() true: compile again.
-    let incremental: Vec<&strata_core::manifest::Node> = manifest
-        .nodes
-        .values()
-        .filter(|node| {
-            node.config.materialized == strata_core::config::Materialization::Incremental
-        })
-        .filter(|node| !args.full_refresh || node.config.full_refresh == Some(false))
-        .filter(|node| {
-            node.relation
-                .as_ref()
-                .is_some_and(|relation| table_exists(&warehouse, relation))
-        })
-        .collect();
+    let mut incremental: Vec<&strata_core::manifest::Node> = Vec::new();
+    for node in manifest.nodes.values() {
+        let Some(relation) = &node.relation else {
+            continue;
+        };
+        if node.config.materialized == strata_core::config::Materialization::Incremental
+            && (!args.full_refresh || node.config.full_refresh == Some(false))
+            && runtime.block_on(table_exists(&warehouse, relation))?
+        {
+            incremental.push(node);
+        }
+    }
     let incremental_ids: std::collections::BTreeSet<String> = incremental
         .iter()
         .map(|node| node.unique_id.clone())
@@ -142,10 +145,6 @@ pub(crate) fn execute(
             warehouse.root()
         )?;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
     let stdout = &mut out.stdout;
     let record = runtime.block_on(async {
         let queue = Arc::new(MemoryQueue::new());
@@ -172,7 +171,7 @@ pub(crate) fn execute(
         let _ = worker.await;
         record
     })?;
-    save_record(&record, &project_dir, &warehouse)?;
+    runtime.block_on(save_record(&record, &project_dir, &warehouse))?;
     if text {
         summary(out.stdout, &record)?;
     } else {
@@ -212,17 +211,16 @@ fn warehouse_of(
     Ok(Warehouse::parse(&location, project_dir)?)
 }
 
-/// True when the relation's Delta table exists (local warehouses are checked on disk; other
-/// stores when the first task opens the table).
-fn table_exists(warehouse: &Warehouse, relation: &strata_core::jinja::Relation) -> bool {
-    match warehouse.local_path() {
-        Some(root) => root
-            .join(&relation.schema)
-            .join(&relation.identifier)
-            .join("_delta_log")
-            .is_dir(),
-        None => false,
-    }
+/// True when the relation's Delta table exists. A warehouse that cannot be listed is an error,
+/// not "no table": treating it as absent would rebuild an incremental model from scratch.
+async fn table_exists(
+    warehouse: &Warehouse,
+    relation: &strata_core::jinja::Relation,
+) -> anyhow::Result<bool> {
+    let table_uri = warehouse.table_uri(relation);
+    strata_storage::delta_table_exists(&table_uri)
+        .await
+        .with_context(|| format!("cannot tell whether {table_uri} holds a table"))
 }
 
 fn run_id() -> String {
@@ -333,7 +331,8 @@ fn summary(out: &mut dyn Write, record: &RunRecord) -> std::io::Result<()> {
     )
 }
 
-fn save_record(
+/// Saves the run record under `target/` and in the warehouse, wherever that is.
+async fn save_record(
     record: &RunRecord,
     project_dir: &std::path::Path,
     warehouse: &Warehouse,
@@ -342,11 +341,10 @@ fn save_record(
     let target = project_dir.join("target");
     std::fs::create_dir_all(&target)?;
     std::fs::write(target.join("run_results.json"), &json)?;
-    if let Some(root) = warehouse.local_path() {
-        let folder = root.join("_strata").join("runs").join(&record.run_id);
-        std::fs::create_dir_all(&folder)?;
-        std::fs::write(folder.join("run_results.json"), &json)?;
-    }
+    let location = format!("{}/run_results.json", warehouse.run_uri(&record.run_id));
+    strata_storage::write(&location, json.into_bytes())
+        .await
+        .with_context(|| format!("cannot save the run record to {location}"))?;
     Ok(())
 }
 

@@ -166,32 +166,29 @@ pub(crate) fn debug(
         project_dir.display(),
         manifest.nodes.len()
     )?;
-    match warehouse.local_path() {
-        Some(path) => {
-            let probe = path.join(".strata-debug-probe");
-            let writable =
-                std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe));
-            match writable {
-                Ok(()) => writeln!(
-                    out.stdout,
-                    "warehouse: {} — OK (writable)",
-                    warehouse.root()
-                )?,
-                Err(err) => {
-                    healthy = false;
-                    writeln!(
-                        out.stdout,
-                        "warehouse: {} — ERROR: not writable ({err})",
-                        warehouse.root()
-                    )?;
-                }
-            }
-        }
-        None => writeln!(
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let probe = format!("{}/_strata/debug-probe", warehouse.root());
+    let writable = runtime.block_on(async {
+        strata_storage::write(&probe, b"ok".to_vec()).await?;
+        strata_storage::delete(&probe).await
+    });
+    match writable {
+        Ok(()) => writeln!(
             out.stdout,
-            "warehouse: {} — not checked (remote stores are checked by the first task)",
+            "warehouse: {} — OK (writable)",
             warehouse.root()
         )?,
+        Err(err) => {
+            healthy = false;
+            writeln!(
+                out.stdout,
+                "warehouse: {} — ERROR: not writable ({err})",
+                warehouse.root()
+            )?;
+        }
     }
     for node in manifest
         .nodes
@@ -211,29 +208,26 @@ pub(crate) fn debug(
             )?;
             continue;
         };
-        if location.contains("://") && !location.starts_with("file://") {
-            writeln!(
-                out.stdout,
-                "source {name}: {location} — not checked (remote)"
-            )?;
-            continue;
-        }
-        let path = project_dir.join(location.trim_start_matches("file://"));
-        let files = matching_files(&path);
-        if files == 0 {
-            healthy = false;
-            writeln!(
-                out.stdout,
-                "source {name}: {} — ERROR: no files",
-                path.display()
-            )?;
+        let location = if location.contains("://") {
+            location.clone()
         } else {
-            writeln!(
+            project_dir.join(location).display().to_string()
+        };
+        match runtime.block_on(strata_storage::list_files(&location)) {
+            Ok(files) if !files.is_empty() => writeln!(
                 out.stdout,
-                "source {name}: {} — OK ({files} file{})",
-                path.display(),
-                if files == 1 { "" } else { "s" }
-            )?;
+                "source {name}: {location} — OK ({} file{})",
+                files.len(),
+                if files.len() == 1 { "" } else { "s" }
+            )?,
+            Ok(_) => {
+                healthy = false;
+                writeln!(out.stdout, "source {name}: {location} — ERROR: no files")?;
+            }
+            Err(err) => {
+                healthy = false;
+                writeln!(out.stdout, "source {name}: {location} — ERROR: {err}")?;
+            }
         }
     }
     writeln!(
@@ -250,34 +244,4 @@ pub(crate) fn debug(
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// Counts files matching a path whose last component may hold `*` wildcards.
-fn matching_files(path: &std::path::Path) -> usize {
-    let name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if !name.contains('*') {
-        return if path.is_file() {
-            1
-        } else if path.is_dir() {
-            std::fs::read_dir(path).map_or(0, |dir| dir.count())
-        } else {
-            0
-        };
-    }
-    let Some(parent) = path.parent() else {
-        return 0;
-    };
-    std::fs::read_dir(parent)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|entry| {
-                    strata_core::selection::glob(&name, &entry.file_name().to_string_lossy())
-                })
-                .count()
-        })
-        .unwrap_or(0)
 }

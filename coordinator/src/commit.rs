@@ -20,6 +20,9 @@ pub enum CommitError {
         /// Why it is invalid.
         reason: String,
     },
+    /// The table's storage could not be listed.
+    #[error(transparent)]
+    Storage(strata_storage::StorageError),
     /// The workers reported a schema that is not valid Delta schema JSON.
     #[error("the model's schema is invalid: {0}")]
     InvalidSchema(String),
@@ -38,13 +41,14 @@ pub enum CommitError {
 /// # Errors
 /// Returns an error for an invalid location or a storage failure.
 pub async fn open_table(location: &str) -> Result<Option<DeltaTable>, CommitError> {
+    strata_storage::install();
     let url = url::Url::parse(location).map_err(|err| CommitError::InvalidLocation {
         location: location.to_string(),
         reason: err.to_string(),
     })?;
-    if let Ok(path) = url.to_file_path()
-        && url.scheme() == "file"
-        && !path.join("_delta_log").is_dir()
+    if !strata_storage::delta_table_exists(location)
+        .await
+        .map_err(CommitError::Storage)?
     {
         return Ok(None);
     }

@@ -1,53 +1,12 @@
 //! Partition-aligned planning: a model that is row-wise (projections and filters, no
 //! aggregation, join, window, sort, limit or subquery) over a single multi-file source needs no
 //! data from other files, so it runs as one task per group of input files, in parallel, and
-//! the coordinator commits all their files in the model's single transaction.
-
-use std::path::Path;
+//! the coordinator commits all their files in the model's single transaction. Files are listed
+//! with [`strata_storage::list_files`], so sources on S3 split as local ones do.
 
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
-
-/// Lists the files of a local source location: a file, a folder, or a folder with a `*` glob in
-/// its last component. Remote locations return nothing (they run as one task).
-pub fn local_files(location: &str) -> Vec<String> {
-    let path = Path::new(location);
-    if location.contains("://") {
-        return Vec::new();
-    }
-    let name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let (folder, pattern) = if name.contains('*') {
-        (path.parent().map(Path::to_path_buf), name)
-    } else if path.is_dir() {
-        (Some(path.to_path_buf()), String::from("*"))
-    } else {
-        return Vec::new();
-    };
-    let Some(folder) = folder else {
-        return Vec::new();
-    };
-    let mut files: Vec<String> = std::fs::read_dir(&folder)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|entry| entry.path().is_file())
-                .filter(|entry| {
-                    let file = entry.file_name().to_string_lossy().into_owned();
-                    !file.starts_with('.')
-                        && !file.starts_with('_')
-                        && strata_core::selection::glob(&pattern, &file)
-                })
-                .map(|entry| entry.path().display().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files
-}
 
 /// True when every operator of the plan is row-wise over its input.
 fn is_row_wise(plan: &LogicalPlan) -> bool {
@@ -89,6 +48,9 @@ pub async fn row_wise_over(
     format: &str,
 ) -> bool {
     let ctx = SessionContext::new();
+    if strata_storage::register(&ctx, first_file).is_err() {
+        return false;
+    }
     let Some(catalog) = ctx.catalog("datafusion") else {
         return false;
     };

@@ -525,7 +525,10 @@ impl<Q: JobQueue> Coordinator<Q> {
             Ok(FileFormat::Json) => "json",
             _ => return Ok(vec![task]),
         };
-        let listed = crate::partitioning::local_files(&files.location);
+        // A location that cannot be listed runs as one task, which reports the real error.
+        let listed = strata_storage::list_files(&files.location)
+            .await
+            .unwrap_or_default();
         if listed.len() < 2
             || !crate::partitioning::row_wise_over(
                 &task.sql,
@@ -545,6 +548,9 @@ impl<Q: JobQueue> Coordinator<Q> {
             .map(|(index, group)| {
                 let mut part = task.clone();
                 part.task_id = format!("{}-p{index:03}", task.task_id);
+                if let Some(output) = &mut part.output {
+                    output.file_prefix = format!("{}-{}", part.run_id, part.task_id);
+                }
                 if let Some(task_input::Source::Files(files)) = &mut part.inputs[0].source {
                     files.files = group;
                 }

@@ -7,6 +7,9 @@ compiled SQL, reads Strata's Delta tables with the `deltalake` Python package, a
 them as multisets (EXCEPT ALL both ways). Doubles are rounded to 6 decimals on both sides
 (sums in a different order differ in the last bits); columns whose values depend on the
 moment of execution (`_ingested_at`) are left out. Test failure counts must match too.
+
+A warehouse on S3 is read with the standard AWS variables; `--mirror PREFIX=DIR` reads sources
+under PREFIX from a local copy in DIR instead (DuckDB has no S3 client here without httpfs).
 """
 import argparse
 import json
@@ -41,7 +44,7 @@ def order(manifest):
     return ordered
 
 
-def load_inputs(con, manifest, project):
+def load_inputs(con, manifest, project, mirrors):
     for node in manifest["nodes"].values():
         relation = node.get("relation")
         if relation and relation["schema"]:
@@ -49,6 +52,9 @@ def load_inputs(con, manifest, project):
         if node["resource_type"] == "source":
             info = node["source"]
             location = info["location"]
+            for prefix, folder in mirrors:
+                if location.startswith(prefix):
+                    location = folder + location[len(prefix):]
             if "://" not in location:
                 location = os.path.join(project, location)
             reader = {"parquet": "read_parquet", "csv": "read_csv_auto", "json": "read_json_auto"}[info["format"]]
@@ -61,6 +67,18 @@ def load_inputs(con, manifest, project):
                 for c in node["columns"]
             )
             con.execute(f"create table {relation_sql(relation)} as select {columns} from read_csv_auto('{path}', header=true)")
+
+
+def storage_options(location):
+    """delta-rs options for an S3 location, from the standard AWS variables."""
+    if not location.startswith("s3://"):
+        return None
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+    options = {"AWS_REGION": os.environ.get("AWS_REGION", "us-east-1")}
+    if endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint
+        options["AWS_ALLOW_HTTP"] = str(endpoint.startswith("http://")).lower()
+    return options
 
 
 def comparable(con, table_sql, columns):
@@ -78,8 +96,11 @@ def comparable(con, table_sql, columns):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--project", required=True)
-    parser.add_argument("--warehouse", required=True, help="Strata's warehouse folder")
+    parser.add_argument("--warehouse", required=True, help="Strata's warehouse: a folder or s3:// URL")
+    parser.add_argument("--mirror", action="append", default=[], metavar="PREFIX=DIR",
+                        help="read sources whose location starts with PREFIX from DIR")
     args = parser.parse_args()
+    mirrors = [tuple(mirror.split("=", 1)) for mirror in args.mirror]
     project = os.path.abspath(args.project)
     with open(os.path.join(project, "target", "manifest.json")) as handle:
         manifest = json.load(handle)
@@ -88,7 +109,7 @@ def main():
     statuses = {node["unique_id"]: node for node in record["nodes"]}
 
     con = duckdb.connect()
-    load_inputs(con, manifest, project)
+    load_inputs(con, manifest, project, mirrors)
     problems, compared = [], 0
     for node_id in order(manifest):
         node = manifest["nodes"][node_id]
@@ -99,8 +120,8 @@ def main():
         con.execute(f"create {kind} {relation_sql(node['relation'])} as {sql}")
         if kind == "view" or node_id not in statuses:
             continue
-        location = os.path.join(args.warehouse, node["relation"]["schema"], node["relation"]["identifier"])
-        strata_table = deltalake.DeltaTable(location).to_pyarrow_table()
+        location = "/".join([args.warehouse.rstrip("/"), node["relation"]["schema"], node["relation"]["identifier"]])
+        strata_table = deltalake.DeltaTable(location, storage_options=storage_options(location)).to_pyarrow_table()
         con.register("strata_output", strata_table)
         columns = [(row[0], row[1]) for row in con.execute(f"describe {relation_sql(node['relation'])}").fetchall()]
         strata_columns = [(row[0], row[1]) for row in con.execute("describe strata_output").fetchall()]

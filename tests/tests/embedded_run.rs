@@ -116,6 +116,48 @@ fn medallion_builds_end_to_end() {
     // The run record is kept in the warehouse too.
     let runs = project.join("warehouse/_strata/runs");
     assert_eq!(std::fs::read_dir(runs).unwrap().count(), 1);
+    // Every committed file lives in a folder named for its run, task and attempt.
+    let log = std::fs::read_to_string(
+        project.join("warehouse/bronze/bronze_events/_delta_log/00000000000000000000.json"),
+    )
+    .unwrap();
+    let run_id = record["run_id"].as_str().unwrap();
+    let added: Vec<String> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|action| action["add"]["path"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(added.len(), 2, "{added:?}");
+    for (index, path) in added.iter().enumerate() {
+        let folder = path.split('/').next().unwrap();
+        assert!(
+            folder.starts_with(&format!("{run_id}-bronze_events-"))
+                && folder.ends_with(&format!("-p{index:03}-a1")),
+            "{path} is not in a folder of its run, task and attempt"
+        );
+    }
+}
+
+#[test]
+fn a_memory_warehouse_builds_without_touching_the_disk() {
+    let (_dir, project) = medallion_with_data("5000");
+    let code = strata(&[
+        "build",
+        "--project-dir",
+        project.to_str().unwrap(),
+        "--warehouse",
+        "memory://lake",
+        "--threads",
+        "2",
+    ]);
+    let record = record(&project);
+    assert_eq!(code, std::process::ExitCode::SUCCESS, "{record:#}");
+    assert_eq!(node(&record, "bronze_events")["rows"], 5000);
+    assert_eq!(
+        node(&record, "unique_silver_events_event_id")["status"],
+        "pass"
+    );
+    assert!(!project.join("warehouse").exists());
 }
 
 #[test]

@@ -94,12 +94,7 @@ pub fn classify_datafusion(err: DataFusionError) -> TaskError {
             Ok(inner) => classify_datafusion(inner),
             Err(shared) => TaskError::internal(shared.to_string()),
         },
-        DataFusionError::ObjectStore(err) => match *err {
-            object_store::Error::NotFound { path, .. } => {
-                TaskError::user(format!("not found: {path}"))
-            }
-            other => TaskError::transient(other.to_string()),
-        },
+        DataFusionError::ObjectStore(err) => classify_object_store(*err),
         DataFusionError::IoError(err) => TaskError::transient(err.to_string()),
         DataFusionError::ResourcesExhausted(message) => TaskError::user(format!(
             "the query needs more memory than the task's limit allows ({message}); raise the worker's memory limit or reduce the data per task"
@@ -121,12 +116,38 @@ pub fn classify_datafusion(err: DataFusionError) -> TaskError {
     }
 }
 
+/// Classifies a storage error: a missing object or a refused request is the user's to fix
+/// (a wrong location or credentials); anything else (timeouts, resets, 5xx) may pass.
+fn classify_object_store(err: object_store::Error) -> TaskError {
+    match err {
+        object_store::Error::NotFound { path, .. } => TaskError::user(format!("not found: {path}")),
+        err @ (object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. }
+        | object_store::Error::InvalidPath { .. }
+        | object_store::Error::NotSupported { .. }) => TaskError::user(err.to_string()),
+        other => TaskError::transient(other.to_string()),
+    }
+}
+
+impl From<strata_storage::StorageError> for TaskError {
+    fn from(err: strata_storage::StorageError) -> Self {
+        match err {
+            strata_storage::StorageError::InvalidLocation { .. } => {
+                TaskError::user(err.to_string())
+            }
+            strata_storage::StorageError::Store {
+                operation,
+                location,
+                source,
+            } => classify_object_store(source).context(format!("{operation} {location}")),
+        }
+    }
+}
+
 impl From<deltalake::DeltaTableError> for TaskError {
     fn from(err: deltalake::DeltaTableError) -> Self {
         match err {
-            deltalake::DeltaTableError::ObjectStore { source } => {
-                TaskError::transient(source.to_string())
-            }
+            deltalake::DeltaTableError::ObjectStore { source } => classify_object_store(source),
             deltalake::DeltaTableError::Io { source } => TaskError::transient(source.to_string()),
             deltalake::DeltaTableError::Arrow { source } => TaskError::user(source.to_string()),
             other => TaskError::internal(other.to_string()),

@@ -28,7 +28,8 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::StreamExt;
 use strata_proto::v1::{
-    FailureClass, FileFormat, Task, TaskInput, TaskKind, TaskResult, WrittenFile, task_input,
+    FailureClass, FileFormat, Task, TaskInput, TaskKind, TaskOutput, TaskResult, WrittenFile,
+    task_input,
 };
 
 use crate::distinct_rewrite::CountWithDistinctToGroupBy;
@@ -67,6 +68,7 @@ impl Default for ExecutionConfig {
 pub fn session(
     config: &ExecutionConfig,
 ) -> Result<(SessionContext, Arc<dyn MemoryPool>), TaskError> {
+    strata_storage::install();
     let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(config.memory_limit_bytes));
     let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(pool.clone());
     if let Some(dir) = &config.spill_dir {
@@ -220,13 +222,13 @@ async fn listing_table(
             return Err(TaskError::user(format!("no file format for {location}")));
         }
     };
+    strata_storage::register(ctx, location)?;
     let urls: Vec<ListingTableUrl> = if only.is_empty() {
-        vec![ListingTableUrl::parse(location).map_err(TaskError::from)?]
+        vec![strata_storage::listing_url(location)?]
     } else {
         only.iter()
-            .map(ListingTableUrl::parse)
-            .collect::<Result<_, _>>()
-            .map_err(TaskError::from)?
+            .map(|file| strata_storage::listing_url(file))
+            .collect::<Result<_, _>>()?
     };
     let extension =
         if urls.iter().any(|url| url.as_str().ends_with(extension)) || location.contains('*') {
@@ -426,11 +428,18 @@ async fn execute(
                     )));
                 }
             }
-            let mut writer =
-                RecordBatchWriter::try_new(&output.table_uri, schema.clone(), partition_by, None)
-                    .map_err(TaskError::from)?
-                    .with_writer_properties(writer_properties())
-                    .with_target_file_size(config.target_file_size);
+            // Files go under a folder named for the run, task and attempt: two attempts never
+            // write the same name, and what an attempt left behind is easy to find.
+            let folder = attempt_folder(output, result.attempt);
+            let mut writer = RecordBatchWriter::try_new(
+                format!("{}/{folder}", output.table_uri),
+                schema.clone(),
+                partition_by,
+                None,
+            )
+            .map_err(TaskError::from)?
+            .with_writer_properties(writer_properties())
+            .with_target_file_size(config.target_file_size);
             let mut stream = frame.execute_stream().await?;
             let mut rows = 0i64;
             while let Some(batch) = stream.next().await {
@@ -450,7 +459,7 @@ async fn execute(
                     .and_then(|stats| stats.get("numRecords").and_then(serde_json::Value::as_i64))
                     .unwrap_or(0);
                 result.files.push(WrittenFile {
-                    path: add.path.clone(),
+                    path: format!("{folder}/{}", add.path),
                     size_bytes: add.size,
                     rows: file_rows,
                     partition_values: add
@@ -465,6 +474,16 @@ async fn execute(
         }
         TaskKind::Unspecified => Err(TaskError::internal("a task of unknown kind")),
     }
+}
+
+/// The folder, relative to the table, where one attempt of a task writes its files.
+fn attempt_folder(output: &TaskOutput, attempt: u32) -> String {
+    let prefix = if output.file_prefix.is_empty() {
+        "task"
+    } else {
+        output.file_prefix.as_str()
+    };
+    format!("{prefix}-a{attempt}")
 }
 
 /// Aborts a background task when dropped, whichever way the enclosing function returns.
