@@ -6,10 +6,14 @@
 #   3. dbt parity: dbt-core (pinned, in a virtualenv this script creates) parses the example,
 #      the fixture projects and a generated 200-model project; its graph must match Strata's
 #   4. correctness: examples/medallion built by Strata on generated data equals DuckDB's
-#      result for the same SQL, read back from the Delta tables with the `deltalake` package
+#      result for the same SQL, read back from the Delta tables with the `deltalake` package;
+#      so do the fixture projects under tests/fixtures/execution (a fixture's `runs` file lists
+#      the --vars of successive builds, for incremental models over several batches)
+#   5. s3://: examples/medallion with its sources and warehouse on an S3 server (moto, from the
+#      virtualenv, started here on a free port), compared with DuckDB the same way
 #
-# Services: the compiler needs none yet. Tests that need RabbitMQ or an S3 server start them
-# here (and fail loudly when they cannot) once such tests exist.
+# Services are started here when needed (RabbitMQ for the AMQP tests, an S3 server) and the
+# script fails loudly when one cannot start.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -21,6 +25,33 @@ step() { printf '\n==> %s\n' "$*"; }
 for tool in cargo python3; do
     command -v "$tool" >/dev/null || { echo "error: $tool is required but not installed" >&2; exit 1; }
 done
+
+# RabbitMQ for the distributed-mode tests: the local broker unless STRATA_AMQP_URL names another.
+# Installed with apt when absent and started when not running; the script stops if it cannot.
+ensure_rabbitmq() {
+    if [[ -n "${STRATA_AMQP_URL:-}" ]]; then
+        return
+    fi
+    if ! command -v rabbitmq-server >/dev/null; then
+        echo "rabbitmq-server is not installed: installing it with apt"
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server; }; then
+            echo "error: cannot install rabbitmq-server; install it or set STRATA_AMQP_URL" >&2
+            exit 1
+        fi
+    fi
+    if ! rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+        echo "RabbitMQ is not running: starting it (rabbitmq-server -detached)"
+        rabbitmq-server -detached
+        if ! timeout 120 rabbitmqctl -q await_startup; then
+            echo "error: RabbitMQ did not start within 120 s; see /var/log/rabbitmq/" >&2
+            exit 1
+        fi
+    fi
+    echo "RabbitMQ: running"
+}
+
+step "services"
+ensure_rabbitmq
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -36,7 +67,12 @@ venv="$("$root/scripts/python-env.sh")"
 cargo build --workspace --locked   # same features as the test build: no rebuild
 synthetic="$(mktemp -d)"
 medallion="$(mktemp -d)"
-trap 'rm -rf "$synthetic" "$medallion"' EXIT
+s3_server_pid=""
+cleanup() {
+    [[ -n "$s3_server_pid" ]] && kill "$s3_server_pid" 2>/dev/null
+    rm -rf "$synthetic" "$medallion"
+}
+trap cleanup EXIT
 "$venv/bin/python" benches/compile/generate_project.py --models 200 --tests 800 --out "$synthetic/project" >/dev/null
 "$venv/bin/python" tests/dbt_parity/check.py \
     --strata "$CARGO_TARGET_DIR/debug/strata" --dbt "$venv/bin/dbt" \
@@ -61,7 +97,34 @@ step "fixture projects vs DuckDB"
 for fixture in tests/fixtures/execution/*/; do
     name="$(basename "$fixture")"
     cp -r "$fixture" "$medallion/$name"
-    "$strata" build --project-dir "$medallion/$name" --threads 2
+    runs=("{}")
+    [[ -f "$fixture/runs" ]] && mapfile -t runs < "$fixture/runs"
+    for vars in "${runs[@]}"; do
+        "$strata" build --project-dir "$medallion/$name" --threads 2 --vars "$vars"
+    done
+    # DuckDB computes every model from scratch over all the data: compile without
+    # is_incremental() to get that SQL.
+    "$strata" compile --project-dir "$medallion/$name" --vars "${runs[-1]}" >/dev/null
     "$venv/bin/python" tests/reference/compare_duckdb.py \
         --project "$medallion/$name" --warehouse "$medallion/$name/warehouse"
 done
+
+step "s3:// warehouse and sources vs DuckDB"
+s3_port="$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+"$venv/bin/moto_server" -H 127.0.0.1 -p "$s3_port" > "$medallion/s3-server.log" 2>&1 &
+s3_server_pid=$!
+export AWS_ENDPOINT_URL="http://127.0.0.1:$s3_port" AWS_REGION=us-east-1
+export AWS_ACCESS_KEY_ID=strata-test AWS_SECRET_ACCESS_KEY=strata-test
+if ! "$venv/bin/python" tests/reference/s3_fill.py --bucket strata-test \
+        --upload "$medallion/project/data" --prefix raw; then
+    echo "error: the S3 server (moto) did not start; its log:" >&2
+    cat "$medallion/s3-server.log" >&2
+    exit 1
+fi
+s3_vars='{raw_data_dir: "s3://strata-test/raw"}'
+"$strata" debug --project-dir "$medallion/project" --warehouse s3://strata-test/lake --vars "$s3_vars"
+"$strata" build --project-dir "$medallion/project" --threads 2 \
+    --warehouse s3://strata-test/lake --vars "$s3_vars"
+"$venv/bin/python" tests/reference/compare_duckdb.py --project "$medallion/project" \
+    --warehouse s3://strata-test/lake --mirror "s3://strata-test/raw=$medallion/project/data"
+

@@ -120,6 +120,26 @@ pub struct Delivery<S: Settler> {
 }
 
 impl<S: Settler> Delivery<S> {
+    /// A delivery of `message` from `queue`, settled through `settler` by `tag` (for queue
+    /// implementations).
+    pub fn new(
+        message: Message,
+        redelivered: bool,
+        delivery_count: u32,
+        queue: &str,
+        tag: u64,
+        settler: Arc<S>,
+    ) -> Self {
+        Self {
+            message,
+            redelivered,
+            delivery_count,
+            queue: queue.to_string(),
+            tag,
+            settler,
+        }
+    }
+
     /// Marks the message processed.
     ///
     /// # Errors
@@ -498,6 +518,74 @@ pub mod conformance {
         retry_after_delays_and_counts_attempts(queue, &format!("{name}.retry")).await;
         dead_letters_carry_their_reason(queue, &format!("{name}.dead")).await;
         competing_consumers_share_without_duplicates(queue, &format!("{name}.share")).await;
+        poison_messages_are_dead_lettered(queue, &format!("{name}.poison")).await;
+    }
+
+    /// The queues [`run_all`] uses, for implementations that clean up after it.
+    pub fn queue_names(name: &str) -> Vec<String> {
+        [
+            "ack",
+            "prefetch",
+            "redeliver",
+            "retry",
+            "dead",
+            "share",
+            "poison",
+        ]
+        .iter()
+        .map(|check| format!("{name}.{check}"))
+        .collect()
+    }
+
+    /// Waits for the dead letter that came from queue `origin`, handing back the others.
+    async fn dead_letter_from<Q: JobQueue>(
+        queue: &Q,
+        origin: &str,
+    ) -> super::Delivery<<Q::Consumer as Consumer>::Settler> {
+        let mut dead = queue.consume(DEAD_LETTER_QUEUE, 10).await.unwrap();
+        loop {
+            let delivery = next(&mut dead).await;
+            if delivery
+                .message
+                .headers
+                .get(ORIGIN_HEADER)
+                .map(String::as_str)
+                == Some(origin)
+            {
+                return delivery;
+            }
+            // Another check's dead letter on the shared queue: leave it for its owner.
+            delivery
+                .retry_after(Duration::from_millis(0))
+                .await
+                .unwrap();
+        }
+    }
+
+    /// A message whose consumers all go away without settling it is delivered
+    /// [`DELIVERY_LIMIT`](super::DELIVERY_LIMIT) times, then dead-lettered with a reason.
+    pub async fn poison_messages_are_dead_lettered<Q: JobQueue>(queue: &Q, name: &str) {
+        queue
+            .publish(name, Message::new(b"crash".to_vec()))
+            .await
+            .unwrap();
+        for _ in 0..super::DELIVERY_LIMIT {
+            let mut consumer = queue.consume(name, 1).await.unwrap();
+            let delivery = next(&mut consumer).await;
+            assert_eq!(delivery.message.body, b"crash");
+            drop(delivery);
+            drop(consumer);
+        }
+        let mut consumer = queue.consume(name, 1).await.unwrap();
+        assert!(
+            nothing_within(&mut consumer, Duration::from_millis(500)).await,
+            "the poison message must not be delivered again"
+        );
+        let delivery = dead_letter_from(queue, name).await;
+        assert_eq!(delivery.message.body, b"crash");
+        let reason = &delivery.message.headers[REASON_HEADER];
+        assert!(reason.contains("without being settled"), "{reason}");
+        delivery.ack().await.unwrap();
     }
 
     /// A published message arrives once, with its headers, and is gone after `ack`.
@@ -616,35 +704,17 @@ pub mod conformance {
             .dead_letter("malformed task: invalid wire type")
             .await
             .unwrap();
-        let mut dead = queue.consume(DEAD_LETTER_QUEUE, 10).await.unwrap();
-        loop {
-            let delivery = next(&mut dead).await;
-            if delivery
+        let delivery = dead_letter_from(queue, name).await;
+        assert_eq!(delivery.message.body, b"garbage");
+        assert_eq!(
+            delivery
                 .message
                 .headers
-                .get(ORIGIN_HEADER)
-                .map(String::as_str)
-                != Some(name)
-            {
-                // Another test's dead letter on the shared queue: leave it for its owner.
-                delivery
-                    .retry_after(Duration::from_millis(0))
-                    .await
-                    .unwrap();
-                continue;
-            }
-            assert_eq!(delivery.message.body, b"garbage");
-            assert_eq!(
-                delivery
-                    .message
-                    .headers
-                    .get(REASON_HEADER)
-                    .map(String::as_str),
-                Some("malformed task: invalid wire type")
-            );
-            delivery.ack().await.unwrap();
-            break;
-        }
+                .get(REASON_HEADER)
+                .map(String::as_str),
+            Some("malformed task: invalid wire type")
+        );
+        delivery.ack().await.unwrap();
     }
 
     /// Two consumers on one queue get every message exactly once between them.
@@ -690,28 +760,5 @@ mod tests {
     #[tokio::test]
     async fn memory_queue_conforms() {
         conformance::run_all(&MemoryQueue::new(), "conformance").await;
-    }
-
-    #[tokio::test]
-    async fn poison_messages_end_in_the_dead_letter_queue() {
-        let queue = MemoryQueue::new();
-        queue
-            .publish("poison", Message::new(b"crash".to_vec()))
-            .await
-            .unwrap();
-        for _ in 0..DELIVERY_LIMIT {
-            let mut consumer = queue.consume("poison", 1).await.unwrap();
-            let delivery = consumer.next().await.unwrap().unwrap();
-            drop(delivery);
-        }
-        let mut dead = queue.consume(DEAD_LETTER_QUEUE, 1).await.unwrap();
-        let mut consumer = queue.consume("poison", 1).await.unwrap();
-        let waited = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await;
-        assert!(
-            waited.is_err(),
-            "the poison message must not be delivered again"
-        );
-        let delivery = dead.next().await.unwrap().unwrap();
-        assert!(delivery.message.headers[REASON_HEADER].contains("without being settled"));
     }
 }

@@ -397,7 +397,7 @@ mod tests {
         let all = list_files(&root.display().to_string()).await.unwrap();
         assert_eq!(all.len(), 3, "{all:?}");
         let one = format!("{}/c.csv", root.display());
-        assert_eq!(list_files(&one).await.unwrap(), [one.clone()]);
+        assert_eq!(list_files(&one).await.unwrap(), vec![one]);
         let missing = format!("{}/none.csv", root.display());
         assert!(list_files(&missing).await.unwrap().is_empty());
     }
