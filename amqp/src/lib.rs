@@ -350,6 +350,10 @@ impl JobQueue for AmqpQueue {
         Ok(consumer)
     }
 
+    async fn delete(&self, queue: &str) -> QueueResult<()> {
+        self.delete_queues(&[queue]).await
+    }
+
     async fn depth(&self, queue: &str) -> QueueResult<usize> {
         let link = self.link().await?;
         declare(&link.publisher, queue).await?;

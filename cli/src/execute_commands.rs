@@ -1,6 +1,7 @@
-//! `strata run`, `strata build`, `strata seed`, `strata test`: execute a compiled project in
-//! embedded mode — the coordinator and in-process workers over the in-memory job queue, the
-//! same code as the distributed mode — and print progress and a summary like dbt's.
+//! `strata run`, `strata build`, `strata seed`, `strata test`: execute a compiled project and
+//! print progress and a summary like dbt's. In embedded mode the coordinator and an in-process
+//! worker talk over the in-memory job queue; with `--cluster amqp://…` this process is the
+//! coordinator and `strata worker` processes anywhere do the work — the same code either way.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use strata_amqp::AmqpQueue;
 use strata_coordinator::{Coordinator, NodeStatus, RunEvent, RunRecord, RunRequest, Warehouse};
 use strata_core::manifest::ResourceType;
 use strata_core::queue::MemoryQueue;
@@ -35,7 +37,15 @@ pub struct ExecuteArgs {
     /// Stop starting nodes after the first failure.
     #[arg(long, short = 'x')]
     pub(crate) fail_fast: bool,
-    /// Memory limit of each task's DataFusion memory pool, in MiB.
+    /// Run on a cluster: the RabbitMQ broker `strata worker` processes serve (such as
+    /// amqp://guest:guest@127.0.0.1:5672/%2f); without it, everything runs in this process.
+    #[arg(long, value_name = "AMQP_URL")]
+    pub(crate) cluster: Option<String>,
+    /// The queue the cluster's workers take tasks from (their `--task-queue`).
+    #[arg(long, default_value = strata_core::queue::TASK_QUEUE, value_name = "NAME")]
+    pub(crate) task_queue: String,
+    /// Memory limit of each task's DataFusion memory pool, in MiB (embedded mode; cluster
+    /// workers have their own).
     #[arg(long, default_value_t = 4096, value_name = "MIB")]
     pub(crate) memory_limit_mib: usize,
     /// Rebuild incremental models from scratch (except those with `full_refresh: false`).
@@ -146,31 +156,48 @@ pub(crate) fn execute(
         )?;
     }
     let stdout = &mut out.stdout;
-    let record = runtime.block_on(async {
-        let queue = Arc::new(MemoryQueue::new());
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let worker = tokio::spawn(strata_worker::serve(
-            queue.clone(),
-            WorkerConfig {
-                worker_id: String::from("embedded-0"),
-                slots: request.threads,
-                execution,
-            },
-            stopped,
-        ));
-        let coordinator = Coordinator::new(queue.clone());
-        let record = coordinator
-            .run(&request, &run_id, |event| {
-                if text {
-                    let _ = progress(stdout, &event);
-                }
-            })
-            .await;
-        let _ = stop.send(true);
-        queue.close();
-        let _ = worker.await;
-        record
-    })?;
+    let on_event = |event: RunEvent| {
+        if text {
+            let _ = progress(stdout, &event);
+        }
+    };
+    let record = match &args.cluster {
+        Some(url) => runtime.block_on(async {
+            let queue = Arc::new(
+                AmqpQueue::connect(url)
+                    .await
+                    .context("cannot reach the cluster's broker")?,
+            );
+            let record = Coordinator::new(queue.clone())
+                .with_task_queue(&args.task_queue)
+                .run(&request, &run_id, on_event)
+                .await;
+            queue.close().await;
+            anyhow::Ok(record?)
+        })?,
+        None => runtime.block_on(async {
+            let queue = Arc::new(MemoryQueue::new());
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let worker = tokio::spawn(strata_worker::serve(
+                queue.clone(),
+                WorkerConfig {
+                    worker_id: String::from("embedded-0"),
+                    slots: request.threads,
+                    task_queue: args.task_queue.clone(),
+                    execution,
+                },
+                stopped,
+            ));
+            let record = Coordinator::new(queue.clone())
+                .with_task_queue(&args.task_queue)
+                .run(&request, &run_id, on_event)
+                .await;
+            let _ = stop.send(true);
+            queue.close();
+            let _ = worker.await;
+            anyhow::Ok(record?)
+        })?,
+    };
     runtime.block_on(save_record(&record, &project_dir, &warehouse))?;
     if text {
         summary(out.stdout, &record)?;

@@ -9,6 +9,7 @@ mod execute_commands;
 mod inspect_commands;
 mod project_commands;
 pub mod sample_data;
+mod worker_command;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ pub enum Command {
     Debug(inspect_commands::DebugArgs),
     /// Writes deterministic, deliberately messy raw data for examples/medallion.
     GenerateSampleData(sample_data::SampleDataArgs),
+    /// Serves tasks from RabbitMQ as a worker of the distributed mode, until SIGTERM drains it.
+    Worker(worker_command::WorkerArgs),
 }
 
 /// Options shared by every command that reads a project.
@@ -184,6 +187,7 @@ pub fn execute(cli: Cli, env: &BTreeMap<String, String>) -> anyhow::Result<ExitC
         }
         Command::Show(args) => inspect_commands::show(&args, env, &mut out),
         Command::Debug(args) => inspect_commands::debug(&args, env, &mut out),
+        Command::Worker(args) => worker_command::worker(&args, env, &mut out),
         Command::GenerateSampleData(args) => {
             let summary = sample_data::generate(&args)?;
             writeln!(out.stdout, "{summary}")?;

@@ -109,6 +109,8 @@ pub struct NodeResult {
     pub error: Option<String>,
     /// Peak memory of the node's tasks in their memory pools.
     pub peak_memory_bytes: i64,
+    /// The workers that ran the node's tasks.
+    pub workers: Vec<String>,
 }
 
 /// The record of a run, saved as JSON under `target/` and in the warehouse.
@@ -167,6 +169,8 @@ struct PendingNode {
     tasks: usize,
     results: Vec<TaskResult>,
     attempts: u32,
+    /// The workers that reported results for the node's tasks.
+    workers: BTreeSet<String>,
 }
 
 /// Combines the results of a node's tasks: all their files, summed counts.
@@ -194,15 +198,26 @@ fn merge_results(results: Vec<TaskResult>) -> Result<TaskResult, String> {
     Ok(merged)
 }
 
-/// Executes a run over a job queue on which workers consume [`TASK_QUEUE`].
+/// Executes a run over a job queue on which workers consume [`TASK_QUEUE`] (or the queue set
+/// with [`Coordinator::with_task_queue`]); results come back on a queue of the run's own.
 pub struct Coordinator<Q: JobQueue> {
     queue: Arc<Q>,
+    task_queue: String,
 }
 
 impl<Q: JobQueue> Coordinator<Q> {
     /// A coordinator publishing on `queue`.
     pub fn new(queue: Arc<Q>) -> Self {
-        Self { queue }
+        Self {
+            queue,
+            task_queue: TASK_QUEUE.to_string(),
+        }
+    }
+
+    /// Publishes tasks on `task_queue` instead of [`TASK_QUEUE`] (a pool of workers of its own).
+    pub fn with_task_queue(mut self, task_queue: &str) -> Self {
+        self.task_queue = task_queue.to_string();
+        self
     }
 
     /// Runs the request to the end and returns its record. Node failures are in the record;
@@ -238,7 +253,8 @@ impl<Q: JobQueue> Coordinator<Q> {
         let mut versions: HashMap<String, i64> = HashMap::new();
         let mut running: BTreeMap<String, InFlight> = BTreeMap::new();
         let mut pending: BTreeMap<String, PendingNode> = BTreeMap::new();
-        let mut consumer = self.queue.consume(RESULT_QUEUE, 64).await?;
+        let reply_to = format!("{RESULT_QUEUE}.{run_id}");
+        let mut consumer = self.queue.consume(&reply_to, 64).await?;
         let mut stopped = false;
         let mut task_counter = 0u64;
 
@@ -290,6 +306,7 @@ impl<Q: JobQueue> Coordinator<Q> {
                                 tasks: tasks.len(),
                                 results: Vec::new(),
                                 attempts: 0,
+                                workers: BTreeSet::new(),
                             },
                         );
                         for task in tasks {
@@ -334,6 +351,9 @@ impl<Q: JobQueue> Coordinator<Q> {
                 continue;
             };
             delivery.ack().await?;
+            if result.run_id != run_id {
+                continue; // not this run's (a misrouted or replayed result)
+            }
             let Some(flight) = running.get(&result.task_id) else {
                 continue;
             };
@@ -356,12 +376,12 @@ impl<Q: JobQueue> Coordinator<Q> {
                     if let Some(flight) = running.get_mut(&result.task_id) {
                         flight.attempt = attempt;
                     }
-                    let queue = self.queue.clone();
+                    let (queue, task_queue) = (self.queue.clone(), self.task_queue.clone());
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
                         let message = Message::new(task.encode_to_vec())
                             .with_header(ATTEMPT_HEADER, attempt.to_string());
-                        let _ = queue.publish(TASK_QUEUE, message).await;
+                        let _ = queue.publish(&task_queue, message).await;
                     });
                     continue;
                 }
@@ -373,6 +393,9 @@ impl<Q: JobQueue> Coordinator<Q> {
                 continue;
             };
             progress.attempts = progress.attempts.max(flight.attempt);
+            if !result.worker_id.is_empty() {
+                progress.workers.insert(result.worker_id.clone());
+            }
             let (result, class) = if class == FailureClass::Unspecified {
                 progress.results.push(result);
                 if progress.results.len() < progress.tasks {
@@ -413,6 +436,9 @@ impl<Q: JobQueue> Coordinator<Q> {
             }
             finish(&mut results, &mut order, node_result, total, &mut on_event);
         }
+        drop(consumer);
+        // Late duplicates may still arrive there; nobody reads them once the run is over.
+        let _ = self.queue.delete(&reply_to).await;
         let nodes: Vec<NodeResult> = order.iter().filter_map(|id| results.remove(id)).collect();
         let success = nodes
             .iter()
@@ -428,7 +454,7 @@ impl<Q: JobQueue> Coordinator<Q> {
     async fn publish(&self, task: &Task, attempt: u32) -> Result<(), RunError> {
         let message =
             Message::new(task.encode_to_vec()).with_header(ATTEMPT_HEADER, attempt.to_string());
-        self.queue.publish(TASK_QUEUE, message).await?;
+        self.queue.publish(&self.task_queue, message).await?;
         Ok(())
     }
 
@@ -458,6 +484,7 @@ impl<Q: JobQueue> Coordinator<Q> {
             relation: node.relation_name.clone(),
             error: None,
             peak_memory_bytes: result.peak_memory_bytes,
+            workers: progress.workers.iter().cloned().collect(),
         };
         if class != FailureClass::Unspecified {
             record.status = if node.resource_type == ResourceType::Test {
@@ -643,6 +670,7 @@ impl<Q: JobQueue> Coordinator<Q> {
             inputs,
             output,
             incremental,
+            reply_to: format!("{RESULT_QUEUE}.{run_id}"),
         })
     }
 }
@@ -850,6 +878,7 @@ fn skipped(node: &Node, reason: String) -> NodeResult {
         relation: node.relation_name.clone(),
         error: Some(reason),
         peak_memory_bytes: 0,
+        workers: Vec::new(),
     }
 }
 

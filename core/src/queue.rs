@@ -220,6 +220,12 @@ pub trait JobQueue: Send + Sync + 'static {
         prefetch: usize,
     ) -> impl Future<Output = QueueResult<Self::Consumer>> + Send;
 
+    /// Deletes a queue and what it holds (a run's own result queue, once the run is over).
+    ///
+    /// # Errors
+    /// Returns an error when the broker cannot be reached.
+    fn delete(&self, queue: &str) -> impl Future<Output = QueueResult<()>> + Send;
+
     /// Returns the number of messages ready for delivery (not in flight).
     ///
     /// # Errors
@@ -479,6 +485,11 @@ impl JobQueue for MemoryQueue {
         })
     }
 
+    async fn delete(&self, queue: &str) -> QueueResult<()> {
+        self.lock().queues.remove(queue);
+        Ok(())
+    }
+
     async fn depth(&self, queue: &str) -> QueueResult<usize> {
         Ok(self.lock().queues.get(queue).map_or(0, |q| q.ready.len()))
     }
@@ -519,6 +530,19 @@ pub mod conformance {
         dead_letters_carry_their_reason(queue, &format!("{name}.dead")).await;
         competing_consumers_share_without_duplicates(queue, &format!("{name}.share")).await;
         poison_messages_are_dead_lettered(queue, &format!("{name}.poison")).await;
+        delete_removes_messages(queue, &format!("{name}.delete")).await;
+    }
+
+    /// A deleted queue is gone with its messages; using the name again starts empty.
+    pub async fn delete_removes_messages<Q: JobQueue>(queue: &Q, name: &str) {
+        queue
+            .publish(name, Message::new(b"old".to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(queue.depth(name).await.unwrap(), 1);
+        queue.delete(name).await.unwrap();
+        assert_eq!(queue.depth(name).await.unwrap(), 0);
+        queue.delete(name).await.unwrap();
     }
 
     /// The queues [`run_all`] uses, for implementations that clean up after it.
@@ -531,6 +555,7 @@ pub mod conformance {
             "dead",
             "share",
             "poison",
+            "delete",
         ]
         .iter()
         .map(|check| format!("{name}.{check}"))

@@ -5,9 +5,7 @@
 use std::sync::Arc;
 
 use prost::Message as _;
-use strata_core::queue::{
-    Consumer, Delivery, JobQueue, Message, RESULT_QUEUE, Settler, TASK_QUEUE,
-};
+use strata_core::queue::{Consumer, Delivery, JobQueue, Message, RESULT_QUEUE, Settler};
 use strata_proto::v1::Task;
 use tokio::sync::{Semaphore, watch};
 
@@ -20,6 +18,8 @@ pub struct WorkerConfig {
     pub worker_id: String,
     /// Tasks run at the same time.
     pub slots: usize,
+    /// The queue tasks come from ([`TASK_QUEUE`](strata_core::queue::TASK_QUEUE) unless a pool of workers has its own).
+    pub task_queue: String,
     /// The execution engine's settings.
     pub execution: ExecutionConfig,
 }
@@ -34,7 +34,9 @@ pub async fn serve<Q: JobQueue>(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), strata_core::queue::QueueError> {
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
-    let mut consumer = queue.consume(TASK_QUEUE, config.slots.max(1)).await?;
+    let mut consumer = queue
+        .consume(&config.task_queue, config.slots.max(1))
+        .await?;
     let mut running = tokio::task::JoinSet::new();
     loop {
         let delivery = tokio::select! {
@@ -78,7 +80,12 @@ async fn handle<Q: JobQueue, S: Settler>(queue: &Q, config: &WorkerConfig, deliv
         message = message.with_header(name, value.clone());
     }
     // Ack only after the result is safe on the queue; otherwise the task comes back.
-    if queue.publish(RESULT_QUEUE, message).await.is_ok() {
+    let reply_to = if task.reply_to.is_empty() {
+        RESULT_QUEUE
+    } else {
+        task.reply_to.as_str()
+    };
+    if queue.publish(reply_to, message).await.is_ok() {
         let _ = delivery.ack().await;
     }
 }
