@@ -30,6 +30,7 @@ mod tests {
                 partition_by: vec![String::from("event_date")],
             }),
             incremental: None,
+            reply_to: String::from("strata.results.run-1"),
         };
         let bytes = task.encode_to_vec();
         assert_eq!(Task::decode(bytes.as_slice()).unwrap(), task);

@@ -18,7 +18,8 @@ pub struct WorkerConfig {
     pub worker_id: String,
     /// Tasks run at the same time.
     pub slots: usize,
-    /// The queue tasks come from ([`TASK_QUEUE`](strata_core::queue::TASK_QUEUE) unless a pool of workers has its own).
+    /// The queue tasks come from ([`TASK_QUEUE`](strata_core::queue::TASK_QUEUE) unless a
+    /// pool of workers has its own).
     pub task_queue: String,
     /// The execution engine's settings.
     pub execution: ExecutionConfig,
