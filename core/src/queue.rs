@@ -105,7 +105,8 @@ pub trait Settler: Send + Sync {
 }
 
 /// A message handed to a consumer. Dropping it unsettled makes it available again once its
-/// consumer is gone.
+/// consumer is gone. Settle it before dropping its consumer: with a broker, settling goes
+/// through the consumer's channel, which closes with the consumer.
 #[derive(Debug)]
 pub struct Delivery<S: Settler> {
     /// The message.
@@ -562,14 +563,15 @@ pub mod conformance {
         .collect()
     }
 
-    /// Waits for the dead letter that came from queue `origin`, handing back the others.
-    async fn dead_letter_from<Q: JobQueue>(
-        queue: &Q,
+    /// Waits on `dead` (a consumer of the dead-letter queue) for the dead letter that came from
+    /// queue `origin`, handing back the others. The consumer must outlive the delivery: a
+    /// delivery is settled through its consumer's channel.
+    async fn dead_letter_from<C: Consumer>(
+        dead: &mut C,
         origin: &str,
-    ) -> super::Delivery<<Q::Consumer as Consumer>::Settler> {
-        let mut dead = queue.consume(DEAD_LETTER_QUEUE, 10).await.unwrap();
+    ) -> super::Delivery<C::Settler> {
         loop {
-            let delivery = next(&mut dead).await;
+            let delivery = next(dead).await;
             if delivery
                 .message
                 .headers
@@ -606,7 +608,8 @@ pub mod conformance {
             nothing_within(&mut consumer, Duration::from_millis(500)).await,
             "the poison message must not be delivered again"
         );
-        let delivery = dead_letter_from(queue, name).await;
+        let mut dead = queue.consume(DEAD_LETTER_QUEUE, 10).await.unwrap();
+        let delivery = dead_letter_from(&mut dead, name).await;
         assert_eq!(delivery.message.body, b"crash");
         let reason = &delivery.message.headers[REASON_HEADER];
         assert!(reason.contains("without being settled"), "{reason}");
@@ -729,7 +732,8 @@ pub mod conformance {
             .dead_letter("malformed task: invalid wire type")
             .await
             .unwrap();
-        let delivery = dead_letter_from(queue, name).await;
+        let mut dead = queue.consume(DEAD_LETTER_QUEUE, 10).await.unwrap();
+        let delivery = dead_letter_from(&mut dead, name).await;
         assert_eq!(delivery.message.body, b"garbage");
         assert_eq!(
             delivery
