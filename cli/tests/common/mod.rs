@@ -1,0 +1,235 @@
+//! Helpers of the distributed-mode tests: `strata` processes (workers, coordinators), the
+//! medallion project on generated data, and table comparison through delta-rs.
+#![allow(dead_code)] // each test binary uses its own share of these
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::prelude::SessionContext;
+
+pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
+
+pub fn broker_url() -> String {
+    std::env::var("STRATA_AMQP_URL")
+        .unwrap_or_else(|_| String::from("amqp://guest:guest@127.0.0.1:5672/%2f"))
+}
+
+/// Worker processes, killed when the test ends however it ends.
+pub struct Workers(pub Vec<Child>);
+
+impl Workers {
+    pub fn start(count: usize, prefix: &str, queue: &str) -> Workers {
+        Workers(
+            (0..count)
+                .map(|index| {
+                    Command::new(STRATA)
+                        .args(["worker", "--slots", "2", "--memory-limit-mib", "1024"])
+                        .args(["--worker-id", &format!("{prefix}-{index}")])
+                        .args(["--amqp-url", &broker_url(), "--task-queue", queue])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::inherit())
+                        .spawn()
+                        .expect("strata worker starts")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn strata(args: &[&str]) -> std::process::Output {
+    Command::new(STRATA)
+        .args(args)
+        .output()
+        .expect("strata runs")
+}
+
+pub fn medallion(dir: &Path, events: &str) -> PathBuf {
+    let project = dir.join("medallion");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/medallion");
+    copy_project(&source, &project);
+    let data = project.join("data");
+    let output = strata(&[
+        "generate-sample-data",
+        "--events",
+        events,
+        "--batches",
+        "3",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    project
+}
+
+pub fn copy_project(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let name = entry.file_name();
+        if ["target", "data", "warehouse"]
+            .iter()
+            .any(|skip| name == *skip)
+        {
+            continue;
+        }
+        if entry.path().is_dir() {
+            copy_project(&entry.path(), &to.join(&name));
+        } else {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// Starts `strata build` with the run record as JSON on standard output.
+pub fn start_build(project: &Path, warehouse: &Path, cluster: Option<&str>) -> Child {
+    let mut args = vec![
+        "build",
+        "--project-dir",
+        project.to_str().unwrap(),
+        "--warehouse",
+        warehouse.to_str().unwrap(),
+        "--threads",
+        "4",
+        "--output",
+        "json",
+    ];
+    let url = broker_url();
+    if let Some(queue) = cluster {
+        args.extend(["--cluster", &url, "--task-queue", queue]);
+    }
+    Command::new(STRATA)
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strata build starts")
+}
+
+/// Waits for a build started with [`start_build`]; it must succeed. Returns its run record.
+pub fn finish_build(build: Child) -> serde_json::Value {
+    let output = build.wait_with_output().expect("strata build runs");
+    let record: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&output.stderr)));
+    assert!(output.status.success(), "{record:#}");
+    record
+}
+
+/// Every row of a Delta table as text, sorted; `_ingested_at` (the moment of the run) is left out.
+pub async fn rows(table_uri: &Path) -> Vec<String> {
+    let url = url::Url::from_directory_path(table_uri).unwrap();
+    let table = deltalake::DeltaTableBuilder::from_url(url)
+        .unwrap()
+        .load()
+        .await
+        .unwrap();
+    let ctx = SessionContext::new();
+    ctx.register_table("t", table.table_provider().await.unwrap())
+        .unwrap();
+    let batches = ctx
+        .sql("select * from t")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut rows = Vec::new();
+    for batch in &batches {
+        let columns: Vec<(usize, ArrayFormatter)> = batch
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, field)| field.name() != "_ingested_at")
+            .map(|(index, _)| {
+                (
+                    index,
+                    ArrayFormatter::try_new(
+                        batch.column(index).as_ref(),
+                        &FormatOptions::default(),
+                    )
+                    .unwrap(),
+                )
+            })
+            .collect();
+        for row in 0..batch.num_rows() {
+            let values: Vec<String> = columns
+                .iter()
+                .map(|(_, formatter)| formatter.value(row).to_string())
+                .collect();
+            rows.push(values.join("|"));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+pub fn tables(warehouse: &Path) -> Vec<PathBuf> {
+    let mut tables = Vec::new();
+    for schema in std::fs::read_dir(warehouse).unwrap().flatten() {
+        if schema.file_name().to_string_lossy().starts_with('_') {
+            continue;
+        }
+        for table in std::fs::read_dir(schema.path()).unwrap().flatten() {
+            tables.push(table.path());
+        }
+    }
+    tables.sort();
+    tables
+}
+
+pub async fn assert_same_tables(expected: &Path, actual: &Path) {
+    let expected_tables = tables(expected);
+    assert_eq!(expected_tables.len(), 8, "{expected_tables:?}");
+    for table in expected_tables {
+        let relative = table.strip_prefix(expected).unwrap();
+        let (want, got) = (rows(&table).await, rows(&actual.join(relative)).await);
+        assert_eq!(want.len(), got.len(), "{} row count", relative.display());
+        assert!(want == got, "{} differs", relative.display());
+    }
+}
+
+pub fn workers_used(record: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    record["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|node| node["workers"].as_array().cloned().unwrap_or_default())
+        .filter_map(|worker| worker.as_str().map(str::to_string))
+        .collect()
+}
+
+pub fn unique_queue(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("strata-test.{name}.{}.{nanos}", std::process::id())
+}
+
+/// Runs `strata build` to the end; it must succeed. Returns its run record.
+pub fn build(project: &Path, warehouse: &Path, cluster: Option<&str>) -> serde_json::Value {
+    finish_build(start_build(project, warehouse, cluster))
+}
+
+/// Waits until `path` exists (a table committed: the run is under way), at most a minute.
+pub fn wait_for(path: &Path) {
+    let started = Instant::now();
+    while !path.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} did not appear",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
