@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+mod bench_command;
 mod execute_commands;
 mod inspect_commands;
 mod project_commands;
@@ -51,6 +52,8 @@ pub enum Command {
     GenerateSampleData(sample_data::SampleDataArgs),
     /// Serves tasks from RabbitMQ as a worker of the distributed mode, until SIGTERM drains it.
     Worker(worker_command::WorkerArgs),
+    /// Benchmarks of Strata's own machinery (`strata bench dispatch`).
+    Bench(bench_command::BenchArgs),
 }
 
 /// Options shared by every command that reads a project.
@@ -188,6 +191,7 @@ pub fn execute(cli: Cli, env: &BTreeMap<String, String>) -> anyhow::Result<ExitC
         Command::Show(args) => inspect_commands::show(&args, env, &mut out),
         Command::Debug(args) => inspect_commands::debug(&args, env, &mut out),
         Command::Worker(args) => worker_command::worker(&args, env, &mut out),
+        Command::Bench(args) => bench_command::bench(&args, env, &mut out),
         Command::GenerateSampleData(args) => {
             let summary = sample_data::generate(&args)?;
             writeln!(out.stdout, "{summary}")?;

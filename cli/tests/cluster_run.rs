@@ -154,7 +154,10 @@ async fn seeded_kill_trials_never_lose_or_duplicate_rows() {
         victim.kill().unwrap();
         victim.wait().unwrap();
         let record = finish_build(running);
-        assert_eq!(record["success"], true, "trial {trial} (kill after {delay:?})");
+        assert_eq!(
+            record["success"], true,
+            "trial {trial} (kill after {delay:?})"
+        );
         assert_same_tables(&embedded, &clustered).await;
     }
 }

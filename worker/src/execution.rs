@@ -329,6 +329,9 @@ pub async fn run_task(
         ..TaskResult::default()
     };
     let peak = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    if task.kind == TaskKind::Noop as i32 {
+        return result;
+    }
     match execute(config, task, &mut result, &peak).await {
         Ok(()) => {}
         Err(err) => {
@@ -472,6 +475,7 @@ async fn execute(
             }
             Ok(())
         }
+        TaskKind::Noop => Ok(()),
         TaskKind::Unspecified => Err(TaskError::internal("a task of unknown kind")),
     }
 }
