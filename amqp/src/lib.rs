@@ -346,8 +346,23 @@ impl JobQueue for AmqpQueue {
             prefetch: u16::try_from(prefetch.max(1)).unwrap_or(u16::MAX),
             current: None,
         };
-        consumer.subscribe().await?;
-        Ok(consumer)
+        // The broker may refuse for a moment (restarting, a queue leader moving): keep trying
+        // for a while before giving up.
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match consumer.subscribe().await {
+                Ok(()) => return Ok(consumer),
+                Err(err @ QueueError::Closed { .. }) => return Err(err),
+                Err(err) if started.elapsed() >= PUBLISH_PATIENCE => return Err(err),
+                Err(err) => {
+                    tracing::warn!(queue, %err, "cannot consume yet; retrying");
+                    self.drop_link().await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
     }
 
     async fn delete(&self, queue: &str) -> QueueResult<()> {

@@ -41,6 +41,10 @@ pub struct ExecuteArgs {
     /// amqp://guest:guest@127.0.0.1:5672/%2f); without it, everything runs in this process.
     #[arg(long, value_name = "AMQP_URL")]
     pub(crate) cluster: Option<String>,
+    /// Partitions of the shuffles between cluster workers (map tasks read the input in this
+    /// many parts; as many reduce tasks write the table). 1 turns shuffles off.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub(crate) shuffle_partitions: usize,
     /// The queue the cluster's workers take tasks from (their `--task-queue`).
     #[arg(long, default_value = strata_core::queue::TASK_QUEUE, value_name = "NAME")]
     pub(crate) task_queue: String,
@@ -140,6 +144,11 @@ pub(crate) fn execute(
         retries: 2,
         retry_backoff: Duration::from_millis(500),
         incremental_models: incremental_ids,
+        shuffle_partitions: if args.cluster.is_some() {
+            args.shuffle_partitions
+        } else {
+            0
+        },
     };
     let execution = ExecutionConfig {
         memory_limit_bytes: args.memory_limit_mib.max(64) << 20,

@@ -57,6 +57,7 @@ fn request_for(
         retries: 0,
         retry_backoff: std::time::Duration::ZERO,
         incremental_models: Default::default(),
+        shuffle_partitions: 0,
     }
 }
 

@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
 use strata_amqp::AmqpQueue;
-use strata_worker::{ExecutionConfig, WorkerConfig};
+use strata_worker::{ExecutionConfig, ShuffleService, WorkerConfig};
 
 use crate::project_commands::Output;
 
@@ -44,12 +44,25 @@ pub struct WorkerArgs {
     /// Name in run records and logs (default: host name and process id).
     #[arg(long, value_name = "NAME")]
     worker_id: Option<String>,
+    /// Where the Flight server serving shuffle outputs listens (default 0.0.0.0:0, any port).
+    #[arg(long, value_name = "HOST:PORT")]
+    flight_listen: Option<String>,
+    /// The address other workers reach the Flight server at: a host, or host:port (default:
+    /// the host name and the port listened on).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    flight_advertise: Option<String>,
+    /// Folder for shuffle outputs (default: the system's temporary folder).
+    #[arg(long, value_name = "DIR")]
+    shuffle_dir: Option<PathBuf>,
 }
 
 /// The config file's settings, each optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WorkerFile {
+    flight_listen: Option<String>,
+    flight_advertise: Option<String>,
+    shuffle_dir: Option<PathBuf>,
     amqp_url: Option<String>,
     task_queue: Option<String>,
     slots: Option<usize>,
@@ -63,21 +76,23 @@ fn read_config(path: &std::path::Path) -> anyhow::Result<WorkerFile> {
         .with_context(|| format!("cannot read the worker config {}", path.display()))?;
     serde_saphyr::from_str(&text).with_context(|| {
         format!(
-            "invalid worker config {}: expected keys amqp_url, task_queue, slots, memory_limit_mib, spill_dir, worker_id",
+            "invalid worker config {}: expected keys amqp_url, task_queue, slots, memory_limit_mib, spill_dir, worker_id, flight_listen, flight_advertise, shuffle_dir",
             path.display()
         )
     })
 }
 
-fn default_worker_id(env: &BTreeMap<String, String>) -> String {
-    let host = env
-        .get("HOSTNAME")
+fn host_name(env: &BTreeMap<String, String>) -> String {
+    env.get("HOSTNAME")
         .cloned()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|host| host.trim().to_string())
         .filter(|host| !host.is_empty())
-        .unwrap_or_else(|| String::from("worker"));
-    format!("{host}-{}", std::process::id())
+        .unwrap_or_else(|| String::from("localhost"))
+}
+
+fn default_worker_id(env: &BTreeMap<String, String>) -> String {
+    format!("{}-{}", host_name(env), std::process::id())
 }
 
 pub(crate) fn worker(
@@ -105,12 +120,25 @@ pub(crate) fn worker(
         .or(file.memory_limit_mib)
         .unwrap_or(4096)
         .max(64);
-    let config = WorkerConfig {
-        worker_id: args
-            .worker_id
-            .clone()
-            .or(file.worker_id)
-            .unwrap_or_else(|| default_worker_id(env)),
+    let worker_id = args
+        .worker_id
+        .clone()
+        .or(file.worker_id)
+        .unwrap_or_else(|| default_worker_id(env));
+    let listen = args
+        .flight_listen
+        .clone()
+        .or(file.flight_listen)
+        .unwrap_or_else(|| String::from("0.0.0.0:0"));
+    let advertise = args.flight_advertise.clone().or(file.flight_advertise);
+    let shuffle_dir = args
+        .shuffle_dir
+        .clone()
+        .or(file.shuffle_dir)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("strata-shuffle-{}", std::process::id()));
+    let mut config = WorkerConfig {
+        worker_id,
         slots,
         task_queue: args
             .task_queue
@@ -133,9 +161,33 @@ pub(crate) fn worker(
                 .await
                 .context("cannot reach the broker")?,
         );
+        // The Flight server other workers fetch this worker's shuffle outputs from.
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("cannot listen for Flight on {listen}"))?;
+        let port = listener.local_addr()?.port();
+        let address = match advertise {
+            Some(advertise) if advertise.contains(':') => advertise,
+            Some(host) => format!("{host}:{port}"),
+            None => format!("{}:{port}", host_name(env)),
+        };
+        let store = Arc::new(strata_worker::shuffle::ShuffleStore::new(&shuffle_dir));
+        config.execution.shuffle = Some(ShuffleService {
+            store: store.clone(),
+            address: address.clone(),
+        });
+        let (flight_stop, flight_stopped) = tokio::sync::oneshot::channel::<()>();
+        let flight = tokio::spawn(
+            strata_worker::shuffle::ShuffleFlightService::new(store.clone()).serve(
+                listener,
+                async move {
+                    let _ = flight_stopped.await;
+                },
+            ),
+        );
         writeln!(
             out.stdout,
-            "worker {}: {} slots, {} MiB per task, taking tasks from {}",
+            "worker {}: {} slots, {} MiB per task, taking tasks from {}, shuffle outputs served at {address}",
             config.worker_id, config.slots, memory_limit_mib, config.task_queue
         )?;
         out.stdout.flush()?;
@@ -147,6 +199,9 @@ pub(crate) fn worker(
         strata_worker::serve(queue.clone(), config.clone(), stopped).await?;
         writeln!(out.stdout, "worker {}: drained, exiting", config.worker_id)?;
         queue.close().await;
+        let _ = flight_stop.send(());
+        let _ = flight.await;
+        let _ = std::fs::remove_dir_all(&shuffle_dir);
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

@@ -37,6 +37,37 @@ async fn three_workers_build_what_embedded_mode_builds() {
         used.iter().all(|worker| worker.starts_with("w-")),
         "{used:?}"
     );
+    // The dedup window of silver_events needs all rows of an event id together: a shuffle,
+    // with map and reduce tasks spread over the workers.
+    let silver = record["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|node| node["name"] == "silver_events")
+        .unwrap();
+    let stages = silver["stages"]
+        .as_array()
+        .expect("silver_events is shuffled");
+    let (map, reduce) = (&stages[0], &stages[stages.len() - 1]);
+    assert_eq!(
+        (map["kind"].as_str(), reduce["kind"].as_str()),
+        (Some("map"), Some("reduce"))
+    );
+    assert!(map["tasks"].as_u64().unwrap() >= 2, "{silver:#}");
+    assert!(reduce["tasks"].as_u64().unwrap() >= 2, "{silver:#}");
+    assert!(
+        map["bytes"].as_i64().unwrap() > 0,
+        "bytes moved over Flight: {silver:#}"
+    );
+    let workers: std::collections::BTreeSet<&str> = stages
+        .iter()
+        .flat_map(|stage| stage["workers"].as_array().unwrap())
+        .filter_map(|worker| worker.as_str())
+        .collect();
+    assert!(
+        workers.len() >= 2,
+        "stages on different workers: {silver:#}"
+    );
     assert_same_tables(&embedded, &clustered).await;
 }
 

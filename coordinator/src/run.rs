@@ -16,8 +16,8 @@ use strata_core::dag::Dag;
 use strata_core::manifest::{Manifest, Node, ResourceType};
 use strata_core::queue::{ATTEMPT_HEADER, Consumer, JobQueue, Message, RESULT_QUEUE, TASK_QUEUE};
 use strata_proto::v1::{
-    DeltaInput, FailureClass, FileFormat, FileInput, Incremental, Task, TaskInput, TaskKind,
-    TaskOutput, TaskResult, task_input,
+    DeltaInput, FailureClass, FileFormat, FileInput, Incremental, ShuffleLocation, Task, TaskInput,
+    TaskKind, TaskOutput, TaskResult, task_input,
 };
 
 use crate::commit;
@@ -47,6 +47,25 @@ pub struct RunRequest {
     /// Incremental models that fold new rows into their existing table (their table exists
     /// and this is not a full refresh); the others are built from scratch.
     pub incremental_models: BTreeSet<String>,
+    /// Partitions of a shuffle: a table model whose plan repartitions by hash runs as map and
+    /// reduce tasks over this many partitions, exchanging data over Flight. 0 or 1: no
+    /// shuffles (embedded mode, where one task already uses every core).
+    pub shuffle_partitions: usize,
+}
+
+/// One stage of a shuffled model in the run record.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageRecord {
+    /// `map` (writes shuffle outputs) or `reduce` (reads them and writes the table).
+    pub kind: &'static str,
+    /// Tasks of the stage.
+    pub tasks: u32,
+    /// The workers that ran them.
+    pub workers: Vec<String>,
+    /// Rows the stage produced.
+    pub rows: i64,
+    /// Bytes the stage wrote (map: shuffle files served over Flight).
+    pub bytes: i64,
 }
 
 /// The outcome of one node.
@@ -111,6 +130,9 @@ pub struct NodeResult {
     pub peak_memory_bytes: i64,
     /// The workers that ran the node's tasks.
     pub workers: Vec<String>,
+    /// The stages of a shuffled model, in order (empty for single-stage nodes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageRecord>,
 }
 
 /// The record of a run, saved as JSON under `target/` and in the warehouse.
@@ -157,10 +179,15 @@ pub enum RunError {
     Queue(#[from] strata_core::queue::QueueError),
 }
 
+/// Attempts a task may make when its failures are shuffle outputs lost with their workers.
+const MAX_SHUFFLE_RECOVERIES: u32 = 4;
+
 struct InFlight {
     attempt: u32,
     task: Task,
     node: String,
+    /// A map task run again to replace an output lost with its worker.
+    recovery: bool,
 }
 
 /// A node whose tasks are out: it completes when all of them have succeeded.
@@ -171,6 +198,98 @@ struct PendingNode {
     attempts: u32,
     /// The workers that reported results for the node's tasks.
     workers: BTreeSet<String>,
+    /// Stages still to run after the current one (shuffled models).
+    later: std::collections::VecDeque<Vec<Task>>,
+    /// Map outputs written so far, for the readers of later stages.
+    locations: Vec<ShuffleLocation>,
+    /// Completed stages, for the record.
+    stages: Vec<StageRecord>,
+    /// Every map task published so far, by (stage, map partition): run again when the worker
+    /// holding its output is lost.
+    map_tasks: HashMap<(u32, u32), Task>,
+    /// Map tasks running again to replace lost outputs.
+    recovering: BTreeSet<String>,
+    /// Tasks waiting for the recovered outputs, with the attempt they will run as and whether
+    /// they are recovery map tasks themselves.
+    blocked: Vec<(Task, u32, bool)>,
+}
+
+impl PendingNode {
+    fn new(tasks: usize, later: std::collections::VecDeque<Vec<Task>>) -> PendingNode {
+        PendingNode {
+            started: Instant::now(),
+            tasks,
+            results: Vec::new(),
+            attempts: 0,
+            workers: BTreeSet::new(),
+            later,
+            locations: Vec::new(),
+            stages: Vec::new(),
+            map_tasks: HashMap::new(),
+            recovering: BTreeSet::new(),
+            blocked: Vec::new(),
+        }
+    }
+
+    /// Remembers the map tasks among `tasks`.
+    fn remember_maps(&mut self, tasks: &[Task]) {
+        for task in tasks {
+            if task.kind == TaskKind::ShuffleMap as i32 {
+                self.map_tasks
+                    .insert((task.stage, task.partition), task.clone());
+            }
+        }
+    }
+
+    /// Forgets every output held by the workers of `lost` and returns the map tasks to run
+    /// again (those not already running again).
+    fn lose_outputs(&mut self, lost: &[ShuffleLocation]) -> Vec<Task> {
+        let gone: BTreeSet<&str> = lost
+            .iter()
+            .map(|location| location.address.as_str())
+            .collect();
+        let (lost, kept): (Vec<ShuffleLocation>, Vec<ShuffleLocation>) =
+            std::mem::take(&mut self.locations)
+                .into_iter()
+                .partition(|location| gone.contains(location.address.as_str()));
+        self.locations = kept;
+        lost.iter()
+            .filter_map(|location| {
+                self.map_tasks
+                    .get(&(location.stage, location.map_partition))
+            })
+            .filter(|task| !self.recovering.contains(&task.task_id))
+            .cloned()
+            .collect()
+    }
+
+    /// Ends the current stage of a shuffled model: records it, keeps its map outputs, and
+    /// returns the next stage's tasks with the locations they read.
+    fn next_stage(&mut self) -> Option<Vec<Task>> {
+        let mut tasks = self.later.pop_front()?;
+        let results = std::mem::take(&mut self.results);
+        let mut workers: BTreeSet<String> = BTreeSet::new();
+        let mut stage = StageRecord {
+            kind: "map",
+            tasks: u32::try_from(results.len()).unwrap_or(u32::MAX),
+            workers: Vec::new(),
+            rows: 0,
+            bytes: 0,
+        };
+        for result in results {
+            workers.insert(result.worker_id.clone());
+            stage.rows += result.rows;
+            stage.bytes += result.bytes;
+            self.locations.extend(result.shuffle_outputs);
+        }
+        stage.workers = workers.into_iter().collect();
+        self.stages.push(stage);
+        for task in &mut tasks {
+            task.shuffle_locations = self.locations.clone();
+        }
+        self.tasks = tasks.len();
+        Some(tasks)
+    }
 }
 
 /// Combines the results of a node's tasks: all their files, summed counts.
@@ -257,6 +376,8 @@ impl<Q: JobQueue> Coordinator<Q> {
         let mut consumer = self.queue.consume(&reply_to, 64).await?;
         let mut stopped = false;
         let mut task_counter = 0u64;
+        // Workers holding shuffle outputs of this run, told to delete them at the end.
+        let mut shuffle_addresses: BTreeSet<String> = BTreeSet::new();
 
         loop {
             // Start every node whose dependencies are done, up to `threads` at once.
@@ -293,22 +414,15 @@ impl<Q: JobQueue> Coordinator<Q> {
                     .build_tasks(request, run_id, node, &mut versions, &mut task_counter)
                     .await
                 {
-                    Ok(tasks) => {
+                    Ok((tasks, later)) => {
                         on_event(RunEvent::Started {
                             unique_id: id.clone(),
                             done: results.len(),
                             total,
                         });
-                        pending.insert(
-                            id.clone(),
-                            PendingNode {
-                                started: Instant::now(),
-                                tasks: tasks.len(),
-                                results: Vec::new(),
-                                attempts: 0,
-                                workers: BTreeSet::new(),
-                            },
-                        );
+                        let mut progress = PendingNode::new(tasks.len(), later);
+                        progress.remember_maps(&tasks);
+                        pending.insert(id.clone(), progress);
                         for task in tasks {
                             self.publish(&task, 1).await?;
                             running.insert(
@@ -317,6 +431,7 @@ impl<Q: JobQueue> Coordinator<Q> {
                                     attempt: 1,
                                     task,
                                     node: id.clone(),
+                                    recovery: false,
                                 },
                             );
                         }
@@ -369,6 +484,43 @@ impl<Q: JobQueue> Coordinator<Q> {
                     FailureClass::Internal => 1,
                     _ => 0,
                 };
+                // Shuffle outputs lost with their worker: run their map tasks again, then this
+                // task (lost outputs are not the task's fault: a few more tries are allowed).
+                if !result.lost_shuffle_outputs.is_empty()
+                    && flight.attempt <= allowed.max(MAX_SHUFFLE_RECOVERIES)
+                {
+                    let attempt = flight.attempt + 1;
+                    let recovery = flight.recovery;
+                    let (task, node_id) = (flight.task.clone(), flight.node.clone());
+                    running.remove(&result.task_id);
+                    let Some(progress) = pending.get_mut(&node_id) else {
+                        continue;
+                    };
+                    progress.attempts = progress.attempts.max(attempt);
+                    // A recovery task that itself lost inputs waits like the others (and is
+                    // counted as recovering again when released).
+                    progress.recovering.remove(&result.task_id);
+                    let reruns = progress.lose_outputs(&result.lost_shuffle_outputs);
+                    progress.blocked.push((task, attempt, recovery));
+                    for map in reruns {
+                        progress.recovering.insert(map.task_id.clone());
+                        self.publish(&map, attempt).await?;
+                        running.insert(
+                            map.task_id.clone(),
+                            InFlight {
+                                attempt,
+                                task: map,
+                                node: node_id.clone(),
+                                recovery: true,
+                            },
+                        );
+                    }
+                    if progress.recovering.is_empty() {
+                        self.release_blocked(progress, &node_id, &mut running)
+                            .await?;
+                    }
+                    continue;
+                }
                 if flight.attempt <= allowed {
                     let attempt = flight.attempt + 1;
                     let delay = request.retry_backoff * 2u32.saturating_pow(flight.attempt - 1);
@@ -396,10 +548,54 @@ impl<Q: JobQueue> Coordinator<Q> {
             if !result.worker_id.is_empty() {
                 progress.workers.insert(result.worker_id.clone());
             }
+            if flight.recovery && class == FailureClass::Unspecified {
+                // A lost output is back: once all are, the tasks waiting for them go again.
+                progress.locations.extend(result.shuffle_outputs);
+                shuffle_addresses.extend(strata_worker::shuffle::addresses(&progress.locations));
+                progress.recovering.remove(&result.task_id);
+                if progress.recovering.is_empty() {
+                    self.release_blocked(progress, &flight.node, &mut running)
+                        .await?;
+                }
+                continue;
+            }
             let (result, class) = if class == FailureClass::Unspecified {
                 progress.results.push(result);
                 if progress.results.len() < progress.tasks {
                     continue;
+                }
+                // A shuffled model's stage is done: start the next one.
+                if let Some(tasks) = progress.next_stage() {
+                    progress.remember_maps(&tasks);
+                    shuffle_addresses
+                        .extend(strata_worker::shuffle::addresses(&progress.locations));
+                    for task in tasks {
+                        self.publish(&task, 1).await?;
+                        running.insert(
+                            task.task_id.clone(),
+                            InFlight {
+                                attempt: 1,
+                                task,
+                                node: flight.node.clone(),
+                                recovery: false,
+                            },
+                        );
+                    }
+                    continue;
+                }
+                if !progress.stages.is_empty() {
+                    let workers: BTreeSet<String> = progress
+                        .results
+                        .iter()
+                        .map(|result| result.worker_id.clone())
+                        .collect();
+                    progress.stages.push(StageRecord {
+                        kind: "reduce",
+                        tasks: u32::try_from(progress.results.len()).unwrap_or(u32::MAX),
+                        workers: workers.into_iter().collect(),
+                        rows: progress.results.iter().map(|result| result.rows).sum(),
+                        bytes: progress.results.iter().map(|result| result.bytes).sum(),
+                    });
                 }
                 match merge_results(std::mem::take(&mut progress.results)) {
                     Ok(merged) => (merged, class),
@@ -439,6 +635,10 @@ impl<Q: JobQueue> Coordinator<Q> {
         drop(consumer);
         // Late duplicates may still arrive there; nobody reads them once the run is over.
         let _ = self.queue.delete(&reply_to).await;
+        for address in &shuffle_addresses {
+            // A worker that is gone took its outputs with it.
+            let _ = strata_worker::shuffle::remove_run(address, run_id).await;
+        }
         let nodes: Vec<NodeResult> = order.iter().filter_map(|id| results.remove(id)).collect();
         let success = nodes
             .iter()
@@ -449,6 +649,42 @@ impl<Q: JobQueue> Coordinator<Q> {
             success,
             nodes,
         })
+    }
+
+    /// Publishes the tasks that waited for recovered shuffle outputs, reading the current
+    /// locations. Recovery map tasks go first and alone: the others may read their outputs,
+    /// so they wait until those are back too.
+    async fn release_blocked(
+        &self,
+        progress: &mut PendingNode,
+        node: &str,
+        running: &mut BTreeMap<String, InFlight>,
+    ) -> Result<(), RunError> {
+        let blocked = std::mem::take(&mut progress.blocked);
+        let (release, keep): (Vec<_>, Vec<_>) = if blocked.iter().any(|(_, _, recovery)| *recovery)
+        {
+            blocked.into_iter().partition(|(_, _, recovery)| *recovery)
+        } else {
+            (blocked, Vec::new())
+        };
+        progress.blocked = keep;
+        for (mut task, attempt, recovery) in release {
+            task.shuffle_locations = progress.locations.clone();
+            if recovery {
+                progress.recovering.insert(task.task_id.clone());
+            }
+            self.publish(&task, attempt).await?;
+            running.insert(
+                task.task_id.clone(),
+                InFlight {
+                    attempt,
+                    task,
+                    node: node.to_string(),
+                    recovery,
+                },
+            );
+        }
+        Ok(())
     }
 
     async fn publish(&self, task: &Task, attempt: u32) -> Result<(), RunError> {
@@ -485,6 +721,7 @@ impl<Q: JobQueue> Coordinator<Q> {
             error: None,
             peak_memory_bytes: result.peak_memory_bytes,
             workers: progress.workers.iter().cloned().collect(),
+            stages: progress.stages.clone(),
         };
         if class != FailureClass::Unspecified {
             record.status = if node.resource_type == ResourceType::Test {
@@ -525,6 +762,42 @@ impl<Q: JobQueue> Coordinator<Q> {
     /// Builds the node's tasks: one, or one per group of input files when the model is
     /// row-wise over a single multi-file source.
     async fn build_tasks(
+        &self,
+        request: &RunRequest,
+        run_id: &str,
+        node: &Node,
+        versions: &mut HashMap<String, i64>,
+        counter: &mut u64,
+    ) -> Result<(Vec<Task>, std::collections::VecDeque<Vec<Task>>), String> {
+        let tasks = self
+            .split_tasks(request, run_id, node, versions, counter)
+            .await?;
+        let shuffle_candidate = request.shuffle_partitions > 1
+            && tasks.len() == 1
+            && node.resource_type == ResourceType::Model
+            && node.config.materialized == Materialization::Table
+            && tasks[0].incremental.is_none();
+        if shuffle_candidate {
+            let task = &tasks[0];
+            // A plan that cannot be staged (or fails to plan) runs as one task, which then
+            // reports any real error.
+            if let Ok(Some(staged)) = strata_worker::execution::plan_shuffle(
+                &strata_worker::ExecutionConfig::default(),
+                &task.inputs,
+                &task.sql,
+                request.shuffle_partitions,
+            )
+            .await
+            {
+                return Ok(stage_tasks(task, &staged));
+            }
+        }
+        Ok((tasks, std::collections::VecDeque::new()))
+    }
+
+    /// The node's tasks without shuffles: one, or one per group of input files when the model
+    /// is row-wise over a single multi-file source.
+    async fn split_tasks(
         &self,
         request: &RunRequest,
         run_id: &str,
@@ -671,6 +944,7 @@ impl<Q: JobQueue> Coordinator<Q> {
             output,
             incremental,
             reply_to: format!("{RESULT_QUEUE}.{run_id}"),
+            ..Task::default()
         })
     }
 }
@@ -879,6 +1153,7 @@ fn skipped(node: &Node, reason: String) -> NodeResult {
         error: Some(reason),
         peak_memory_bytes: 0,
         workers: Vec::new(),
+        stages: Vec::new(),
     }
 }
 
@@ -896,6 +1171,52 @@ fn finish(
         done: results.len(),
         total,
     });
+}
+
+/// The tasks of a shuffled model from its base task: each map stage's tasks (one per input
+/// partition), then the reduce tasks (one per output partition) that write the table.
+fn stage_tasks(
+    base: &Task,
+    staged: &strata_worker::shuffle::StagedPlan,
+) -> (Vec<Task>, std::collections::VecDeque<Vec<Task>>) {
+    let mut stages: std::collections::VecDeque<Vec<Task>> = std::collections::VecDeque::new();
+    for (stage, (plan, inputs)) in staged.map_stages.iter().enumerate() {
+        let stage = u32::try_from(stage).unwrap_or(u32::MAX);
+        stages.push_back(
+            (0..*inputs)
+                .map(|map| Task {
+                    task_id: format!("{}-s{stage}-m{map:03}", base.task_id),
+                    kind: TaskKind::ShuffleMap as i32,
+                    plan: plan.clone(),
+                    partition: map,
+                    stage,
+                    output: None,
+                    ..base.clone()
+                })
+                .collect(),
+        );
+    }
+    let (plan, partitions) = &staged.final_stage;
+    stages.push_back(
+        (0..*partitions)
+            .map(|partition| {
+                let task_id = format!("{}-r{partition:03}", base.task_id);
+                let output = base.output.clone().map(|output| TaskOutput {
+                    file_prefix: format!("{}-{task_id}", base.run_id),
+                    ..output
+                });
+                Task {
+                    task_id,
+                    plan: plan.clone(),
+                    partition,
+                    output,
+                    ..base.clone()
+                }
+            })
+            .collect(),
+    );
+    let first = stages.pop_front().unwrap_or_default();
+    (first, stages)
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

@@ -31,6 +31,7 @@ mod tests {
             }),
             incremental: None,
             reply_to: String::from("strata.results.run-1"),
+            ..Task::default()
         };
         let bytes = task.encode_to_vec();
         assert_eq!(Task::decode(bytes.as_slice()).unwrap(), task);

@@ -28,8 +28,8 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::StreamExt;
 use strata_proto::v1::{
-    FailureClass, FileFormat, Task, TaskInput, TaskKind, TaskOutput, TaskResult, WrittenFile,
-    task_input,
+    FailureClass, FileFormat, ShuffleLocation, Task, TaskInput, TaskKind, TaskOutput, TaskResult,
+    WrittenFile, task_input,
 };
 
 use crate::distinct_rewrite::CountWithDistinctToGroupBy;
@@ -47,6 +47,18 @@ pub struct ExecutionConfig {
     pub spill_dir: Option<PathBuf>,
     /// Target size of the Parquet files a task writes.
     pub target_file_size: u64,
+    /// Where shuffle map outputs go and the Flight address they are served at; `None` for a
+    /// worker without a Flight server (embedded mode never shuffles).
+    pub shuffle: Option<ShuffleService>,
+}
+
+/// A worker's shuffle outputs and the address its Flight server advertises.
+#[derive(Debug, Clone)]
+pub struct ShuffleService {
+    /// The map outputs on local disk.
+    pub store: Arc<crate::shuffle::ShuffleStore>,
+    /// `host:port` other workers fetch from.
+    pub address: String,
 }
 
 impl Default for ExecutionConfig {
@@ -56,6 +68,7 @@ impl Default for ExecutionConfig {
             target_partitions: std::thread::available_parallelism().map_or(2, usize::from),
             spill_dir: None,
             target_file_size: 128 << 20,
+            shuffle: None,
         }
     }
 }
@@ -114,6 +127,50 @@ fn ensure_schema(ctx: &SessionContext, schema: &str) -> Result<(), TaskError> {
 /// # Errors
 /// Returns a user error for a missing or unreadable location, a transient one for I/O.
 pub async fn register_inputs(ctx: &SessionContext, inputs: &[TaskInput]) -> Result<(), TaskError> {
+    register_inputs_with(ctx, inputs, false).await.map(|_| ())
+}
+
+/// Plans a model's SQL for a shuffle over `partitions` partitions, cut into stages (see
+/// [`crate::shuffle`]). `None` when the plan needs no shuffle, or reads something a plan
+/// cannot carry to another process (a Hive-partitioned or empty Delta input).
+///
+/// # Errors
+/// Returns the classified error of registering the inputs or planning the SQL.
+pub async fn plan_shuffle(
+    config: &ExecutionConfig,
+    inputs: &[TaskInput],
+    sql: &str,
+    partitions: usize,
+) -> Result<Option<crate::shuffle::StagedPlan>, TaskError> {
+    let config = ExecutionConfig {
+        target_partitions: partitions.max(1),
+        ..config.clone()
+    };
+    let (ctx, _pool) = session(&config)?;
+    // Each map task executes one input partition: a round-robin repartition inside a stage
+    // would make every task read everything, and byte ranges of split files do not survive
+    // datafusion-proto (each task would read whole files): whole files per partition.
+    for setting in [
+        "set datafusion.optimizer.enable_round_robin_repartition = false",
+        "set datafusion.optimizer.repartition_file_scans = false",
+    ] {
+        ctx.sql(setting).await?.collect().await?;
+    }
+    if !register_inputs_with(&ctx, inputs, true).await? {
+        return Ok(None);
+    }
+    let plan = ctx.sql(sql).await?.create_physical_plan().await?;
+    Ok(crate::shuffle::plan_stages(plan, &ctx.task_ctx())?)
+}
+
+/// Registers the inputs; with `delta_as_files`, an upstream Delta table is registered as the
+/// Parquet files of its pinned version (a scan datafusion-proto can serialize). Returns false
+/// when such a table cannot be read that way (Hive-partitioned or without files).
+async fn register_inputs_with(
+    ctx: &SessionContext,
+    inputs: &[TaskInput],
+    delta_as_files: bool,
+) -> Result<bool, TaskError> {
     for input in inputs {
         ensure_schema(ctx, &input.schema)?;
         let reference = TableReference::partial(input.schema.clone(), input.name.clone());
@@ -183,10 +240,31 @@ pub async fn register_inputs(ctx: &SessionContext, inputs: &[TaskInput]) -> Resu
                         TaskError::from(err)
                             .context(format!("cannot open {}.{}", input.schema, input.name))
                     })?;
-                table
-                    .update_datafusion_session(&ctx.state())
-                    .map_err(TaskError::from)?;
-                table.table_provider().await.map_err(TaskError::from)?
+                if delta_as_files {
+                    let snapshot = table.snapshot().map_err(TaskError::from)?;
+                    let files: Vec<String> =
+                        table.get_file_uris().map_err(TaskError::from)?.collect();
+                    if !snapshot.metadata().partition_columns().is_empty() || files.is_empty() {
+                        return Ok(false);
+                    }
+                    let schema = snapshot.snapshot().arrow_schema();
+                    strata_storage::register(ctx, &delta.table_uri)?;
+                    let urls = files
+                        .iter()
+                        .map(|file| strata_storage::listing_url(file))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                        .with_file_extension("");
+                    let config = ListingTableConfig::new_with_multi_paths(urls)
+                        .with_listing_options(options)
+                        .with_schema(schema);
+                    Arc::new(ListingTable::try_new(config).map_err(TaskError::from)?)
+                } else {
+                    table
+                        .update_datafusion_session(&ctx.state())
+                        .map_err(TaskError::from)?;
+                    table.table_provider().await.map_err(TaskError::from)?
+                }
             }
             Some(task_input::Source::ViewSql(sql)) => ctx
                 .sql(sql)
@@ -205,7 +283,7 @@ pub async fn register_inputs(ctx: &SessionContext, inputs: &[TaskInput]) -> Resu
         ctx.register_table(reference, provider)
             .map_err(TaskError::from)?;
     }
-    Ok(())
+    Ok(true)
 }
 
 async fn listing_table(
@@ -412,8 +490,17 @@ async fn execute(
                 }
                 None => task.sql.clone(),
             };
-            let frame = ctx.sql(&sql).await?;
-            let schema = delta_compatible(frame.schema().as_arrow());
+            // A stage of a shuffled model runs its serialized plan; any other task its SQL.
+            let (plan_schema, mut stream) = if task.plan.is_empty() {
+                let frame = ctx.sql(&sql).await?;
+                let schema = frame.schema().as_arrow().clone();
+                (schema, frame.execute_stream().await?)
+            } else {
+                let plan = decode_stage(&ctx, task).await?;
+                let stream = plan.execute(task.partition as usize, ctx.task_ctx())?;
+                (plan.schema().as_ref().clone(), stream)
+            };
+            let schema = delta_compatible(&plan_schema);
             let delta_schema: deltalake::kernel::StructType =
                 schema.as_ref().try_into_kernel().map_err(|err| {
                     TaskError::user(format!(
@@ -443,10 +530,9 @@ async fn execute(
             .map_err(TaskError::from)?
             .with_writer_properties(writer_properties())
             .with_target_file_size(config.target_file_size);
-            let mut stream = frame.execute_stream().await?;
             let mut rows = 0i64;
             while let Some(batch) = stream.next().await {
-                let batch = conform(&batch?, &schema)?;
+                let batch = conform(&note_lost_output(batch, result)?, &schema)?;
                 rows += i64::try_from(batch.num_rows()).unwrap_or(i64::MAX);
                 record_peak(&pool);
                 writer.write(batch).await.map_err(TaskError::from)?;
@@ -475,9 +561,84 @@ async fn execute(
             }
             Ok(())
         }
+        TaskKind::ShuffleMap => {
+            let shuffle = config.shuffle.as_ref().ok_or_else(|| {
+                TaskError::internal("a shuffle task reached a worker without a Flight server")
+            })?;
+            let plan = decode_stage(&ctx, task).await?;
+            let output = crate::shuffle::run_map(
+                plan,
+                ctx.task_ctx(),
+                &shuffle.store,
+                &crate::shuffle::shuffle_name(&task.run_id, &task.node_unique_id),
+                task.stage,
+                task.partition,
+            )
+            .await;
+            let output = note_lost_output(output, result)?;
+            record_peak(&pool);
+            result.rows = output.rows;
+            result.bytes = output.bytes;
+            result.shuffle_outputs.push(ShuffleLocation {
+                stage: task.stage,
+                map_partition: task.partition,
+                address: shuffle.address.clone(),
+            });
+            Ok(())
+        }
         TaskKind::Noop => Ok(()),
         TaskKind::Unspecified => Err(TaskError::internal("a task of unknown kind")),
     }
+}
+
+/// Decodes the stage plan of a shuffled model's task, with the stores of its inputs registered
+/// (the plan reads their files directly).
+async fn decode_stage(
+    ctx: &SessionContext,
+    task: &Task,
+) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, TaskError> {
+    // This task runs one partition in isolation: with work stealing, the partition would read
+    // the files of its siblings too — which run elsewhere.
+    ctx.sql("set datafusion.execution.enable_file_stream_work_stealing = false")
+        .await?
+        .collect()
+        .await?;
+    for input in &task.inputs {
+        match &input.source {
+            Some(task_input::Source::Files(files)) => {
+                strata_storage::register(ctx, &files.location)?
+            }
+            Some(task_input::Source::Delta(delta)) => {
+                strata_storage::register(ctx, &delta.table_uri)?
+            }
+            _ => {}
+        }
+    }
+    crate::shuffle::decode(
+        &task.plan,
+        &ctx.task_ctx(),
+        &crate::shuffle::shuffle_name(&task.run_id, &task.node_unique_id),
+        &task.shuffle_locations,
+    )
+    .map_err(|err| TaskError::internal(format!("cannot decode the stage plan: {err}")))
+}
+
+/// Passes a value through; for a failed shuffle fetch, first notes the lost map output in the
+/// result, so that the coordinator runs its map task again.
+fn note_lost_output<T>(
+    value: Result<T, DataFusionError>,
+    result: &mut TaskResult,
+) -> Result<T, TaskError> {
+    value.map_err(|err| {
+        if let Some(lost) = crate::shuffle::find_fetch_error(&err) {
+            result.lost_shuffle_outputs.push(ShuffleLocation {
+                stage: lost.stage,
+                map_partition: lost.map,
+                address: lost.address.clone(),
+            });
+        }
+        TaskError::from(err)
+    })
 }
 
 /// The folder, relative to the table, where one attempt of a task writes its files.

@@ -13,7 +13,8 @@ pub mod error;
 pub mod execution;
 pub mod incremental;
 pub mod service;
+pub mod shuffle;
 
 pub use error::{Class, TaskError};
-pub use execution::{ExecutionConfig, run_task};
+pub use execution::{ExecutionConfig, ShuffleService, run_task};
 pub use service::{WorkerConfig, serve};

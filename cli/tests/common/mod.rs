@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::SessionContext;
 
@@ -16,25 +17,30 @@ pub fn broker_url() -> String {
         .unwrap_or_else(|_| String::from("amqp://guest:guest@127.0.0.1:5672/%2f"))
 }
 
-/// Worker processes, killed when the test ends however it ends.
-pub struct Workers(pub Vec<Child>);
+/// Worker processes, killed when the test ends however it ends (their task queue is deleted).
+pub struct Workers(pub Vec<Child>, String);
 
 impl Workers {
     pub fn start(count: usize, prefix: &str, queue: &str) -> Workers {
-        Workers(
-            (0..count)
-                .map(|index| {
-                    Command::new(STRATA)
-                        .args(["worker", "--slots", "2", "--memory-limit-mib", "1024"])
-                        .args(["--worker-id", &format!("{prefix}-{index}")])
-                        .args(["--amqp-url", &broker_url(), "--task-queue", queue])
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::inherit())
-                        .spawn()
-                        .expect("strata worker starts")
-                })
-                .collect(),
-        )
+        let children = (0..count)
+            .map(|index| {
+                Command::new(STRATA)
+                    .args(["worker", "--slots", "2", "--memory-limit-mib", "1024"])
+                    .args(["--worker-id", &format!("{prefix}-{index}")])
+                    .args(["--amqp-url", &broker_url(), "--task-queue", queue])
+                    .args([
+                        "--flight-listen",
+                        "127.0.0.1:0",
+                        "--flight-advertise",
+                        "127.0.0.1",
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .expect("strata worker starts")
+            })
+            .collect();
+        Workers(children, queue.to_string())
     }
 }
 
@@ -44,6 +50,21 @@ impl Drop for Workers {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Leave the broker as it was: the test's task queue goes too.
+        let queue = self.1.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let amqp = strata_amqp::AmqpQueue::connect(&broker_url()).await.ok()?;
+                let _ = strata_core::queue::JobQueue::delete(&amqp, &queue).await;
+                amqp.close().await;
+                Some(())
+            })
+        })
+        .join();
     }
 }
 
@@ -124,7 +145,8 @@ pub fn finish_build(build: Child) -> serde_json::Value {
     record
 }
 
-/// Every row of a Delta table as text, sorted; `_ingested_at` (the moment of the run) is left out.
+/// Every row of a Delta table as text, sorted; `_ingested_at` (the moment of the run) is left
+/// out and doubles are rounded to 6 decimals.
 pub async fn rows(table_uri: &Path) -> Vec<String> {
     let url = url::Url::from_directory_path(table_uri).unwrap();
     let table = deltalake::DeltaTableBuilder::from_url(url)
@@ -164,7 +186,16 @@ pub async fn rows(table_uri: &Path) -> Vec<String> {
         for row in 0..batch.num_rows() {
             let values: Vec<String> = columns
                 .iter()
-                .map(|(_, formatter)| formatter.value(row).to_string())
+                .map(|(index, formatter)| {
+                    let text = formatter.value(row).to_string();
+                    // Sums of doubles in another order differ in the last bits.
+                    match batch.column(*index).data_type() {
+                        DataType::Float64 | DataType::Float32 => text
+                            .parse::<f64>()
+                            .map_or(text, |value| format!("{value:.6}")),
+                        _ => text,
+                    }
+                })
                 .collect();
             rows.push(values.join("|"));
         }
