@@ -9,8 +9,12 @@
 #      result for the same SQL, read back from the Delta tables with the `deltalake` package;
 #      so do the fixture projects under tests/fixtures/execution (a fixture's `runs` file lists
 #      the --vars of successive builds, for incremental models over several batches)
-#   5. s3://: examples/medallion with its sources and warehouse on an S3 server (moto, from the
+#   5. the shuffle Flight server of `strata worker`, read with pyarrow.flight
+#   6. s3://: examples/medallion with its sources and warehouse on an S3 server (moto, from the
 #      virtualenv, started here on a free port), compared with DuckDB the same way
+#
+# The Rust tests include the distributed mode against the real RabbitMQ: worker processes,
+# shuffles over Flight, SIGKILL and SIGTERM of workers, a broker restart, malformed messages.
 #
 # Services are started here when needed (RabbitMQ for the AMQP tests, an S3 server) and the
 # script fails loudly when one cannot start.
@@ -108,6 +112,9 @@ for fixture in tests/fixtures/execution/*/; do
     "$venv/bin/python" tests/reference/compare_duckdb.py \
         --project "$medallion/$name" --warehouse "$medallion/$name/warehouse"
 done
+
+step "a worker's Flight server from pyarrow.flight"
+"$venv/bin/python" tests/reference/flight_interop.py --strata "$strata"
 
 step "s3:// warehouse and sources vs DuckDB"
 s3_port="$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"

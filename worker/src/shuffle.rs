@@ -642,11 +642,12 @@ fn unimplemented<T>(what: &str) -> std::result::Result<T, tonic::Status> {
 /// slow reader holds back the disk reads instead of buffering the file in memory.
 fn read_ipc(
     path: PathBuf,
+    ticket: &ShuffleTicket,
 ) -> std::result::Result<(SchemaRef, Streamed<RecordBatch>), tonic::Status> {
     let file = std::fs::File::open(&path).map_err(|err| match err.kind() {
-        std::io::ErrorKind::NotFound => {
-            tonic::Status::not_found(format!("no shuffle output {}", path.display()))
-        }
+        std::io::ErrorKind::NotFound => tonic::Status::not_found(format!(
+            "no shuffle output {ticket} on this worker (never written here, or its run ended)"
+        )),
         _ => tonic::Status::internal(err.to_string()),
     })?;
     let reader = FileReader::try_new(std::io::BufReader::new(file), None)
@@ -725,7 +726,7 @@ impl FlightService for ShuffleFlightService {
                 "'{text}' is not a shuffle ticket (run/stage/map/partition)"
             ))
         })?;
-        let (schema, batches) = read_ipc(self.store.file(&ticket))?;
+        let (schema, batches) = read_ipc(self.store.file(&ticket), &ticket)?;
         let batches = batches.map_err(|status| FlightError::Tonic(Box::new(status)));
         let data = FlightDataEncoderBuilder::new()
             .with_schema(schema)
