@@ -100,15 +100,26 @@ def main():
                                                           "--threads", "2"], project)
 
         # 3. DataFusion alone.
-        bronze = os.path.join(warehouse, "bronze", "bronze_events")
+        # The same Parquet files, in one folder (Delta keeps each attempt's files in a folder).
+        bronze = os.path.join(work, "bronze-files")
+        os.makedirs(bronze)
+        table = os.path.join(warehouse, "bronze", "bronze_events")
+        for folder, _, files in os.walk(table):
+            for name in files:
+                if name.endswith(".parquet") and "_delta_log" not in folder:
+                    os.symlink(os.path.join(folder, name), os.path.join(bronze, f"{len(os.listdir(bronze))}-{name}"))
         alone = os.path.join(work, "datafusion-alone")
+        statements = [
+            "create schema bronze",
+            f"create external table bronze.bronze_events stored as parquet location '{bronze}/'",
+            f"copy ({silver['compiled_code']}) to '{alone}/' stored as parquet",
+        ]
         script = (
-            "import sys\n"
+            "import json, sys\n"
             "from datafusion import SessionContext, SessionConfig\n"
             f"ctx = SessionContext(SessionConfig().with_target_partitions({args.partitions}))\n"
-            "ctx.sql('create schema bronze').collect()\n"
-            f"ctx.sql(\"create external table bronze.bronze_events stored as parquet location '{bronze}/'\").collect()\n"
-            f"ctx.sql(\"copy ({silver['compiled_code']}) to '{alone}/' stored as parquet\").collect()\n"
+            f"for statement in json.loads({json.dumps(json.dumps(statements))}):\n"
+            "    ctx.sql(statement).collect()\n"
         )
         alone_wall, alone_rss, _ = run("datafusion alone", [args.python, "-c", script], work)
 
