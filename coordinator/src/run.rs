@@ -146,6 +146,9 @@ pub struct RunRecord {
     pub success: bool,
     /// Every node that was considered, in completion order.
     pub nodes: Vec<NodeResult>,
+    /// The run's W3C trace id: every task, and every Flight request of a shuffle, carries it
+    /// in its `traceparent`.
+    pub trace_id: String,
 }
 
 /// Progress of a run, for a display.
@@ -376,6 +379,7 @@ impl<Q: JobQueue> Coordinator<Q> {
         let mut consumer = self.queue.consume(&reply_to, 64).await?;
         let mut stopped = false;
         let mut task_counter = 0u64;
+        let trace_id = random_hex(16);
         // Workers holding shuffle outputs of this run, told to delete them at the end.
         let mut shuffle_addresses: BTreeSet<String> = BTreeSet::new();
 
@@ -414,7 +418,10 @@ impl<Q: JobQueue> Coordinator<Q> {
                     .build_tasks(request, run_id, node, &mut versions, &mut task_counter)
                     .await
                 {
-                    Ok((tasks, later)) => {
+                    Ok((mut tasks, mut later)) => {
+                        for task in tasks.iter_mut().chain(later.iter_mut().flatten()) {
+                            task.traceparent = format!("00-{trace_id}-{}-01", random_hex(8));
+                        }
                         on_event(RunEvent::Started {
                             unique_id: id.clone(),
                             done: results.len(),
@@ -531,9 +538,9 @@ impl<Q: JobQueue> Coordinator<Q> {
                     let (queue, task_queue) = (self.queue.clone(), self.task_queue.clone());
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
-                        let message = Message::new(task.encode_to_vec())
-                            .with_header(ATTEMPT_HEADER, attempt.to_string());
-                        let _ = queue.publish(&task_queue, message).await;
+                        let _ = queue
+                            .publish(&task_queue, task_message(&task, attempt))
+                            .await;
                     });
                     continue;
                 }
@@ -648,6 +655,7 @@ impl<Q: JobQueue> Coordinator<Q> {
             elapsed_ms: elapsed_ms(started),
             success,
             nodes,
+            trace_id,
         })
     }
 
@@ -688,9 +696,9 @@ impl<Q: JobQueue> Coordinator<Q> {
     }
 
     async fn publish(&self, task: &Task, attempt: u32) -> Result<(), RunError> {
-        let message =
-            Message::new(task.encode_to_vec()).with_header(ATTEMPT_HEADER, attempt.to_string());
-        self.queue.publish(&self.task_queue, message).await?;
+        self.queue
+            .publish(&self.task_queue, task_message(task, attempt))
+            .await?;
         Ok(())
     }
 
@@ -1217,6 +1225,38 @@ fn stage_tasks(
     );
     let first = stages.pop_front().unwrap_or_default();
     (first, stages)
+}
+
+/// A task's queue message: the task, its attempt, and its trace context.
+fn task_message(task: &Task, attempt: u32) -> Message {
+    let message =
+        Message::new(task.encode_to_vec()).with_header(ATTEMPT_HEADER, attempt.to_string());
+    if task.traceparent.is_empty() {
+        message
+    } else {
+        message.with_header("traceparent", task.traceparent.clone())
+    }
+}
+
+/// `bytes` random bytes as lowercase hex, for W3C trace and span ids (never all zero).
+fn random_hex(bytes: usize) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let mut hex = String::new();
+    while hex.len() < bytes * 2 {
+        // RandomState is seeded from the OS once per process and advanced per instance.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        hex.push_str(&format!("{:016x}", hasher.finish() | 1));
+    }
+    hex.truncate(bytes * 2);
+    hex
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

@@ -79,6 +79,13 @@ fn medallion_builds_end_to_end() {
     assert_eq!(code, std::process::ExitCode::SUCCESS, "{record:#}");
     assert_eq!(record["success"], true);
     assert_eq!(record["nodes"].as_array().unwrap().len(), 23);
+    // The run's W3C trace id, which every task's traceparent carries.
+    let trace_id = record["trace_id"].as_str().unwrap();
+    assert_eq!(trace_id.len(), 32, "{trace_id}");
+    assert!(
+        trace_id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{trace_id}"
+    );
     assert_eq!(node(&record, "bronze_events")["rows"], 20000);
     // Row-wise over two source files: two partition-aligned tasks, one commit (version 0).
     assert_eq!(node(&record, "bronze_events")["tasks"], 2);

@@ -619,6 +619,7 @@ async fn decode_stage(
         &ctx.task_ctx(),
         &crate::shuffle::shuffle_name(&task.run_id, &task.node_unique_id),
         &task.shuffle_locations,
+        &task.traceparent,
     )
     .map_err(|err| TaskError::internal(format!("cannot decode the stage plan: {err}")))
 }

@@ -283,7 +283,8 @@ fn encode(plan: Arc<dyn ExecutionPlan>, codec: &ShuffleCodec) -> Result<Vec<u8>>
     Ok(datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, codec)?.to_vec())
 }
 
-/// Decodes a stage plan for `run`, with the map outputs its readers fetch.
+/// Decodes a stage plan for `run`, with the map outputs its readers fetch and the trace
+/// context their Flight requests carry.
 ///
 /// # Errors
 /// Returns an error for bytes that are not a plan.
@@ -292,10 +293,12 @@ pub fn decode(
     ctx: &TaskContext,
     run: &str,
     locations: &[ShuffleLocation],
+    traceparent: &str,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let codec = ShuffleCodec {
         run: run.to_string(),
         locations: locations.to_vec(),
+        traceparent: traceparent.to_string(),
     };
     datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(bytes, ctx, &codec)
 }
@@ -380,6 +383,7 @@ pub struct ShuffleReaderExec {
     schema: SchemaRef,
     run: String,
     locations: Vec<ShuffleLocation>,
+    traceparent: String,
     properties: Arc<PlanProperties>,
 }
 
@@ -403,6 +407,7 @@ impl ShuffleReaderExec {
             schema,
             run: String::new(),
             locations,
+            traceparent: String::new(),
             properties: Arc::new(properties),
         }
     }
@@ -475,6 +480,7 @@ impl ExecutionPlan for ShuffleReaderExec {
             .map(|location| {
                 fetch(
                     location.address.clone(),
+                    self.traceparent.clone(),
                     ShuffleTicket {
                         run: self.run.clone(),
                         stage: self.stage,
@@ -497,6 +503,7 @@ impl ExecutionPlan for ShuffleReaderExec {
 /// [`ShuffleFetchError`]s naming the output.
 fn fetch(
     address: String,
+    traceparent: String,
     ticket: ShuffleTicket,
 ) -> Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send>> {
     let lost = {
@@ -519,6 +526,11 @@ fn fetch(
             .await
             .map_err(|err| lost(err.to_string()))?;
         let mut client = FlightClient::new(channel);
+        if !traceparent.is_empty() {
+            client
+                .add_header("traceparent", &traceparent)
+                .map_err(|err| lost(err.to_string()))?;
+        }
         let batches = client
             .do_get(Ticket::new(ticket.to_string()))
             .await
@@ -535,6 +547,7 @@ fn fetch(
 pub struct ShuffleCodec {
     run: String,
     locations: Vec<ShuffleLocation>,
+    traceparent: String,
 }
 
 impl PhysicalExtensionCodec for ShuffleCodec {
@@ -570,6 +583,7 @@ impl PhysicalExtensionCodec for ShuffleCodec {
             self.locations.clone(),
         );
         reader.run = self.run.clone();
+        reader.traceparent = self.traceparent.clone();
         Ok(Arc::new(reader))
     }
 
@@ -603,12 +617,37 @@ impl PhysicalExtensionCodec for ShuffleCodec {
 #[derive(Debug, Clone)]
 pub struct ShuffleFlightService {
     store: Arc<ShuffleStore>,
+    served: Arc<std::sync::Mutex<std::collections::VecDeque<ServedRequest>>>,
 }
+
+/// A `DoGet` the server answered: the ticket and the trace context it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedRequest {
+    /// The ticket.
+    pub ticket: String,
+    /// The `traceparent` metadata, when the client sent one.
+    pub traceparent: Option<String>,
+}
+
+/// How many recent requests [`ShuffleFlightService::recent_requests`] keeps.
+const RECENT_REQUESTS: usize = 256;
 
 impl ShuffleFlightService {
     /// A service over `store`.
     pub fn new(store: Arc<ShuffleStore>) -> ShuffleFlightService {
-        ShuffleFlightService { store }
+        ShuffleFlightService {
+            store,
+            served: Arc::default(),
+        }
+    }
+
+    /// The most recent `DoGet` requests, oldest first (for diagnostics: which run's trace
+    /// fetched what).
+    pub fn recent_requests(&self) -> Vec<ServedRequest> {
+        self.served
+            .lock()
+            .map(|served| served.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Serves on `listener` until `shutdown` resolves.
@@ -721,6 +760,21 @@ impl FlightService for ShuffleFlightService {
         request: tonic::Request<Ticket>,
     ) -> std::result::Result<tonic::Response<Self::DoGetStream>, tonic::Status> {
         let text = String::from_utf8_lossy(&request.get_ref().ticket).into_owned();
+        let traceparent = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string);
+        tracing::debug!(ticket = %text, traceparent = ?traceparent, "shuffle DoGet");
+        if let Ok(mut served) = self.served.lock() {
+            if served.len() == RECENT_REQUESTS {
+                served.pop_front();
+            }
+            served.push_back(ServedRequest {
+                ticket: text.clone(),
+                traceparent,
+            });
+        }
         let ticket = ShuffleTicket::parse(&text).ok_or_else(|| {
             tonic::Status::invalid_argument(format!(
                 "'{text}' is not a shuffle ticket (run/stage/map/partition)"
@@ -890,7 +944,7 @@ mod stage_tests {
         ctx.sql("set datafusion.execution.enable_file_stream_work_stealing = false")
             .await
             .unwrap();
-        let decoded = super::decode(plan, &ctx.task_ctx(), "run/node", &[]).unwrap();
+        let decoded = super::decode(plan, &ctx.task_ctx(), "run/node", &[], "").unwrap();
         let input = decoded.children()[0].clone();
         assert_eq!(
             input.output_partitioning().partition_count(),
@@ -913,5 +967,79 @@ mod stage_tests {
             "{}",
             displayable(decoded.as_ref()).indent(true)
         );
+    }
+}
+
+#[cfg(test)]
+mod flight_tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::ipc::writer::FileWriter;
+    use datafusion::arrow::record_batch::RecordBatch;
+    use futures::TryStreamExt;
+
+    use super::{ServedRequest, ShuffleFlightService, ShuffleStore, ShuffleTicket, fetch};
+
+    #[tokio::test]
+    async fn fetches_stream_over_flight_with_their_trace_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(ShuffleStore::new(dir.path()));
+        let ticket = ShuffleTicket {
+            run: String::from("run-9/model.p.m"),
+            stage: 0,
+            map: 1,
+            partition: 2,
+        };
+        let file = store.file(&ticket);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let mut writer =
+            FileWriter::try_new(std::fs::File::create(&file).unwrap(), &schema).unwrap();
+        for start in [0i64, 100] {
+            let values: Vec<i64> = (start..start + 100).collect();
+            let batch =
+                RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))])
+                    .unwrap();
+            writer.write(&batch).unwrap();
+        }
+        writer.finish().unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let service = ShuffleFlightService::new(store);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(service.clone().serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let batches: Vec<RecordBatch> =
+            fetch(address.clone(), traceparent.to_string(), ticket.clone())
+                .try_collect()
+                .await
+                .unwrap();
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(rows, 200);
+        assert_eq!(
+            service.recent_requests(),
+            [ServedRequest {
+                ticket: ticket.to_string(),
+                traceparent: Some(traceparent.to_string()),
+            }]
+        );
+        // A missing output is a fetch error naming what was lost.
+        let missing = ShuffleTicket {
+            partition: 7,
+            ..ticket
+        };
+        let err = fetch(address, String::new(), missing)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_err();
+        let lost = super::find_fetch_error(&err).expect("a ShuffleFetchError");
+        assert_eq!((lost.stage, lost.map), (0, 1));
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
     }
 }
