@@ -75,7 +75,7 @@ impl AmqpQueue {
     pub async fn connect(uri: &str) -> QueueResult<AmqpQueue> {
         let queue = AmqpQueue {
             inner: Arc::new(Inner {
-                uri: uri.to_string(),
+                uri: with_heartbeat(uri),
                 link: AsyncMutex::new(None),
                 closed: AtomicBool::new(false),
             }),
@@ -202,6 +202,22 @@ impl AmqpQueue {
         }
     }
 }
+
+/// AMQP heartbeats every [`AMQP_HEARTBEAT_SECS`] unless the URI sets its own: a process that
+/// stops (SIGSTOP, a frozen VM) misses them, the broker closes its connection and hands its
+/// unacknowledged tasks to other workers within seconds instead of minutes.
+fn with_heartbeat(uri: &str) -> String {
+    if uri.contains("heartbeat=") {
+        uri.to_string()
+    } else if uri.contains('?') {
+        format!("{uri}&heartbeat={AMQP_HEARTBEAT_SECS}")
+    } else {
+        format!("{uri}?heartbeat={AMQP_HEARTBEAT_SECS}")
+    }
+}
+
+/// The AMQP heartbeat interval asked of the broker.
+const AMQP_HEARTBEAT_SECS: u32 = 5;
 
 /// The URI without its password, for messages.
 fn redact(uri: &str) -> String {
@@ -668,6 +684,22 @@ mod tests {
         );
         assert_eq!(parse_retry_queue("strata.tasks"), None);
         assert_eq!(parse_retry_queue("a.retry.soon"), None);
+    }
+
+    #[test]
+    fn connections_ask_for_heartbeats() {
+        assert_eq!(
+            with_heartbeat("amqp://h:5672/%2f"),
+            "amqp://h:5672/%2f?heartbeat=5"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f?x=1"),
+            "amqp://h/%2f?x=1&heartbeat=5"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/?heartbeat=30"),
+            "amqp://h/?heartbeat=30"
+        );
     }
 
     #[test]

@@ -208,6 +208,7 @@ pub(crate) fn bench(
                 slots: args.slots * args.workers,
                 task_queue: task_queue.clone(),
                 execution: ExecutionConfig::default(),
+                heartbeat_interval: Duration::from_secs(5),
             },
             stopped,
         ));

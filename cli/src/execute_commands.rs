@@ -45,6 +45,9 @@ pub struct ExecuteArgs {
     /// many parts; as many reduce tasks write the table). 1 turns shuffles off.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub(crate) shuffle_partitions: usize,
+    /// Seconds a running task may go without a heartbeat before it is retried elsewhere.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub(crate) task_timeout_secs: u64,
     /// The queue the cluster's workers take tasks from (their `--task-queue`).
     #[arg(long, default_value = strata_core::queue::TASK_QUEUE, value_name = "NAME")]
     pub(crate) task_queue: String,
@@ -144,6 +147,7 @@ pub(crate) fn execute(
         retries: 2,
         retry_backoff: Duration::from_millis(500),
         incremental_models: incremental_ids,
+        task_timeout: Duration::from_secs(args.task_timeout_secs.max(1)),
         shuffle_partitions: if args.cluster.is_some() {
             args.shuffle_partitions
         } else {
@@ -194,6 +198,7 @@ pub(crate) fn execute(
                     slots: request.threads,
                     task_queue: args.task_queue.clone(),
                     execution,
+                    heartbeat_interval: Duration::from_secs(5),
                 },
                 stopped,
             ));

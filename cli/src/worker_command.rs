@@ -54,6 +54,13 @@ pub struct WorkerArgs {
     /// Folder for shuffle outputs (default: the system's temporary folder).
     #[arg(long, value_name = "DIR")]
     shuffle_dir: Option<PathBuf>,
+    /// How often a running task sends a heartbeat to its coordinator, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    heartbeat_interval_ms: u64,
+    /// How long a shuffle fetch may wait for another worker to answer, in seconds (a stopped
+    /// worker holds its connections open).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    fetch_timeout_secs: u64,
 }
 
 /// The config file's settings, each optional.
@@ -145,7 +152,9 @@ pub(crate) fn worker(
             .clone()
             .or(file.task_queue)
             .unwrap_or_else(|| strata_core::queue::TASK_QUEUE.to_string()),
+        heartbeat_interval: std::time::Duration::from_millis(args.heartbeat_interval_ms),
         execution: ExecutionConfig {
+            fetch_timeout: std::time::Duration::from_secs(args.fetch_timeout_secs.max(1)),
             memory_limit_bytes: memory_limit_mib << 20,
             spill_dir: args.spill_dir.clone().or(file.spill_dir),
             ..ExecutionConfig::default()

@@ -192,3 +192,46 @@ async fn seeded_kill_trials_never_lose_or_duplicate_rows() {
         assert_same_tables(&embedded, &clustered).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_is_noticed_by_its_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = medallion(dir.path(), "30000");
+    let embedded = dir.path().join("embedded");
+    let clustered = dir.path().join("clustered");
+    build(&project, &embedded, None);
+    let queue = unique_queue("tasks");
+    let workers = Workers::start_with_args(
+        2,
+        "s",
+        &queue,
+        &[
+            "--heartbeat-interval-ms",
+            "200",
+            "--fetch-timeout-secs",
+            "2",
+        ],
+    );
+    let mut running = common::start_build_with_args(
+        &project,
+        &clustered,
+        Some(&queue),
+        &["--task-timeout-secs", "3"],
+    );
+    wait_for(&clustered.join("bronze/bronze_users/_delta_log"));
+    // SIGSTOP: the process and its connections stay, it just stops answering — the broker
+    // never hands its tasks to anyone else; only the missing heartbeats tell.
+    let stopped = Command::new("kill")
+        .args(["-STOP", &workers.0[0].id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(
+        running.try_wait().unwrap().is_none(),
+        "the run ended before the stop: give it more data"
+    );
+    let record = finish_build(running);
+    assert_eq!(record["success"], true, "{record:#}");
+    assert_same_tables(&embedded, &clustered).await;
+    drop(workers); // SIGKILL ends the stopped worker too
+}

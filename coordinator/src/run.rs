@@ -14,7 +14,10 @@ use serde::Serialize;
 use strata_core::config::{Materialization, TestSeverity, parse_condition};
 use strata_core::dag::Dag;
 use strata_core::manifest::{Manifest, Node, ResourceType};
-use strata_core::queue::{ATTEMPT_HEADER, Consumer, JobQueue, Message, RESULT_QUEUE, TASK_QUEUE};
+use strata_core::queue::{
+    ATTEMPT_HEADER, Consumer, HEARTBEAT, JobQueue, KIND_HEADER, Message, RESULT_QUEUE, TASK_HEADER,
+    TASK_QUEUE,
+};
 use strata_proto::v1::{
     DeltaInput, FailureClass, FileFormat, FileInput, Incremental, ShuffleLocation, Task, TaskInput,
     TaskKind, TaskOutput, TaskResult, task_input,
@@ -51,6 +54,9 @@ pub struct RunRequest {
     /// reduce tasks over this many partitions, exchanging data over Flight. 0 or 1: no
     /// shuffles (embedded mode, where one task already uses every core).
     pub shuffle_partitions: usize,
+    /// A running task that sends neither a heartbeat nor a result for this long is taken for
+    /// lost (its worker hung, or stopped with its connection open) and retried elsewhere.
+    pub task_timeout: Duration,
 }
 
 /// One stage of a shuffled model in the run record.
@@ -182,6 +188,9 @@ pub enum RunError {
     Queue(#[from] strata_core::queue::QueueError),
 }
 
+/// How often the coordinator looks for tasks gone silent while no message arrives.
+const SILENCE_CHECK: Duration = Duration::from_secs(1);
+
 /// Attempts a task may make when its failures are shuffle outputs lost with their workers.
 const MAX_SHUFFLE_RECOVERIES: u32 = 4;
 
@@ -191,6 +200,11 @@ struct InFlight {
     node: String,
     /// A map task run again to replace an output lost with its worker.
     recovery: bool,
+    /// When the task was last heard of (published, a heartbeat, a result).
+    last_seen: Instant,
+    /// True once a worker took it (its first heartbeat): only then can it go silent — a task
+    /// waiting in the queue for a free worker is not lost.
+    started: bool,
 }
 
 /// A node whose tasks are out: it completes when all of them have succeeded.
@@ -439,6 +453,8 @@ impl<Q: JobQueue> Coordinator<Q> {
                                     task,
                                     node: id.clone(),
                                     recovery: false,
+                                    last_seen: Instant::now(),
+                                    started: false,
                                 },
                             );
                         }
@@ -462,10 +478,38 @@ impl<Q: JobQueue> Coordinator<Q> {
                 continue;
             }
 
-            // Wait for the next result.
-            let Some(delivery) = consumer.next().await? else {
+            // Wait for the next result, checking now and then for tasks gone silent.
+            let delivery = match tokio::time::timeout(SILENCE_CHECK, consumer.next()).await {
+                Ok(delivery) => delivery?,
+                Err(_) => {
+                    self.report_silent(&mut running, run_id, &reply_to, request.task_timeout)
+                        .await?;
+                    continue;
+                }
+            };
+            let Some(delivery) = delivery else {
                 break;
             };
+            if delivery
+                .message
+                .headers
+                .get(KIND_HEADER)
+                .map(String::as_str)
+                == Some(HEARTBEAT)
+            {
+                let task = delivery.message.headers.get(TASK_HEADER).cloned();
+                let attempt = delivery.message.headers.get(ATTEMPT_HEADER).cloned();
+                delivery.ack().await?;
+                if let Some(flight) = task.and_then(|task| running.get_mut(&task))
+                    && attempt.is_some_and(|attempt| attempt == flight.attempt.to_string())
+                {
+                    flight.last_seen = flight.last_seen.max(Instant::now());
+                    flight.started = true;
+                }
+                self.report_silent(&mut running, run_id, &reply_to, request.task_timeout)
+                    .await?;
+                continue;
+            }
             let Ok(result) = TaskResult::decode(delivery.message.body.as_slice()) else {
                 delivery
                     .dead_letter("malformed task result: not a strata.v1.TaskResult")
@@ -519,6 +563,8 @@ impl<Q: JobQueue> Coordinator<Q> {
                                 task: map,
                                 node: node_id.clone(),
                                 recovery: true,
+                                last_seen: Instant::now(),
+                                started: false,
                             },
                         );
                     }
@@ -534,6 +580,8 @@ impl<Q: JobQueue> Coordinator<Q> {
                     let task = flight.task.clone();
                     if let Some(flight) = running.get_mut(&result.task_id) {
                         flight.attempt = attempt;
+                        flight.last_seen = Instant::now() + delay;
+                        flight.started = false;
                     }
                     let (queue, task_queue) = (self.queue.clone(), self.task_queue.clone());
                     tokio::spawn(async move {
@@ -585,6 +633,8 @@ impl<Q: JobQueue> Coordinator<Q> {
                                 task,
                                 node: flight.node.clone(),
                                 recovery: false,
+                                last_seen: Instant::now(),
+                                started: false,
                             },
                         );
                     }
@@ -689,8 +739,44 @@ impl<Q: JobQueue> Coordinator<Q> {
                     task,
                     node: node.to_string(),
                     recovery,
+                    last_seen: Instant::now(),
+                    started: false,
                 },
             );
+        }
+        Ok(())
+    }
+
+    /// Reports tasks silent for longer than `timeout` as failed, transiently, on the run's own
+    /// result queue: the usual handling then retries them (a new attempt, so a late result of
+    /// the silent one is ignored) or fails the model when retries are used up.
+    async fn report_silent(
+        &self,
+        running: &mut BTreeMap<String, InFlight>,
+        run_id: &str,
+        reply_to: &str,
+        timeout: Duration,
+    ) -> Result<(), RunError> {
+        let now = Instant::now();
+        for flight in running.values_mut() {
+            if !flight.started || now.saturating_duration_since(flight.last_seen) < timeout {
+                continue;
+            }
+            flight.last_seen = now;
+            let result = TaskResult {
+                run_id: run_id.to_string(),
+                task_id: flight.task.task_id.clone(),
+                attempt: flight.attempt,
+                failure_class: FailureClass::Transient as i32,
+                error: format!(
+                    "no heartbeat for {} s: the worker running it hung or was stopped",
+                    timeout.as_secs()
+                ),
+                ..TaskResult::default()
+            };
+            self.queue
+                .publish(reply_to, Message::new(result.encode_to_vec()))
+                .await?;
         }
         Ok(())
     }

@@ -31,6 +31,13 @@ pub const REASON_HEADER: &str = "x-strata-reason";
 pub const ORIGIN_HEADER: &str = "x-strata-origin-queue";
 /// Header counting attempts of a retried message (1 for the first).
 pub const ATTEMPT_HEADER: &str = "x-strata-attempt";
+/// Header marking a message on a result queue as a heartbeat (value [`HEARTBEAT`]) rather
+/// than a result.
+pub const KIND_HEADER: &str = "x-strata-kind";
+/// The [`KIND_HEADER`] value of heartbeats.
+pub const HEARTBEAT: &str = "heartbeat";
+/// Header naming the task a heartbeat is about.
+pub const TASK_HEADER: &str = "x-strata-task";
 /// Deliveries after which an unsettled message is dead-lettered.
 pub const DELIVERY_LIMIT: u32 = 5;
 

@@ -50,6 +50,8 @@ pub struct ExecutionConfig {
     /// Where shuffle map outputs go and the Flight address they are served at; `None` for a
     /// worker without a Flight server (embedded mode never shuffles).
     pub shuffle: Option<ShuffleService>,
+    /// How long a shuffle fetch waits for the worker holding the output to answer.
+    pub fetch_timeout: std::time::Duration,
 }
 
 /// A worker's shuffle outputs and the address its Flight server advertises.
@@ -69,6 +71,7 @@ impl Default for ExecutionConfig {
             spill_dir: None,
             target_file_size: 128 << 20,
             shuffle: None,
+            fetch_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -496,7 +499,7 @@ async fn execute(
                 let schema = frame.schema().as_arrow().clone();
                 (schema, frame.execute_stream().await?)
             } else {
-                let plan = decode_stage(&ctx, task).await?;
+                let plan = decode_stage(&ctx, task, config.fetch_timeout).await?;
                 let stream = plan.execute(task.partition as usize, ctx.task_ctx())?;
                 (plan.schema().as_ref().clone(), stream)
             };
@@ -565,7 +568,7 @@ async fn execute(
             let shuffle = config.shuffle.as_ref().ok_or_else(|| {
                 TaskError::internal("a shuffle task reached a worker without a Flight server")
             })?;
-            let plan = decode_stage(&ctx, task).await?;
+            let plan = decode_stage(&ctx, task, config.fetch_timeout).await?;
             let output = crate::shuffle::run_map(
                 plan,
                 ctx.task_ctx(),
@@ -596,6 +599,7 @@ async fn execute(
 async fn decode_stage(
     ctx: &SessionContext,
     task: &Task,
+    fetch_timeout: std::time::Duration,
 ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, TaskError> {
     // This task runs one partition in isolation: with work stealing, the partition would read
     // the files of its siblings too — which run elsewhere.
@@ -620,6 +624,7 @@ async fn decode_stage(
         &crate::shuffle::shuffle_name(&task.run_id, &task.node_unique_id),
         &task.shuffle_locations,
         &task.traceparent,
+        fetch_timeout,
     )
     .map_err(|err| TaskError::internal(format!("cannot decode the stage plan: {err}")))
 }

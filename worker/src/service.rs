@@ -5,7 +5,10 @@
 use std::sync::Arc;
 
 use prost::Message as _;
-use strata_core::queue::{Consumer, Delivery, JobQueue, Message, RESULT_QUEUE, Settler};
+use strata_core::queue::{
+    ATTEMPT_HEADER, Consumer, Delivery, HEARTBEAT, JobQueue, KIND_HEADER, Message, RESULT_QUEUE,
+    Settler, TASK_HEADER,
+};
 use strata_proto::v1::Task;
 use tokio::sync::{Semaphore, watch};
 
@@ -23,6 +26,8 @@ pub struct WorkerConfig {
     pub task_queue: String,
     /// The execution engine's settings.
     pub execution: ExecutionConfig,
+    /// How often a running task tells the coordinator it is alive.
+    pub heartbeat_interval: std::time::Duration,
 }
 
 /// Serves tasks until `stop` turns true or the queue closes; tasks already started finish.
@@ -75,17 +80,39 @@ async fn handle<Q: JobQueue, S: Settler>(queue: &Q, config: &WorkerConfig, deliv
         }
     };
     let attempt = delivery.attempt();
-    let result = run_task(&config.execution, &task, attempt, &config.worker_id).await;
-    let mut message = Message::new(result.encode_to_vec());
-    for (name, value) in &delivery.message.headers {
-        message = message.with_header(name, value.clone());
-    }
-    // Ack only after the result is safe on the queue; otherwise the task comes back.
     let reply_to = if task.reply_to.is_empty() {
         RESULT_QUEUE
     } else {
         task.reply_to.as_str()
     };
+    // While the task runs, heartbeats tell the coordinator this worker still works on it: a
+    // worker that hangs (or is stopped) without losing its connection is noticed by their
+    // absence, since the broker would never hand its task to anyone else.
+    let run = run_task(&config.execution, &task, attempt, &config.worker_id);
+    tokio::pin!(run);
+    // The first beat goes out at once: it tells the coordinator the task was taken.
+    let mut beats = tokio::time::interval(
+        config
+            .heartbeat_interval
+            .max(std::time::Duration::from_millis(10)),
+    );
+    let result = loop {
+        tokio::select! {
+            result = &mut run => break result,
+            _ = beats.tick() => {
+                let beat = Message::new(Vec::new())
+                    .with_header(KIND_HEADER, HEARTBEAT)
+                    .with_header(TASK_HEADER, task.task_id.clone())
+                    .with_header(ATTEMPT_HEADER, attempt.to_string());
+                let _ = queue.publish(reply_to, beat).await;
+            }
+        }
+    };
+    let mut message = Message::new(result.encode_to_vec());
+    for (name, value) in &delivery.message.headers {
+        message = message.with_header(name, value.clone());
+    }
+    // Ack only after the result is safe on the queue; otherwise the task comes back.
     if queue.publish(reply_to, message).await.is_ok() {
         let _ = delivery.ack().await;
     }

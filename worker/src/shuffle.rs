@@ -294,11 +294,13 @@ pub fn decode(
     run: &str,
     locations: &[ShuffleLocation],
     traceparent: &str,
+    fetch_timeout: std::time::Duration,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let codec = ShuffleCodec {
         run: run.to_string(),
         locations: locations.to_vec(),
         traceparent: traceparent.to_string(),
+        fetch_timeout,
     };
     datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(bytes, ctx, &codec)
 }
@@ -384,6 +386,7 @@ pub struct ShuffleReaderExec {
     run: String,
     locations: Vec<ShuffleLocation>,
     traceparent: String,
+    fetch_timeout: std::time::Duration,
     properties: Arc<PlanProperties>,
 }
 
@@ -408,6 +411,7 @@ impl ShuffleReaderExec {
             run: String::new(),
             locations,
             traceparent: String::new(),
+            fetch_timeout: std::time::Duration::from_secs(30),
             properties: Arc::new(properties),
         }
     }
@@ -481,6 +485,7 @@ impl ExecutionPlan for ShuffleReaderExec {
                 fetch(
                     location.address.clone(),
                     self.traceparent.clone(),
+                    self.fetch_timeout,
                     ShuffleTicket {
                         run: self.run.clone(),
                         stage: self.stage,
@@ -504,6 +509,7 @@ impl ExecutionPlan for ShuffleReaderExec {
 fn fetch(
     address: String,
     traceparent: String,
+    timeout: std::time::Duration,
     ticket: ShuffleTicket,
 ) -> Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send>> {
     let lost = {
@@ -522,6 +528,7 @@ fn fetch(
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
             .map_err(|err| lost(err.to_string()))?
             .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(timeout)
             .connect()
             .await
             .map_err(|err| lost(err.to_string()))?;
@@ -548,6 +555,7 @@ pub struct ShuffleCodec {
     run: String,
     locations: Vec<ShuffleLocation>,
     traceparent: String,
+    fetch_timeout: std::time::Duration,
 }
 
 impl PhysicalExtensionCodec for ShuffleCodec {
@@ -584,6 +592,7 @@ impl PhysicalExtensionCodec for ShuffleCodec {
         );
         reader.run = self.run.clone();
         reader.traceparent = self.traceparent.clone();
+        reader.fetch_timeout = self.fetch_timeout;
         Ok(Arc::new(reader))
     }
 
@@ -944,7 +953,15 @@ mod stage_tests {
         ctx.sql("set datafusion.execution.enable_file_stream_work_stealing = false")
             .await
             .unwrap();
-        let decoded = super::decode(plan, &ctx.task_ctx(), "run/node", &[], "").unwrap();
+        let decoded = super::decode(
+            plan,
+            &ctx.task_ctx(),
+            "run/node",
+            &[],
+            "",
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
         let input = decoded.children()[0].clone();
         assert_eq!(
             input.output_partitioning().partition_count(),
@@ -1014,11 +1031,15 @@ mod flight_tests {
             let _ = stopped.await;
         }));
         let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let batches: Vec<RecordBatch> =
-            fetch(address.clone(), traceparent.to_string(), ticket.clone())
-                .try_collect()
-                .await
-                .unwrap();
+        let batches: Vec<RecordBatch> = fetch(
+            address.clone(),
+            traceparent.to_string(),
+            std::time::Duration::from_secs(5),
+            ticket.clone(),
+        )
+        .try_collect()
+        .await
+        .unwrap();
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         assert_eq!(rows, 200);
         assert_eq!(
@@ -1033,10 +1054,15 @@ mod flight_tests {
             partition: 7,
             ..ticket
         };
-        let err = fetch(address, String::new(), missing)
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap_err();
+        let err = fetch(
+            address,
+            String::new(),
+            std::time::Duration::from_secs(5),
+            missing,
+        )
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
         let lost = super::find_fetch_error(&err).expect("a ShuffleFetchError");
         assert_eq!((lost.stage, lost.map), (0, 1));
         let _ = stop.send(());

@@ -22,6 +22,11 @@ pub struct Workers(pub Vec<Child>, String);
 
 impl Workers {
     pub fn start(count: usize, prefix: &str, queue: &str) -> Workers {
+        Workers::start_with_args(count, prefix, queue, &[])
+    }
+
+    /// [`Workers::start`] with more `strata worker` arguments.
+    pub fn start_with_args(count: usize, prefix: &str, queue: &str, extra: &[&str]) -> Workers {
         let children = (0..count)
             .map(|index| {
                 Command::new(STRATA)
@@ -34,6 +39,7 @@ impl Workers {
                         "--flight-advertise",
                         "127.0.0.1",
                     ])
+                    .args(extra)
                     .stdout(Stdio::null())
                     .stderr(Stdio::inherit())
                     .spawn()
@@ -113,6 +119,16 @@ pub fn copy_project(from: &Path, to: &Path) {
 
 /// Starts `strata build` with the run record as JSON on standard output.
 pub fn start_build(project: &Path, warehouse: &Path, cluster: Option<&str>) -> Child {
+    start_build_with_args(project, warehouse, cluster, &[])
+}
+
+/// [`start_build`] with more `strata build` arguments.
+pub fn start_build_with_args(
+    project: &Path,
+    warehouse: &Path,
+    cluster: Option<&str>,
+    extra: &[&str],
+) -> Child {
     let mut args = vec![
         "build",
         "--project-dir",
@@ -128,6 +144,7 @@ pub fn start_build(project: &Path, warehouse: &Path, cluster: Option<&str>) -> C
     if let Some(queue) = cluster {
         args.extend(["--cluster", &url, "--task-queue", queue]);
     }
+    args.extend(extra);
     Command::new(STRATA)
         .args(&args)
         .stdout(Stdio::piped())
