@@ -235,3 +235,26 @@ async fn a_stopped_worker_is_noticed_by_its_silence() {
     assert_same_tables(&embedded, &clustered).await;
     drop(workers); // SIGKILL ends the stopped worker too
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_joins_mid_run_takes_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = medallion(dir.path(), "30000");
+    let clustered = dir.path().join("clustered");
+    let queue = unique_queue("tasks");
+    let _first = Workers::start(1, "early", &queue);
+    let mut running = start_build(&project, &clustered, Some(&queue));
+    wait_for(&clustered.join("bronze/bronze_users/_delta_log"));
+    assert!(
+        running.try_wait().unwrap().is_none(),
+        "the run ended before the second worker joined: give it more data"
+    );
+    let _second = Workers::start(1, "late", &queue);
+    let record = finish_build(running);
+    assert_eq!(record["success"], true);
+    let used = workers_used(&record);
+    assert!(
+        used.contains("late-0"),
+        "the worker that joined took no task: {used:?}"
+    );
+}
