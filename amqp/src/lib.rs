@@ -31,7 +31,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use strata_core::queue::{
     ATTEMPT_HEADER, Consumer, DEAD_LETTER_QUEUE, DELIVERY_LIMIT, Delivery, JobQueue, Message,
-    ORIGIN_HEADER, QueueError, QueueResult, REASON_HEADER, Settlement, Settler,
+    ORIGIN_HEADER, QueueError, QueueResult, REASON_HEADER, RESULT_QUEUE, Settlement, Settler,
 };
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -39,6 +39,8 @@ use tokio::sync::Mutex as AsyncMutex;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a publish keeps trying to reach the broker before it reports an error.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
+/// How long a run's result queue lives without a consumer.
+const RUN_QUEUE_IDLE: Duration = Duration::from_secs(3600);
 /// How long an unused retry queue lives after its delay.
 const RETRY_QUEUE_IDLE: Duration = Duration::from_secs(60);
 
@@ -277,6 +279,14 @@ fn work_queue_arguments(queue: &str) -> FieldTable {
             long_string("at-least-once"),
         );
         arguments.insert("x-overflow".into(), long_string("reject-publish"));
+    }
+    // A run's own result queue: the coordinator deletes it at the end, but a late heartbeat or
+    // duplicate result would declare it again; unused, it deletes itself.
+    if queue.starts_with(RESULT_QUEUE) && queue.len() > RESULT_QUEUE.len() {
+        arguments.insert(
+            "x-expires".into(),
+            AMQPValue::LongLongInt(i64::try_from(RUN_QUEUE_IDLE.as_millis()).unwrap_or(i64::MAX)),
+        );
     }
     arguments
 }
