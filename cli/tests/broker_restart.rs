@@ -7,10 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{
-    Workers, assert_same_tables, build, finish_build, medallion, start_build, unique_queue,
-    wait_for,
-};
+use common::{Scenario, Workers, assert_same_tables, finish_build, start_build};
 
 fn rabbitmqctl(command: &str) {
     let status = Command::new("rabbitmqctl")
@@ -22,15 +19,16 @@ fn rabbitmqctl(command: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_survives_a_broker_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let project = medallion(dir.path(), "60000");
-    let embedded = dir.path().join("embedded");
-    let clustered = dir.path().join("clustered");
-    build(&project, &embedded, None);
-    let queue = unique_queue("tasks");
-    let _workers = Workers::start(2, "r", &queue);
-    let mut running = start_build(&project, &clustered, Some(&queue));
-    wait_for(&clustered.join("bronze/bronze_users/_delta_log"));
+    let scenario = Scenario::new("60000");
+    let (project, embedded, clustered, queue) = (
+        &scenario.project,
+        &scenario.embedded,
+        &scenario.clustered,
+        &scenario.queue,
+    );
+    let _workers = Workers::start(2, "r", queue);
+    let mut running = start_build(project, clustered, Some(queue));
+    scenario.wait_for_first_commit();
     rabbitmqctl("stop_app");
     assert!(
         running.try_wait().unwrap().is_none(),
@@ -40,5 +38,5 @@ async fn a_run_survives_a_broker_restart() {
     rabbitmqctl("start_app");
     let record = finish_build(running);
     assert_eq!(record["success"], true);
-    assert_same_tables(&embedded, &clustered).await;
+    assert_same_tables(embedded, clustered).await;
 }

@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Workers, assert_same_tables, broker_url, build, finish_build, medallion, start_build,
-    unique_queue, wait_for, workers_used,
+    Scenario, Workers, assert_same_tables, broker_url, build, finish_build, medallion, send_signal,
+    start_build, unique_queue, wait_for, workers_used,
 };
 use strata_amqp::AmqpQueue;
 use strata_core::queue::{
@@ -19,14 +18,15 @@ use strata_core::queue::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_build_what_embedded_mode_builds() {
-    let dir = tempfile::tempdir().unwrap();
-    let project = medallion(dir.path(), "30000");
-    let embedded = dir.path().join("embedded");
-    let clustered = dir.path().join("clustered");
-    build(&project, &embedded, None);
-    let queue = unique_queue("tasks");
-    let _workers = Workers::start(3, "w", &queue);
-    let record = build(&project, &clustered, Some(&queue));
+    let scenario = Scenario::new("30000");
+    let (project, embedded, clustered, queue) = (
+        &scenario.project,
+        &scenario.embedded,
+        &scenario.clustered,
+        &scenario.queue,
+    );
+    let _workers = Workers::start(3, "w", queue);
+    let record = build(project, clustered, Some(queue));
     assert_eq!(record["success"], true);
     let used = workers_used(&record);
     assert!(
@@ -68,21 +68,22 @@ async fn three_workers_build_what_embedded_mode_builds() {
         workers.len() >= 2,
         "stages on different workers: {silver:#}"
     );
-    assert_same_tables(&embedded, &clustered).await;
+    assert_same_tables(embedded, clustered).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_run_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let project = medallion(dir.path(), "60000");
-    let embedded = dir.path().join("embedded");
-    let clustered = dir.path().join("clustered");
-    build(&project, &embedded, None);
-    let queue = unique_queue("tasks");
-    let mut workers = Workers::start(2, "k", &queue);
-    let mut running = start_build(&project, &clustered, Some(&queue));
+    let scenario = Scenario::new("60000");
+    let (project, embedded, clustered, queue) = (
+        &scenario.project,
+        &scenario.embedded,
+        &scenario.clustered,
+        &scenario.queue,
+    );
+    let mut workers = Workers::start(2, "k", queue);
+    let mut running = start_build(project, clustered, Some(queue));
     // Once the first model is committed the run is under way: kill a worker, no goodbye.
-    wait_for(&clustered.join("bronze/bronze_users/_delta_log"));
+    scenario.wait_for_first_commit();
     let mut victim = workers.0.remove(0);
     victim.kill().unwrap();
     victim.wait().unwrap();
@@ -92,31 +93,28 @@ async fn a_worker_killed_mid_run_loses_nothing() {
     );
     let record = finish_build(running);
     assert_eq!(record["success"], true);
-    assert_same_tables(&embedded, &clustered).await;
+    assert_same_tables(embedded, clustered).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_a_worker_and_the_run_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let project = medallion(dir.path(), "60000");
-    let embedded = dir.path().join("embedded");
-    let clustered = dir.path().join("clustered");
-    build(&project, &embedded, None);
-    let queue = unique_queue("tasks");
-    let mut workers = Workers::start(2, "d", &queue);
-    let running = start_build(&project, &clustered, Some(&queue));
-    wait_for(&clustered.join("bronze/bronze_users/_delta_log"));
+    let scenario = Scenario::new("60000");
+    let (project, embedded, clustered, queue) = (
+        &scenario.project,
+        &scenario.embedded,
+        &scenario.clustered,
+        &scenario.queue,
+    );
+    let mut workers = Workers::start(2, "d", queue);
+    let running = start_build(project, clustered, Some(queue));
+    scenario.wait_for_first_commit();
     let mut drained = workers.0.remove(0);
-    let signalled = Command::new("kill")
-        .args(["-TERM", &drained.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(signalled.success());
+    send_signal(&drained, "-TERM");
     let status = drained.wait().unwrap();
     assert!(status.success(), "a drained worker exits cleanly: {status}");
     let record = finish_build(running);
     assert_eq!(record["success"], true);
-    assert_same_tables(&embedded, &clustered).await;
+    assert_same_tables(embedded, clustered).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,16 +193,17 @@ async fn seeded_kill_trials_never_lose_or_duplicate_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_worker_is_noticed_by_its_silence() {
-    let dir = tempfile::tempdir().unwrap();
-    let project = medallion(dir.path(), "30000");
-    let embedded = dir.path().join("embedded");
-    let clustered = dir.path().join("clustered");
-    build(&project, &embedded, None);
-    let queue = unique_queue("tasks");
+    let scenario = Scenario::new("30000");
+    let (project, embedded, clustered, queue) = (
+        &scenario.project,
+        &scenario.embedded,
+        &scenario.clustered,
+        &scenario.queue,
+    );
     let workers = Workers::start_with_args(
         2,
         "s",
-        &queue,
+        queue,
         &[
             "--heartbeat-interval-ms",
             "200",
@@ -213,26 +212,22 @@ async fn a_stopped_worker_is_noticed_by_its_silence() {
         ],
     );
     let mut running = common::start_build_with_args(
-        &project,
-        &clustered,
-        Some(&queue),
+        project,
+        clustered,
+        Some(queue),
         &["--task-timeout-secs", "3"],
     );
-    wait_for(&clustered.join("bronze/bronze_users/_delta_log"));
+    scenario.wait_for_first_commit();
     // SIGSTOP: the process and its connections stay, it just stops answering — the broker
     // never hands its tasks to anyone else; only the missing heartbeats tell.
-    let stopped = Command::new("kill")
-        .args(["-STOP", &workers.0[0].id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
+    send_signal(&workers.0[0], "-STOP");
     assert!(
         running.try_wait().unwrap().is_none(),
         "the run ended before the stop: give it more data"
     );
     let record = finish_build(running);
     assert_eq!(record["success"], true, "{record:#}");
-    assert_same_tables(&embedded, &clustered).await;
+    assert_same_tables(embedded, clustered).await;
     drop(workers); // SIGKILL ends the stopped worker too
 }
 

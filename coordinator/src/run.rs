@@ -445,18 +445,7 @@ impl<Q: JobQueue> Coordinator<Q> {
                         progress.remember_maps(&tasks);
                         pending.insert(id.clone(), progress);
                         for task in tasks {
-                            self.publish(&task, 1).await?;
-                            running.insert(
-                                task.task_id.clone(),
-                                InFlight {
-                                    attempt: 1,
-                                    task,
-                                    node: id.clone(),
-                                    recovery: false,
-                                    last_seen: Instant::now(),
-                                    started: false,
-                                },
-                            );
+                            self.dispatch(&mut running, task, 1, &id, false).await?;
                         }
                     }
                     Err(message) => {
@@ -555,18 +544,8 @@ impl<Q: JobQueue> Coordinator<Q> {
                     progress.blocked.push((task, attempt, recovery));
                     for map in reruns {
                         progress.recovering.insert(map.task_id.clone());
-                        self.publish(&map, attempt).await?;
-                        running.insert(
-                            map.task_id.clone(),
-                            InFlight {
-                                attempt,
-                                task: map,
-                                node: node_id.clone(),
-                                recovery: true,
-                                last_seen: Instant::now(),
-                                started: false,
-                            },
-                        );
+                        self.dispatch(&mut running, map, attempt, &node_id, true)
+                            .await?;
                     }
                     if progress.recovering.is_empty() {
                         self.release_blocked(progress, &node_id, &mut running)
@@ -625,18 +604,8 @@ impl<Q: JobQueue> Coordinator<Q> {
                     shuffle_addresses
                         .extend(strata_worker::shuffle::addresses(&progress.locations));
                     for task in tasks {
-                        self.publish(&task, 1).await?;
-                        running.insert(
-                            task.task_id.clone(),
-                            InFlight {
-                                attempt: 1,
-                                task,
-                                node: flight.node.clone(),
-                                recovery: false,
-                                last_seen: Instant::now(),
-                                started: false,
-                            },
-                        );
+                        self.dispatch(&mut running, task, 1, &flight.node, false)
+                            .await?;
                     }
                     continue;
                 }
@@ -731,18 +700,8 @@ impl<Q: JobQueue> Coordinator<Q> {
             if recovery {
                 progress.recovering.insert(task.task_id.clone());
             }
-            self.publish(&task, attempt).await?;
-            running.insert(
-                task.task_id.clone(),
-                InFlight {
-                    attempt,
-                    task,
-                    node: node.to_string(),
-                    recovery,
-                    last_seen: Instant::now(),
-                    started: false,
-                },
-            );
+            self.dispatch(running, task, attempt, node, recovery)
+                .await?;
         }
         Ok(())
     }
@@ -778,6 +737,30 @@ impl<Q: JobQueue> Coordinator<Q> {
                 .publish(reply_to, Message::new(result.encode_to_vec()))
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Publishes a task of `node` and tracks it as running.
+    async fn dispatch(
+        &self,
+        running: &mut BTreeMap<String, InFlight>,
+        task: Task,
+        attempt: u32,
+        node: &str,
+        recovery: bool,
+    ) -> Result<(), RunError> {
+        self.publish(&task, attempt).await?;
+        running.insert(
+            task.task_id.clone(),
+            InFlight {
+                attempt,
+                task,
+                node: node.to_string(),
+                recovery,
+                last_seen: Instant::now(),
+                started: false,
+            },
+        );
         Ok(())
     }
 

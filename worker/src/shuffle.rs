@@ -14,7 +14,6 @@
 //! coordinator can run the lost map task again (the error type survives to the task result:
 //! Ballista once lost it and never resubmitted, datafusion-ballista #2027).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -863,18 +862,12 @@ pub async fn remove_run(address: &str, run: &str) -> std::result::Result<(), Fli
     Ok(())
 }
 
-/// Groups locations by the worker holding them.
-pub fn addresses(locations: &[ShuffleLocation]) -> Vec<String> {
-    let mut by_address: HashMap<&str, ()> = HashMap::new();
-    for location in locations {
-        by_address.insert(location.address.as_str(), ());
-    }
-    let mut addresses: Vec<String> = by_address
-        .keys()
-        .map(|address| address.to_string())
-        .collect();
-    addresses.sort();
-    addresses
+/// The workers holding any of `locations`, each once, in order.
+pub fn addresses(locations: &[ShuffleLocation]) -> std::collections::BTreeSet<String> {
+    locations
+        .iter()
+        .map(|location| location.address.clone())
+        .collect()
 }
 
 #[cfg(test)]

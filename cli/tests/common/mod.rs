@@ -281,3 +281,51 @@ pub fn wait_for(path: &Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The setting of most cluster tests: the medallion project on `events` generated events,
+/// already built in embedded mode (the tables a cluster must reproduce), a folder for the
+/// cluster's warehouse and a task queue of the test's own.
+pub struct Scenario {
+    /// Holds every folder below; deleted when the test ends.
+    pub dir: tempfile::TempDir,
+    /// The project.
+    pub project: PathBuf,
+    /// The embedded build's warehouse.
+    pub embedded: PathBuf,
+    /// The warehouse for the cluster's build.
+    pub clustered: PathBuf,
+    /// The task queue for this test's workers.
+    pub queue: String,
+}
+
+impl Scenario {
+    /// Generates the data and runs the embedded build.
+    pub fn new(events: &str) -> Scenario {
+        let dir = tempfile::tempdir().unwrap();
+        let project = medallion(dir.path(), events);
+        let embedded = dir.path().join("embedded");
+        let clustered = dir.path().join("clustered");
+        build(&project, &embedded, None);
+        Scenario {
+            dir,
+            project,
+            embedded,
+            clustered,
+            queue: unique_queue("tasks"),
+        }
+    }
+
+    /// Waits until the cluster's build has committed its first model.
+    pub fn wait_for_first_commit(&self) {
+        wait_for(&self.clustered.join("bronze/bronze_users/_delta_log"));
+    }
+}
+
+/// Sends a signal (`-TERM`, `-STOP`) to a process with kill(1).
+pub fn send_signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal}: {status}");
+}
