@@ -34,6 +34,7 @@ use strata_proto::v1::{
 
 use crate::distinct_rewrite::CountWithDistinctToGroupBy;
 use crate::error::TaskError;
+use crate::first_row::{FirstRowPerKeyRule, StrataQueryPlanner};
 
 /// Settings of a worker's execution engine.
 #[derive(Debug, Clone)]
@@ -77,7 +78,8 @@ impl Default for ExecutionConfig {
 }
 
 /// Builds a session for one task, under the configured memory limit, with Strata's
-/// optimizer rule for `count` next to `count(distinct …)`.
+/// optimizer rules for `count` next to `count(distinct …)` and for `row_number() = 1`
+/// deduplication (and the planner for the latter's operator).
 ///
 /// # Errors
 /// Returns an internal error when the runtime cannot be built.
@@ -108,6 +110,8 @@ pub fn session(
         .with_runtime_env(runtime)
         .with_default_features()
         .with_optimizer_rule(Arc::new(CountWithDistinctToGroupBy))
+        .with_optimizer_rule(Arc::new(FirstRowPerKeyRule))
+        .with_query_planner(Arc::new(StrataQueryPlanner))
         .build();
     Ok((SessionContext::new_with_state(state), pool))
 }

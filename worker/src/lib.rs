@@ -11,6 +11,7 @@
 pub mod distinct_rewrite;
 pub mod error;
 pub mod execution;
+pub mod first_row;
 pub mod incremental;
 pub mod service;
 pub mod shuffle;

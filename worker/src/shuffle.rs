@@ -33,7 +33,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::Time;
@@ -44,12 +44,16 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
     PlanProperties, SendableRecordBatchStream,
 };
+use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
+use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
 use datafusion_proto::physical_plan::{
     DefaultPhysicalExtensionCodec, PhysicalExtensionCodec, PhysicalProtoConverterExtension,
 };
 use futures::{Stream, StreamExt, TryFutureExt, TryStreamExt};
 use prost::Message as _;
 use strata_proto::v1::ShuffleLocation;
+
+use crate::first_row::FirstRowPerKeyExec;
 
 /// Where a worker keeps the map outputs it wrote:
 /// `<root>/<run id>/<node>/<stage>/<map>/<partition>.arrow`, where the shuffle's name is
@@ -547,8 +551,105 @@ fn fetch(
     Box::pin(stream)
 }
 
-/// Encodes [`ShuffleReaderExec`]s (stage, partitions, schema) and decodes them with the map
-/// output locations of the task at hand; every other node goes through DataFusion's own codec.
+/// Tags the extension nodes [`ShuffleCodec`] encodes.
+const SHUFFLE_READER_TAG: u8 = 1;
+const FIRST_ROW_PER_KEY_TAG: u8 = 2;
+
+/// A [`FirstRowPerKeyExec`] on the wire: its keys and order (its child travels separately).
+#[derive(Clone, PartialEq, prost::Message)]
+struct FirstRowPerKeyNode {
+    #[prost(message, repeated, tag = "1")]
+    keys: Vec<datafusion_proto::protobuf::PhysicalExprNode>,
+    #[prost(message, repeated, tag = "2")]
+    order: Vec<datafusion_proto::protobuf::PhysicalSortExprNode>,
+    /// The output schema (the input's columns and the rank column).
+    #[prost(message, optional, tag = "3")]
+    schema: Option<datafusion_proto::protobuf::Schema>,
+}
+
+fn encode_first_row_per_key(
+    node: &FirstRowPerKeyExec,
+    buf: &mut Vec<u8>,
+    codec: &ShuffleCodec,
+) -> Result<()> {
+    let keys = node
+        .keys()
+        .iter()
+        .map(|key| serialize_physical_expr(key, codec))
+        .collect::<Result<Vec<_>>>()?;
+    let order = node
+        .order()
+        .iter()
+        .map(|sort| {
+            Ok(datafusion_proto::protobuf::PhysicalSortExprNode {
+                expr: Some(Box::new(serialize_physical_expr(&sort.expr, codec)?)),
+                asc: !sort.options.descending,
+                nulls_first: sort.options.nulls_first,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let schema = node
+        .schema()
+        .as_ref()
+        .try_into()
+        .map_err(|err| DataFusionError::Internal(format!("FirstRowPerKey schema: {err}")))?;
+    let message = FirstRowPerKeyNode {
+        keys,
+        order,
+        schema: Some(schema),
+    };
+    buf.extend_from_slice(&message.encode_to_vec());
+    Ok(())
+}
+
+fn decode_first_row_per_key(
+    buf: &[u8],
+    inputs: &[Arc<dyn ExecutionPlan>],
+    ctx: &TaskContext,
+    codec: &ShuffleCodec,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let malformed = |what: String| DataFusionError::Internal(format!("FirstRowPerKey: {what}"));
+    let message = FirstRowPerKeyNode::decode(buf).map_err(|err| malformed(err.to_string()))?;
+    let [input] = inputs else {
+        return Err(malformed(format!("{} inputs", inputs.len())));
+    };
+    let input_schema = input.schema();
+    let keys = message
+        .keys
+        .iter()
+        .map(|key| parse_physical_expr(key, ctx, &input_schema, codec))
+        .collect::<Result<Vec<_>>>()?;
+    let order = message
+        .order
+        .iter()
+        .map(|sort| {
+            let expr = sort
+                .expr
+                .as_deref()
+                .ok_or_else(|| malformed("an order without an expression".into()))?;
+            Ok(PhysicalSortExpr::new(
+                parse_physical_expr(expr, ctx, &input_schema, codec)?,
+                datafusion::arrow::compute::SortOptions::new(!sort.asc, sort.nulls_first),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let schema: Schema = message
+        .schema
+        .as_ref()
+        .ok_or_else(|| malformed("no schema".into()))?
+        .try_into()
+        .map_err(|err| malformed(format!("schema: {err}")))?;
+    Ok(Arc::new(FirstRowPerKeyExec::try_new(
+        Arc::clone(input),
+        keys,
+        order,
+        Arc::new(schema),
+    )?))
+}
+
+/// Encodes [`ShuffleReaderExec`]s (stage, partitions, schema) — decoded with the map output
+/// locations of the task at hand — and [`FirstRowPerKeyExec`]s; every other node goes through
+/// DataFusion's own codec.
 #[derive(Debug, Default)]
 pub struct ShuffleCodec {
     run: String,
@@ -565,8 +666,16 @@ impl PhysicalExtensionCodec for ShuffleCodec {
         ctx: &TaskContext,
         converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        let (tag, buf) = buf.split_first().unwrap_or((&0, buf));
+        match *tag {
+            SHUFFLE_READER_TAG => {}
+            FIRST_ROW_PER_KEY_TAG => return decode_first_row_per_key(buf, inputs, ctx, self),
+            _ => return DefaultPhysicalExtensionCodec {}.try_decode(buf, inputs, ctx, converter),
+        }
         let Some(header) = buf.get(..12) else {
-            return DefaultPhysicalExtensionCodec {}.try_decode(buf, inputs, ctx, converter);
+            return Err(DataFusionError::Internal(
+                "shuffle reader: truncated header".into(),
+            ));
         };
         let word = |index: usize| {
             u32::from_le_bytes([
@@ -601,9 +710,14 @@ impl PhysicalExtensionCodec for ShuffleCodec {
         buf: &mut Vec<u8>,
         converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
+        if let Some(first_rows) = node.downcast_ref::<FirstRowPerKeyExec>() {
+            buf.push(FIRST_ROW_PER_KEY_TAG);
+            return encode_first_row_per_key(first_rows, buf, self);
+        }
         let Some(reader) = node.downcast_ref::<ShuffleReaderExec>() else {
             return DefaultPhysicalExtensionCodec {}.try_encode(node, buf, converter);
         };
+        buf.push(SHUFFLE_READER_TAG);
         let partitions = reader.properties.output_partitioning().partition_count();
         buf.extend_from_slice(&reader.stage.to_le_bytes());
         buf.extend_from_slice(&reader.maps.to_le_bytes());
