@@ -10,7 +10,10 @@
 #      so do the fixture projects under tests/fixtures/execution (a fixture's `runs` file lists
 #      the --vars of successive builds, for incremental models over several batches)
 #   5. the shuffle Flight server of `strata worker`, read with pyarrow.flight
-#   6. s3://: examples/medallion with its sources and warehouse on an S3 server (moto, from the
+#   6. the coordinator's gRPC API from Python grpcio + grpcio-reflection (a client written by no
+#      one here): services listed through reflection, SubmitRun and GetRun with a bearer token,
+#      the run's tables compared with DuckDB
+#   7. s3://: examples/medallion with its sources and warehouse on an S3 server (moto, from the
 #      virtualenv, started here on a free port), compared with DuckDB the same way
 #
 # The Rust tests include the distributed mode against the real RabbitMQ: worker processes,
@@ -72,8 +75,12 @@ cargo build --workspace --locked   # same features as the test build: no rebuild
 synthetic="$(mktemp -d)"
 medallion="$(mktemp -d)"
 s3_server_pid=""
+service_pids=()
+service_queue="strata-test.grpc-client.$$"
 cleanup() {
     [[ -n "$s3_server_pid" ]] && kill "$s3_server_pid" 2>/dev/null
+    for pid in "${service_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    rabbitmqctl -q delete_queue "$service_queue" >/dev/null 2>&1 || true
     rm -rf "$synthetic" "$medallion"
 }
 trap cleanup EXIT
@@ -115,6 +122,27 @@ done
 
 step "a worker's Flight server from pyarrow.flight"
 "$venv/bin/python" tests/reference/flight_interop.py --strata "$strata"
+
+step "the coordinator's gRPC API from Python grpcio + grpcio-reflection"
+echo "grpc-client-token" > "$medallion/tokens"
+"$strata" coordinator --listen 127.0.0.1:0 --task-queue "$service_queue" \
+    --data-dir "$medallion/coordinator" --token-file "$medallion/tokens" \
+    > "$medallion/coordinator.out" 2> "$medallion/coordinator.log" &
+service_pids+=($!)
+"$strata" worker --task-queue "$service_queue" --slots 2 --flight-listen 127.0.0.1:0 \
+    --flight-advertise 127.0.0.1 > /dev/null 2> "$medallion/worker.log" &
+service_pids+=($!)
+for _ in $(seq 100); do grep -q serving "$medallion/coordinator.out" 2>/dev/null && break; sleep 0.1; done
+grpc_address="$(sed -n 's/.* on \([0-9.:]*\).*/\1/p' "$medallion/coordinator.out" | head -1)"
+if [[ -z "$grpc_address" ]]; then
+    echo "error: the coordinator did not start; its log:" >&2
+    cat "$medallion/coordinator.log" >&2
+    exit 1
+fi
+"$venv/bin/python" tests/reference/grpc_client.py --address "$grpc_address" \
+    --token grpc-client-token --project "$medallion/project" --warehouse "$medallion/grpc-warehouse"
+"$venv/bin/python" tests/reference/compare_duckdb.py \
+    --project "$medallion/project" --warehouse "$medallion/grpc-warehouse"
 
 step "s3:// warehouse and sources vs DuckDB"
 s3_port="$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"

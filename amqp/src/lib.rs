@@ -314,6 +314,11 @@ async fn declare(channel: &Channel, queue: &str) -> QueueResult<()> {
     }
 }
 
+/// True for the broker's 404 NOT_FOUND (a passive declare of a missing queue).
+fn is_not_found(err: &lapin::Error) -> bool {
+    matches!(err.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
+}
+
 fn retry_queue_name(target: &str, delay: Duration) -> String {
     format!("{target}.retry.{}ms", delay.as_millis())
 }
@@ -393,6 +398,35 @@ impl JobQueue for AmqpQueue {
 
     async fn delete(&self, queue: &str) -> QueueResult<()> {
         self.delete_queues(&[queue]).await
+    }
+
+    async fn exists(&self, queue: &str) -> QueueResult<bool> {
+        let link = self.link().await?;
+        // A passive declare fails with 404 on a missing queue and closes its channel: use a
+        // channel of its own.
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(|err| unavailable("opening a channel", err))?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(_) => {
+                let _ = channel.close(200, "done".into()).await;
+                Ok(true)
+            }
+            Err(err) if is_not_found(&err) => Ok(false),
+            Err(err) => Err(unavailable(&format!("inspecting queue {queue}"), err)),
+        }
     }
 
     async fn depth(&self, queue: &str) -> QueueResult<usize> {

@@ -36,6 +36,8 @@ pub struct BenchArgs {
 enum BenchKind {
     /// No-op tasks through RabbitMQ and worker processes, against the in-memory queue.
     Dispatch(DispatchArgs),
+    /// Concurrent SubmitRun calls to a coordinator: submit latency and runs per minute.
+    Submit(crate::submit_bench::SubmitBenchArgs),
 }
 
 /// `strata bench dispatch`.
@@ -176,7 +178,10 @@ pub(crate) fn bench(
     env: &BTreeMap<String, String>,
     out: &mut Output,
 ) -> anyhow::Result<ExitCode> {
-    let BenchKind::Dispatch(args) = &args.what;
+    let args = match &args.what {
+        BenchKind::Dispatch(args) => args,
+        BenchKind::Submit(args) => return crate::submit_bench::bench(args, env, out),
+    };
     let url = args
         .amqp_url
         .clone()

@@ -12,12 +12,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use strata_amqp::AmqpQueue;
-use strata_coordinator::{Coordinator, NodeStatus, RunEvent, RunRecord, RunRequest, Warehouse};
+use strata_coordinator::prepare::{PrepareError, RunSpec, prepare, warehouse_for};
+use strata_coordinator::{Coordinator, NodeStatus, RunEvent, RunRecord, Warehouse};
 use strata_core::manifest::ResourceType;
 use strata_core::queue::MemoryQueue;
 use strata_worker::{ExecutionConfig, WorkerConfig};
 
-use crate::project_commands::{Output, checked, run_compile};
+use crate::project_commands::{Output, report};
 use crate::{ProjectArgs, SelectionArgs};
 
 /// Options of the commands that execute nodes.
@@ -74,86 +75,55 @@ pub enum RunOutput {
 
 pub(crate) fn execute(
     args: &ExecuteArgs,
-    resource_types: &[ResourceType],
+    command: &str,
     env: &BTreeMap<String, String>,
     out: &mut Output,
 ) -> anyhow::Result<ExitCode> {
-    let outcome = run_compile(
-        &args.project.project_dir,
-        args.project.vars.as_deref(),
-        &args.project.target,
-        &args.selection.select,
-        &args.selection.exclude,
-        env,
-    );
-    let Some((manifest, selected)) = checked(outcome, out)? else {
-        return Ok(ExitCode::FAILURE);
-    };
-    let (project_dir, warehouse) = project_and_warehouse(&args.project, &args.warehouse, env)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    // Incremental models whose table exists render with is_incremental() true: compile again.
-    let mut incremental: Vec<&strata_core::manifest::Node> = Vec::new();
-    for node in manifest.nodes.values() {
-        let Some(relation) = &node.relation else {
-            continue;
-        };
-        if node.config.materialized == strata_core::config::Materialization::Incremental
-            && (!args.full_refresh || node.config.full_refresh == Some(false))
-            && runtime.block_on(table_exists(&warehouse, relation))?
-        {
-            incremental.push(node);
-        }
-    }
-    let incremental_ids: std::collections::BTreeSet<String> = incremental
-        .iter()
-        .map(|node| node.unique_id.clone())
-        .collect();
-    let incremental_names: std::collections::BTreeSet<String> =
-        incremental.iter().map(|node| node.name.clone()).collect();
-    let (manifest, selected) = if incremental_names.is_empty() {
-        (manifest, selected)
-    } else {
-        let again = crate::project_commands::compile_for_run(
-            &args.project.project_dir,
-            args.project.vars.as_deref(),
-            &args.project.target,
-            &args.selection.select,
-            &args.selection.exclude,
-            env,
-            &incremental_names,
-        );
-        let Some(compiled) = checked(again, out)? else {
-            return Ok(ExitCode::FAILURE);
-        };
-        compiled
-    };
-    // Like dbt, every run leaves the manifest it ran next to its run record.
-    let target = project_dir.join("target");
-    std::fs::create_dir_all(&target)
-        .with_context(|| format!("cannot create {}", target.display()))?;
-    std::fs::write(target.join("manifest.json"), manifest.to_json())
-        .context("cannot write target/manifest.json")?;
-    let request = RunRequest {
-        manifest: Arc::new(manifest),
-        selected,
-        resource_types: resource_types.iter().copied().collect(),
-        project_dir: project_dir.clone(),
-        warehouse: warehouse.clone(),
+    let spec = RunSpec {
+        select: args.selection.select.clone(),
+        exclude: args.selection.exclude.clone(),
+        vars: args.project.vars.clone(),
+        target: args.project.target.clone(),
+        warehouse: args.warehouse.clone(),
         threads: args.threads.max(1),
         fail_fast: args.fail_fast,
-        retries: 2,
-        retry_backoff: Duration::from_millis(500),
-        incremental_models: incremental_ids,
-        task_timeout: Duration::from_secs(args.task_timeout_secs.max(1)),
+        full_refresh: args.full_refresh,
+        // Embedded mode never shuffles: one task already uses every core.
         shuffle_partitions: if args.cluster.is_some() {
             args.shuffle_partitions
         } else {
             0
         },
+        task_timeout_secs: args.task_timeout_secs,
+        ..RunSpec::new(args.project.project_dir.clone())
     };
+    let spec = RunSpec {
+        command: command.to_string(),
+        ..spec
+    };
+    let prepared = match runtime.block_on(prepare(&spec, env)) {
+        Ok(prepared) => prepared,
+        Err(PrepareError::Project(diagnostics)) => {
+            report(&diagnostics, out)?;
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(err @ PrepareError::Invalid(_)) => return Err(err.into()),
+    };
+    if !report(&prepared.diagnostics, out)? {
+        return Ok(ExitCode::FAILURE);
+    }
+    let request = prepared.request;
+    let (project_dir, warehouse) = (request.project_dir.clone(), request.warehouse.clone());
+    // Like dbt, every run leaves the manifest it ran next to its run record.
+    let target = project_dir.join("target");
+    std::fs::create_dir_all(&target)
+        .with_context(|| format!("cannot create {}", target.display()))?;
+    std::fs::write(target.join("manifest.json"), request.manifest.to_json())
+        .context("cannot write target/manifest.json")?;
     let execution = ExecutionConfig {
         memory_limit_bytes: args.memory_limit_mib.max(64) << 20,
         ..ExecutionConfig::default()
@@ -235,33 +205,8 @@ pub(crate) fn project_and_warehouse(
         .project_dir
         .canonicalize()
         .context("cannot resolve the project folder")?;
-    let warehouse = warehouse_of(option, env, &project_dir)?;
+    let warehouse = warehouse_for(option.as_deref(), env, &project_dir)?;
     Ok((project_dir, warehouse))
-}
-
-/// The warehouse from `--warehouse`, else `STRATA_WAREHOUSE`, else `<project>/warehouse`.
-fn warehouse_of(
-    option: &Option<String>,
-    env: &BTreeMap<String, String>,
-    project_dir: &std::path::Path,
-) -> anyhow::Result<Warehouse> {
-    let location = option
-        .clone()
-        .or_else(|| env.get("STRATA_WAREHOUSE").cloned())
-        .unwrap_or_else(|| String::from("warehouse"));
-    Ok(Warehouse::parse(&location, project_dir)?)
-}
-
-/// True when the relation's Delta table exists. A warehouse that cannot be listed is an error,
-/// not "no table": treating it as absent would rebuild an incremental model from scratch.
-async fn table_exists(
-    warehouse: &Warehouse,
-    relation: &strata_core::jinja::Relation,
-) -> anyhow::Result<bool> {
-    let table_uri = warehouse.table_uri(relation);
-    strata_storage::delta_table_exists(&table_uri)
-        .await
-        .with_context(|| format!("cannot tell whether {table_uri} holds a table"))
 }
 
 fn run_id() -> String {
@@ -271,7 +216,7 @@ fn run_id() -> String {
     format!("run-{}-{:04x}", now.as_secs(), now.subsec_nanos() % 0xffff)
 }
 
-fn progress(out: &mut dyn Write, event: &RunEvent) -> std::io::Result<()> {
+pub(crate) fn progress(out: &mut dyn Write, event: &RunEvent) -> std::io::Result<()> {
     let RunEvent::Finished {
         result,
         done,
@@ -299,6 +244,7 @@ fn progress(out: &mut dyn Write, event: &RunEvent) -> std::io::Result<()> {
         ),
         NodeStatus::Error => format!("ERROR in {seconds:.2}s"),
         NodeStatus::Skipped => String::from("SKIP"),
+        NodeStatus::Cancelled => String::from("CANCELLED"),
     };
     let retries = if result.attempts > 1 {
         format!(" after {} attempts", result.attempts)
@@ -311,7 +257,7 @@ fn progress(out: &mut dyn Write, event: &RunEvent) -> std::io::Result<()> {
     )
 }
 
-fn summary(out: &mut dyn Write, record: &RunRecord) -> std::io::Result<()> {
+pub(crate) fn summary(out: &mut dyn Write, record: &RunRecord) -> std::io::Result<()> {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     for node in &record.nodes {
@@ -319,7 +265,7 @@ fn summary(out: &mut dyn Write, record: &RunRecord) -> std::io::Result<()> {
             NodeStatus::Success | NodeStatus::Pass => "PASS",
             NodeStatus::Warn => "WARN",
             NodeStatus::Error | NodeStatus::Fail => "ERROR",
-            NodeStatus::Skipped => "SKIP",
+            NodeStatus::Skipped | NodeStatus::Cancelled => "SKIP",
         };
         *counts.entry(label).or_default() += 1;
         *kinds.entry(node.resource_type.as_str()).or_default() += 1;
@@ -387,14 +333,4 @@ async fn save_record(
         .await
         .with_context(|| format!("cannot save the run record to {location}"))?;
     Ok(())
-}
-
-/// Resource types each command executes.
-pub(crate) fn types_of(command: &str) -> Vec<ResourceType> {
-    match command {
-        "seed" => vec![ResourceType::Seed],
-        "test" => vec![ResourceType::Test],
-        "build" => vec![ResourceType::Seed, ResourceType::Model, ResourceType::Test],
-        _ => vec![ResourceType::Model],
-    }
 }

@@ -6,10 +6,13 @@
 #![warn(missing_docs)]
 
 mod bench_command;
+mod client_commands;
+mod coordinator_command;
 mod execute_commands;
 mod inspect_commands;
 mod project_commands;
 pub mod sample_data;
+mod submit_bench;
 mod worker_command;
 
 use std::collections::BTreeMap;
@@ -54,6 +57,17 @@ pub enum Command {
     Worker(worker_command::WorkerArgs),
     /// Benchmarks of Strata's own machinery (`strata bench dispatch`).
     Bench(bench_command::BenchArgs),
+    /// Serves the gRPC API: runs submitted to it execute on RabbitMQ workers; state survives
+    /// restarts.
+    Coordinator(coordinator_command::CoordinatorArgs),
+    /// Submits a run to a coordinator (`--watch` follows it to the end).
+    Submit(client_commands::SubmitArgs),
+    /// Lists a coordinator's runs, newest first.
+    Runs(client_commands::RunsArgs),
+    /// Shows a run's state, node by node (`--node ID` adds its error and compiled SQL).
+    RunStatus(client_commands::RunStatusArgs),
+    /// Cancels a run: nothing more starts, nothing in flight is committed.
+    Cancel(client_commands::CancelArgs),
 }
 
 /// Options shared by every command that reads a project.
@@ -163,8 +177,10 @@ pub struct DagArgs {
 /// Returns an error for failures outside the project (such as an unwritable target folder);
 /// project problems are printed as diagnostics and give a failing exit code.
 pub fn execute(cli: Cli, env: &BTreeMap<String, String>) -> anyhow::Result<ExitCode> {
-    let mut stdout = std::io::stdout().lock();
-    let mut stderr = std::io::stderr().lock();
+    // Not locked for the whole command: the coordinator's and workers' log lines are written
+    // to standard error from other threads (a held lock would block them forever).
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
     let color =
         std::io::IsTerminal::is_terminal(&std::io::stderr()) && !env.contains_key("NO_COLOR");
     let mut out = project_commands::Output {
@@ -176,22 +192,19 @@ pub fn execute(cli: Cli, env: &BTreeMap<String, String>) -> anyhow::Result<ExitC
         Command::Compile(args) => project_commands::compile(&args, env, &mut out),
         Command::Ls(args) => project_commands::ls(&args, env, &mut out),
         Command::Dag(args) => project_commands::dag(&args, env, &mut out),
-        Command::Run(args) => {
-            execute_commands::execute(&args, &execute_commands::types_of("run"), env, &mut out)
-        }
-        Command::Build(args) => {
-            execute_commands::execute(&args, &execute_commands::types_of("build"), env, &mut out)
-        }
-        Command::Seed(args) => {
-            execute_commands::execute(&args, &execute_commands::types_of("seed"), env, &mut out)
-        }
-        Command::Test(args) => {
-            execute_commands::execute(&args, &execute_commands::types_of("test"), env, &mut out)
-        }
+        Command::Run(args) => execute_commands::execute(&args, "run", env, &mut out),
+        Command::Build(args) => execute_commands::execute(&args, "build", env, &mut out),
+        Command::Seed(args) => execute_commands::execute(&args, "seed", env, &mut out),
+        Command::Test(args) => execute_commands::execute(&args, "test", env, &mut out),
         Command::Show(args) => inspect_commands::show(&args, env, &mut out),
         Command::Debug(args) => inspect_commands::debug(&args, env, &mut out),
         Command::Worker(args) => worker_command::worker(&args, env, &mut out),
         Command::Bench(args) => bench_command::bench(&args, env, &mut out),
+        Command::Coordinator(args) => coordinator_command::coordinator(&args, env, &mut out),
+        Command::Submit(args) => client_commands::submit(&args, env, &mut out),
+        Command::Runs(args) => client_commands::runs(&args, env, &mut out),
+        Command::RunStatus(args) => client_commands::run_status(&args, env, &mut out),
+        Command::Cancel(args) => client_commands::cancel(&args, env, &mut out),
         Command::GenerateSampleData(args) => {
             let summary = sample_data::generate(&args)?;
             writeln!(out.stdout, "{summary}")?;

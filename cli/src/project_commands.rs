@@ -7,12 +7,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use strata_core::compiler::{self, CompileOptions};
-use strata_core::diagnostics::{Diagnostics, ProjectDiagnostic};
+use strata_core::diagnostics::Diagnostics;
+pub use strata_core::invocation::{CommandOutcome, run_compile};
 use strata_core::manifest::{Manifest, ResourceType};
-use strata_core::project::Project;
-use strata_core::selection;
-use strata_core::yaml::Yaml;
 
 use crate::{
     CompileArgs, DagArgs, DagFormat, LsArgs, OutputFormat, ProjectArgs, ResourceTypeArg,
@@ -24,38 +21,6 @@ pub(crate) struct Output<'a> {
     pub stdout: &'a mut dyn Write,
     pub stderr: &'a mut dyn Write,
     pub color: bool,
-}
-
-/// The result of compiling a project for a command: the manifest, the selected nodes and the
-/// diagnostics to print.
-#[derive(Debug)]
-pub struct CommandOutcome {
-    /// The manifest, when the project compiled without errors.
-    pub manifest: Option<Manifest>,
-    /// Selected unique ids.
-    pub selected: BTreeSet<String>,
-    /// Errors and warnings.
-    pub diagnostics: Diagnostics,
-}
-
-/// Loads, compiles and selects, collecting every diagnostic.
-pub fn run_compile(
-    project_dir: &Path,
-    vars: Option<&str>,
-    target: &str,
-    select: &[String],
-    exclude: &[String],
-    env: &BTreeMap<String, String>,
-) -> CommandOutcome {
-    compile_for_run(
-        project_dir,
-        vars,
-        target,
-        select,
-        exclude,
-        env,
-        &BTreeSet::new(),
-    )
 }
 
 /// Compiles the whole project (no selection) with the options of `project`.
@@ -71,98 +36,6 @@ pub(crate) fn compile_project(
         &[],
         env,
     )
-}
-
-/// Like [`run_compile`], rendering `is_incremental()` as true for the named models.
-pub fn compile_for_run(
-    project_dir: &Path,
-    vars: Option<&str>,
-    target: &str,
-    select: &[String],
-    exclude: &[String],
-    env: &BTreeMap<String, String>,
-    incremental_models: &BTreeSet<String>,
-) -> CommandOutcome {
-    let mut diagnostics = Diagnostics::default();
-    let cli_vars = match vars.map(parse_vars).transpose() {
-        Ok(vars) => vars.unwrap_or_default(),
-        Err(diagnostic) => {
-            diagnostics.push(*diagnostic);
-            return CommandOutcome {
-                manifest: None,
-                selected: BTreeSet::new(),
-                diagnostics,
-            };
-        }
-    };
-    let loaded = Project::load(project_dir);
-    diagnostics.extend(loaded.diagnostics);
-    let Some(project) = loaded.project else {
-        return CommandOutcome {
-            manifest: None,
-            selected: BTreeSet::new(),
-            diagnostics,
-        };
-    };
-    let options = CompileOptions {
-        cli_vars,
-        env: env.clone(),
-        target_name: target.to_string(),
-        incremental_models: incremental_models.clone(),
-    };
-    let compilation = compiler::compile(&project, &options);
-    diagnostics.extend(compilation.diagnostics);
-    diagnostics.sort();
-    let Some(manifest) = compilation.manifest.filter(|_| !diagnostics.has_errors()) else {
-        return CommandOutcome {
-            manifest: None,
-            selected: BTreeSet::new(),
-            diagnostics,
-        };
-    };
-    match selection::select(&manifest, select, exclude) {
-        Ok(chosen) => {
-            for unmatched in chosen.unmatched {
-                diagnostics.push(ProjectDiagnostic::warning(
-                    "strata::selection",
-                    format!("the selector '{unmatched}' matched no node"),
-                ));
-            }
-            CommandOutcome {
-                manifest: Some(manifest),
-                selected: chosen.nodes,
-                diagnostics,
-            }
-        }
-        Err(err) => {
-            diagnostics.push(ProjectDiagnostic::error("strata::selection", err.to_string()).with_hint(
-                "selectors look like: name, +name, name+, tag:daily, path:models/gold, layer:silver, config.materialized:table",
-            ));
-            CommandOutcome {
-                manifest: None,
-                selected: BTreeSet::new(),
-                diagnostics,
-            }
-        }
-    }
-}
-
-fn parse_vars(
-    text: &str,
-) -> Result<serde_json::Map<String, serde_json::Value>, Box<ProjectDiagnostic>> {
-    let source = strata_core::diagnostics::SourceText::new("--vars", text);
-    let yaml = Yaml::parse(&source)?;
-    match yaml.to_json() {
-        serde_json::Value::Object(vars) => Ok(vars),
-        serde_json::Value::Null => Ok(serde_json::Map::new()),
-        _ => Err(Box::new(
-            ProjectDiagnostic::error(
-                "strata::vars",
-                format!("--vars must be a mapping, found {}", yaml.kind()),
-            )
-            .with_hint("write --vars '{name: value}'"),
-        )),
-    }
 }
 
 fn outcome_for(

@@ -16,7 +16,7 @@ use strata_worker::{ExecutionConfig, ShuffleService, WorkerConfig};
 use crate::project_commands::Output;
 
 /// The broker when neither the flags, the config file nor STRATA_AMQP_URL name one.
-const LOCAL_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub(crate) const LOCAL_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// `strata worker`.
 #[derive(Debug, Args)]
@@ -217,7 +217,7 @@ pub(crate) fn worker(
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         if let Ok(mut terminate) =

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use deltalake::kernel::transaction::CommitBuilder;
-use deltalake::kernel::{Action, Add, MetadataExt, StructType};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use strata_proto::v1::WrittenFile;
@@ -26,7 +26,18 @@ pub enum CommitError {
     /// The workers reported a schema that is not valid Delta schema JSON.
     #[error("the model's schema is invalid: {0}")]
     InvalidSchema(String),
-    /// delta-rs refused or failed the transaction (conflict, storage error).
+    /// Another run committed to the table at the same time, and this commit could not be
+    /// retried: nothing of this model was committed; the table holds the other run's version.
+    #[error(
+        "another run committed {location} concurrently, so this model's output was not committed (the table holds the other run's version); run the model again ({detail})"
+    )]
+    Conflict {
+        /// The table.
+        location: String,
+        /// delta-rs' account of the conflict.
+        detail: String,
+    },
+    /// delta-rs refused or failed the transaction (storage error).
     #[error("delta commit of {location} failed: {source}")]
     Delta {
         /// The table.
@@ -34,6 +45,26 @@ pub enum CommitError {
         /// The cause.
         source: DeltaTableError,
     },
+}
+
+/// Who commits: a node of a run. Recorded in the commit as a Delta application transaction
+/// (`txn` action), so committing the same node of the same run twice is a no-op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitId {
+    /// The run.
+    pub run_id: String,
+    /// The node's unique id.
+    pub unique_id: String,
+    /// Whether a commit that lost a race may be retried on the newer version (not for an
+    /// incremental model: its output depends on the version it read).
+    pub retry_conflicts: bool,
+}
+
+impl CommitId {
+    /// The Delta application id: `strata:<run>:<node>`.
+    pub fn app_id(&self) -> String {
+        format!("strata:{}:{}", self.run_id, self.unique_id)
+    }
 }
 
 /// Opens a Delta table, or returns `None` when there is none at the location yet.
@@ -92,14 +123,14 @@ pub async fn append(
     schema_json: &str,
     partition_by: &[String],
     files: &[WrittenFile],
-    run_id: &str,
+    commit_id: &CommitId,
 ) -> Result<i64, CommitError> {
     write(
         location,
         schema_json,
         partition_by,
         files,
-        run_id,
+        commit_id,
         SaveMode::Append,
     )
     .await
@@ -115,25 +146,75 @@ pub async fn overwrite(
     schema_json: &str,
     partition_by: &[String],
     files: &[WrittenFile],
-    run_id: &str,
+    commit_id: &CommitId,
 ) -> Result<i64, CommitError> {
     write(
         location,
         schema_json,
         partition_by,
         files,
-        run_id,
+        commit_id,
         SaveMode::Overwrite,
     )
     .await
 }
 
+/// Commits, retrying a commit that lost a race with another run's commit to the same table:
+/// a whole-table overwrite (or an append) is as valid on the newer version. Up to
+/// [`CONFLICT_RETRIES`] tries; then, or for an incremental model (whose output was computed
+/// from the version it read), a [`CommitError::Conflict`].
 async fn write(
     location: &str,
     schema_json: &str,
     partition_by: &[String],
     files: &[WrittenFile],
-    run_id: &str,
+    commit_id: &CommitId,
+    mode: SaveMode,
+) -> Result<i64, CommitError> {
+    let mut attempt = 1;
+    loop {
+        match write_once(location, schema_json, partition_by, files, commit_id, mode).await {
+            Err(CommitError::Delta { location, source }) if is_conflict(&source) => {
+                if !commit_id.retry_conflicts || attempt >= CONFLICT_RETRIES {
+                    return Err(CommitError::Conflict {
+                        location,
+                        detail: source.to_string(),
+                    });
+                }
+                tracing::info!(%location, attempt, "commit conflict with another run; retrying");
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(attempt))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Commit attempts of a model that races other runs.
+const CONFLICT_RETRIES: u32 = 5;
+
+/// True when another writer committed to the table between our read and our commit.
+fn is_conflict(error: &DeltaTableError) -> bool {
+    use deltalake::kernel::transaction::TransactionError;
+    match error {
+        DeltaTableError::VersionAlreadyExists(_) => true,
+        DeltaTableError::Transaction { source } => matches!(
+            source,
+            TransactionError::VersionAlreadyExists(_)
+                | TransactionError::CommitConflict(_)
+                | TransactionError::MaxCommitAttempts(_)
+        ),
+        // Two runs creating the table at once: the loser sees it exists.
+        other => other.to_string().contains("already exists"),
+    }
+}
+
+async fn write_once(
+    location: &str,
+    schema_json: &str,
+    partition_by: &[String],
+    files: &[WrittenFile],
+    commit_id: &CommitId,
     mode: SaveMode,
 ) -> Result<i64, CommitError> {
     let schema: StructType = serde_json::from_str(schema_json)
@@ -153,8 +234,9 @@ async fn write(
     };
     let metadata = HashMap::from([(
         String::from("strata.run_id"),
-        serde_json::Value::from(run_id),
+        serde_json::Value::from(commit_id.run_id.as_str()),
     )]);
+    let transaction = Transaction::new(commit_id.app_id(), 1);
     match open_table(location).await? {
         None => {
             let url = url::Url::parse(location).map_err(|err| CommitError::InvalidLocation {
@@ -168,7 +250,8 @@ async fn write(
                 .with_actions(adds)
                 .with_commit_properties(
                     deltalake::kernel::transaction::CommitProperties::default()
-                        .with_metadata(metadata),
+                        .with_metadata(metadata)
+                        .with_application_transaction(transaction),
                 )
                 .await
                 .map_err(delta_error)?;
@@ -179,6 +262,16 @@ async fn write(
         }
         Some(table) => {
             let snapshot = table.snapshot().map_err(delta_error)?;
+            // This run committed this node already (a coordinator restarted between the
+            // commit and recording it): committing again would append the rows twice.
+            if snapshot
+                .transaction_version(table.log_store().as_ref(), commit_id.app_id())
+                .await
+                .map_err(delta_error)?
+                .is_some()
+            {
+                return Ok(i64::try_from(snapshot.version()).unwrap_or(i64::MAX));
+            }
             let mut actions: Vec<Action> = if mode == SaveMode::Overwrite {
                 snapshot
                     .log_data()
@@ -204,12 +297,14 @@ async fn write(
                 partition_by: (!partition_by.is_empty()).then(|| partition_by.to_vec()),
                 predicate: None,
             };
-            let committed = CommitBuilder::default()
-                .with_actions(actions)
-                .with_app_metadata(metadata)
-                .build(Some(snapshot), table.log_store(), operation)
-                .await
-                .map_err(delta_error)?;
+            let committed = CommitBuilder::from(
+                CommitProperties::default().with_application_transaction(transaction),
+            )
+            .with_actions(actions)
+            .with_app_metadata(metadata)
+            .build(Some(snapshot), table.log_store(), operation)
+            .await
+            .map_err(delta_error)?;
             Ok(i64::try_from(committed.version()).unwrap_or(i64::MAX))
         }
     }

@@ -9,8 +9,14 @@
 
 pub mod commit;
 pub mod partitioning;
+pub mod prepare;
 pub mod run;
+pub mod service;
+pub mod store;
 pub mod warehouse;
 
-pub use run::{Coordinator, NodeResult, NodeStatus, RunEvent, RunRecord, RunRequest, inputs_for};
+pub use run::{
+    Coordinator, NodeResult, NodeStatus, Resume, RunControl, RunEvent, RunRecord, RunRequest,
+    inputs_for,
+};
 pub use warehouse::Warehouse;

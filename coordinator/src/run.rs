@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use strata_core::config::{Materialization, TestSeverity, parse_condition};
 use strata_core::dag::Dag;
 use strata_core::manifest::{Manifest, Node, ResourceType};
@@ -60,10 +60,10 @@ pub struct RunRequest {
 }
 
 /// One stage of a shuffled model in the run record.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageRecord {
     /// `map` (writes shuffle outputs) or `reduce` (reads them and writes the table).
-    pub kind: &'static str,
+    pub kind: String,
     /// Tasks of the stage.
     pub tasks: u32,
     /// The workers that ran them.
@@ -75,7 +75,7 @@ pub struct StageRecord {
 }
 
 /// The outcome of one node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeStatus {
     /// A model or seed was built.
@@ -90,6 +90,8 @@ pub enum NodeStatus {
     Warn,
     /// A test failed with severity `error`.
     Fail,
+    /// Not finished because the run was cancelled (nothing of it was committed).
+    Cancelled,
 }
 
 impl NodeStatus {
@@ -97,10 +99,23 @@ impl NodeStatus {
     pub fn is_ok(self) -> bool {
         matches!(self, Self::Success | Self::Pass | Self::Warn)
     }
+
+    /// The lowercase name used in run records and over gRPC.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Error => "error",
+            Self::Skipped => "skipped",
+            Self::Pass => "pass",
+            Self::Warn => "warn",
+            Self::Fail => "fail",
+            Self::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// The record of one node in a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeResult {
     /// Unique id.
     pub unique_id: String,
@@ -168,6 +183,10 @@ pub enum RunEvent {
         done: usize,
         /// Nodes in the run.
         total: usize,
+        /// Tasks of its first stage.
+        tasks: usize,
+        /// Stages (more than one for a shuffled model).
+        stages: usize,
     },
     /// A node finished.
     Finished {
@@ -178,6 +197,52 @@ pub enum RunEvent {
         /// Nodes in the run.
         total: usize,
     },
+    /// A task went out to the workers: a first attempt, a retry, or a map task run again.
+    TaskDispatched {
+        /// The task as published.
+        task: Box<Task>,
+        /// Its attempt.
+        attempt: u32,
+    },
+    /// A worker reported the result of a task's current attempt.
+    TaskReported {
+        /// The task.
+        task_id: String,
+        /// Its node.
+        unique_id: String,
+        /// The attempt.
+        attempt: u32,
+        /// The worker that ran it.
+        worker: String,
+        /// Why it failed, when it did.
+        error: Option<String>,
+    },
+}
+
+/// How a caller steers a run beyond its request.
+#[derive(Debug, Default)]
+pub struct RunControl {
+    /// Where a run interrupted by a coordinator restart stood.
+    pub resume: Option<Resume>,
+    /// Set to true to cancel: no node starts any more, nodes in flight are not committed
+    /// (each ends `cancelled`), and the run's result queue is deleted, which tells workers
+    /// to drop its tasks.
+    pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The run's W3C trace id (32 hex digits), kept across restarts; a new one when `None`.
+    pub trace_id: Option<String>,
+}
+
+/// A run picked up again after the coordinator stopped.
+#[derive(Debug, Default)]
+pub struct Resume {
+    /// Nodes that had finished, committed versions included: they are not run again.
+    pub finished: Vec<NodeResult>,
+    /// Tasks that were out, with their attempts. A node all of whose tasks are here, none
+    /// finished and none of a shuffle, waits for their results (which may already be on the
+    /// result queue); any other unfinished node is planned again.
+    pub in_flight: Vec<(Task, u32)>,
+    /// Task numbers start here, so a node planned again gets task ids never used before.
+    pub first_task_number: u64,
 }
 
 /// Errors that stop a run as a whole (not a node failing).
@@ -205,6 +270,22 @@ struct InFlight {
     /// True once a worker took it (its first heartbeat): only then can it go silent — a task
     /// waiting in the queue for a free worker is not lost.
     started: bool,
+}
+
+/// The tasks out on the queue, by task id, and the dispatches not yet reported as events.
+#[derive(Default)]
+struct Running {
+    tasks: BTreeMap<String, InFlight>,
+    dispatched: Vec<RunEvent>,
+}
+
+/// The bookkeeping of a run that [`Coordinator::resume`] fills in.
+struct RunState<'a> {
+    results: &'a mut BTreeMap<String, NodeResult>,
+    order: &'a mut Vec<String>,
+    versions: &'a mut HashMap<String, i64>,
+    running: &'a mut Running,
+    pending: &'a mut BTreeMap<String, PendingNode>,
 }
 
 /// A node whose tasks are out: it completes when all of them have succeeded.
@@ -287,7 +368,7 @@ impl PendingNode {
         let results = std::mem::take(&mut self.results);
         let mut workers: BTreeSet<String> = BTreeSet::new();
         let mut stage = StageRecord {
-            kind: "map",
+            kind: String::from("map"),
             tasks: u32::try_from(results.len()).unwrap_or(u32::MAX),
             workers: Vec::new(),
             rows: 0,
@@ -365,6 +446,22 @@ impl<Q: JobQueue> Coordinator<Q> {
         &self,
         request: &RunRequest,
         run_id: &str,
+        on_event: impl FnMut(RunEvent),
+    ) -> Result<RunRecord, RunError> {
+        self.run_with(request, run_id, RunControl::default(), on_event)
+            .await
+    }
+
+    /// Like [`Coordinator::run`], resuming where an earlier coordinator stopped and/or
+    /// watching for cancellation.
+    ///
+    /// # Errors
+    /// Returns an error when the queue fails.
+    pub async fn run_with(
+        &self,
+        request: &RunRequest,
+        run_id: &str,
+        control: RunControl,
         mut on_event: impl FnMut(RunEvent),
     ) -> Result<RunRecord, RunError> {
         let started = Instant::now();
@@ -387,17 +484,55 @@ impl<Q: JobQueue> Coordinator<Q> {
         let mut results: BTreeMap<String, NodeResult> = BTreeMap::new();
         let mut order: Vec<String> = Vec::new();
         let mut versions: HashMap<String, i64> = HashMap::new();
-        let mut running: BTreeMap<String, InFlight> = BTreeMap::new();
+        let mut running = Running::default();
         let mut pending: BTreeMap<String, PendingNode> = BTreeMap::new();
         let reply_to = format!("{RESULT_QUEUE}.{run_id}");
         let mut consumer = self.queue.consume(&reply_to, 64).await?;
         let mut stopped = false;
-        let mut task_counter = 0u64;
-        let trace_id = random_hex(16);
+        let RunControl {
+            resume,
+            cancel,
+            trace_id,
+        } = control;
+        let mut task_counter = resume.as_ref().map_or(0, |resume| resume.first_task_number);
+        let trace_id = trace_id
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| random_hex(16));
         // Workers holding shuffle outputs of this run, told to delete them at the end.
         let mut shuffle_addresses: BTreeSet<String> = BTreeSet::new();
+        if let Some(resume) = resume {
+            self.resume(
+                resume,
+                &to_run,
+                total,
+                &mut RunState {
+                    results: &mut results,
+                    order: &mut order,
+                    versions: &mut versions,
+                    running: &mut running,
+                    pending: &mut pending,
+                },
+                &mut on_event,
+            );
+        }
 
         loop {
+            for event in running.dispatched.drain(..) {
+                on_event(event);
+            }
+            if cancel.as_ref().is_some_and(|cancel| *cancel.borrow()) {
+                for id in &to_run {
+                    if !results.contains_key(id) {
+                        let mut result =
+                            skipped(&manifest.nodes[id], String::from("the run was cancelled"));
+                        result.status = NodeStatus::Cancelled;
+                        finish(&mut results, &mut order, result, total, &mut on_event);
+                    }
+                }
+                running.tasks.clear();
+                pending.clear();
+                break;
+            }
             // Start every node whose dependencies are done, up to `threads` at once.
             let ready: Vec<String> = to_run
                 .iter()
@@ -440,6 +575,8 @@ impl<Q: JobQueue> Coordinator<Q> {
                             unique_id: id.clone(),
                             done: results.len(),
                             total,
+                            tasks: tasks.len(),
+                            stages: later.len() + 1,
                         });
                         let mut progress = PendingNode::new(tasks.len(), later);
                         progress.remember_maps(&tasks);
@@ -489,7 +626,7 @@ impl<Q: JobQueue> Coordinator<Q> {
                 let task = delivery.message.headers.get(TASK_HEADER).cloned();
                 let attempt = delivery.message.headers.get(ATTEMPT_HEADER).cloned();
                 delivery.ack().await?;
-                if let Some(flight) = task.and_then(|task| running.get_mut(&task))
+                if let Some(flight) = task.and_then(|task| running.tasks.get_mut(&task))
                     && attempt.is_some_and(|attempt| attempt == flight.attempt.to_string())
                 {
                     flight.last_seen = flight.last_seen.max(Instant::now());
@@ -509,12 +646,19 @@ impl<Q: JobQueue> Coordinator<Q> {
             if result.run_id != run_id {
                 continue; // not this run's (a misrouted or replayed result)
             }
-            let Some(flight) = running.get(&result.task_id) else {
+            let Some(flight) = running.tasks.get(&result.task_id) else {
                 continue;
             };
             if result.attempt != flight.attempt {
                 continue; // a stale duplicate of an earlier attempt
             }
+            on_event(RunEvent::TaskReported {
+                task_id: result.task_id.clone(),
+                unique_id: flight.node.clone(),
+                attempt: result.attempt,
+                worker: result.worker_id.clone(),
+                error: (!result.error.is_empty()).then(|| result.error.clone()),
+            });
             let node = &manifest.nodes[&flight.node];
             let class =
                 FailureClass::try_from(result.failure_class).unwrap_or(FailureClass::Unspecified);
@@ -532,7 +676,7 @@ impl<Q: JobQueue> Coordinator<Q> {
                     let attempt = flight.attempt + 1;
                     let recovery = flight.recovery;
                     let (task, node_id) = (flight.task.clone(), flight.node.clone());
-                    running.remove(&result.task_id);
+                    running.tasks.remove(&result.task_id);
                     let Some(progress) = pending.get_mut(&node_id) else {
                         continue;
                     };
@@ -557,7 +701,11 @@ impl<Q: JobQueue> Coordinator<Q> {
                     let attempt = flight.attempt + 1;
                     let delay = request.retry_backoff * 2u32.saturating_pow(flight.attempt - 1);
                     let task = flight.task.clone();
-                    if let Some(flight) = running.get_mut(&result.task_id) {
+                    running.dispatched.push(RunEvent::TaskDispatched {
+                        task: Box::new(task.clone()),
+                        attempt,
+                    });
+                    if let Some(flight) = running.tasks.get_mut(&result.task_id) {
                         flight.attempt = attempt;
                         flight.last_seen = Instant::now() + delay;
                         flight.started = false;
@@ -572,7 +720,7 @@ impl<Q: JobQueue> Coordinator<Q> {
                     continue;
                 }
             }
-            let Some(flight) = running.remove(&result.task_id) else {
+            let Some(flight) = running.tasks.remove(&result.task_id) else {
                 continue;
             };
             let Some(progress) = pending.get_mut(&flight.node) else {
@@ -616,7 +764,7 @@ impl<Q: JobQueue> Coordinator<Q> {
                         .map(|result| result.worker_id.clone())
                         .collect();
                     progress.stages.push(StageRecord {
-                        kind: "reduce",
+                        kind: String::from("reduce"),
                         tasks: u32::try_from(progress.results.len()).unwrap_or(u32::MAX),
                         workers: workers.into_iter().collect(),
                         rows: progress.results.iter().map(|result| result.rows).sum(),
@@ -636,7 +784,7 @@ impl<Q: JobQueue> Coordinator<Q> {
             } else {
                 // One failed task fails the node: forget its other tasks (their files are
                 // never committed).
-                running.retain(|_, other| other.node != flight.node);
+                running.tasks.retain(|_, other| other.node != flight.node);
                 (result, class)
             };
             let Some(progress) = pending.remove(&flight.node) else {
@@ -678,6 +826,67 @@ impl<Q: JobQueue> Coordinator<Q> {
         })
     }
 
+    /// Takes over where an earlier coordinator stopped: finished nodes stay finished, and the
+    /// nodes whose tasks are all known to be out wait for their results instead of running
+    /// again (tasks are marked started, so silence beyond the task timeout retries them).
+    fn resume(
+        &self,
+        resume: Resume,
+        to_run: &BTreeSet<String>,
+        total: usize,
+        state: &mut RunState<'_>,
+        on_event: &mut impl FnMut(RunEvent),
+    ) {
+        for result in resume.finished {
+            if !to_run.contains(&result.unique_id) {
+                continue;
+            }
+            if let Some(version) = result.version {
+                state.versions.insert(result.unique_id.clone(), version);
+            }
+            state.order.push(result.unique_id.clone());
+            state.results.insert(result.unique_id.clone(), result);
+        }
+        let mut by_node: BTreeMap<String, Vec<(Task, u32)>> = BTreeMap::new();
+        for (task, attempt) in resume.in_flight {
+            by_node
+                .entry(task.node_unique_id.clone())
+                .or_default()
+                .push((task, attempt));
+        }
+        for (node, tasks) in by_node {
+            let shuffled = tasks.iter().any(|(task, _)| {
+                task.kind == TaskKind::ShuffleMap as i32 || !task.shuffle_locations.is_empty()
+            });
+            if shuffled || state.results.contains_key(&node) || !to_run.contains(&node) {
+                continue;
+            }
+            on_event(RunEvent::Started {
+                unique_id: node.clone(),
+                done: state.results.len(),
+                total,
+                tasks: tasks.len(),
+                stages: 1,
+            });
+            let mut progress = PendingNode::new(tasks.len(), std::collections::VecDeque::new());
+            progress.attempts = tasks.iter().map(|(_, attempt)| *attempt).max().unwrap_or(1);
+            state.pending.insert(node.clone(), progress);
+            for (task, attempt) in tasks {
+                state.running.tasks.insert(
+                    task.task_id.clone(),
+                    InFlight {
+                        attempt,
+                        task,
+                        node: node.clone(),
+                        recovery: false,
+                        last_seen: Instant::now(),
+                        started: true,
+                    },
+                );
+            }
+        }
+    }
+
     /// Publishes the tasks that waited for recovered shuffle outputs, reading the current
     /// locations. Recovery map tasks go first and alone: the others may read their outputs,
     /// so they wait until those are back too.
@@ -685,7 +894,7 @@ impl<Q: JobQueue> Coordinator<Q> {
         &self,
         progress: &mut PendingNode,
         node: &str,
-        running: &mut BTreeMap<String, InFlight>,
+        running: &mut Running,
     ) -> Result<(), RunError> {
         let blocked = std::mem::take(&mut progress.blocked);
         let (release, keep): (Vec<_>, Vec<_>) = if blocked.iter().any(|(_, _, recovery)| *recovery)
@@ -711,13 +920,13 @@ impl<Q: JobQueue> Coordinator<Q> {
     /// the silent one is ignored) or fails the model when retries are used up.
     async fn report_silent(
         &self,
-        running: &mut BTreeMap<String, InFlight>,
+        running: &mut Running,
         run_id: &str,
         reply_to: &str,
         timeout: Duration,
     ) -> Result<(), RunError> {
         let now = Instant::now();
-        for flight in running.values_mut() {
+        for flight in running.tasks.values_mut() {
             if !flight.started || now.saturating_duration_since(flight.last_seen) < timeout {
                 continue;
             }
@@ -743,14 +952,18 @@ impl<Q: JobQueue> Coordinator<Q> {
     /// Publishes a task of `node` and tracks it as running.
     async fn dispatch(
         &self,
-        running: &mut BTreeMap<String, InFlight>,
+        running: &mut Running,
         task: Task,
         attempt: u32,
         node: &str,
         recovery: bool,
     ) -> Result<(), RunError> {
         self.publish(&task, attempt).await?;
-        running.insert(
+        running.dispatched.push(RunEvent::TaskDispatched {
+            task: Box::new(task.clone()),
+            attempt,
+        });
+        running.tasks.insert(
             task.task_id.clone(),
             InFlight {
                 attempt,
@@ -816,10 +1029,16 @@ impl<Q: JobQueue> Coordinator<Q> {
         } else if let Some(relation) = &node.relation {
             let location = request.warehouse.table_uri(relation);
             let (schema, partition_by) = (&result.delta_schema_json, &node.config.partition_by);
+            let commit_id = commit::CommitId {
+                run_id: run_id.to_string(),
+                unique_id: node.unique_id.clone(),
+                retry_conflicts: !request.incremental_models.contains(&node.unique_id),
+            };
+            let files = &result.files;
             let committed = if result.append {
-                commit::append(&location, schema, partition_by, &result.files, run_id).await
+                commit::append(&location, schema, partition_by, files, &commit_id).await
             } else {
-                commit::overwrite(&location, schema, partition_by, &result.files, run_id).await
+                commit::overwrite(&location, schema, partition_by, files, &commit_id).await
             };
             match committed {
                 Ok(version) => {
@@ -1308,7 +1527,7 @@ fn task_message(task: &Task, attempt: u32) -> Message {
 }
 
 /// `bytes` random bytes as lowercase hex, for W3C trace and span ids (never all zero).
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     use std::hash::{BuildHasher, Hasher};
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let mut hex = String::new();

@@ -21,6 +21,7 @@ pub mod config;
 pub mod dag;
 pub mod data_tests;
 pub mod diagnostics;
+pub mod invocation;
 pub mod jinja;
 pub mod manifest;
 pub mod project;

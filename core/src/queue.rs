@@ -239,6 +239,13 @@ pub trait JobQueue: Send + Sync + 'static {
     /// # Errors
     /// Returns an error when the broker cannot be reached.
     fn depth(&self, queue: &str) -> impl Future<Output = QueueResult<usize>> + Send;
+
+    /// True when the queue exists (without creating it). A worker asks this of a task's
+    /// result queue: once the run is over or cancelled, the coordinator has deleted it.
+    ///
+    /// # Errors
+    /// Returns an error when the broker cannot be reached.
+    fn exists(&self, queue: &str) -> impl Future<Output = QueueResult<bool>> + Send;
 }
 
 #[derive(Debug, Default)]
@@ -484,6 +491,8 @@ impl JobQueue for MemoryQueue {
 
     async fn consume(&self, queue: &str, prefetch: usize) -> QueueResult<MemoryConsumer> {
         let mut state = self.lock();
+        // Consuming declares the queue, as on the broker.
+        state.queues.entry(queue.to_string()).or_default();
         state.next_consumer += 1;
         Ok(MemoryConsumer {
             queue: self.clone(),
@@ -500,6 +509,10 @@ impl JobQueue for MemoryQueue {
 
     async fn depth(&self, queue: &str) -> QueueResult<usize> {
         Ok(self.lock().queues.get(queue).map_or(0, |q| q.ready.len()))
+    }
+
+    async fn exists(&self, queue: &str) -> QueueResult<bool> {
+        Ok(self.lock().queues.contains_key(queue))
     }
 }
 
@@ -548,8 +561,19 @@ pub mod conformance {
             .await
             .unwrap();
         assert_eq!(queue.depth(name).await.unwrap(), 1);
+        assert!(queue.exists(name).await.unwrap());
         queue.delete(name).await.unwrap();
+        assert!(
+            !queue.exists(name).await.unwrap(),
+            "a deleted queue is gone"
+        );
         assert_eq!(queue.depth(name).await.unwrap(), 0);
+        queue.delete(name).await.unwrap();
+        assert!(!queue.exists(&format!("{name}.never")).await.unwrap());
+        // Consuming declares a queue: a run's result queue exists once its coordinator listens.
+        let consumer = queue.consume(name, 1).await.unwrap();
+        assert!(queue.exists(name).await.unwrap());
+        drop(consumer);
         queue.delete(name).await.unwrap();
     }
 

@@ -7,6 +7,10 @@
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/strata.v1.rs"));
+
+    /// The encoded file descriptor set of package `strata.v1`, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/strata_descriptor.bin"));
 }
 
 #[cfg(test)]

@@ -100,6 +100,16 @@ async fn handle<Q: JobQueue, S: Settler>(queue: &Q, config: &WorkerConfig, deliv
         tokio::select! {
             result = &mut run => break result,
             _ = beats.tick() => {
+                // The coordinator deletes a run's result queue when the run ends or is
+                // cancelled: a task of such a run is dropped, running or not. (A broker that
+                // cannot answer is no reason to stop.)
+                if !task.reply_to.is_empty()
+                    && matches!(queue.exists(reply_to).await, Ok(false))
+                {
+                    tracing::info!(task = %task.task_id, run = %task.run_id, "dropping a task of a run that is over or cancelled");
+                    let _ = delivery.ack().await;
+                    return;
+                }
                 let beat = Message::new(Vec::new())
                     .with_header(KIND_HEADER, HEARTBEAT)
                     .with_header(TASK_HEADER, task.task_id.clone())

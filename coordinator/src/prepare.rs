@@ -1,0 +1,216 @@
+//! From "run this project like this" to a [`RunRequest`]: compile with the vars and selection,
+//! find the incremental models whose tables exist (they compile again with `is_incremental()`
+//! true), and settle the warehouse. The CLI's embedded and cluster runs and the coordinator's
+//! `SubmitRun` all prepare runs here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use strata_core::config::Materialization;
+use strata_core::diagnostics::Diagnostics;
+use strata_core::invocation::{CommandOutcome, compile_for_run};
+use strata_core::manifest::{Manifest, ResourceType};
+
+use crate::run::RunRequest;
+use crate::warehouse::Warehouse;
+
+/// What a run is asked to do: everything needed to prepare it again after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// The project folder.
+    pub project_dir: PathBuf,
+    /// `build`, `run`, `seed` or `test`.
+    pub command: String,
+    /// `--select` selectors.
+    pub select: Vec<String>,
+    /// `--exclude` selectors.
+    pub exclude: Vec<String>,
+    /// `--vars`, as YAML or JSON.
+    pub vars: Option<String>,
+    /// The profile target.
+    pub target: String,
+    /// The warehouse (default `<project>/warehouse`).
+    pub warehouse: Option<String>,
+    /// Nodes executing at the same time.
+    pub threads: usize,
+    /// Stop starting nodes after the first failure.
+    pub fail_fast: bool,
+    /// Rebuild incremental models from scratch.
+    pub full_refresh: bool,
+    /// Partitions of shuffles (0 or 1: none).
+    pub shuffle_partitions: usize,
+    /// Seconds a started task may stay silent before it is retried.
+    pub task_timeout_secs: u64,
+    /// Retries after transient failures (a model's `retries` wins).
+    pub retries: u32,
+}
+
+impl RunSpec {
+    /// A `build` of the project with the CLI's defaults.
+    pub fn new(project_dir: PathBuf) -> RunSpec {
+        RunSpec {
+            project_dir,
+            command: String::from("build"),
+            select: Vec::new(),
+            exclude: Vec::new(),
+            vars: None,
+            target: String::from("dev"),
+            warehouse: None,
+            threads: 4,
+            fail_fast: false,
+            full_refresh: false,
+            shuffle_partitions: 0,
+            task_timeout_secs: 60,
+            retries: 2,
+        }
+    }
+}
+
+/// The node kinds a command executes, or `None` for an unknown command.
+pub fn resource_types(command: &str) -> Option<BTreeSet<ResourceType>> {
+    let types: &[ResourceType] = match command {
+        "seed" => &[ResourceType::Seed],
+        "test" => &[ResourceType::Test],
+        "build" => &[ResourceType::Seed, ResourceType::Model, ResourceType::Test],
+        "run" => &[ResourceType::Model],
+        _ => return None,
+    };
+    Some(types.iter().copied().collect())
+}
+
+/// Why a run could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The project did not compile, a selector or a var is wrong: the diagnostics say where.
+    #[error("the project has errors:\n{}", .0.render(false))]
+    Project(Diagnostics),
+    /// Anything else a person must fix (a missing folder, a bad warehouse, an unknown command).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A prepared run and the warnings of its compilation.
+#[derive(Debug)]
+pub struct Prepared {
+    /// What the coordinator executes.
+    pub request: RunRequest,
+    /// Warnings (selectors that matched nothing, deprecated settings).
+    pub diagnostics: Diagnostics,
+}
+
+/// Compiles and selects, then settles incremental models and the warehouse.
+///
+/// # Errors
+/// [`PrepareError::Project`] with the diagnostics when the project, a selector or a var is
+/// wrong; [`PrepareError::Invalid`] for a missing project folder, an unknown command or a
+/// warehouse that cannot be reached.
+pub async fn prepare(
+    spec: &RunSpec,
+    env: &BTreeMap<String, String>,
+) -> Result<Prepared, PrepareError> {
+    let resource_types = resource_types(&spec.command).ok_or_else(|| {
+        PrepareError::Invalid(format!(
+            "unknown command '{}': use build, run, seed or test",
+            spec.command
+        ))
+    })?;
+    let project_dir = spec.project_dir.canonicalize().map_err(|err| {
+        PrepareError::Invalid(format!(
+            "cannot read the project folder {}: {err}",
+            spec.project_dir.display()
+        ))
+    })?;
+    let compile = |incremental: &BTreeSet<String>| {
+        compile_for_run(
+            &project_dir,
+            spec.vars.as_deref(),
+            &spec.target,
+            &spec.select,
+            &spec.exclude,
+            env,
+            incremental,
+        )
+    };
+    let (manifest, selected, diagnostics) = compiled(compile(&BTreeSet::new()))?;
+    let warehouse = warehouse_for(spec.warehouse.as_deref(), env, &project_dir)
+        .map_err(|err| PrepareError::Invalid(err.to_string()))?;
+    // Incremental models whose table exists render with is_incremental() true: compile again.
+    let mut incremental_ids = BTreeSet::new();
+    let mut incremental_names = BTreeSet::new();
+    for node in manifest.nodes.values() {
+        let Some(relation) = &node.relation else {
+            continue;
+        };
+        if node.config.materialized != Materialization::Incremental
+            || (spec.full_refresh && node.config.full_refresh != Some(false))
+        {
+            continue;
+        }
+        let table_uri = warehouse.table_uri(relation);
+        // A warehouse that cannot be listed is an error, not "no table": treating it as
+        // absent would rebuild an incremental model from scratch.
+        let exists = strata_storage::delta_table_exists(&table_uri)
+            .await
+            .map_err(|err| {
+                PrepareError::Invalid(format!(
+                    "cannot tell whether {table_uri} holds a table: {err}"
+                ))
+            })?;
+        if exists {
+            incremental_ids.insert(node.unique_id.clone());
+            incremental_names.insert(node.name.clone());
+        }
+    }
+    let (manifest, selected, diagnostics) = if incremental_names.is_empty() {
+        (manifest, selected, diagnostics)
+    } else {
+        compiled(compile(&incremental_names))?
+    };
+    Ok(Prepared {
+        request: RunRequest {
+            manifest: Arc::new(manifest),
+            selected,
+            resource_types,
+            project_dir,
+            warehouse,
+            threads: spec.threads.max(1),
+            fail_fast: spec.fail_fast,
+            retries: spec.retries,
+            retry_backoff: Duration::from_millis(500),
+            incremental_models: incremental_ids,
+            shuffle_partitions: spec.shuffle_partitions,
+            task_timeout: Duration::from_secs(spec.task_timeout_secs.max(1)),
+        },
+        diagnostics,
+    })
+}
+
+/// The warehouse given, else `STRATA_WAREHOUSE`, else `<project>/warehouse`.
+///
+/// # Errors
+/// When the location is not a usable warehouse.
+pub fn warehouse_for(
+    location: Option<&str>,
+    env: &BTreeMap<String, String>,
+    project_dir: &std::path::Path,
+) -> Result<Warehouse, crate::warehouse::WarehouseError> {
+    let location = location
+        .map(str::to_string)
+        .or_else(|| env.get("STRATA_WAREHOUSE").cloned())
+        .unwrap_or_else(|| String::from("warehouse"));
+    Warehouse::parse(&location, project_dir)
+}
+
+fn compiled(
+    outcome: CommandOutcome,
+) -> Result<(Manifest, BTreeSet<String>, Diagnostics), PrepareError> {
+    match outcome.manifest {
+        Some(manifest) if !outcome.diagnostics.has_errors() => {
+            Ok((manifest, outcome.selected, outcome.diagnostics))
+        }
+        _ => Err(PrepareError::Project(outcome.diagnostics)),
+    }
+}
