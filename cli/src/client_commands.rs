@@ -142,6 +142,8 @@ pub(crate) async fn connect(
         .with_context(|| format!("invalid coordinator address {url}"))?
         .connect_timeout(Duration::from_secs(10));
     if url.starts_with("https://") {
+        // One rustls crypto provider for the process (two back-ends are linked in).
+        strata_storage::install();
         let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
         if let Some(ca) = &args.ca_cert {
             let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;

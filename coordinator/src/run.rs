@@ -152,7 +152,7 @@ pub struct NodeResult {
     /// The workers that ran the node's tasks.
     pub workers: Vec<String>,
     /// The stages of a shuffled model, in order (empty for single-stage nodes).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<StageRecord>,
 }
 

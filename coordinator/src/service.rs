@@ -991,6 +991,8 @@ pub async fn serve<Q: JobQueue>(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     use strata_proto::v1::pipeline_service_server::PipelineServiceServer;
+    // One rustls crypto provider for the process (two back-ends are linked in).
+    strata_storage::install();
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<PipelineServiceServer<Pipeline<Q>>>()
