@@ -16,8 +16,14 @@ while [[ $# -gt 0 ]]; do
         *) echo "usage: $0 [--runs N] [--events N]" >&2; exit 2 ;;
     esac
 done
-cargo build --release --locked -p strata --manifest-path "$root/Cargo.toml"
-strata="$CARGO_TARGET_DIR/release/strata"
+# STRATA_PROFILE=debug measures the test build instead (no release build needed).
+profile="${STRATA_PROFILE:-release}"
+if [[ "$profile" == release ]]; then
+    cargo build --release --locked -p strata --manifest-path "$root/Cargo.toml"
+else
+    cargo build --locked -p strata --manifest-path "$root/Cargo.toml"
+fi
+strata="$CARGO_TARGET_DIR/$profile/strata"
 work="$(mktemp -d)"
 queue="strata.bench.submit.$$"
 pids=()
