@@ -94,6 +94,40 @@ impl AmqpQueue {
         }
     }
 
+    /// The number of ready messages in `queue`, or `None` when it does not exist (a passive
+    /// declare; `declare_first` declares the queue beforehand, so it always exists).
+    async fn inspect(&self, queue: &str, declare_first: bool) -> QueueResult<Option<u32>> {
+        let link = self.link().await?;
+        if declare_first {
+            declare(&link.publisher, queue).await?;
+        }
+        // A passive declare fails with 404 on a missing queue and closes its channel: use a
+        // channel of its own.
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(|err| unavailable("opening a channel", err))?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(declared) => {
+                let _ = channel.close(200, "done".into()).await;
+                Ok(Some(declared.message_count()))
+            }
+            Err(err) if is_not_found(&err) => Ok(None),
+            Err(err) => Err(unavailable(&format!("inspecting queue {queue}"), err)),
+        }
+    }
+
     /// Deletes queues (for tests and tear-down); missing queues are not an error.
     ///
     /// # Errors
@@ -401,55 +435,11 @@ impl JobQueue for AmqpQueue {
     }
 
     async fn exists(&self, queue: &str) -> QueueResult<bool> {
-        let link = self.link().await?;
-        // A passive declare fails with 404 on a missing queue and closes its channel: use a
-        // channel of its own.
-        let channel = link
-            .connection
-            .create_channel()
-            .await
-            .map_err(|err| unavailable("opening a channel", err))?;
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        match declared {
-            Ok(_) => {
-                let _ = channel.close(200, "done".into()).await;
-                Ok(true)
-            }
-            Err(err) if is_not_found(&err) => Ok(false),
-            Err(err) => Err(unavailable(&format!("inspecting queue {queue}"), err)),
-        }
+        Ok(self.inspect(queue, false).await?.is_some())
     }
 
     async fn depth(&self, queue: &str) -> QueueResult<usize> {
-        let link = self.link().await?;
-        declare(&link.publisher, queue).await?;
-        let channel = link
-            .connection
-            .create_channel()
-            .await
-            .map_err(|err| unavailable("opening a channel", err))?;
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|err| unavailable(&format!("inspecting queue {queue}"), err))?;
-        let _ = channel.close(200, "done".into()).await;
-        Ok(declared.message_count() as usize)
+        Ok(self.inspect(queue, true).await?.unwrap_or(0) as usize)
     }
 }
 

@@ -17,7 +17,7 @@ use strata_coordinator::service::{Pipeline, ServiceConfig, TlsFiles, Tokens, ser
 use strata_coordinator::store::RedbStore;
 
 use crate::project_commands::Output;
-use crate::worker_command::{LOCAL_BROKER, shutdown_signal};
+use crate::worker_command::{LOCAL_BROKER, read_config, shutdown_signal};
 
 /// `strata coordinator`.
 #[derive(Debug, Args)]
@@ -77,17 +77,6 @@ struct CoordinatorFile {
     retries: Option<u32>,
 }
 
-fn read_config(path: &std::path::Path) -> anyhow::Result<CoordinatorFile> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the coordinator config {}", path.display()))?;
-    serde_saphyr::from_str(&text).with_context(|| {
-        format!(
-            "invalid coordinator config {}: expected keys listen, amqp_url, task_queue, data_dir, tokens, token_file, tls_cert, tls_key, warehouse, threads, shuffle_partitions, max_concurrent_runs, task_timeout_secs, retries",
-            path.display()
-        )
-    })
-}
-
 /// Reads a token file: one token per line; blank lines and `#` comments are skipped.
 pub(crate) fn read_tokens(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
@@ -106,7 +95,11 @@ pub(crate) fn coordinator(
     out: &mut Output,
 ) -> anyhow::Result<ExitCode> {
     let file = match &args.config {
-        Some(path) => read_config(path)?,
+        Some(path) => read_config(
+            path,
+            "coordinator",
+            "listen, amqp_url, task_queue, data_dir, tokens, token_file, tls_cert, tls_key, warehouse, threads, shuffle_partitions, max_concurrent_runs, task_timeout_secs, retries",
+        )?,
         None => CoordinatorFile::default(),
     };
     let listen = args

@@ -84,6 +84,7 @@ pub(crate) fn execute(
         .build()
         .context("cannot start the runtime")?;
     let spec = RunSpec {
+        command: command.to_string(),
         select: args.selection.select.clone(),
         exclude: args.selection.exclude.clone(),
         vars: args.project.vars.clone(),
@@ -100,10 +101,6 @@ pub(crate) fn execute(
         },
         task_timeout_secs: args.task_timeout_secs,
         ..RunSpec::new(args.project.project_dir.clone())
-    };
-    let spec = RunSpec {
-        command: command.to_string(),
-        ..spec
     };
     let prepared = match runtime.block_on(prepare(&spec, env)) {
         Ok(prepared) => prepared,

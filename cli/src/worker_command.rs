@@ -78,12 +78,17 @@ struct WorkerFile {
     worker_id: Option<String>,
 }
 
-fn read_config(path: &std::path::Path) -> anyhow::Result<WorkerFile> {
+/// Reads a process's YAML config file; `keys` lists the accepted keys for the error message.
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    process: &str,
+    keys: &str,
+) -> anyhow::Result<T> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the worker config {}", path.display()))?;
+        .with_context(|| format!("cannot read the {process} config {}", path.display()))?;
     serde_saphyr::from_str(&text).with_context(|| {
         format!(
-            "invalid worker config {}: expected keys amqp_url, task_queue, slots, memory_limit_mib, spill_dir, worker_id, flight_listen, flight_advertise, shuffle_dir",
+            "invalid {process} config {}: expected keys {keys}",
             path.display()
         )
     })
@@ -108,7 +113,11 @@ pub(crate) fn worker(
     out: &mut Output,
 ) -> anyhow::Result<ExitCode> {
     let file = match &args.config {
-        Some(path) => read_config(path)?,
+        Some(path) => read_config(
+            path,
+            "worker",
+            "amqp_url, task_queue, slots, memory_limit_mib, spill_dir, worker_id, flight_listen, flight_advertise, shuffle_dir",
+        )?,
         None => WorkerFile::default(),
     };
     let url = args

@@ -138,23 +138,33 @@ impl<Q: JobQueue> Pipeline<Q> {
         prepared: Option<crate::run::RunRequest>,
         resume: Option<Resume>,
     ) {
-        let (cancel, cancelled) = watch::channel(false);
-        let (sender, _) = broadcast::channel(4096);
-        self.live().insert(
-            run.run_id.clone(),
-            LiveRun {
-                events: Vec::new(),
-                sender,
-                cancel,
-                manifest: prepared
-                    .as_ref()
-                    .map(|request| Arc::clone(&request.manifest)),
-            },
+        let cancelled = self.go_live(
+            &run.run_id,
+            prepared
+                .as_ref()
+                .map(|request| Arc::clone(&request.manifest)),
         );
         let service = self.clone();
         tokio::spawn(async move {
             service.execute(run, prepared, resume, cancelled).await;
         });
+    }
+
+    /// Registers a run as live in this process (watchers, cancellation, its manifest) and
+    /// returns its cancel switch.
+    fn go_live(&self, run_id: &str, manifest: Option<Arc<Manifest>>) -> watch::Receiver<bool> {
+        let (cancel, cancelled) = watch::channel(false);
+        let (sender, _) = broadcast::channel(4096);
+        self.live().insert(
+            run_id.to_string(),
+            LiveRun {
+                events: Vec::new(),
+                sender,
+                cancel,
+                manifest,
+            },
+        );
+        cancelled
     }
 
     /// Records an event for watchers.
@@ -324,12 +334,8 @@ impl<Q: JobQueue> Pipeline<Q> {
                 worker,
                 error,
             } => {
-                if error.is_none()
-                    && let Ok(tasks) = store.tasks(&run.run_id)
-                    && let Some(mut stored) = tasks.into_iter().find(|task| task.task_id == task_id)
-                {
-                    stored.done = true;
-                    logged(store.save_task(&run.run_id, &stored));
+                if error.is_none() {
+                    logged(store.mark_task_done(&run.run_id, &task_id));
                 }
                 self.publish(
                     &run.run_id,
@@ -597,17 +603,12 @@ impl<Q: JobQueue> PipelineService for Pipeline<Q> {
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
         let submission = request.into_inner();
         let key = submission.idempotency_key.trim().to_string();
+        // Checked before compiling (the insert below decides atomically).
         if !key.is_empty()
-            && let Some(existing) = self
-                .inner
-                .store
-                .runs()
-                .map_err(internal)?
-                .into_iter()
-                .find(|run| run.idempotency_key == key)
+            && let Some(run_id) = self.inner.store.run_for_key(&key).map_err(internal)?
         {
             return Ok(Response::new(pb::SubmitRunResponse {
-                run_id: existing.run_id,
+                run_id,
                 existing: true,
             }));
         }
@@ -673,17 +674,7 @@ impl<Q: JobQueue> PipelineService for Pipeline<Q> {
         }
         tracing::info!(run = %run_id, project = %run.spec.project_dir.display(), "run submitted");
         if submission.dry_run {
-            let (sender, _) = broadcast::channel(4);
-            let (cancel, _) = watch::channel(false);
-            self.live().insert(
-                run_id.clone(),
-                LiveRun {
-                    events: Vec::new(),
-                    sender,
-                    cancel,
-                    manifest: Some(Arc::clone(&prepared.request.manifest)),
-                },
-            );
+            self.go_live(&run_id, Some(Arc::clone(&prepared.request.manifest)));
             run.state = RunState::Succeeded;
             run.started_at_ms = run.submitted_at_ms;
             self.end(run, None);

@@ -121,6 +121,18 @@ pub trait RunStore: Send + Sync + 'static {
     /// When the store cannot write.
     fn insert_run(&self, run: &StoredRun) -> Result<Option<String>, StoreError>;
 
+    /// The run submitted with `key`, if any.
+    ///
+    /// # Errors
+    /// When the store cannot read.
+    fn run_for_key(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// Marks a task done (its result was accepted); unknown tasks are ignored.
+    ///
+    /// # Errors
+    /// When the store cannot write.
+    fn mark_task_done(&self, run_id: &str, task_id: &str) -> Result<(), StoreError>;
+
     /// Saves a task of a run (replacing an earlier save of the same task).
     ///
     /// # Errors
@@ -187,6 +199,21 @@ impl RunStore for MemoryStore {
         }
         state.runs.insert(run.run_id.clone(), run.clone());
         Ok(None)
+    }
+
+    fn run_for_key(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.lock().keys.get(key).cloned())
+    }
+
+    fn mark_task_done(&self, run_id: &str, task_id: &str) -> Result<(), StoreError> {
+        if let Some(task) = self
+            .lock()
+            .tasks
+            .get_mut(&(run_id.to_string(), task_id.to_string()))
+        {
+            task.done = true;
+        }
+        Ok(())
     }
 
     fn save_task(&self, run_id: &str, task: &StoredTask) -> Result<(), StoreError> {
@@ -317,6 +344,34 @@ impl RunStore for RedbStore {
         Ok(existing)
     }
 
+    fn run_for_key(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let read = self.db.begin_read().map_err(store_error)?;
+        let keys = read.open_table(KEYS).map_err(store_error)?;
+        Ok(keys
+            .get(key)
+            .map_err(store_error)?
+            .map(|run_id| run_id.value().to_string()))
+    }
+
+    fn mark_task_done(&self, run_id: &str, task_id: &str) -> Result<(), StoreError> {
+        self.write(|write| {
+            let mut tasks = write.open_table(TASKS).map_err(store_error)?;
+            let stored = tasks.get((run_id, task_id)).map_err(store_error)?;
+            let Some(mut task) = stored
+                .map(|bytes| decode::<StoredTask>(bytes.value()))
+                .transpose()?
+            else {
+                return Ok(());
+            };
+            task.done = true;
+            let bytes = serde_json::to_vec(&task).map_err(store_error)?;
+            tasks
+                .insert((run_id, task_id), bytes.as_slice())
+                .map_err(store_error)?;
+            Ok(())
+        })
+    }
+
     fn save_task(&self, run_id: &str, task: &StoredTask) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(task).map_err(store_error)?;
         self.write(|write| {
@@ -406,6 +461,8 @@ mod tests {
             "a key names one run"
         );
         assert!(store.run("r2").unwrap().is_none());
+        assert_eq!(store.run_for_key("k").unwrap(), Some(String::from("r1")));
+        assert_eq!(store.run_for_key("other").unwrap(), None);
         assert_eq!(store.insert_run(&run("r3", "")).unwrap(), None);
         assert_eq!(
             store.insert_run(&run("r4", "")).unwrap(),
@@ -427,8 +484,19 @@ mod tests {
         let mut tasks = store.tasks("r1").unwrap();
         tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
         assert_eq!(tasks, vec![again, task("t2", "b")]);
+        store.mark_task_done("r1", "t2").unwrap();
+        store.mark_task_done("r1", "unknown").unwrap();
+        assert!(
+            store
+                .tasks("r1")
+                .unwrap()
+                .iter()
+                .any(|task| task.task_id == "t2" && task.done)
+        );
         store.remove_tasks("r1", "a").unwrap();
-        assert_eq!(store.tasks("r1").unwrap(), vec![task("t2", "b")]);
+        let mut done = task("t2", "b");
+        done.done = true;
+        assert_eq!(store.tasks("r1").unwrap(), vec![done]);
         assert_eq!(
             store.tasks("r10").unwrap().len(),
             1,
