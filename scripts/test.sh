@@ -27,6 +27,9 @@ cd "$root"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/strata-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# The secret the test clusters' workers and coordinators share for Flight calls.
+export STRATA__CLUSTER__SECRET="${STRATA__CLUSTER__SECRET:-strata-test-cluster-secret-$$-0123456789}"
+
 step() { printf '\n==> %s\n' "$*"; }
 
 for tool in cargo python3; do

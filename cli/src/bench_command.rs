@@ -19,7 +19,7 @@ use prost::Message as _;
 use strata_amqp::AmqpQueue;
 use strata_core::queue::{Consumer, JobQueue, MemoryQueue, Message};
 use strata_proto::v1::{Task, TaskKind, TaskResult};
-use strata_worker::{ExecutionConfig, WorkerConfig};
+use strata_worker::WorkerConfig;
 
 use crate::project_commands::Output;
 
@@ -209,11 +209,12 @@ pub(crate) fn bench(
         let worker = tokio::spawn(strata_worker::serve(
             queue.clone(),
             WorkerConfig {
-                worker_id: String::from("bench-memory"),
-                slots: args.slots * args.workers,
                 task_queue: task_queue.clone(),
-                execution: ExecutionConfig::default(),
-                heartbeat_interval: Duration::from_secs(5),
+                ..strata_worker::process::embedded_config(
+                    &strata_core::settings::Settings::default(),
+                    "bench-memory",
+                    args.slots * args.workers,
+                )
             },
             stopped,
         ));

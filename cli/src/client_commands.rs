@@ -73,6 +73,11 @@ pub struct SubmitArgs {
     /// Follow the run: progress lines and a summary; the exit code tells how it ended.
     #[arg(long)]
     watch: bool,
+    /// A variable for the project's env_var(): NAME=VALUE, or NAME to send this shell's
+    /// value (kept off the command line); repeatable. The coordinator's own variables are not
+    /// visible to submitted projects except those its env_allowlist names.
+    #[arg(long = "env", value_name = "NAME[=VALUE]")]
+    env: Vec<String>,
 }
 
 /// `strata runs`.
@@ -334,6 +339,24 @@ fn exit_for(run: &pb::Run) -> ExitCode {
     }
 }
 
+/// The variables a submission sends: `NAME=VALUE`, or `NAME` with this process's value.
+fn submitted_env(
+    args: &[String],
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    args.iter()
+        .map(|arg| match arg.split_once('=') {
+            Some((name, value)) => Ok((name.trim().to_string(), value.to_string())),
+            None => env
+                .get(arg.trim())
+                .map(|value| (arg.trim().to_string(), value.clone()))
+                .with_context(|| {
+                    format!("--env {arg}: the variable is not set here; give NAME=VALUE")
+                }),
+        })
+        .collect()
+}
+
 pub(crate) fn submit(
     args: &SubmitArgs,
     env: &BTreeMap<String, String>,
@@ -365,6 +388,7 @@ pub(crate) fn submit(
         full_refresh: args.full_refresh,
         dry_run: args.dry_run,
         idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
+        env: submitted_env(&args.env, env)?,
     };
     let json_output = args.connect.output == RunOutput::Json;
     runtime()?.block_on(async {

@@ -6,19 +6,16 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use strata_amqp::AmqpQueue;
 use strata_coordinator::prepare::{PrepareError, RunSpec, prepare, warehouse_for};
-use strata_coordinator::{Coordinator, NodeStatus, RunEvent, RunRecord, Warehouse};
+use strata_coordinator::{NodeStatus, RunEvent, RunRecord, Warehouse};
 use strata_core::manifest::ResourceType;
-use strata_core::queue::MemoryQueue;
-use strata_worker::{ExecutionConfig, WorkerConfig};
+use strata_core::settings::{Flags, RunDefaults};
 
 use crate::project_commands::{Output, report};
+use crate::settings_command::{SettingsArgs, resolve};
 use crate::{ProjectArgs, SelectionArgs};
 
 /// Options of the commands that execute nodes.
@@ -28,13 +25,15 @@ pub struct ExecuteArgs {
     pub(crate) project: ProjectArgs,
     #[command(flatten)]
     pub(crate) selection: SelectionArgs,
+    #[command(flatten)]
+    pub(crate) settings: SettingsArgs,
     /// Where tables are written: a local folder, file://, s3:// or memory:// (default:
     /// `<project>/warehouse`; also STRATA_WAREHOUSE).
     #[arg(long, value_name = "URL")]
     pub(crate) warehouse: Option<String>,
-    /// Nodes run at the same time.
-    #[arg(long, default_value_t = 4)]
-    pub(crate) threads: usize,
+    /// Nodes run at the same time (default 4).
+    #[arg(long)]
+    pub(crate) threads: Option<usize>,
     /// Stop starting nodes after the first failure.
     #[arg(long, short = 'x')]
     pub(crate) fail_fast: bool,
@@ -43,19 +42,20 @@ pub struct ExecuteArgs {
     #[arg(long, value_name = "AMQP_URL")]
     pub(crate) cluster: Option<String>,
     /// Partitions of the shuffles between cluster workers (map tasks read the input in this
-    /// many parts; as many reduce tasks write the table). 1 turns shuffles off.
-    #[arg(long, default_value_t = 4, value_name = "N")]
-    pub(crate) shuffle_partitions: usize,
-    /// Seconds a running task may go without a heartbeat before it is retried elsewhere.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
-    pub(crate) task_timeout_secs: u64,
-    /// The queue the cluster's workers take tasks from (their `--task-queue`).
-    #[arg(long, default_value = strata_core::queue::TASK_QUEUE, value_name = "NAME")]
-    pub(crate) task_queue: String,
-    /// Memory limit of each task's DataFusion memory pool, in MiB (embedded mode; cluster
+    /// many parts; as many reduce tasks write the table). 1 turns shuffles off (default 4).
+    #[arg(long, value_name = "N")]
+    pub(crate) shuffle_partitions: Option<usize>,
+    /// Seconds a running task may go without a heartbeat before it is retried elsewhere
+    /// (default 60).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) task_timeout_secs: Option<u64>,
+    /// The queue the cluster's workers take tasks from (their `--task-queue`; broker.task_queue).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) task_queue: Option<String>,
+    /// Memory pool of each task, in MiB (embedded mode, engine.memory_limit_mib; cluster
     /// workers have their own).
-    #[arg(long, default_value_t = 4096, value_name = "MIB")]
-    pub(crate) memory_limit_mib: usize,
+    #[arg(long, value_name = "MIB")]
+    pub(crate) memory_limit_mib: Option<usize>,
     /// Rebuild incremental models from scratch (except those with `full_refresh: false`).
     #[arg(long)]
     pub(crate) full_refresh: bool,
@@ -83,6 +83,8 @@ pub(crate) fn execute(
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
+    let settings = resolve(&args.settings, env, execute_flags(args))?.settings;
+    let defaults = RunDefaults::default();
     let spec = RunSpec {
         command: command.to_string(),
         select: args.selection.select.clone(),
@@ -90,16 +92,17 @@ pub(crate) fn execute(
         vars: args.project.vars.clone(),
         target: args.project.target.clone(),
         warehouse: args.warehouse.clone(),
-        threads: args.threads.max(1),
+        threads: args.threads.unwrap_or(defaults.threads).max(1),
         fail_fast: args.fail_fast,
         full_refresh: args.full_refresh,
         // Embedded mode never shuffles: one task already uses every core.
         shuffle_partitions: if args.cluster.is_some() {
             args.shuffle_partitions
+                .unwrap_or(defaults.shuffle_partitions)
         } else {
             0
         },
-        task_timeout_secs: args.task_timeout_secs,
+        task_timeout_secs: args.task_timeout_secs.unwrap_or(defaults.task_timeout_secs),
         ..RunSpec::new(args.project.project_dir.clone())
     };
     let prepared = match runtime.block_on(prepare(&spec, env)) {
@@ -121,10 +124,6 @@ pub(crate) fn execute(
         .with_context(|| format!("cannot create {}", target.display()))?;
     std::fs::write(target.join("manifest.json"), request.manifest.to_json())
         .context("cannot write target/manifest.json")?;
-    let execution = ExecutionConfig {
-        memory_limit_bytes: args.memory_limit_mib.max(64) << 20,
-        ..ExecutionConfig::default()
-    };
     let run_id = run_id();
     let text = args.output == RunOutput::Text;
     if text {
@@ -141,44 +140,14 @@ pub(crate) fn execute(
             let _ = progress(stdout, &event);
         }
     };
-    let record = match &args.cluster {
-        Some(url) => runtime.block_on(async {
-            let queue = Arc::new(
-                AmqpQueue::connect(url)
-                    .await
-                    .context("cannot reach the cluster's broker")?,
-            );
-            let record = Coordinator::new(queue.clone())
-                .with_task_queue(&args.task_queue)
-                .run(&request, &run_id, on_event)
-                .await;
-            queue.close().await;
-            anyhow::Ok(record?)
-        })?,
-        None => runtime.block_on(async {
-            let queue = Arc::new(MemoryQueue::new());
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            let worker = tokio::spawn(strata_worker::serve(
-                queue.clone(),
-                WorkerConfig {
-                    worker_id: String::from("embedded-0"),
-                    slots: request.threads,
-                    task_queue: args.task_queue.clone(),
-                    execution,
-                    heartbeat_interval: Duration::from_secs(5),
-                },
-                stopped,
-            ));
-            let record = Coordinator::new(queue.clone())
-                .with_task_queue(&args.task_queue)
-                .run(&request, &run_id, on_event)
-                .await;
-            let _ = stop.send(true);
-            queue.close();
-            let _ = worker.await;
-            anyhow::Ok(record?)
-        })?,
-    };
+    let record = runtime.block_on(async {
+        anyhow::Ok(match &args.cluster {
+            Some(_) => {
+                strata_coordinator::run_on_broker(&settings, &request, &run_id, on_event).await?
+            }
+            None => strata_embedded::run(&settings, &request, &run_id, on_event).await?,
+        })
+    })?;
     runtime.block_on(save_record(&record, &project_dir, &warehouse))?;
     if text {
         summary(out.stdout, &record)?;
@@ -190,6 +159,19 @@ pub(crate) fn execute(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The settings the flags of a run set: the engine's memory in embedded mode, the broker and
+/// task queue of `--cluster`.
+fn execute_flags(args: &ExecuteArgs) -> Flags {
+    Flags::default()
+        .set(
+            "engine.memory_limit_mib",
+            "--memory-limit-mib",
+            args.memory_limit_mib,
+        )
+        .set("broker.url", "--cluster", args.cluster.clone())
+        .set("broker.task_queue", "--task-queue", args.task_queue.clone())
 }
 
 /// The project folder, resolved, and the warehouse of the command.

@@ -10,7 +10,6 @@ use clap::Args;
 use strata_coordinator::{RunRequest, Warehouse, inputs_for};
 use strata_core::config::Materialization;
 use strata_core::manifest::ResourceType;
-use strata_worker::ExecutionConfig;
 
 use crate::ProjectArgs;
 use crate::execute_commands::project_and_warehouse;
@@ -122,7 +121,7 @@ pub(crate) fn show(
         } else {
             inputs = inputs_for(&request, &node.unique_id).await?;
         }
-        strata_worker::execution::query(&ExecutionConfig::default(), &inputs, &sql)
+        strata_engine::query(&strata_engine::EngineConfig::default(), &inputs, &sql)
             .await
             .map_err(|err| err.to_string())
     });

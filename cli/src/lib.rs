@@ -12,6 +12,7 @@ mod execute_commands;
 mod inspect_commands;
 mod project_commands;
 pub mod sample_data;
+mod settings_command;
 mod submit_bench;
 mod worker_command;
 
@@ -68,6 +69,8 @@ pub enum Command {
     RunStatus(client_commands::RunStatusArgs),
     /// Cancels a run: nothing more starts, nothing in flight is committed.
     Cancel(client_commands::CancelArgs),
+    /// Shows process settings (`strata config show --role worker`) and where each came from.
+    Config(settings_command::ConfigArgs),
 }
 
 /// Options shared by every command that reads a project.
@@ -205,6 +208,7 @@ pub fn execute(cli: Cli, env: &BTreeMap<String, String>) -> anyhow::Result<ExitC
         Command::Runs(args) => client_commands::runs(&args, env, &mut out),
         Command::RunStatus(args) => client_commands::run_status(&args, env, &mut out),
         Command::Cancel(args) => client_commands::cancel(&args, env, &mut out),
+        Command::Config(args) => settings_command::config(&args, env, &mut out),
         Command::GenerateSampleData(args) => {
             let summary = sample_data::generate(&args)?;
             writeln!(out.stdout, "{summary}")?;

@@ -1,110 +1,99 @@
-//! `strata worker`: a process of the distributed mode that takes tasks from RabbitMQ, runs them
-//! on DataFusion, writes their files to the warehouse and reports results to the coordinator.
-//! SIGTERM (or Ctrl-C) drains it: running tasks finish, no new ones start, then it exits.
+//! `strata worker`: parses the worker's flags into settings, starts the worker role
+//! (`strata_worker::process`) and drains it on SIGTERM or Ctrl-C.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use serde::Deserialize;
-use strata_amqp::AmqpQueue;
-use strata_worker::{ExecutionConfig, ShuffleService, WorkerConfig};
+use strata_core::settings::Flags;
 
 use crate::project_commands::Output;
-
-/// The broker when neither the flags, the config file nor STRATA_AMQP_URL name one.
-pub(crate) const LOCAL_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+use crate::settings_command::{SettingsArgs, resolve};
 
 /// `strata worker`.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// A YAML file with the settings below (amqp_url, task_queue, slots, memory_limit_mib,
-    /// worker_id, spill_dir); flags override it.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// The RabbitMQ broker (also STRATA_AMQP_URL; default the local broker, guest/guest).
+    #[command(flatten)]
+    pub(crate) settings: SettingsArgs,
+    /// The RabbitMQ broker (broker.url).
     #[arg(long, value_name = "URL")]
     amqp_url: Option<String>,
-    /// The queue to take tasks from.
+    /// The queue to take tasks from (broker.task_queue).
     #[arg(long, value_name = "NAME")]
     task_queue: Option<String>,
-    /// Tasks run at the same time (default: the number of CPUs).
+    /// Tasks run at the same time (worker.slots; default: the number of CPUs).
     #[arg(long)]
     slots: Option<usize>,
-    /// Memory limit of each task's DataFusion memory pool, in MiB (default 4096); a query
-    /// that needs more spills to disk or fails with a clear error.
+    /// Memory pool of each task in MiB (engine.memory_limit_mib); a query that needs more
+    /// spills to disk or fails with a clear error.
     #[arg(long, value_name = "MIB")]
     memory_limit_mib: Option<usize>,
-    /// Folder for spill files (default: the system's temporary folder).
+    /// Folder for spill files (engine.spill_dir).
     #[arg(long, value_name = "DIR")]
     spill_dir: Option<PathBuf>,
-    /// Name in run records and logs (default: host name and process id).
+    /// Name in run records and logs (worker.id; default: host name and process id).
     #[arg(long, value_name = "NAME")]
     worker_id: Option<String>,
-    /// Where the Flight server serving shuffle outputs listens (default 0.0.0.0:0, any port).
+    /// Where the Flight server for shuffle outputs listens (worker.flight_listen).
     #[arg(long, value_name = "HOST:PORT")]
     flight_listen: Option<String>,
-    /// The address other workers reach the Flight server at: a host, or host:port (default:
-    /// the host name and the port listened on).
+    /// The address other workers reach the Flight server at: a host, or host:port
+    /// (worker.flight_advertise).
     #[arg(long, value_name = "HOST[:PORT]")]
     flight_advertise: Option<String>,
-    /// Folder for shuffle outputs (default: the system's temporary folder).
+    /// Folder for shuffle outputs (worker.shuffle_dir).
     #[arg(long, value_name = "DIR")]
     shuffle_dir: Option<PathBuf>,
-    /// How often a running task sends a heartbeat to its coordinator, in milliseconds.
-    #[arg(long, default_value_t = 5000, value_name = "MS")]
-    heartbeat_interval_ms: u64,
-    /// How long a shuffle fetch may wait for another worker to answer, in seconds (a stopped
-    /// worker holds its connections open).
-    #[arg(long, default_value_t = 30, value_name = "SECS")]
-    fetch_timeout_secs: u64,
+    /// How often a running task sends a heartbeat, in ms (worker.heartbeat_interval_ms).
+    #[arg(long, value_name = "MS")]
+    heartbeat_interval_ms: Option<u64>,
+    /// How long a shuffle fetch waits for another worker, in s (worker.fetch_timeout_secs).
+    #[arg(long, value_name = "SECS")]
+    fetch_timeout_secs: Option<u64>,
 }
 
-/// The config file's settings, each optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WorkerFile {
-    flight_listen: Option<String>,
-    flight_advertise: Option<String>,
-    shuffle_dir: Option<PathBuf>,
-    amqp_url: Option<String>,
-    task_queue: Option<String>,
-    slots: Option<usize>,
-    memory_limit_mib: Option<usize>,
-    spill_dir: Option<PathBuf>,
-    worker_id: Option<String>,
-}
-
-/// Reads a process's YAML config file; `keys` lists the accepted keys for the error message.
-pub(crate) fn read_config<T: serde::de::DeserializeOwned>(
-    path: &std::path::Path,
-    process: &str,
-    keys: &str,
-) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the {process} config {}", path.display()))?;
-    serde_saphyr::from_str(&text).with_context(|| {
-        format!(
-            "invalid {process} config {}: expected keys {keys}",
-            path.display()
-        )
-    })
-}
-
-fn host_name(env: &BTreeMap<String, String>) -> String {
-    env.get("HOSTNAME")
-        .cloned()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|host| host.trim().to_string())
-        .filter(|host| !host.is_empty())
-        .unwrap_or_else(|| String::from("localhost"))
-}
-
-fn default_worker_id(env: &BTreeMap<String, String>) -> String {
-    format!("{}-{}", host_name(env), std::process::id())
+impl WorkerArgs {
+    /// The flags given, as settings.
+    pub(crate) fn flags(&self) -> Flags {
+        Flags::default()
+            .set("broker.url", "--amqp-url", self.amqp_url.clone())
+            .set("broker.task_queue", "--task-queue", self.task_queue.clone())
+            .set("worker.slots", "--slots", self.slots)
+            .set(
+                "engine.memory_limit_mib",
+                "--memory-limit-mib",
+                self.memory_limit_mib,
+            )
+            .set("engine.spill_dir", "--spill-dir", self.spill_dir.clone())
+            .set("worker.id", "--worker-id", self.worker_id.clone())
+            .set(
+                "worker.flight_listen",
+                "--flight-listen",
+                self.flight_listen.clone(),
+            )
+            .set(
+                "worker.flight_advertise",
+                "--flight-advertise",
+                self.flight_advertise.clone(),
+            )
+            .set(
+                "worker.shuffle_dir",
+                "--shuffle-dir",
+                self.shuffle_dir.clone(),
+            )
+            .set(
+                "worker.heartbeat_interval_ms",
+                "--heartbeat-interval-ms",
+                self.heartbeat_interval_ms,
+            )
+            .set(
+                "worker.fetch_timeout_secs",
+                "--fetch-timeout-secs",
+                self.fetch_timeout_secs,
+            )
+    }
 }
 
 pub(crate) fn worker(
@@ -112,114 +101,19 @@ pub(crate) fn worker(
     env: &BTreeMap<String, String>,
     out: &mut Output,
 ) -> anyhow::Result<ExitCode> {
-    let file = match &args.config {
-        Some(path) => read_config(
-            path,
-            "worker",
-            "amqp_url, task_queue, slots, memory_limit_mib, spill_dir, worker_id, flight_listen, flight_advertise, shuffle_dir",
-        )?,
-        None => WorkerFile::default(),
-    };
-    let url = args
-        .amqp_url
-        .clone()
-        .or(file.amqp_url)
-        .or_else(|| env.get("STRATA_AMQP_URL").cloned())
-        .unwrap_or_else(|| LOCAL_BROKER.to_string());
-    let slots = args
-        .slots
-        .or(file.slots)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from))
-        .max(1);
-    let memory_limit_mib = args
-        .memory_limit_mib
-        .or(file.memory_limit_mib)
-        .unwrap_or(4096)
-        .max(64);
-    let worker_id = args
-        .worker_id
-        .clone()
-        .or(file.worker_id)
-        .unwrap_or_else(|| default_worker_id(env));
-    let listen = args
-        .flight_listen
-        .clone()
-        .or(file.flight_listen)
-        .unwrap_or_else(|| String::from("0.0.0.0:0"));
-    let advertise = args.flight_advertise.clone().or(file.flight_advertise);
-    let shuffle_dir = args
-        .shuffle_dir
-        .clone()
-        .or(file.shuffle_dir)
-        .unwrap_or_else(std::env::temp_dir)
-        .join(format!("strata-shuffle-{}", std::process::id()));
-    let mut config = WorkerConfig {
-        worker_id,
-        slots,
-        task_queue: args
-            .task_queue
-            .clone()
-            .or(file.task_queue)
-            .unwrap_or_else(|| strata_core::queue::TASK_QUEUE.to_string()),
-        heartbeat_interval: std::time::Duration::from_millis(args.heartbeat_interval_ms),
-        execution: ExecutionConfig {
-            fetch_timeout: std::time::Duration::from_secs(args.fetch_timeout_secs.max(1)),
-            memory_limit_bytes: memory_limit_mib << 20,
-            spill_dir: args.spill_dir.clone().or(file.spill_dir),
-            ..ExecutionConfig::default()
-        },
-    };
+    let settings = resolve(&args.settings, env, args.flags())?.settings;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async {
-        let queue = Arc::new(
-            AmqpQueue::connect(&url)
-                .await
-                .context("cannot reach the broker")?,
-        );
-        // The Flight server other workers fetch this worker's shuffle outputs from.
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .with_context(|| format!("cannot listen for Flight on {listen}"))?;
-        let port = listener.local_addr()?.port();
-        let address = match advertise {
-            Some(advertise) if advertise.contains(':') => advertise,
-            Some(host) => format!("{host}:{port}"),
-            None => format!("{}:{port}", host_name(env)),
-        };
-        let store = Arc::new(strata_worker::shuffle::ShuffleStore::new(&shuffle_dir));
-        config.execution.shuffle = Some(ShuffleService {
-            store: store.clone(),
-            address: address.clone(),
-        });
-        let (flight_stop, flight_stopped) = tokio::sync::oneshot::channel::<()>();
-        let flight = tokio::spawn(
-            strata_worker::shuffle::ShuffleFlightService::new(store.clone()).serve(
-                listener,
-                async move {
-                    let _ = flight_stopped.await;
-                },
-            ),
-        );
-        writeln!(
-            out.stdout,
-            "worker {}: {} slots, {} MiB per task, taking tasks from {}, shuffle outputs served at {address}",
-            config.worker_id, config.slots, memory_limit_mib, config.task_queue
-        )?;
+        let worker = strata_worker::start(&settings).await?;
+        writeln!(out.stdout, "{}", worker.describe())?;
         out.stdout.flush()?;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            let _ = stop.send(true);
-        });
-        strata_worker::serve(queue.clone(), config.clone(), stopped).await?;
-        writeln!(out.stdout, "worker {}: drained, exiting", config.worker_id)?;
-        queue.close().await;
-        let _ = flight_stop.send(());
-        let _ = flight.await;
-        let _ = std::fs::remove_dir_all(&shuffle_dir);
+        shutdown_signal().await;
+        let id = worker.id().to_string();
+        worker.stop().await?;
+        writeln!(out.stdout, "worker {id}: drained, exiting")?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{STRATA, Scenario, Workers, assert_same_tables, broker_url};
+use common::{CLUSTER_SECRET, STRATA, Scenario, Workers, assert_same_tables, broker_url};
 
 const TOKEN: &str = "s3cr3t-token-for-tests";
 
@@ -28,10 +28,22 @@ impl CoordinatorProcess {
     }
 
     fn start_with(dir: &Path, queue: &str, extra: &[&str], scheme: &str) -> CoordinatorProcess {
+        CoordinatorProcess::start_with_env(dir, queue, extra, scheme, &[])
+    }
+
+    fn start_with_env(
+        dir: &Path,
+        queue: &str,
+        extra: &[&str],
+        scheme: &str,
+        env: &[(&str, &str)],
+    ) -> CoordinatorProcess {
         let token_file = dir.join("tokens");
         std::fs::write(&token_file, format!("# test token\n{TOKEN}\n")).unwrap();
         let log = dir.join("coordinator.log");
         let mut child = Command::new(STRATA)
+            .env("STRATA__CLUSTER__SECRET", CLUSTER_SECRET)
+            .envs(env.iter().copied())
             .args(["coordinator", "--listen", "127.0.0.1:0"])
             .args(["--amqp-url", &broker_url(), "--task-queue", queue])
             .args(["--data-dir", dir.join("coordinator").to_str().unwrap()])
@@ -67,6 +79,7 @@ impl CoordinatorProcess {
     /// Runs a client command against this coordinator, with the token.
     fn client(&self, args: &[&str]) -> std::process::Output {
         Command::new(STRATA)
+            .env("STRATA__CLUSTER__SECRET", CLUSTER_SECRET)
             .args(args)
             .args(["--coordinator", &self.address])
             .args(["--token-file", self.token_file.to_str().unwrap()])
@@ -228,6 +241,7 @@ fn bad_requests_are_invalid_arguments_and_tokens_are_required() {
 
     // No token, or a wrong one: UNAUTHENTICATED, logged without the token.
     let anonymous = Command::new(STRATA)
+        .env("STRATA__CLUSTER__SECRET", CLUSTER_SECRET)
         .args(["runs", "--coordinator", &coordinator.address])
         .env_remove("STRATA_TOKEN")
         .output()
@@ -235,6 +249,7 @@ fn bad_requests_are_invalid_arguments_and_tokens_are_required() {
     let stderr = String::from_utf8_lossy(&anonymous.stderr);
     assert!(stderr.contains("Unauthenticated"), "{stderr}");
     let wrong = Command::new(STRATA)
+        .env("STRATA__CLUSTER__SECRET", CLUSTER_SECRET)
         .args(["runs", "--coordinator", &coordinator.address])
         .env("STRATA_TOKEN", "not-the-token-42")
         .output()
@@ -249,6 +264,79 @@ fn bad_requests_are_invalid_arguments_and_tokens_are_required() {
         !log.contains("not-the-token-42") && !log.contains(TOKEN),
         "{log}"
     );
+}
+
+/// A submitted project's `env_var()` sees the variables its submission sends and those the
+/// coordinator's allowlist names — never the coordinator's other variables, whose values reach
+/// no response and no log line.
+#[test]
+fn submitted_projects_see_no_coordinator_secrets() {
+    const SECRET: &str = "coordinator-only-secret-value-7f3a";
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("leaky");
+    std::fs::create_dir_all(project.join("models")).unwrap();
+    std::fs::write(
+        project.join("dbt_project.yml"),
+        "name: leaky\nversion: '1.0'\nconfig-version: 2\n",
+    )
+    .unwrap();
+    std::fs::write(
+        project.join("models/leak.sql"),
+        "select '{{ env_var(\"AWS_SECRET_ACCESS_KEY\") }}' as secret, '{{ env_var(\"AWS_REGION\") }}' as region\n",
+    )
+    .unwrap();
+    let queue = common::unique_queue("env");
+    let coordinator = CoordinatorProcess::start_with_env(
+        dir.path(),
+        &queue,
+        &[],
+        "http",
+        &[
+            ("AWS_SECRET_ACCESS_KEY", SECRET),
+            ("AWS_REGION", "eu-test-1"),
+            ("STRATA__COORDINATOR__ENV_ALLOWLIST", "[AWS_REGION]"),
+        ],
+    );
+    let project_dir = project.to_str().unwrap();
+    let refused = coordinator.client(&["submit", "--project-dir", project_dir, "--dry-run"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr),
+    );
+    assert!(!refused.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("InvalidArgument") && stderr.contains("'AWS_SECRET_ACCESS_KEY'"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains(SECRET) && !stderr.contains(SECRET));
+
+    // Sent with the submission, the variable is the submitter's own; the allowlisted one is
+    // the coordinator's.
+    let accepted = coordinator.json(&[
+        "submit",
+        "--project-dir",
+        project_dir,
+        "--dry-run",
+        "--watch",
+        "--env",
+        "AWS_SECRET_ACCESS_KEY=sent-by-the-submitter",
+    ]);
+    assert_eq!(accepted["status"], "succeeded", "{accepted:#}");
+    let run_id = accepted["run_id"].as_str().unwrap();
+    let status = coordinator.json(&["run-status", run_id, "--node", "model.leaky.leak"]);
+    let sql = status["node_detail"]["compiled_sql"].as_str().unwrap();
+    assert!(
+        sql.contains("sent-by-the-submitter") && sql.contains("eu-test-1"),
+        "{sql}"
+    );
+    let runs = coordinator.client(&["runs", "--output", "json"]);
+    let everything = format!(
+        "{}{}{sql}{}",
+        String::from_utf8_lossy(&runs.stdout),
+        std::fs::read_to_string(&coordinator.log).unwrap(),
+        status
+    );
+    assert!(!everything.contains(SECRET), "{everything}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -470,6 +558,7 @@ fn with_tls_the_api_speaks_tls_only() {
     let untrusted = coordinator.client(&["runs"]);
     assert!(!untrusted.status.success(), "{untrusted:?}");
     let plain = Command::new(STRATA)
+        .env("STRATA__CLUSTER__SECRET", CLUSTER_SECRET)
         .args([
             "runs",
             "--coordinator",

@@ -8,15 +8,21 @@
 #![warn(missing_docs)]
 
 pub mod commit;
+mod driver;
 pub mod partitioning;
+mod planning;
 pub mod prepare;
+pub mod process;
 pub mod run;
+mod scheduler;
 pub mod service;
 pub mod store;
 pub mod warehouse;
 
+pub use driver::Coordinator;
+pub use planning::inputs_for;
+pub use process::{CoordinatorError, RunningCoordinator, run_on_broker, start, start_on};
 pub use run::{
-    Coordinator, NodeResult, NodeStatus, Resume, RunControl, RunEvent, RunRecord, RunRequest,
-    inputs_for,
+    NodeResult, NodeStatus, Resume, RunControl, RunError, RunEvent, RunRecord, RunRequest,
 };
 pub use warehouse::Warehouse;

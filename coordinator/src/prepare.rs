@@ -46,11 +46,27 @@ pub struct RunSpec {
     pub task_timeout_secs: u64,
     /// Retries after transient failures (a model's `retries` wins).
     pub retries: u32,
+    /// Variables sent with a submission for the project's `env_var()`.
+    #[serde(default)]
+    pub env: SubmittedEnv,
+}
+
+/// Environment variables a submission carries: its `Debug` output shows only their names, so
+/// their values never reach a log line.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SubmittedEnv(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for SubmittedEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 impl RunSpec {
-    /// A `build` of the project with the CLI's defaults.
+    /// A `build` of the project with the default run settings and no shuffles (one process).
     pub fn new(project_dir: PathBuf) -> RunSpec {
+        let defaults = strata_core::settings::RunDefaults::default();
         RunSpec {
             project_dir,
             command: String::from("build"),
@@ -58,13 +74,14 @@ impl RunSpec {
             exclude: Vec::new(),
             vars: None,
             target: String::from("dev"),
-            warehouse: None,
-            threads: 4,
+            warehouse: defaults.warehouse,
+            threads: defaults.threads,
             fail_fast: false,
             full_refresh: false,
             shuffle_partitions: 0,
-            task_timeout_secs: 60,
-            retries: 2,
+            task_timeout_secs: defaults.task_timeout_secs,
+            retries: defaults.retries,
+            env: SubmittedEnv::default(),
         }
     }
 }
@@ -101,7 +118,8 @@ pub struct Prepared {
     pub diagnostics: Diagnostics,
 }
 
-/// Compiles and selects, then settles incremental models and the warehouse.
+/// Compiles and selects, then settles incremental models and the warehouse. The project
+/// sees `env` with the variables of the spec's submission over it.
 ///
 /// # Errors
 /// [`PrepareError::Project`] with the diagnostics when the project, a selector or a var is
@@ -117,6 +135,9 @@ pub async fn prepare(
             spec.command
         ))
     })?;
+    let mut env = env.clone();
+    env.extend(spec.env.0.clone());
+    let env = &env;
     let project_dir = spec.project_dir.canonicalize().map_err(|err| {
         PrepareError::Invalid(format!(
             "cannot read the project folder {}: {err}",

@@ -16,8 +16,9 @@ use strata_proto::v1::pipeline_service_server::PipelineService;
 use tokio::sync::{Semaphore, broadcast, watch};
 use tonic::{Request, Response, Status};
 
+use crate::driver::Coordinator;
 use crate::prepare::{PrepareError, RunSpec, prepare};
-use crate::run::{Coordinator, NodeResult, Resume, RunControl, RunEvent, RunRecord};
+use crate::run::{NodeResult, Resume, RunControl, RunEvent, RunRecord};
 use crate::store::{RunState, RunStore, StoredRun, StoredTask};
 
 /// Settings of a coordinator service.
@@ -34,8 +35,11 @@ pub struct ServiceConfig {
     pub max_concurrent_runs: usize,
     /// Settings of a run that its submission does not override.
     pub defaults: RunSpec,
-    /// Environment the projects compile with (`env_var()`, `STRATA_WAREHOUSE`).
+    /// The coordinator's own variables submitted projects may read (`env_var()`,
+    /// `STRATA_WAREHOUSE`): only those its allowlist names. A submission adds its own.
     pub env: BTreeMap<String, String>,
+    /// The secret the cluster's Flight calls carry (to delete a run's shuffle outputs).
+    pub cluster_secret: Option<strata_engine::exchange::ClusterSecret>,
 }
 
 /// A run this process is executing (or executed): its events so far, for watchers.
@@ -222,7 +226,8 @@ impl<Q: JobQueue> Pipeline<Q> {
         run.selected = request.selected.iter().cloned().collect();
         self.save(&run);
         let coordinator = Coordinator::new(Arc::clone(&self.inner.queue))
-            .with_task_queue(&self.inner.config.task_queue);
+            .with_task_queue(&self.inner.config.task_queue)
+            .with_cluster_secret(self.inner.config.cluster_secret.clone());
         let control = RunControl {
             resume,
             cancel: Some(cancelled.clone()),
@@ -400,6 +405,7 @@ impl<Q: JobQueue> Pipeline<Q> {
             exclude: request.exclude.clone(),
             vars: (!request.vars.trim().is_empty()).then(|| request.vars.clone()),
             full_refresh: request.full_refresh,
+            env: crate::prepare::SubmittedEnv(request.env.clone().into_iter().collect()),
             ..self.inner.config.defaults.clone()
         };
         if !request.command.is_empty() {

@@ -11,6 +11,8 @@
 //! - [`compiler`] resolves configuration, inlines ephemeral models, writes test SQL
 //!   ([`data_tests`]) and checks the DAG ([`dag`]), producing a [`manifest::Manifest`];
 //! - [`selection`] applies dbt's `--select` / `--exclude` syntax to a manifest;
+//! - [`settings`] holds every process's settings, layered once (defaults < file <
+//!   `STRATA__*` environment < flags);
 //! - [`queue`] is the job queue between coordinator and workers, with its in-memory
 //!   implementation and the conformance suite every implementation passes.
 
@@ -28,4 +30,5 @@ pub mod project;
 pub mod properties;
 pub mod queue;
 pub mod selection;
+pub mod settings;
 pub mod yaml;

@@ -82,3 +82,50 @@ pub fn test_env() -> BTreeMap<String, String> {
 pub fn case_vars(case: &Path) -> Option<String> {
     std::fs::read_to_string(case.join("vars.yml")).ok()
 }
+
+/// Copies a project folder, leaving out build outputs, data and warehouses.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let name = entry.file_name();
+        if ["target", "data", "warehouse"]
+            .iter()
+            .any(|skip| name == *skip)
+        {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(&name));
+        } else {
+            std::fs::copy(&path, to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// Runs a `strata` command in this process with the test environment.
+pub fn strata(args: &[&str]) -> std::process::ExitCode {
+    let mut argv = vec!["strata"];
+    argv.extend_from_slice(args);
+    let cli = <strata::Cli as clap::Parser>::try_parse_from(argv).expect("valid arguments");
+    strata::execute(cli, &test_env()).expect("command runs")
+}
+
+/// A copy of examples/medallion with `events` generated events in two batches.
+pub fn medallion_with_data(events: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("medallion");
+    copy_dir(&repo_root().join("examples/medallion"), &project);
+    let data = project.join("data");
+    let code = strata(&[
+        "generate-sample-data",
+        "--events",
+        events,
+        "--out",
+        data.to_str().unwrap(),
+        "--batches",
+        "2",
+    ]);
+    assert_eq!(code, std::process::ExitCode::SUCCESS);
+    (dir, project)
+}

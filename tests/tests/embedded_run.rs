@@ -2,54 +2,9 @@
 //! in-memory queue): examples/medallion on generated data, and the commit protocol's promise
 //! that a failed model leaves the previous version readable.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use clap::Parser;
-use strata_tests::repo_root;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let name = entry.file_name();
-        if ["target", "data", "warehouse"]
-            .iter()
-            .any(|skip| name == *skip)
-        {
-            continue;
-        }
-        let path = entry.path();
-        if path.is_dir() {
-            copy_dir(&path, &to.join(&name));
-        } else {
-            std::fs::copy(&path, to.join(&name)).unwrap();
-        }
-    }
-}
-
-fn strata(args: &[&str]) -> std::process::ExitCode {
-    let mut argv = vec!["strata"];
-    argv.extend_from_slice(args);
-    let cli = strata::Cli::try_parse_from(argv).expect("valid arguments");
-    strata::execute(cli, &strata_tests::test_env()).expect("command runs")
-}
-
-fn medallion_with_data(events: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let project = dir.path().join("medallion");
-    copy_dir(&repo_root().join("examples/medallion"), &project);
-    let data = project.join("data");
-    let code = strata(&[
-        "generate-sample-data",
-        "--events",
-        events,
-        "--out",
-        data.to_str().unwrap(),
-        "--batches",
-        "2",
-    ]);
-    assert_eq!(code, std::process::ExitCode::SUCCESS);
-    (dir, project)
-}
+use strata_tests::{medallion_with_data, strata};
 
 fn record(project: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(project.join("target/run_results.json")).unwrap())

@@ -11,7 +11,7 @@ use datafusion::common::TableReference;
 use datafusion::prelude::SessionContext;
 use strata_proto::v1::Incremental;
 
-use crate::error::TaskError;
+use strata_engine::TaskError;
 
 fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

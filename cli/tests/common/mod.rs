@@ -12,6 +12,9 @@ use datafusion::prelude::SessionContext;
 
 pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
+/// The secret the test clusters' workers and coordinators share for Flight calls.
+pub const CLUSTER_SECRET: &str = "strata-test-cluster-secret-0123456789";
+
 pub fn broker_url() -> String {
     std::env::var("STRATA_AMQP_URL")
         .unwrap_or_else(|_| String::from("amqp://guest:guest@127.0.0.1:5672/%2f"))
@@ -30,6 +33,7 @@ impl Workers {
         let children = (0..count)
             .map(|index| {
                 Command::new(STRATA)
+                    .env("STRATA__CLUSTER__SECRET", CLUSTER_SECRET)
                     .args(["worker", "--slots", "2", "--memory-limit-mib", "1024"])
                     .args(["--worker-id", &format!("{prefix}-{index}")])
                     .args(["--amqp-url", &broker_url(), "--task-queue", queue])
@@ -76,6 +80,7 @@ impl Drop for Workers {
 
 pub fn strata(args: &[&str]) -> std::process::Output {
     Command::new(STRATA)
+        .env("STRATA__CLUSTER__SECRET", CLUSTER_SECRET)
         .args(args)
         .output()
         .expect("strata runs")
@@ -146,6 +151,7 @@ pub fn start_build_with_args(
     }
     args.extend(extra);
     Command::new(STRATA)
+        .env("STRATA__CLUSTER__SECRET", CLUSTER_SECRET)
         .args(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -207,7 +207,7 @@ mod tests {
     use datafusion::arrow::record_batch::RecordBatch;
     use datafusion::prelude::SessionContext;
 
-    use crate::execution::{ExecutionConfig, session};
+    use crate::session::{EngineConfig, session};
 
     const QUERY: &str = "select k, count(*) as n, count(distinct v) as d, sum(z) as s, count(z) as nz \
                          from t group by k order by k nulls first";
@@ -271,7 +271,7 @@ mod tests {
 
     #[tokio::test]
     async fn rewrites_to_two_phase_aggregation_with_the_same_result() {
-        let (strata, _) = session(&ExecutionConfig::default()).unwrap();
+        let (strata, _) = session(&EngineConfig::default()).unwrap();
         let (plan, rewritten) = run(&strata).await;
         assert!(!plan.contains("DISTINCT"), "{plan}");
         assert_eq!(plan.matches("Aggregate:").count(), 2, "{plan}");
@@ -286,7 +286,7 @@ mod tests {
 
     #[tokio::test]
     async fn leaves_other_shapes_alone() {
-        let (ctx, _) = session(&ExecutionConfig::default()).unwrap();
+        let (ctx, _) = session(&EngineConfig::default()).unwrap();
         ctx.register_batch("t", data()).unwrap();
         for sql in [
             "select k, count(distinct v), count(distinct z) from t group by k",

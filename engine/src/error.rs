@@ -155,6 +155,12 @@ impl From<deltalake::DeltaTableError> for TaskError {
     }
 }
 
+impl From<DataFusionError> for TaskError {
+    fn from(err: DataFusionError) -> Self {
+        classify_datafusion(err)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

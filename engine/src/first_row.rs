@@ -823,7 +823,7 @@ mod tests {
     use datafusion::datasource::MemTable;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
-    use crate::execution::{ExecutionConfig, session};
+    use crate::session::{EngineConfig, session};
 
     /// Events with redeliveries: duplicate ids, NULL ids, NULL and tied-free orders.
     fn events(batches: usize) -> Vec<RecordBatch> {
@@ -877,10 +877,10 @@ mod tests {
     }
 
     fn strata_session(memory_limit_bytes: usize) -> SessionContext {
-        let config = ExecutionConfig {
+        let config = EngineConfig {
             memory_limit_bytes,
             target_partitions: 3,
-            ..ExecutionConfig::default()
+            ..EngineConfig::default()
         };
         session(&config).unwrap().0
     }

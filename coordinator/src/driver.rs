@@ -1,0 +1,436 @@
+//! The driver of a run: it feeds the [`Scheduler`] the run's events — results and heartbeats
+//! from the run's result queue, the clock, cancellation — and performs what the scheduler asks:
+//! plan a node (`crate::planning`), publish a task, commit a node (`crate::commit`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use prost::Message as _;
+use strata_core::config::Materialization;
+use strata_core::dag::Dag;
+use strata_core::manifest::{Manifest, ResourceType};
+use strata_core::queue::{
+    ATTEMPT_HEADER, Consumer, Delivery, HEARTBEAT, JobQueue, KIND_HEADER, Message, RESULT_QUEUE,
+    Settler, TASK_HEADER, TASK_QUEUE,
+};
+use strata_proto::v1::{FailureClass, Task, TaskResult};
+
+use crate::commit;
+use crate::run::{
+    NodeResult, NodeStatus, RunControl, RunError, RunEvent, RunRecord, RunRequest, random_hex,
+    test_status,
+};
+use crate::scheduler::{Action, Completion, Job, Policy, Scheduler};
+
+/// Executes a run over a job queue on which workers consume [`TASK_QUEUE`] (or the queue set
+/// with [`Coordinator::with_task_queue`]); results come back on a queue of the run's own.
+pub struct Coordinator<Q: JobQueue> {
+    queue: Arc<Q>,
+    task_queue: String,
+    /// How the coordinator reaches workers' Flight servers (to delete a run's shuffle outputs).
+    fetch: strata_engine::exchange::FetchSettings,
+}
+
+/// What the driver keeps for one run besides the scheduler.
+struct RunContext<'a> {
+    request: &'a RunRequest,
+    run_id: &'a str,
+    trace_id: String,
+    /// Versions of the tables this run reads: committed by it, or current at its start.
+    versions: HashMap<String, i64>,
+    /// The last task number used (task ids stay unique across a resume).
+    task_counter: u64,
+}
+
+impl<Q: JobQueue> Coordinator<Q> {
+    /// A coordinator publishing on `queue`.
+    pub fn new(queue: Arc<Q>) -> Self {
+        Self {
+            queue,
+            task_queue: TASK_QUEUE.to_string(),
+            fetch: strata_engine::exchange::FetchSettings::default(),
+        }
+    }
+
+    /// Publishes tasks on `task_queue` instead of [`TASK_QUEUE`] (a pool of workers of its own).
+    pub fn with_task_queue(mut self, task_queue: &str) -> Self {
+        self.task_queue = task_queue.to_string();
+        self
+    }
+
+    /// Calls workers' Flight servers with the cluster's secret.
+    pub fn with_cluster_secret(
+        mut self,
+        secret: Option<strata_engine::exchange::ClusterSecret>,
+    ) -> Self {
+        self.fetch.secret = secret;
+        self
+    }
+
+    /// Runs the request to the end and returns its record. Node failures are in the record;
+    /// only a failing queue ends the run with an error.
+    ///
+    /// # Errors
+    /// Returns an error when the queue fails.
+    pub async fn run(
+        &self,
+        request: &RunRequest,
+        run_id: &str,
+        on_event: impl FnMut(RunEvent),
+    ) -> Result<RunRecord, RunError> {
+        self.run_with(request, run_id, RunControl::default(), on_event)
+            .await
+    }
+
+    /// Like [`Coordinator::run`], resuming where an earlier coordinator stopped and/or
+    /// watching for cancellation.
+    ///
+    /// # Errors
+    /// Returns an error when consuming the run's result queue fails.
+    pub async fn run_with(
+        &self,
+        request: &RunRequest,
+        run_id: &str,
+        control: RunControl,
+        mut on_event: impl FnMut(RunEvent),
+    ) -> Result<RunRecord, RunError> {
+        let started = Instant::now();
+        let RunControl {
+            resume,
+            cancel,
+            trace_id,
+        } = control;
+        let mut run = RunContext {
+            request,
+            run_id,
+            trace_id: trace_id
+                .filter(|id| !id.is_empty())
+                .unwrap_or_else(|| random_hex(16)),
+            versions: HashMap::new(),
+            task_counter: resume.as_ref().map_or(0, |resume| resume.first_task_number),
+        };
+        let mut scheduler = Scheduler::new(run_id, jobs(request), Policy::from(request));
+        if let Some(resume) = resume {
+            for result in &resume.finished {
+                if let Some(version) = result.version {
+                    run.versions.insert(result.unique_id.clone(), version);
+                }
+            }
+            scheduler.resume(resume, Instant::now());
+        }
+        let reply_to = format!("{RESULT_QUEUE}.{run_id}");
+        let mut consumer = self.queue.consume(&reply_to, 64).await?;
+        scheduler.start();
+        loop {
+            if cancel.as_ref().is_some_and(|cancel| *cancel.borrow()) {
+                scheduler.cancel();
+            }
+            while let Some(action) = scheduler.next_action() {
+                self.perform(action, &mut run, &mut scheduler, &mut on_event)
+                    .await;
+            }
+            if scheduler.is_done() {
+                break;
+            }
+            let wake = tokio::time::Instant::from_std(scheduler.next_wake(Instant::now()));
+            if let Ok(delivery) = tokio::time::timeout_at(wake, consumer.next()).await {
+                match delivery? {
+                    Some(delivery) => receive(delivery, &mut scheduler).await,
+                    None => break,
+                }
+            }
+            // Also after a message: a steady flow of heartbeats must not hold back retries.
+            scheduler.tick(Instant::now());
+        }
+        drop(consumer);
+        // Late duplicates may still arrive there; nobody reads them once the run is over.
+        let _ = self.queue.delete(&reply_to).await;
+        for address in scheduler.shuffle_addresses() {
+            // A worker that is gone took its outputs with it.
+            let _ = strata_engine::exchange::remove_run(address, run_id, &self.fetch).await;
+        }
+        let nodes = scheduler.into_results();
+        let success = nodes
+            .iter()
+            .all(|node| !matches!(node.status, NodeStatus::Error | NodeStatus::Fail));
+        Ok(RunRecord {
+            run_id: run_id.to_string(),
+            elapsed_ms: elapsed_ms(started),
+            success,
+            nodes,
+            trace_id: run.trace_id,
+        })
+    }
+
+    /// Performs one of the scheduler's actions and reports its outcome back to it.
+    async fn perform(
+        &self,
+        action: Action,
+        run: &mut RunContext<'_>,
+        scheduler: &mut Scheduler,
+        on_event: &mut impl FnMut(RunEvent),
+    ) {
+        match action {
+            Action::Emit(event) => on_event(*event),
+            Action::Plan { node } => {
+                let planned = plan(run, &node).await;
+                scheduler.planned(&node, planned, Instant::now());
+            }
+            Action::Publish { task, attempt } => {
+                let message = task_message(&task, attempt);
+                if let Err(err) = self.queue.publish(&self.task_queue, message).await {
+                    tracing::warn!(task = %task.task_id, attempt, error = %err, "publishing a task failed");
+                    scheduler.publish_failed(
+                        &task.task_id,
+                        attempt,
+                        &err.to_string(),
+                        Instant::now(),
+                    );
+                }
+            }
+            Action::Complete(completion) => {
+                let record = complete(run, &completion).await;
+                scheduler.completed(record);
+            }
+        }
+    }
+}
+
+/// Plans a node into tasks, each carrying the run's trace context.
+async fn plan(run: &mut RunContext<'_>, id: &str) -> Result<crate::planning::Planned, String> {
+    let node = &run.request.manifest.nodes[id];
+    let (mut tasks, mut later) = crate::planning::build_tasks(
+        run.request,
+        run.run_id,
+        node,
+        &mut run.versions,
+        &mut run.task_counter,
+    )
+    .await?;
+    for task in tasks.iter_mut().chain(later.iter_mut().flatten()) {
+        task.traceparent = format!("00-{}-{}-01", run.trace_id, random_hex(8));
+    }
+    Ok((tasks, later))
+}
+
+/// Hands one message of the run's result queue to the scheduler: a heartbeat, a task's
+/// result, or something malformed (dead-lettered with the reason). A message is handled
+/// before it is settled, and a settlement that fails (the broker went away) only means the
+/// broker delivers it again: duplicates of results are ignored by attempt.
+async fn receive<S: Settler>(delivery: Delivery<S>, scheduler: &mut Scheduler) {
+    let headers = &delivery.message.headers;
+    if headers.get(KIND_HEADER).map(String::as_str) == Some(HEARTBEAT) {
+        let task = headers.get(TASK_HEADER).cloned();
+        let attempt = headers
+            .get(ATTEMPT_HEADER)
+            .and_then(|attempt| attempt.parse::<u32>().ok());
+        if let (Some(task), Some(attempt)) = (task, attempt) {
+            scheduler.heartbeat(&task, attempt, Instant::now());
+        }
+        settled(delivery.ack().await);
+        return;
+    }
+    match TaskResult::decode(delivery.message.body.as_slice()) {
+        Ok(result) => {
+            scheduler.task_result(result, Instant::now());
+            settled(delivery.ack().await);
+        }
+        Err(_) => settled(
+            delivery
+                .dead_letter("malformed task result: not a strata.v1.TaskResult")
+                .await,
+        ),
+    }
+}
+
+/// Logs a settlement the broker did not take (the message comes again).
+fn settled(outcome: Result<(), strata_core::queue::QueueError>) {
+    if let Err(err) = outcome {
+        tracing::warn!(error = %err, "cannot settle a message of the result queue; it will be delivered again");
+    }
+}
+
+impl From<&RunRequest> for Policy {
+    fn from(request: &RunRequest) -> Policy {
+        Policy {
+            threads: request.threads.max(1),
+            fail_fast: request.fail_fast,
+            retries: request.retries,
+            retry_backoff: request.retry_backoff,
+            task_timeout: request.task_timeout,
+        }
+    }
+}
+
+/// The run's nodes as the scheduler sees them: every selected node the command executes
+/// (not ephemeral models or sources), with what each waits for.
+fn jobs(request: &RunRequest) -> Vec<Job> {
+    let manifest = &request.manifest;
+    let to_run: BTreeSet<String> = request
+        .selected
+        .iter()
+        .filter(|id| {
+            manifest.nodes.get(*id).is_some_and(|node| {
+                request.resource_types.contains(&node.resource_type)
+                    && node.config.materialized != Materialization::Ephemeral
+                    && node.resource_type != ResourceType::Source
+            })
+        })
+        .cloned()
+        .collect();
+    let mut waits = waits_for(manifest, &manifest.dag(), &to_run);
+    to_run
+        .iter()
+        .map(|id| {
+            let node = &manifest.nodes[id];
+            Job {
+                unique_id: id.clone(),
+                name: node.name.clone(),
+                resource_type: node.resource_type,
+                relation_name: node.relation_name.clone(),
+                retries: node.config.retries,
+                waits_for: waits.remove(id).unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// The nodes each node waits for: its selected parents (through ephemeral models), plus, as in
+/// `dbt build`, the tests of those parents, so a failing test stops what is downstream of it.
+fn waits_for(
+    manifest: &Manifest,
+    dag: &Dag,
+    to_run: &BTreeSet<String>,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let mut waits: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for id in to_run {
+        let mut parents = BTreeSet::new();
+        let mut stack: Vec<&str> = dag.parents(id).collect();
+        let mut visited = BTreeSet::new();
+        while let Some(parent) = stack.pop() {
+            if !visited.insert(parent) {
+                continue;
+            }
+            if to_run.contains(parent) {
+                parents.insert(parent.to_string());
+            } else if manifest
+                .nodes
+                .get(parent)
+                .is_some_and(|node| node.config.materialized == Materialization::Ephemeral)
+            {
+                stack.extend(dag.parents(parent));
+            }
+        }
+        let descendants = dag.descendants(id, None);
+        let tests: BTreeSet<String> = parents
+            .iter()
+            .flat_map(|parent| dag.children(parent))
+            .filter(|child| {
+                *child != id && to_run.contains(*child) && !descendants.contains(*child)
+            })
+            .filter(|child| {
+                manifest
+                    .nodes
+                    .get(*child)
+                    .is_some_and(|node| node.resource_type == ResourceType::Test)
+            })
+            .map(str::to_string)
+            .collect();
+        if manifest
+            .nodes
+            .get(id)
+            .is_some_and(|node| node.resource_type != ResourceType::Test)
+        {
+            parents.extend(tests);
+        }
+        waits.insert(id.clone(), parents);
+    }
+    waits
+}
+
+/// A task's queue message: the task, its attempt, and its trace context.
+fn task_message(task: &Task, attempt: u32) -> Message {
+    let message =
+        Message::new(task.encode_to_vec()).with_header(ATTEMPT_HEADER, attempt.to_string());
+    if task.traceparent.is_empty() {
+        message
+    } else {
+        message.with_header("traceparent", task.traceparent.clone())
+    }
+}
+
+/// Records a node's outcome: a failure as it is, a test judged by its failing rows, a model
+/// or seed committed in one Delta transaction (its version kept for its dependants' inputs).
+async fn complete(run: &mut RunContext<'_>, completion: &Completion) -> NodeResult {
+    let Completion {
+        node,
+        result,
+        class,
+        progress,
+    } = completion;
+    let (request, run_id, class) = (run.request, run.run_id, *class);
+    let node = &request.manifest.nodes[node];
+    let mut record = NodeResult {
+        unique_id: node.unique_id.clone(),
+        name: node.name.clone(),
+        resource_type: node.resource_type,
+        status: NodeStatus::Success,
+        rows: result.rows,
+        bytes: result.bytes,
+        duration_ms: 0,
+        failures: None,
+        version: None,
+        attempts: progress.attempts,
+        tasks: u32::try_from(progress.tasks).unwrap_or(u32::MAX),
+        relation: node.relation_name.clone(),
+        error: None,
+        peak_memory_bytes: result.peak_memory_bytes,
+        workers: progress.workers.iter().cloned().collect(),
+        stages: progress.stages.clone(),
+    };
+    if class != FailureClass::Unspecified {
+        record.status = if node.resource_type == ResourceType::Test {
+            NodeStatus::Fail
+        } else {
+            NodeStatus::Error
+        };
+        record.error = Some(result.error.clone());
+    } else if node.resource_type == ResourceType::Test {
+        record.failures = Some(result.failing_rows);
+        record.status = test_status(node, result.failing_rows);
+        if record.status != NodeStatus::Pass {
+            record.error = Some(format!("{} failing rows", result.failing_rows));
+        }
+    } else if let Some(relation) = &node.relation {
+        let location = request.warehouse.table_uri(relation);
+        let (schema, partition_by) = (&result.delta_schema_json, &node.config.partition_by);
+        let commit_id = commit::CommitId {
+            run_id: run_id.to_string(),
+            unique_id: node.unique_id.clone(),
+            retry_conflicts: !request.incremental_models.contains(&node.unique_id),
+        };
+        let files = &result.files;
+        let committed = if result.append {
+            commit::append(&location, schema, partition_by, files, &commit_id).await
+        } else {
+            commit::overwrite(&location, schema, partition_by, files, &commit_id).await
+        };
+        match committed {
+            Ok(version) => {
+                run.versions.insert(node.unique_id.clone(), version);
+                record.version = Some(version);
+            }
+            Err(err) => {
+                record.status = NodeStatus::Error;
+                record.error = Some(err.to_string());
+            }
+        }
+    }
+    record.duration_ms = elapsed_ms(progress.started);
+    record
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}

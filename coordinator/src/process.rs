@@ -1,0 +1,271 @@
+//! The coordinator role: the gRPC `PipelineService` (with health and reflection, bearer
+//! tokens, optional TLS), the run store under the data folder, submitted runs executed on the
+//! broker's workers, unfinished runs resumed — started from one [`Settings`] value and stopped
+//! gracefully.
+//!
+//! `strata coordinator` is [`start`] and a signal handler; tests start whole coordinators
+//! in-process with [`start_on`] over any [`JobQueue`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use strata_amqp::AmqpQueue;
+use strata_core::queue::JobQueue;
+use strata_core::settings::{RunDefaults, Settings};
+use strata_engine::exchange::ClusterSecret;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::prepare::RunSpec;
+use crate::service::{Pipeline, ServiceConfig, TlsFiles, Tokens, serve};
+use crate::store::RedbStore;
+
+/// Why a coordinator cannot start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// The broker cannot be reached.
+    #[error("the broker: {0}")]
+    Queue(#[from] strata_core::queue::QueueError),
+    /// The run store cannot be opened or read.
+    #[error("the run store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// A setting is unusable (a token file, TLS files, the cluster secret).
+    #[error("{0}")]
+    Settings(String),
+    /// The API cannot listen.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address asked for.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("the gRPC server failed: {0}")]
+    Server(String),
+}
+
+/// A running coordinator.
+pub struct RunningCoordinator<Q: JobQueue> {
+    address: SocketAddr,
+    tls: bool,
+    task_queue: String,
+    data_dir: std::path::PathBuf,
+    resumed: Vec<String>,
+    queue: Arc<Q>,
+    shutdown: oneshot::Sender<()>,
+    server: JoinHandle<Result<(), String>>,
+}
+
+/// Starts a coordinator on the broker its settings name. `env` is the process environment:
+/// only the variables `coordinator.env_allowlist` names reach submitted projects.
+///
+/// # Errors
+/// Returns an error when the broker, the run store, the listen address or a setting fails.
+pub async fn start(
+    settings: &Settings,
+    env: &BTreeMap<String, String>,
+) -> Result<RunningCoordinator<AmqpQueue>, CoordinatorError> {
+    let queue = Arc::new(AmqpQueue::connect(&settings.broker.url).await?);
+    start_on(queue, settings, env).await
+}
+
+/// Starts a coordinator publishing tasks on `queue`.
+///
+/// # Errors
+/// Returns an error when the run store, the listen address or a setting fails.
+pub async fn start_on<Q: JobQueue>(
+    queue: Arc<Q>,
+    settings: &Settings,
+    env: &BTreeMap<String, String>,
+) -> Result<RunningCoordinator<Q>, CoordinatorError> {
+    let coordinator = &settings.coordinator;
+    let config = service_config(settings, env)?;
+    let tokens = tokens(settings)?;
+    let tls = match (&coordinator.tls_cert, &coordinator.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(CoordinatorError::Settings(String::from(
+                "TLS needs both coordinator.tls_cert and coordinator.tls_key",
+            )));
+        }
+    };
+    std::fs::create_dir_all(&coordinator.data_dir).map_err(|err| {
+        CoordinatorError::Settings(format!(
+            "cannot create the data folder {}: {err}",
+            coordinator.data_dir.display()
+        ))
+    })?;
+    let store = Arc::new(RedbStore::open(&coordinator.data_dir.join("runs.redb"))?);
+    let pipeline = Pipeline::new(queue.clone(), store, config);
+    let resumed = pipeline.resume_unfinished()?;
+    let listener = tokio::net::TcpListener::bind(&coordinator.listen)
+        .await
+        .map_err(|source| CoordinatorError::Listen {
+            address: coordinator.listen.clone(),
+            source,
+        })?;
+    let address = listener
+        .local_addr()
+        .map_err(|source| CoordinatorError::Listen {
+            address: coordinator.listen.clone(),
+            source,
+        })?;
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let has_tls = tls.is_some();
+    let server = tokio::spawn(async move {
+        serve(pipeline, tokens, tls, listener, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .map_err(|err| err.to_string())
+    });
+    Ok(RunningCoordinator {
+        address,
+        tls: has_tls,
+        task_queue: settings.broker.task_queue.clone(),
+        data_dir: coordinator.data_dir.clone(),
+        resumed,
+        queue,
+        shutdown,
+        server,
+    })
+}
+
+impl<Q: JobQueue> RunningCoordinator<Q> {
+    /// The address the API listens on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// A line saying what the coordinator serves, for its log.
+    pub fn describe(&self) -> String {
+        format!(
+            "coordinator: serving strata.v1.PipelineService on {}{}, tasks to {}, state in {}{}",
+            self.address,
+            if self.tls { " (TLS)" } else { "" },
+            self.task_queue,
+            self.data_dir.display(),
+            if self.resumed.is_empty() {
+                String::new()
+            } else {
+                format!(", resuming {}", self.resumed.join(", "))
+            }
+        )
+    }
+
+    /// Stops serving and waits for the server to end.
+    ///
+    /// # Errors
+    /// Returns the server's error, when it failed.
+    pub async fn stop(self) -> Result<(), CoordinatorError> {
+        let _ = self.shutdown.send(());
+        let outcome = match self.server.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(CoordinatorError::Server(message)),
+            Err(err) => Err(CoordinatorError::Server(err.to_string())),
+        };
+        drop(self.queue);
+        outcome
+    }
+}
+
+/// Runs one request as the coordinator of the cluster on the broker `settings` names (`strata
+/// build --cluster`): this process plans, dispatches and commits; `strata worker` processes
+/// anywhere do the work.
+///
+/// # Errors
+/// Returns an error when the broker cannot be reached or fails, or the cluster secret is
+/// unusable.
+pub async fn run_on_broker(
+    settings: &Settings,
+    request: &crate::RunRequest,
+    run_id: &str,
+    on_event: impl FnMut(crate::RunEvent),
+) -> Result<crate::RunRecord, CoordinatorError> {
+    let secret = cluster_secret(settings)?;
+    let queue = Arc::new(AmqpQueue::connect(&settings.broker.url).await?);
+    let record = crate::Coordinator::new(queue.clone())
+        .with_task_queue(&settings.broker.task_queue)
+        .with_cluster_secret(secret)
+        .run(request, run_id, on_event)
+        .await;
+    queue.close().await;
+    record.map_err(|crate::RunError::Queue(err)| CoordinatorError::Queue(err))
+}
+
+/// The cluster secret of the settings, checked.
+fn cluster_secret(settings: &Settings) -> Result<Option<ClusterSecret>, CoordinatorError> {
+    settings
+        .cluster
+        .secret()
+        .map_err(|err| CoordinatorError::Settings(err.to_string()))?
+        .map(|secret| ClusterSecret::new(secret.expose()))
+        .transpose()
+        .map_err(|err| CoordinatorError::Settings(format!("cluster secret: {err}")))
+}
+
+/// The service's settings: the run defaults, and of the process environment only the
+/// allowlisted variables.
+fn service_config(
+    settings: &Settings,
+    env: &BTreeMap<String, String>,
+) -> Result<ServiceConfig, CoordinatorError> {
+    let coordinator = &settings.coordinator;
+    let allowed = env
+        .iter()
+        .filter(|(name, _)| coordinator.env_allowlist.contains(name))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    let secret = cluster_secret(settings)?;
+    Ok(ServiceConfig {
+        data_dir: coordinator.data_dir.clone(),
+        task_queue: settings.broker.task_queue.clone(),
+        max_concurrent_runs: coordinator.max_concurrent_runs.max(1),
+        defaults: run_defaults(&coordinator.runs),
+        env: allowed,
+        cluster_secret: secret,
+    })
+}
+
+/// A submitted run's settings before its submission overrides them.
+fn run_defaults(runs: &RunDefaults) -> RunSpec {
+    RunSpec {
+        warehouse: runs.warehouse.clone(),
+        threads: runs.threads.max(1),
+        shuffle_partitions: runs.shuffle_partitions,
+        task_timeout_secs: runs.task_timeout_secs,
+        retries: runs.retries,
+        ..RunSpec::new(std::path::PathBuf::new())
+    }
+}
+
+/// The bearer tokens: inline ones and those of the token file.
+fn tokens(settings: &Settings) -> Result<Tokens, CoordinatorError> {
+    let coordinator = &settings.coordinator;
+    let mut tokens: Vec<String> = coordinator
+        .tokens
+        .iter()
+        .map(|token| token.expose().to_string())
+        .collect();
+    if let Some(path) = &coordinator.token_file {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            CoordinatorError::Settings(format!(
+                "cannot read the token file {}: {err}",
+                path.display()
+            ))
+        })?;
+        tokens.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    Ok(Tokens::new(tokens))
+}

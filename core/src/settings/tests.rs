@@ -1,0 +1,159 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::{Flags, Origin, Role, SettingsError, load};
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
+}
+
+fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.yaml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn defaults_then_file_then_environment_then_flags() {
+    let (_dir, path) = file(
+        "worker:\n  slots: 2\n  heartbeat_interval_ms: 750\nengine:\n  memory_limit_mib: 512\n",
+    );
+    let env = env(&[
+        ("STRATA__WORKER__SLOTS", "3"),
+        ("STRATA__WORKER__HEARTBEAT_INTERVAL_MS", "900"),
+        ("HOME", "/root"),
+    ]);
+    let flags = Flags::default()
+        .set("worker.slots", "--slots", Some(5usize))
+        .set("worker.id", "--worker-id", None::<String>);
+    let resolved = load(Some(&path), &env, flags).unwrap();
+    let worker = &resolved.settings.worker;
+    assert_eq!(worker.slots, 5);
+    assert_eq!(worker.heartbeat_interval_ms, 900);
+    assert_eq!(resolved.settings.engine.memory_limit_mib, 512);
+    assert_eq!(worker.fetch_timeout_secs, 30);
+    assert_eq!(
+        resolved.origin("worker.slots"),
+        &Origin::Flag("--slots".into())
+    );
+    assert_eq!(
+        resolved.origin("worker.heartbeat_interval_ms"),
+        &Origin::Env("STRATA__WORKER__HEARTBEAT_INTERVAL_MS".into())
+    );
+    assert_eq!(
+        resolved.origin("engine.memory_limit_mib"),
+        &Origin::File(path.clone())
+    );
+    assert_eq!(
+        resolved.origin("worker.fetch_timeout_secs"),
+        &Origin::Default
+    );
+    let shown = resolved.explain(Role::Worker);
+    let slots = shown
+        .iter()
+        .find(|entry| entry.key == "worker.slots")
+        .unwrap();
+    assert_eq!(
+        (slots.value.as_str(), slots.source.as_str()),
+        ("5", "flag --slots")
+    );
+    let memory = shown
+        .iter()
+        .find(|entry| entry.key == "engine.memory_limit_mib")
+        .unwrap();
+    assert_eq!(memory.source, format!("file {}", path.display()));
+    assert!(
+        shown
+            .iter()
+            .all(|entry| !entry.key.starts_with("coordinator."))
+    );
+}
+
+#[test]
+fn an_unknown_key_names_its_layer_and_the_closest_key() {
+    let (_dir, path) = file("worker:\n  slotz: 2\n");
+    let err = load(Some(&path), &BTreeMap::new(), Flags::default()).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, SettingsError::UnknownKey { .. }), "{message}");
+    assert!(message.contains("'worker.slotz'"), "{message}");
+    assert!(message.contains("did you mean 'slots'"), "{message}");
+    assert!(message.contains(&path.display().to_string()), "{message}");
+
+    let err = load(
+        None,
+        &env(&[("STRATA__WROKER__SLOTS", "2")]),
+        Flags::default(),
+    )
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("did you mean 'worker'"), "{message}");
+    assert!(message.contains("env STRATA__WROKER__SLOTS"), "{message}");
+}
+
+#[test]
+fn a_value_of_the_wrong_type_names_the_key_and_the_variable() {
+    let err = load(
+        None,
+        &env(&[("STRATA__WORKER__SLOTS", "many")]),
+        Flags::default(),
+    )
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, SettingsError::Invalid { .. }), "{message}");
+    assert!(message.contains("worker.slots"), "{message}");
+    assert!(message.contains("STRATA__WORKER__SLOTS"), "{message}");
+}
+
+#[test]
+fn secrets_are_redacted_wherever_settings_are_shown() {
+    let (_dir, path) = file(
+        "broker:\n  url: amqp://strata:hunter2-password@rabbit:5672/%2f\ncoordinator:\n  tokens: [token-one-secret]\n",
+    );
+    let env = env(&[("STRATA__CLUSTER__SECRET", "cluster-secret-value-123")]);
+    let resolved = load(Some(&path), &env, Flags::default()).unwrap();
+    assert_eq!(
+        resolved
+            .settings
+            .cluster
+            .secret()
+            .unwrap()
+            .unwrap()
+            .expose(),
+        "cluster-secret-value-123"
+    );
+    let shown = format!(
+        "{:?} {:?} {:?}",
+        resolved.explain(Role::Coordinator),
+        resolved.explain(Role::Worker),
+        resolved.settings
+    );
+    for secret in [
+        "hunter2-password",
+        "token-one-secret",
+        "cluster-secret-value-123",
+    ] {
+        assert!(!shown.contains(secret), "{secret} shown: {shown}");
+    }
+    assert!(
+        shown.contains("amqp://strata:***@rabbit:5672/%2f"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn the_cluster_secret_can_come_from_a_file() {
+    let (dir, path) = file("");
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, "from-a-mounted-secret-file\n").unwrap();
+    let env = env(&[(
+        "STRATA__CLUSTER__SECRET_FILE",
+        secret_file.to_str().unwrap(),
+    )]);
+    let resolved = load(Some(&path), &env, Flags::default()).unwrap();
+    let secret = resolved.settings.cluster.secret().unwrap().unwrap();
+    assert_eq!(secret.expose(), "from-a-mounted-secret-file");
+}

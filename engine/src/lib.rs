@@ -1,0 +1,25 @@
+//! Strata's execution engine, shared by the coordinator (which plans) and the worker (which
+//! executes).
+//!
+//! - [`session`]: a DataFusion session under a memory-pool limit with Strata's optimizer rules
+//!   and operators, and a task's inputs registered as tables;
+//! - [`distinct_rewrite`], [`first_row`]: the rules and the deduplication operator;
+//! - [`stages`]: cutting a plan at its hash repartitions into map and final stages;
+//! - [`codec`]: Strata's plan nodes on the wire;
+//! - [`exchange`]: the Flight client side of shuffles and the cluster secret;
+//! - [`error`]: task failures and their class.
+//!
+//! It must not import the worker or the coordinator.
+
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod distinct_rewrite;
+pub mod error;
+pub mod exchange;
+pub mod first_row;
+pub mod session;
+pub mod stages;
+
+pub use error::{Class, TaskError};
+pub use session::{EngineConfig, plan_shuffle, query, register_inputs, session};

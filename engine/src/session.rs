@@ -1,0 +1,324 @@
+//! The DataFusion session every task and every planner uses: a memory pool with a limit,
+//! Strata's optimizer rules and operators, and the task's inputs registered as tables.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::common::TableReference;
+use datafusion::datasource::file_format::FileFormat as DataFusionFileFormat;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::json::JsonFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use strata_core::settings::EngineSettings;
+use strata_proto::v1::{FileFormat, TaskInput, task_input};
+
+use crate::distinct_rewrite::CountWithDistinctToGroupBy;
+use crate::error::TaskError;
+use crate::first_row::{FirstRowPerKeyRule, StrataQueryPlanner};
+
+/// Settings of the execution engine, the same for every task of a process.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Memory pool limit per task; a query that needs more spills, or fails with a clear
+    /// error instead of taking the process down.
+    pub memory_limit_bytes: usize,
+    /// DataFusion's target partitions (parallelism within a task).
+    pub target_partitions: usize,
+    /// Folder for spill files; the system temporary folder when `None`.
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl From<&EngineSettings> for EngineConfig {
+    fn from(settings: &EngineSettings) -> Self {
+        Self {
+            memory_limit_bytes: settings.memory_limit_mib.max(64) << 20,
+            target_partitions: settings.target_partitions.max(1),
+            spill_dir: settings.spill_dir.clone(),
+        }
+    }
+}
+
+/// The engine of the default settings.
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self::from(&EngineSettings::default())
+    }
+}
+
+/// Builds a session for one task, under the configured memory limit, with Strata's
+/// optimizer rules for `count` next to `count(distinct …)` and for `row_number() = 1`
+/// deduplication (and the planner for the latter's operator).
+///
+/// # Errors
+/// Returns an internal error when the runtime cannot be built.
+pub fn session(config: &EngineConfig) -> Result<(SessionContext, Arc<dyn MemoryPool>), TaskError> {
+    strata_storage::install();
+    let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(config.memory_limit_bytes));
+    let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(pool.clone());
+    if let Some(dir) = &config.spill_dir {
+        runtime = runtime.with_temp_file_path(dir.clone());
+    }
+    let runtime = runtime.build_arc().map_err(TaskError::from)?;
+    let mut session_config =
+        SessionConfig::new().with_target_partitions(config.target_partitions.max(1));
+    // Plain Utf8 strings: Delta has no string-view type, and DuckDB comparisons stay simple.
+    session_config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
+    session_config
+        .options_mut()
+        .sql_parser
+        .map_string_types_to_utf8view = false;
+    let state = SessionStateBuilder::new()
+        .with_config(session_config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_optimizer_rule(Arc::new(CountWithDistinctToGroupBy))
+        .with_optimizer_rule(Arc::new(FirstRowPerKeyRule))
+        .with_query_planner(Arc::new(StrataQueryPlanner))
+        .build();
+    Ok((SessionContext::new_with_state(state), pool))
+}
+
+fn ensure_schema(ctx: &SessionContext, schema: &str) -> Result<(), TaskError> {
+    let catalog = ctx
+        .catalog("datafusion")
+        .ok_or_else(|| TaskError::internal("the default catalog is missing"))?;
+    if catalog.schema(schema).is_none() {
+        catalog
+            .register_schema(schema, Arc::new(MemorySchemaProvider::new()))
+            .map_err(TaskError::from)?;
+    }
+    Ok(())
+}
+
+/// Registers every input of a task under `schema.name`, in order (a view may read the inputs
+/// registered before it).
+///
+/// # Errors
+/// Returns a user error for a missing or unreadable location, a transient one for I/O.
+pub async fn register_inputs(ctx: &SessionContext, inputs: &[TaskInput]) -> Result<(), TaskError> {
+    register_inputs_with(ctx, inputs, false).await.map(|_| ())
+}
+
+/// Plans a model's SQL for a shuffle over `partitions` partitions, cut into stages (see
+/// [`crate::stages`]). `None` when the plan needs no shuffle, or reads something a plan
+/// cannot carry to another process (a Hive-partitioned or empty Delta input).
+///
+/// # Errors
+/// Returns the classified error of registering the inputs or planning the SQL.
+pub async fn plan_shuffle(
+    config: &EngineConfig,
+    inputs: &[TaskInput],
+    sql: &str,
+    partitions: usize,
+) -> Result<Option<crate::stages::StagedPlan>, TaskError> {
+    let config = EngineConfig {
+        target_partitions: partitions.max(1),
+        ..config.clone()
+    };
+    let (ctx, _pool) = session(&config)?;
+    // Each map task executes one input partition: a round-robin repartition inside a stage
+    // would make every task read everything, and byte ranges of split files do not survive
+    // datafusion-proto (each task would read whole files): whole files per partition.
+    for setting in [
+        "set datafusion.optimizer.enable_round_robin_repartition = false",
+        "set datafusion.optimizer.repartition_file_scans = false",
+    ] {
+        ctx.sql(setting).await?.collect().await?;
+    }
+    if !register_inputs_with(&ctx, inputs, true).await? {
+        return Ok(None);
+    }
+    let plan = ctx.sql(sql).await?.create_physical_plan().await?;
+    Ok(crate::stages::plan_stages(plan, &ctx.task_ctx())?)
+}
+
+/// Registers the inputs; with `delta_as_files`, an upstream Delta table is registered as the
+/// Parquet files of its pinned version (a scan datafusion-proto can serialize). Returns false
+/// when such a table cannot be read that way (Hive-partitioned or without files).
+async fn register_inputs_with(
+    ctx: &SessionContext,
+    inputs: &[TaskInput],
+    delta_as_files: bool,
+) -> Result<bool, TaskError> {
+    for input in inputs {
+        ensure_schema(ctx, &input.schema)?;
+        let reference = TableReference::partial(input.schema.clone(), input.name.clone());
+        let provider = match &input.source {
+            Some(task_input::Source::Files(files)) => {
+                let format = FileFormat::try_from(files.format).unwrap_or(FileFormat::Unspecified);
+                let table = listing_table(ctx, &files.location, format, &files.files)
+                    .await
+                    .map_err(|err| {
+                        err.context(format!(
+                            "cannot read {}.{} from {}",
+                            input.schema, input.name, files.location
+                        ))
+                    })?;
+                if files.column_types.is_empty() {
+                    table
+                } else {
+                    // A seed with column_types: register the raw CSV, then a casting view.
+                    let raw = format!("__raw_{}", input.name);
+                    ctx.register_table(
+                        TableReference::partial(input.schema.clone(), raw.clone()),
+                        table,
+                    )
+                    .map_err(TaskError::from)?;
+                    let columns: Vec<String> = ctx
+                        .table(TableReference::partial(input.schema.clone(), raw.clone()))
+                        .await
+                        .map_err(TaskError::from)?
+                        .schema()
+                        .fields()
+                        .iter()
+                        .map(|field| {
+                            let name = field.name();
+                            let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+                            match files
+                                .column_types
+                                .iter()
+                                .find(|(column, _)| column.eq_ignore_ascii_case(name))
+                            {
+                                Some((_, data_type)) => {
+                                    format!("cast({quoted} as {data_type}) as {quoted}")
+                                }
+                                None => quoted,
+                            }
+                        })
+                        .collect();
+                    let sql = format!(
+                        "select {} from \"{}\".\"{raw}\"",
+                        columns.join(", "),
+                        input.schema
+                    );
+                    ctx.sql(&sql).await.map_err(TaskError::from)?.into_view()
+                }
+            }
+            Some(task_input::Source::Delta(delta)) => {
+                let url = url::Url::parse(&delta.table_uri).map_err(|err| {
+                    TaskError::user(format!("invalid table location {}: {err}", delta.table_uri))
+                })?;
+                let table = deltalake::DeltaTableBuilder::from_url(url)
+                    .map_err(TaskError::from)?
+                    .with_version(u64::try_from(delta.version).map_err(|_| {
+                        TaskError::internal(format!("invalid table version {}", delta.version))
+                    })?)
+                    .load()
+                    .await
+                    .map_err(|err| {
+                        TaskError::from(err)
+                            .context(format!("cannot open {}.{}", input.schema, input.name))
+                    })?;
+                if delta_as_files {
+                    let snapshot = table.snapshot().map_err(TaskError::from)?;
+                    let files: Vec<String> =
+                        table.get_file_uris().map_err(TaskError::from)?.collect();
+                    if !snapshot.metadata().partition_columns().is_empty() || files.is_empty() {
+                        return Ok(false);
+                    }
+                    let schema = snapshot.snapshot().arrow_schema();
+                    strata_storage::register(ctx, &delta.table_uri)?;
+                    let urls = files
+                        .iter()
+                        .map(|file| strata_storage::listing_url(file))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                        .with_file_extension("");
+                    let config = ListingTableConfig::new_with_multi_paths(urls)
+                        .with_listing_options(options)
+                        .with_schema(schema);
+                    Arc::new(ListingTable::try_new(config).map_err(TaskError::from)?)
+                } else {
+                    table
+                        .update_datafusion_session(&ctx.state())
+                        .map_err(TaskError::from)?;
+                    table.table_provider().await.map_err(TaskError::from)?
+                }
+            }
+            Some(task_input::Source::ViewSql(sql)) => ctx
+                .sql(sql)
+                .await
+                .map_err(|err| {
+                    TaskError::from(err).context(format!("in view {}.{}", input.schema, input.name))
+                })?
+                .into_view(),
+            None => {
+                return Err(TaskError::internal(format!(
+                    "input {}.{} has no source",
+                    input.schema, input.name
+                )));
+            }
+        };
+        ctx.register_table(reference, provider)
+            .map_err(TaskError::from)?;
+    }
+    Ok(true)
+}
+
+async fn listing_table(
+    ctx: &SessionContext,
+    location: &str,
+    format: FileFormat,
+    only: &[String],
+) -> Result<Arc<ListingTable>, TaskError> {
+    let (file_format, extension): (Arc<dyn DataFusionFileFormat>, &str) = match format {
+        FileFormat::Parquet => (Arc::new(ParquetFormat::default()), ".parquet"),
+        FileFormat::Csv => (Arc::new(CsvFormat::default().with_has_header(true)), ""),
+        FileFormat::Json => (Arc::new(JsonFormat::default()), ""),
+        FileFormat::Unspecified => {
+            return Err(TaskError::user(format!("no file format for {location}")));
+        }
+    };
+    strata_storage::register(ctx, location)?;
+    let urls: Vec<ListingTableUrl> = if only.is_empty() {
+        vec![strata_storage::listing_url(location)?]
+    } else {
+        only.iter()
+            .map(|file| strata_storage::listing_url(file))
+            .collect::<Result<_, _>>()?
+    };
+    let extension =
+        if urls.iter().any(|url| url.as_str().ends_with(extension)) || location.contains('*') {
+            ""
+        } else {
+            extension
+        };
+    let options = ListingOptions::new(file_format).with_file_extension(extension);
+    let schema = options
+        .infer_schema(&ctx.state(), &urls[0])
+        .await
+        .map_err(TaskError::from)?;
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .with_schema(schema);
+    Ok(Arc::new(
+        ListingTable::try_new(config).map_err(TaskError::from)?,
+    ))
+}
+
+/// Runs a query over registered inputs and returns its rows (for `strata show`).
+///
+/// # Errors
+/// Returns the classified error of registration or execution.
+pub async fn query(
+    config: &EngineConfig,
+    inputs: &[TaskInput],
+    sql: &str,
+) -> Result<Vec<RecordBatch>, TaskError> {
+    let (ctx, _pool) = session(config)?;
+    register_inputs(&ctx, inputs).await?;
+    Ok(ctx.sql(sql).await?.collect().await?)
+}

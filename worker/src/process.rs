@@ -1,0 +1,238 @@
+//! The worker role: everything a worker process is, started from one [`Settings`] value —
+//! the task loop over the broker, the Flight server for shuffle outputs (which admits only
+//! callers with the cluster secret), the shuffle folder — and stopped by draining: running
+//! tasks finish, no new ones start, the Flight server stops, the shuffle folder goes.
+//!
+//! `strata worker` is [`start`] and a signal handler; tests start whole workers in-process
+//! with [`start_on`] over any [`JobQueue`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_amqp::AmqpQueue;
+use strata_core::queue::JobQueue;
+use strata_core::settings::Settings;
+use strata_engine::EngineConfig;
+use strata_engine::exchange::ClusterSecret;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::execution::{ExecutionConfig, ShuffleService};
+use crate::service::{WorkerConfig, serve};
+use crate::shuffle::{ShuffleFlightService, ShuffleStore};
+
+/// Why a worker cannot start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// No cluster secret is configured: the Flight server would be open to anyone.
+    #[error(
+        "no cluster secret: set cluster.secret_file (or STRATA__CLUSTER__SECRET) to the secret the cluster's workers and coordinator share"
+    )]
+    NoClusterSecret,
+    /// The cluster secret is too weak, or its file unreadable.
+    #[error("cluster secret: {0}")]
+    Secret(String),
+    /// The broker cannot be reached, or consuming failed.
+    #[error("the broker: {0}")]
+    Queue(#[from] strata_core::queue::QueueError),
+    /// The Flight server cannot listen.
+    #[error("cannot listen for Flight on {address}: {source}")]
+    Listen {
+        /// The address asked for.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The task loop ended abnormally.
+    #[error("the worker's task loop failed: {0}")]
+    Crashed(String),
+}
+
+/// A running worker.
+pub struct RunningWorker<Q: JobQueue> {
+    id: String,
+    slots: usize,
+    task_queue: String,
+    memory_limit_mib: usize,
+    address: String,
+    queue: Arc<Q>,
+    stop: watch::Sender<bool>,
+    tasks: JoinHandle<Result<(), strata_core::queue::QueueError>>,
+    flight_stop: oneshot::Sender<()>,
+    flight: JoinHandle<Result<(), tonic::transport::Error>>,
+    shuffle_dir: PathBuf,
+}
+
+/// Starts a worker on the broker its settings name.
+///
+/// # Errors
+/// Returns an error when the broker cannot be reached, the Flight address cannot be bound, or
+/// no cluster secret is configured.
+pub async fn start(settings: &Settings) -> Result<RunningWorker<AmqpQueue>, WorkerError> {
+    let queue = Arc::new(AmqpQueue::connect(&settings.broker.url).await?);
+    start_on(queue, settings).await
+}
+
+/// Starts a worker taking tasks from `queue`.
+///
+/// # Errors
+/// Returns an error when the Flight address cannot be bound or no cluster secret is
+/// configured.
+pub async fn start_on<Q: JobQueue>(
+    queue: Arc<Q>,
+    settings: &Settings,
+) -> Result<RunningWorker<Q>, WorkerError> {
+    let secret = cluster_secret(settings)?;
+    let worker = &settings.worker;
+    let listener = tokio::net::TcpListener::bind(&worker.flight_listen)
+        .await
+        .map_err(|source| WorkerError::Listen {
+            address: worker.flight_listen.clone(),
+            source,
+        })?;
+    let port = listener
+        .local_addr()
+        .map_err(|source| WorkerError::Listen {
+            address: worker.flight_listen.clone(),
+            source,
+        })?
+        .port();
+    let address = match &worker.flight_advertise {
+        Some(advertise) if advertise.contains(':') => advertise.clone(),
+        Some(host) => format!("{host}:{port}"),
+        None => format!("{}:{port}", host_name()),
+    };
+    let shuffle_dir = worker
+        .shuffle_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("strata-shuffle-{}-{port}", std::process::id()));
+    let store = Arc::new(ShuffleStore::new(&shuffle_dir));
+    let mut config = worker_config(settings, Some(secret.clone()));
+    config.execution.shuffle = Some(ShuffleService {
+        store: store.clone(),
+        address: address.clone(),
+    });
+    let (flight_stop, flight_stopped) = oneshot::channel::<()>();
+    let flight = tokio::spawn(ShuffleFlightService::new(store, secret).serve(
+        listener,
+        async move {
+            let _ = flight_stopped.await;
+        },
+    ));
+    let (stop, stopped) = watch::channel(false);
+    let tasks = tokio::spawn(serve(queue.clone(), config.clone(), stopped));
+    Ok(RunningWorker {
+        id: config.worker_id,
+        slots: config.slots,
+        task_queue: config.task_queue,
+        memory_limit_mib: settings.engine.memory_limit_mib,
+        address,
+        queue,
+        stop,
+        tasks,
+        flight_stop,
+        flight,
+        shuffle_dir,
+    })
+}
+
+impl<Q: JobQueue> RunningWorker<Q> {
+    /// The worker's id in run records and logs.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The address its Flight server advertises.
+    pub fn flight_address(&self) -> &str {
+        &self.address
+    }
+
+    /// A line saying what the worker does, for its log.
+    pub fn describe(&self) -> String {
+        format!(
+            "worker {}: {} slots, {} MiB per task, taking tasks from {}, shuffle outputs served at {}",
+            self.id, self.slots, self.memory_limit_mib, self.task_queue, self.address
+        )
+    }
+
+    /// Drains the worker: running tasks finish and report, no new task starts; then the
+    /// Flight server stops and the shuffle outputs are deleted.
+    ///
+    /// # Errors
+    /// Returns an error when the task loop had failed.
+    pub async fn stop(self) -> Result<(), WorkerError> {
+        let _ = self.stop.send(true);
+        self.finish().await
+    }
+
+    /// Waits until the task loop ends by itself (its queue closed), then cleans up like
+    /// [`RunningWorker::stop`].
+    ///
+    /// # Errors
+    /// Returns an error when the task loop failed.
+    pub async fn finish(self) -> Result<(), WorkerError> {
+        let outcome = match self.tasks.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(WorkerError::Queue(err)),
+            Err(err) => Err(WorkerError::Crashed(err.to_string())),
+        };
+        let _ = self.flight_stop.send(());
+        let _ = self.flight.await;
+        let _ = std::fs::remove_dir_all(&self.shuffle_dir);
+        drop(self.queue);
+        outcome
+    }
+}
+
+/// The settings of an in-process worker without a Flight server (embedded mode, where one
+/// task already uses every core and nothing is shuffled).
+pub fn embedded_config(settings: &Settings, id: &str, slots: usize) -> WorkerConfig {
+    WorkerConfig {
+        worker_id: id.to_string(),
+        slots,
+        ..worker_config(settings, None)
+    }
+}
+
+/// The task loop's settings from the process settings.
+fn worker_config(settings: &Settings, secret: Option<ClusterSecret>) -> WorkerConfig {
+    let worker = &settings.worker;
+    WorkerConfig {
+        worker_id: worker
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", host_name(), std::process::id())),
+        slots: worker.slots.max(1),
+        task_queue: settings.broker.task_queue.clone(),
+        heartbeat_interval: Duration::from_millis(worker.heartbeat_interval_ms.max(10)),
+        execution: ExecutionConfig {
+            engine: EngineConfig::from(&settings.engine),
+            target_file_size: settings.engine.target_file_size_mib.max(1) << 20,
+            shuffle: None,
+            fetch_timeout: Duration::from_secs(worker.fetch_timeout_secs.max(1)),
+            cluster_secret: secret,
+        },
+    }
+}
+
+/// The cluster secret a worker with a Flight server requires.
+fn cluster_secret(settings: &Settings) -> Result<ClusterSecret, WorkerError> {
+    let secret = settings
+        .cluster
+        .secret()
+        .map_err(|err| WorkerError::Secret(err.to_string()))?
+        .ok_or(WorkerError::NoClusterSecret)?;
+    ClusterSecret::new(secret.expose()).map_err(|err| WorkerError::Secret(err.to_string()))
+}
+
+/// This machine's name: `HOSTNAME`, else `/etc/hostname`, else `localhost`.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|host| host.trim().to_string())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| String::from("localhost"))
+}
