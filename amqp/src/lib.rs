@@ -35,8 +35,9 @@ use strata_core::queue::{
 };
 use tokio::sync::Mutex as AsyncMutex;
 
-/// Longest pause between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Pauses between reconnection attempts: from 100 ms, doubling, at most 5 s.
+const RECONNECT: strata_core::retry::Backoff =
+    strata_core::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 /// How long a publish keeps trying to reach the broker before it reports an error.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
 /// How long a run's result queue lives without a consumer.
@@ -222,7 +223,7 @@ impl AmqpQueue {
     /// Publishes with retries over reconnections, for up to [`PUBLISH_PATIENCE`].
     async fn publish_patiently(&self, queue: &str, message: &Message) -> QueueResult<()> {
         let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(100);
+        let mut delays = RECONNECT.delays();
         loop {
             match self.publish_once(queue, message).await {
                 Ok(()) => return Ok(()),
@@ -231,8 +232,7 @@ impl AmqpQueue {
                 Err(err) => {
                     tracing::warn!(%err, "publish failed; reconnecting");
                     self.drop_link().await;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tokio::time::sleep(delays.next().unwrap_or(RECONNECT.max)).await;
                 }
             }
         }
@@ -414,7 +414,7 @@ impl JobQueue for AmqpQueue {
         // The broker may refuse for a moment (restarting, a queue leader moving): keep trying
         // for a while before giving up.
         let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(100);
+        let mut delays = RECONNECT.delays();
         loop {
             match consumer.subscribe().await {
                 Ok(()) => return Ok(consumer),
@@ -423,8 +423,7 @@ impl JobQueue for AmqpQueue {
                 Err(err) => {
                     tracing::warn!(queue, %err, "cannot consume yet; retrying");
                     self.drop_link().await;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tokio::time::sleep(delays.next().unwrap_or(RECONNECT.max)).await;
                 }
             }
         }
@@ -495,7 +494,7 @@ impl AmqpConsumer {
 
     /// Subscribes again after a failure, waiting longer after each failed attempt.
     async fn resubscribe(&mut self) -> QueueResult<()> {
-        let mut backoff = Duration::from_millis(100);
+        let mut delays = RECONNECT.delays();
         loop {
             if self.queue.inner.closed.load(Ordering::SeqCst) {
                 return Err(QueueError::Closed {
@@ -507,8 +506,7 @@ impl AmqpConsumer {
                 Ok(()) => return Ok(()),
                 Err(err) => {
                     tracing::warn!(queue = %self.name, %err, "cannot consume; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tokio::time::sleep(delays.next().unwrap_or(RECONNECT.max)).await;
                 }
             }
         }

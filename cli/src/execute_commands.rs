@@ -124,7 +124,7 @@ pub(crate) fn execute(
         .with_context(|| format!("cannot create {}", target.display()))?;
     std::fs::write(target.join("manifest.json"), request.manifest.to_json())
         .context("cannot write target/manifest.json")?;
-    let run_id = run_id();
+    let run_id = strata_coordinator::run::new_run_id();
     let text = args.output == RunOutput::Text;
     if text {
         writeln!(
@@ -186,13 +186,6 @@ pub(crate) fn project_and_warehouse(
         .context("cannot resolve the project folder")?;
     let warehouse = warehouse_for(option.as_deref(), env, &project_dir)?;
     Ok((project_dir, warehouse))
-}
-
-fn run_id() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("run-{}-{:04x}", now.as_secs(), now.subsec_nanos() % 0xffff)
 }
 
 pub(crate) fn progress(out: &mut dyn Write, event: &RunEvent) -> std::io::Result<()> {

@@ -183,7 +183,7 @@ async fn write(
                 }
                 tracing::info!(%location, attempt, "commit conflict with another run; retrying");
                 attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(attempt))).await;
+                tokio::time::sleep(CONFLICT_BACKOFF.delay(attempt)).await;
             }
             other => return other,
         }
@@ -192,6 +192,12 @@ async fn write(
 
 /// Commit attempts of a model that races other runs.
 const CONFLICT_RETRIES: u32 = 5;
+
+/// Waits between commit attempts that lost a race.
+const CONFLICT_BACKOFF: strata_core::retry::Backoff = strata_core::retry::Backoff::new(
+    std::time::Duration::from_millis(50),
+    std::time::Duration::from_secs(2),
+);
 
 /// True when another writer committed to the table between our read and our commit.
 fn is_conflict(error: &DeltaTableError) -> bool {

@@ -266,6 +266,11 @@ pub fn test_status(node: &Node, failures: i64) -> NodeStatus {
     }
 }
 
+/// A new run id: `run-` and a UUID v7, so ids sort by the time they were made.
+pub fn new_run_id() -> String {
+    format!("run-{}", uuid::Uuid::now_v7())
+}
+
 /// `bytes` random bytes as lowercase hex, for W3C trace and span ids (never all zero).
 pub(crate) fn random_hex(bytes: usize) -> String {
     use std::hash::{BuildHasher, Hasher};

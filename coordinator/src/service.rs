@@ -80,13 +80,6 @@ fn now_ms() -> i64 {
         })
 }
 
-fn new_run_id() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("run-{}-{}", now.as_secs(), crate::run::random_hex(4))
-}
-
 fn internal(err: impl std::fmt::Display) -> Status {
     Status::internal(err.to_string())
 }
@@ -618,7 +611,7 @@ impl<Q: JobQueue> PipelineService for Pipeline<Q> {
                 existing: true,
             }));
         }
-        let run_id = new_run_id();
+        let run_id = crate::run::new_run_id();
         let project_dir = match &submission.project {
             Some(pb::submit_run_request::Project::ProjectDir(dir)) if !dir.trim().is_empty() => {
                 let dir = PathBuf::from(dir);

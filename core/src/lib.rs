@@ -29,6 +29,7 @@ pub mod manifest;
 pub mod project;
 pub mod properties;
 pub mod queue;
+pub mod retry;
 pub mod selection;
 pub mod settings;
 pub mod yaml;

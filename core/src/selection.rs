@@ -347,28 +347,13 @@ fn config_matches(node: &Node, key: &str, wanted: &str) -> bool {
     }
 }
 
-/// Shell-style matching with `*` and `?`.
+/// Shell-style matching (`*`, `?`, `[abc]`), as dbt's `fnmatch`; a pattern that is not a
+/// valid glob (an unclosed `[`) matches only itself.
 pub fn glob(pattern: &str, text: &str) -> bool {
-    let pattern: Vec<char> = pattern.chars().collect();
-    let text: Vec<char> = text.chars().collect();
-    let (mut p, mut t) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
-            p += 1;
-            t += 1;
-        } else if p < pattern.len() && pattern[p] == '*' {
-            star = Some((p, t));
-            p += 1;
-        } else if let Some((star_p, star_t)) = star {
-            p = star_p + 1;
-            t = star_t + 1;
-            star = Some((star_p, star_t + 1));
-        } else {
-            return false;
-        }
+    match glob::Pattern::new(pattern) {
+        Ok(compiled) => compiled.matches(text),
+        Err(_) => pattern == text,
     }
-    pattern[p..].iter().all(|c| *c == '*')
 }
 
 #[cfg(test)]
@@ -383,5 +368,7 @@ mod tests {
         assert!(!glob("stg_*", "fct_orders"));
         assert!(glob("a*b*c", "aXbYc"));
         assert!(!glob("a*b*c", "aXbY"));
+        assert!(glob("stg_[ou]*", "stg_orders"));
+        assert!(glob("broken[", "broken["));
     }
 }

@@ -62,10 +62,13 @@ pub(crate) struct Policy {
     pub task_timeout: Duration,
 }
 
+/// The longest wait before a retry, however many came before.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
+
 impl Policy {
     /// The delay before try `number` (1-based) after a failure: the backoff doubled each time.
     fn backoff(&self, number: u32) -> Duration {
-        self.retry_backoff * 2u32.saturating_pow(number.saturating_sub(1).min(16))
+        strata_core::retry::Backoff::new(self.retry_backoff, MAX_RETRY_DELAY).delay(number)
     }
 }
 
