@@ -116,10 +116,16 @@ pub(crate) fn show(
         let mut inputs = Vec::new();
         if node.config.materialized == Materialization::Ephemeral {
             for parent in &node.depends_on {
-                inputs.extend(inputs_for(&request, parent).await?);
+                inputs.extend(
+                    inputs_for(&request, parent)
+                        .await
+                        .map_err(|err| err.to_string())?,
+                );
             }
         } else {
-            inputs = inputs_for(&request, &node.unique_id).await?;
+            inputs = inputs_for(&request, &node.unique_id)
+                .await
+                .map_err(|err| err.to_string())?;
         }
         strata_engine::query(&strata_engine::EngineConfig::default(), &inputs, &sql)
             .await

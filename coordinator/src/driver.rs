@@ -174,7 +174,7 @@ impl<Q: JobQueue> Coordinator<Q> {
         match action {
             Action::Emit(event) => on_event(*event),
             Action::Plan { node } => {
-                let planned = plan(run, &node).await;
+                let planned = plan(run, &node).await.map_err(|err| err.to_string());
                 scheduler.planned(&node, planned, Instant::now());
             }
             Action::Publish { task, attempt } => {
@@ -198,7 +198,10 @@ impl<Q: JobQueue> Coordinator<Q> {
 }
 
 /// Plans a node into tasks, each carrying the run's trace context.
-async fn plan(run: &mut RunContext<'_>, id: &str) -> Result<crate::planning::Planned, String> {
+async fn plan(
+    run: &mut RunContext<'_>,
+    id: &str,
+) -> Result<crate::planning::Planned, crate::planning::PlanError> {
     let node = &run.request.manifest.nodes[id];
     let (mut tasks, mut later) = crate::planning::build_tasks(
         run.request,

@@ -10,7 +10,7 @@
 pub mod commit;
 mod driver;
 pub mod partitioning;
-mod planning;
+pub mod planning;
 pub mod prepare;
 pub mod process;
 pub mod run;
@@ -20,7 +20,7 @@ pub mod store;
 pub mod warehouse;
 
 pub use driver::Coordinator;
-pub use planning::inputs_for;
+pub use planning::{PlanError, inputs_for};
 pub use process::{CoordinatorError, RunningCoordinator, run_on_broker, start, start_on};
 pub use run::{
     NodeResult, NodeStatus, Resume, RunControl, RunError, RunEvent, RunRecord, RunRequest,

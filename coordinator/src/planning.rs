@@ -18,6 +18,50 @@ use crate::run::RunRequest;
 /// A node's tasks: the first stage's, then those of the stages that follow it.
 pub(crate) type Planned = (Vec<Task>, VecDeque<Vec<Task>>);
 
+/// Why a node cannot be turned into tasks; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// A model, seed or source the node reads has no relation (a compiler bug).
+    #[error("'{node}' has no relation")]
+    NoRelation {
+        /// The node's name.
+        node: String,
+    },
+    /// A source has no location to read.
+    #[error("source '{source_name}.{table}' has no location; set meta.external_location in {file}")]
+    NoLocation {
+        /// The source.
+        source_name: String,
+        /// The table.
+        table: String,
+        /// The property file declaring it.
+        file: String,
+    },
+    /// A table the node reads does not exist yet.
+    #[error(
+        "'{node}' has not been built yet ({table_uri} has no table); run `{command} --select {node}` first"
+    )]
+    NotBuilt {
+        /// The node whose table is missing.
+        node: String,
+        /// Where its table should be.
+        table_uri: String,
+        /// `strata seed` or `strata run`.
+        command: &'static str,
+    },
+    /// A table the node reads cannot be opened.
+    #[error(transparent)]
+    Table(#[from] Box<commit::CommitError>),
+    /// A local path that does not exist or cannot be made absolute.
+    #[error("{what} {path} does not exist or cannot be resolved")]
+    Path {
+        /// What the path is.
+        what: &'static str,
+        /// The path.
+        path: String,
+    },
+}
+
 /// Builds the node's tasks: one, or one per group of input files when the model is
 /// row-wise over a single multi-file source.
 pub(crate) async fn build_tasks(
@@ -26,7 +70,7 @@ pub(crate) async fn build_tasks(
     node: &Node,
     versions: &mut HashMap<String, i64>,
     counter: &mut u64,
-) -> Result<Planned, String> {
+) -> Result<Planned, PlanError> {
     let tasks = split_tasks(request, run_id, node, versions, counter).await?;
     let shuffle_candidate = request.shuffle_partitions > 1
         && tasks.len() == 1
@@ -59,7 +103,7 @@ async fn split_tasks(
     node: &Node,
     versions: &mut HashMap<String, i64>,
     counter: &mut u64,
-) -> Result<Vec<Task>, String> {
+) -> Result<Vec<Task>, PlanError> {
     let task = build_task(request, run_id, node, versions, counter).await?;
     let aligned_candidate = node.resource_type == ResourceType::Model
         && node.config.materialized == Materialization::Table
@@ -120,13 +164,18 @@ async fn build_task(
     node: &Node,
     versions: &mut HashMap<String, i64>,
     counter: &mut u64,
-) -> Result<Task, String> {
+) -> Result<Task, PlanError> {
     *counter += 1;
     let task_id = format!("{}-{counter:05}", node.name);
     let mut inputs = Vec::new();
     let (kind, sql) = match node.resource_type {
         ResourceType::Seed => {
-            let relation = node.relation.as_ref().ok_or("a seed without a relation")?;
+            let relation = node
+                .relation
+                .as_ref()
+                .ok_or_else(|| PlanError::NoRelation {
+                    node: node.name.clone(),
+                })?;
             let path = request.project_dir.join(&node.original_file_path);
             let location = file_url(&path)?;
             inputs.push(TaskInput {
@@ -210,7 +259,7 @@ fn add_inputs<'a>(
     versions: &'a mut HashMap<String, i64>,
     inputs: &'a mut Vec<TaskInput>,
     seen: &'a mut BTreeSet<String>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), PlanError>> + Send + 'a>> {
     Box::pin(async move {
         if !seen.insert(id.to_string()) {
             return Ok(());
@@ -234,19 +283,22 @@ fn add_inputs<'a>(
         let relation = node
             .relation
             .as_ref()
-            .ok_or_else(|| format!("'{}' has no relation", node.name))?;
+            .ok_or_else(|| PlanError::NoRelation {
+                node: node.name.clone(),
+            })?;
         let source = match node.resource_type {
             ResourceType::Source => {
-                let info = node
-                    .source
-                    .as_ref()
-                    .ok_or("a source without its location")?;
-                let location = info.location.as_deref().ok_or_else(|| {
-                    format!(
-                        "source '{}.{}' has no location; set meta.external_location in {}",
-                        info.source_name, node.name, node.original_file_path
-                    )
-                })?;
+                let no_location = || PlanError::NoLocation {
+                    source_name: node
+                        .source
+                        .as_ref()
+                        .map(|info| info.source_name.clone())
+                        .unwrap_or_default(),
+                    table: node.name.clone(),
+                    file: node.original_file_path.clone(),
+                };
+                let info = node.source.as_ref().ok_or_else(no_location)?;
+                let location = info.location.as_deref().ok_or_else(no_location)?;
                 let format = match info.format.as_deref() {
                     Some("parquet") => FileFormat::Parquet,
                     Some("csv") => FileFormat::Csv,
@@ -268,13 +320,19 @@ fn add_inputs<'a>(
                 let version = match versions.get(id) {
                     Some(version) => *version,
                     None => {
-                        let table = commit::open_table(&table_uri)
-                            .await
-                            .map_err(|err| err.to_string())?;
-                        let version = table.and_then(|table| table.version()).and_then(|version| i64::try_from(version).ok()).ok_or_else(|| {
-                            let command = if node.resource_type == ResourceType::Seed { "strata seed" } else { "strata run" };
-                            format!("'{}' has not been built yet ({table_uri} has no table); run `{command} --select {}` first", node.name, node.name)
-                        })?;
+                        let table = commit::open_table(&table_uri).await.map_err(Box::new)?;
+                        let version = table
+                            .and_then(|table| table.version())
+                            .and_then(|version| i64::try_from(version).ok())
+                            .ok_or_else(|| PlanError::NotBuilt {
+                                node: node.name.clone(),
+                                table_uri: table_uri.clone(),
+                                command: if node.resource_type == ResourceType::Seed {
+                                    "strata seed"
+                                } else {
+                                    "strata run"
+                                },
+                            })?;
                         versions.insert(id.to_string(), version);
                         version
                     }
@@ -296,7 +354,7 @@ fn add_inputs<'a>(
 ///
 /// # Errors
 /// Returns a message when a table has not been built or a source has no location.
-pub async fn inputs_for(request: &RunRequest, id: &str) -> Result<Vec<TaskInput>, String> {
+pub async fn inputs_for(request: &RunRequest, id: &str) -> Result<Vec<TaskInput>, PlanError> {
     let mut inputs = Vec::new();
     let mut versions = HashMap::new();
     let mut seen = BTreeSet::new();
@@ -357,22 +415,26 @@ fn stage_tasks(base: &Task, staged: &strata_engine::stages::StagedPlan) -> Plann
     (first, stages)
 }
 
-fn file_url(path: &std::path::Path) -> Result<String, String> {
+fn file_url(path: &std::path::Path) -> Result<String, PlanError> {
+    let unresolved = || PlanError::Path {
+        what: "seed file",
+        path: path.display().to_string(),
+    };
     let absolute = if path.is_absolute() {
         path.to_path_buf()
     } else {
         std::env::current_dir()
-            .map_err(|err| err.to_string())?
+            .map_err(|_| unresolved())?
             .join(path)
     };
     url::Url::from_file_path(&absolute)
         .map(|url| url.to_string())
-        .map_err(|()| format!("cannot make a URL of {}", absolute.display()))
+        .map_err(|()| unresolved())
 }
 
 /// Turns a source location into an absolute URL: URLs stay, paths are taken relative to the
 /// project folder.
-fn resolve_location(project_dir: &std::path::Path, location: &str) -> Result<String, String> {
+fn resolve_location(project_dir: &std::path::Path, location: &str) -> Result<String, PlanError> {
     if location.contains("://") {
         return Ok(location.to_string());
     }
@@ -393,10 +455,10 @@ fn resolve_location(project_dir: &std::path::Path, location: &str) -> Result<Str
         ) {
             (Some(parent), Some(name)) => parent.join(name),
             _ => {
-                return Err(format!(
-                    "source location {} does not exist",
-                    absolute.display()
-                ));
+                return Err(PlanError::Path {
+                    what: "source location",
+                    path: absolute.display().to_string(),
+                });
             }
         },
     };

@@ -87,11 +87,34 @@ pub struct StoredTask {
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
-#[error("run store: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// The store file cannot be opened: another coordinator holds it, or it is not a store.
+    #[error("cannot open the run store {}: {source}", path.display())]
+    Open {
+        /// The store file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: redb::DatabaseError,
+    },
+    /// The store's folder cannot be created.
+    #[error("cannot create the run store's folder {}: {source}", path.display())]
+    Folder {
+        /// The folder.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database failed (I/O, a transaction, a table).
+    #[error("run store: {0}")]
+    Database(#[from] redb::Error),
+    /// A stored record cannot be written or read back.
+    #[error("run store record: {0}")]
+    Record(#[from] serde_json::Error),
+}
 
-fn store_error(err: impl std::fmt::Display) -> StoreError {
-    StoreError(err.to_string())
+/// A database failure of any of redb's kinds.
+fn database(err: impl Into<redb::Error>) -> StoreError {
+    StoreError::Database(err.into())
 }
 
 /// Keeps runs, their nodes and their tasks.
@@ -258,16 +281,21 @@ impl RedbStore {
     /// When the file cannot be opened — another coordinator holds it, or it is not a store.
     pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(store_error)?;
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::Folder {
+                path: parent.to_path_buf(),
+                source,
+            })?;
         }
-        let db = redb::Database::create(path)
-            .map_err(|err| StoreError(format!("cannot open {}: {err}", path.display())))?;
+        let db = redb::Database::create(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
         // Create the tables, so that reads of a fresh store find them.
-        let write = db.begin_write().map_err(store_error)?;
-        write.open_table(RUNS).map_err(store_error)?;
-        write.open_table(KEYS).map_err(store_error)?;
-        write.open_table(TASKS).map_err(store_error)?;
-        write.commit().map_err(store_error)?;
+        let write = db.begin_write().map_err(database)?;
+        write.open_table(RUNS).map_err(database)?;
+        write.open_table(KEYS).map_err(database)?;
+        write.open_table(TASKS).map_err(database)?;
+        write.commit().map_err(database)?;
         Ok(RedbStore { db })
     }
 
@@ -275,46 +303,46 @@ impl RedbStore {
         &self,
         change: impl FnOnce(&redb::WriteTransaction) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let write = self.db.begin_write().map_err(store_error)?;
+        let write = self.db.begin_write().map_err(database)?;
         change(&write)?;
-        write.commit().map_err(store_error)
+        write.commit().map_err(database)
     }
 }
 
 fn encode(run: &StoredRun) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(run).map_err(store_error)
+    serde_json::to_vec(run).map_err(StoreError::Record)
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(store_error)
+    serde_json::from_slice(bytes).map_err(StoreError::Record)
 }
 
 impl RunStore for RedbStore {
     fn save_run(&self, run: &StoredRun) -> Result<(), StoreError> {
         let bytes = encode(run)?;
         self.write(|write| {
-            let mut runs = write.open_table(RUNS).map_err(store_error)?;
+            let mut runs = write.open_table(RUNS).map_err(database)?;
             runs.insert(run.run_id.as_str(), bytes.as_slice())
-                .map_err(store_error)?;
+                .map_err(database)?;
             Ok(())
         })
     }
 
     fn run(&self, run_id: &str) -> Result<Option<StoredRun>, StoreError> {
-        let read = self.db.begin_read().map_err(store_error)?;
-        let runs = read.open_table(RUNS).map_err(store_error)?;
+        let read = self.db.begin_read().map_err(database)?;
+        let runs = read.open_table(RUNS).map_err(database)?;
         runs.get(run_id)
-            .map_err(store_error)?
+            .map_err(database)?
             .map(|bytes| decode(bytes.value()))
             .transpose()
     }
 
     fn runs(&self) -> Result<Vec<StoredRun>, StoreError> {
-        let read = self.db.begin_read().map_err(store_error)?;
-        let runs = read.open_table(RUNS).map_err(store_error)?;
+        let read = self.db.begin_read().map_err(database)?;
+        let runs = read.open_table(RUNS).map_err(database)?;
         let mut all = Vec::new();
-        for entry in runs.iter().map_err(store_error)? {
-            let (_, bytes) = entry.map_err(store_error)?;
+        for entry in runs.iter().map_err(database)? {
+            let (_, bytes) = entry.map_err(database)?;
             all.push(decode(bytes.value())?);
         }
         Ok(all)
@@ -325,38 +353,35 @@ impl RunStore for RedbStore {
         let mut existing = None;
         self.write(|write| {
             if !run.idempotency_key.is_empty() {
-                let mut keys = write.open_table(KEYS).map_err(store_error)?;
-                if let Some(run_id) = keys
-                    .get(run.idempotency_key.as_str())
-                    .map_err(store_error)?
-                {
+                let mut keys = write.open_table(KEYS).map_err(database)?;
+                if let Some(run_id) = keys.get(run.idempotency_key.as_str()).map_err(database)? {
                     existing = Some(run_id.value().to_string());
                     return Ok(());
                 }
                 keys.insert(run.idempotency_key.as_str(), run.run_id.as_str())
-                    .map_err(store_error)?;
+                    .map_err(database)?;
             }
-            let mut runs = write.open_table(RUNS).map_err(store_error)?;
+            let mut runs = write.open_table(RUNS).map_err(database)?;
             runs.insert(run.run_id.as_str(), bytes.as_slice())
-                .map_err(store_error)?;
+                .map_err(database)?;
             Ok(())
         })?;
         Ok(existing)
     }
 
     fn run_for_key(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let read = self.db.begin_read().map_err(store_error)?;
-        let keys = read.open_table(KEYS).map_err(store_error)?;
+        let read = self.db.begin_read().map_err(database)?;
+        let keys = read.open_table(KEYS).map_err(database)?;
         Ok(keys
             .get(key)
-            .map_err(store_error)?
+            .map_err(database)?
             .map(|run_id| run_id.value().to_string()))
     }
 
     fn mark_task_done(&self, run_id: &str, task_id: &str) -> Result<(), StoreError> {
         self.write(|write| {
-            let mut tasks = write.open_table(TASKS).map_err(store_error)?;
-            let stored = tasks.get((run_id, task_id)).map_err(store_error)?;
+            let mut tasks = write.open_table(TASKS).map_err(database)?;
+            let stored = tasks.get((run_id, task_id)).map_err(database)?;
             let Some(mut task) = stored
                 .map(|bytes| decode::<StoredTask>(bytes.value()))
                 .transpose()?
@@ -364,21 +389,21 @@ impl RunStore for RedbStore {
                 return Ok(());
             };
             task.done = true;
-            let bytes = serde_json::to_vec(&task).map_err(store_error)?;
+            let bytes = serde_json::to_vec(&task).map_err(StoreError::Record)?;
             tasks
                 .insert((run_id, task_id), bytes.as_slice())
-                .map_err(store_error)?;
+                .map_err(database)?;
             Ok(())
         })
     }
 
     fn save_task(&self, run_id: &str, task: &StoredTask) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(task).map_err(store_error)?;
+        let bytes = serde_json::to_vec(task).map_err(StoreError::Record)?;
         self.write(|write| {
-            let mut tasks = write.open_table(TASKS).map_err(store_error)?;
+            let mut tasks = write.open_table(TASKS).map_err(database)?;
             tasks
                 .insert((run_id, task.task_id.as_str()), bytes.as_slice())
-                .map_err(store_error)?;
+                .map_err(database)?;
             Ok(())
         })
     }
@@ -394,23 +419,21 @@ impl RunStore for RedbStore {
             return Ok(());
         }
         self.write(|write| {
-            let mut tasks = write.open_table(TASKS).map_err(store_error)?;
+            let mut tasks = write.open_table(TASKS).map_err(database)?;
             for task_id in &doomed {
-                tasks
-                    .remove((run_id, task_id.as_str()))
-                    .map_err(store_error)?;
+                tasks.remove((run_id, task_id.as_str())).map_err(database)?;
             }
             Ok(())
         })
     }
 
     fn tasks(&self, run_id: &str) -> Result<Vec<StoredTask>, StoreError> {
-        let read = self.db.begin_read().map_err(store_error)?;
-        let tasks = read.open_table(TASKS).map_err(store_error)?;
+        let read = self.db.begin_read().map_err(database)?;
+        let tasks = read.open_table(TASKS).map_err(database)?;
         let mut found = Vec::new();
         // Keys sort by run id first: every task of the run is in this range.
-        for entry in tasks.range((run_id, "")..).map_err(store_error)? {
-            let (key, bytes) = entry.map_err(store_error)?;
+        for entry in tasks.range((run_id, "")..).map_err(database)? {
+            let (key, bytes) = entry.map_err(database)?;
             if key.value().0 != run_id {
                 break;
             }

@@ -64,767 +64,907 @@ struct Draft<'a> {
     sql: Option<String>,
 }
 
+/// The unique ids references resolve to.
+struct NodeIds {
+    /// Enabled models and seeds, by name.
+    models: BTreeMap<String, String>,
+    /// Source tables, by (source, table).
+    sources: BTreeMap<(String, String), String>,
+}
+
+impl NodeIds {
+    /// The node a `ref()` or `source()` names, when it exists.
+    fn of(&self, dependency: &Dependency) -> Option<String> {
+        match dependency {
+            Dependency::Ref(name) => self.models.get(name).cloned(),
+            Dependency::Source(source, table) => {
+                self.sources.get(&(source.clone(), table.clone())).cloned()
+            }
+        }
+    }
+}
+
+/// A compile in progress: the project, what each phase has produced so far, and every
+/// diagnostic. Each phase is a method; [`compile`] runs them in order.
+struct Compiler<'a> {
+    project: &'a Project,
+    options: &'a CompileOptions,
+    props: &'a Properties,
+    renderer: Renderer,
+    errors: Vec<ProjectDiagnostic>,
+    target_name: String,
+    model_properties: BTreeMap<&'a str, &'a NodeProperties>,
+    seed_properties: BTreeMap<&'a str, &'a NodeProperties>,
+    /// Names of models and seeds so far: `ref()` reaches both, so they share a namespace.
+    names: BTreeMap<String, SourceText>,
+    drafts: Vec<Draft<'a>>,
+    seeds: Vec<Node>,
+    source_nodes: Vec<Node>,
+    /// What rendering sees: relations, sources, vars, environment, target.
+    inputs: RenderInputs,
+    /// Drafts that failed to render (no node is made of them).
+    failed: BTreeSet<String>,
+}
+
 /// Compiles a project. Never panics on user input; every problem becomes a diagnostic.
 pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
     let mut errors: Vec<ProjectDiagnostic> = Vec::new();
     let properties = Properties::read(&project.property_files, &mut errors);
-    let mut renderer = Renderer::new(&project.macros, &mut errors);
-    let target_name = if options.target_name.is_empty() {
-        "dev"
-    } else {
-        options.target_name.as_str()
-    };
+    let mut compiler = Compiler::new(project, options, &properties, errors);
+    compiler.model_drafts();
+    compiler.seeds();
+    compiler.unused_folder_configs();
+    compiler.sources();
+    compiler.singular_tests();
+    compiler.first_pass();
+    let final_inputs = compiler.settle_relations();
+    compiler.second_pass(&final_inputs);
+    let (mut nodes, ids) = compiler.nodes();
+    compiler.generic_tests(&mut nodes, &ids, &final_inputs);
+    inline_ephemeral_models(&mut nodes);
+    compiler.finish(nodes)
+}
 
-    let model_properties = index_properties(&properties.models, "model", &mut errors);
-    let seed_properties = index_properties(&properties.seeds, "seed", &mut errors);
-
-    // Models and seeds share one namespace, as `ref()` reaches both.
-    let mut names: BTreeMap<String, SourceText> = BTreeMap::new();
-    let mut drafts: Vec<Draft> = Vec::new();
-    for file in &project.models {
-        if let Some(first) = names.get(&file.name) {
-            errors.push(
-                ProjectDiagnostic::error(
-                    "strata::duplicate_name",
-                    format!("two models are named '{}'", file.name),
-                )
-                .in_file(&file.source.path)
-                .with_hint(format!(
-                    "the other is {}; rename one of the files",
-                    first.path.display()
-                )),
-            );
-            continue;
-        }
-        names.insert(file.name.clone(), file.source.clone());
-        let properties = model_properties.get(file.name.as_str()).copied();
-        let mut base_layers: Vec<ConfigLayer> = project
-            .models_config
-            .layers_for(&project.name, &path_with_stem(&file.folders, &file.name))
-            .into_iter()
-            .cloned()
-            .collect();
-        if let Some(properties) = properties {
-            base_layers.push(properties.config.clone());
-        }
-        let config = NodeConfig::resolve(Materialization::View, &base_layers);
-        drafts.push(Draft {
-            unique_id: format!("model.{}.{}", project.name, file.name),
-            file,
-            resource_type: ResourceType::Model,
-            properties,
-            relation: None,
-            config,
-            base_layers,
-            seen_relations: BTreeMap::new(),
-            dependencies: Vec::new(),
-            sql: None,
-        });
-    }
-    for (name, properties) in &model_properties {
-        if !names.contains_key(*name) {
-            errors.push(
-                ProjectDiagnostic::warning(
-                    "strata::orphan_properties",
-                    format!("model '{name}' is described here but has no SQL file"),
-                )
-                .at(
-                    &properties.origin.source,
-                    properties.origin.line,
-                    properties.origin.column,
-                )
-                .with_hint(closest_hint(
-                    name,
-                    names.keys().map(String::as_str),
-                    "models/<layer>/<name>.sql",
-                )),
-            );
+impl<'a> Compiler<'a> {
+    fn new(
+        project: &'a Project,
+        options: &'a CompileOptions,
+        props: &'a Properties,
+        mut errors: Vec<ProjectDiagnostic>,
+    ) -> Compiler<'a> {
+        let renderer = Renderer::new(&project.macros, &mut errors);
+        let target_name = if options.target_name.is_empty() {
+            String::from("dev")
+        } else {
+            options.target_name.clone()
+        };
+        let model_properties = index_properties(&props.models, "model", &mut errors);
+        let seed_properties = index_properties(&props.seeds, "seed", &mut errors);
+        let inputs = RenderInputs {
+            project_name: project.name.clone(),
+            project_vars: project.vars.clone(),
+            cli_vars: options.cli_vars.clone(),
+            env: options.env.clone(),
+            target_name: target_name.clone(),
+            target_schema: DEFAULT_SCHEMA.to_string(),
+            ..RenderInputs::default()
+        };
+        Compiler {
+            project,
+            options,
+            props,
+            renderer,
+            errors,
+            target_name,
+            model_properties,
+            seed_properties,
+            names: BTreeMap::new(),
+            drafts: Vec::new(),
+            seeds: Vec::new(),
+            source_nodes: Vec::new(),
+            inputs,
+            failed: BTreeSet::new(),
         }
     }
 
-    let mut seeds: Vec<Node> = Vec::new();
-    for seed in &project.seeds {
-        if names.contains_key(&seed.name) {
-            errors.push(
-                ProjectDiagnostic::error(
-                    "strata::duplicate_name",
-                    format!("a seed and a model are both named '{}'", seed.name),
+    /// Models become drafts; models and seeds share one namespace, as `ref()` reaches both.
+    fn model_drafts(&mut self) {
+        for file in &self.project.models {
+            if let Some(first) = self.names.get(&file.name) {
+                self.errors.push(
+                    ProjectDiagnostic::error(
+                        "strata::duplicate_name",
+                        format!("two models are named '{}'", file.name),
+                    )
+                    .in_file(&file.source.path)
+                    .with_hint(format!(
+                        "the other is {}; rename one of the files",
+                        first.path.display()
+                    )),
+                );
+                continue;
+            }
+            self.names.insert(file.name.clone(), file.source.clone());
+            let properties = self.model_properties.get(file.name.as_str()).copied();
+            let mut base_layers: Vec<ConfigLayer> = self
+                .project
+                .models_config
+                .layers_for(
+                    &self.project.name,
+                    &path_with_stem(&file.folders, &file.name),
                 )
-                .in_file(&seed.path)
-                .with_hint("ref() reaches models and seeds by name; rename one"),
-            );
-            continue;
+                .into_iter()
+                .cloned()
+                .collect();
+            if let Some(properties) = properties {
+                base_layers.push(properties.config.clone());
+            }
+            let config = NodeConfig::resolve(Materialization::View, &base_layers);
+            self.drafts.push(Draft {
+                unique_id: format!("model.{}.{}", self.project.name, file.name),
+                file,
+                resource_type: ResourceType::Model,
+                properties,
+                relation: None,
+                config,
+                base_layers,
+                seen_relations: BTreeMap::new(),
+                dependencies: Vec::new(),
+                sql: None,
+            });
         }
-        names.insert(seed.name.clone(), SourceText::new(&seed.path, ""));
-        let properties = seed_properties.get(seed.name.as_str()).copied();
-        let mut layers: Vec<ConfigLayer> = project
-            .seeds_config
-            .layers_for(&project.name, &path_with_stem(&seed.folders, &seed.name))
-            .into_iter()
-            .cloned()
-            .collect();
-        if let Some(properties) = properties {
-            layers.push(properties.config.clone());
-        }
-        let mut config = NodeConfig::resolve(Materialization::Seed, &layers);
-        config.materialized = Materialization::Seed;
-        for column in config.column_types.keys() {
-            if !seed
-                .columns
-                .iter()
-                .any(|name| name.eq_ignore_ascii_case(column))
-            {
-                let diagnostic = ProjectDiagnostic::error(
-                    "strata::seed",
-                    format!(
-                        "column_types names '{column}', which is not a column of seed '{}'",
-                        seed.name
-                    ),
-                )
-                .with_hint(format!("its columns are: {}", seed.columns.join(", ")));
-                errors.push(match properties {
-                    Some(p) => diagnostic.at(&p.origin.source, p.origin.line, p.origin.column),
-                    None => diagnostic.in_file(&project.project_file.path),
-                });
+        for (name, properties) in &self.model_properties {
+            if !self.names.contains_key(*name) {
+                self.errors.push(
+                    ProjectDiagnostic::warning(
+                        "strata::orphan_properties",
+                        format!("model '{name}' is described here but has no SQL file"),
+                    )
+                    .at(
+                        &properties.origin.source,
+                        properties.origin.line,
+                        properties.origin.column,
+                    )
+                    .with_hint(closest_hint(
+                        name,
+                        self.names.keys().map(String::as_str),
+                        "models/<layer>/<name>.sql",
+                    )),
+                );
             }
         }
-        let relation = Relation::new(
-            config
-                .schema
-                .clone()
-                .unwrap_or_else(|| SEED_SCHEMA.to_string()),
-            config.alias.clone().unwrap_or_else(|| seed.name.clone()),
-        );
-        let mut columns: Vec<Column> = seed
-            .columns
-            .iter()
-            .map(|name| Column {
-                name: name.clone(),
-                description: String::new(),
-                data_type: config.column_types.get(name).cloned(),
-            })
-            .collect();
-        if let Some(properties) = properties {
-            merge_column_docs(&mut columns, &properties.columns);
-        }
-        let mut fqn = vec![project.name.clone()];
-        fqn.extend(seed.folders.iter().cloned());
-        fqn.push(seed.name.clone());
-        seeds.push(Node {
-            unique_id: format!("seed.{}.{}", project.name, seed.name),
-            resource_type: ResourceType::Seed,
-            name: seed.name.clone(),
-            package_name: project.name.clone(),
-            original_file_path: path_string(&seed.path),
-            layer: None,
-            fqn,
-            relation_name: Some(relation.to_string()),
-            relation: Some(relation),
-            description: properties
-                .map(|p| p.description.clone())
-                .unwrap_or_default(),
-            columns,
-            depends_on: Vec::new(),
-            raw_code: String::new(),
-            compiled_code: None,
-            compiled_path: None,
-            checksum: checksum(&seed.columns.join(",")),
-            test: None,
-            source: None,
-            config,
-        });
     }
 
-    // Folder blocks of the project file that apply to nothing are most likely typos.
-    for (config, paths, what) in [
-        (
-            &project.models_config,
-            project
-                .models
-                .iter()
-                .map(|file| path_with_stem(&file.folders, &file.name))
-                .collect::<Vec<_>>(),
-            "models",
-        ),
-        (
-            &project.seeds_config,
-            project
-                .seeds
-                .iter()
-                .map(|seed| path_with_stem(&seed.folders, &seed.name))
-                .collect(),
-            "seeds",
-        ),
-    ] {
-        for (path, line, column) in config.unused_paths(&project.name, &paths) {
-            let folders: BTreeSet<&str> = paths
-                .iter()
-                .flat_map(|path| path.iter().map(String::as_str))
+    /// Seeds become nodes (they need no rendering); their `column_types` must name columns.
+    fn seeds(&mut self) {
+        for seed in &self.project.seeds {
+            if self.names.contains_key(&seed.name) {
+                self.errors.push(
+                    ProjectDiagnostic::error(
+                        "strata::duplicate_name",
+                        format!("a seed and a model are both named '{}'", seed.name),
+                    )
+                    .in_file(&seed.path)
+                    .with_hint("ref() reaches models and seeds by name; rename one"),
+                );
+                continue;
+            }
+            self.names
+                .insert(seed.name.clone(), SourceText::new(&seed.path, ""));
+            let properties = self.seed_properties.get(seed.name.as_str()).copied();
+            let mut layers: Vec<ConfigLayer> = self
+                .project
+                .seeds_config
+                .layers_for(
+                    &self.project.name,
+                    &path_with_stem(&seed.folders, &seed.name),
+                )
+                .into_iter()
+                .cloned()
                 .collect();
-            let last = path.rsplit('.').next().unwrap_or_default();
-            let hint = match closest(last, folders.iter().copied()) {
-                Some(best) => format!("did you mean '{best}'?"),
-                None => format!(
-                    "no {what} are under this path; remove the block or fix the folder name"
-                ),
-            };
-            let diagnostic = ProjectDiagnostic::warning(
-                "strata::unused_config",
-                format!("'{what}: {path}' applies to no {what}"),
-            );
-            errors.push(
-                if line > 0 {
-                    diagnostic.at(&project.project_file, line, column)
-                } else {
-                    diagnostic.in_file(&project.project_file.path)
+            if let Some(properties) = properties {
+                layers.push(properties.config.clone());
+            }
+            let mut config = NodeConfig::resolve(Materialization::Seed, &layers);
+            config.materialized = Materialization::Seed;
+            for column in config.column_types.keys() {
+                if !seed
+                    .columns
+                    .iter()
+                    .any(|name| name.eq_ignore_ascii_case(column))
+                {
+                    let diagnostic = ProjectDiagnostic::error(
+                        "strata::seed",
+                        format!(
+                            "column_types names '{column}', which is not a column of seed '{}'",
+                            seed.name
+                        ),
+                    )
+                    .with_hint(format!("its columns are: {}", seed.columns.join(", ")));
+                    self.errors.push(match properties {
+                        Some(p) => diagnostic.at(&p.origin.source, p.origin.line, p.origin.column),
+                        None => diagnostic.in_file(&self.project.project_file.path),
+                    });
                 }
-                .with_hint(hint),
+            }
+            let relation = Relation::new(
+                config
+                    .schema
+                    .clone()
+                    .unwrap_or_else(|| SEED_SCHEMA.to_string()),
+                config.alias.clone().unwrap_or_else(|| seed.name.clone()),
             );
+            let mut columns: Vec<Column> = seed
+                .columns
+                .iter()
+                .map(|name| Column {
+                    name: name.clone(),
+                    description: String::new(),
+                    data_type: config.column_types.get(name).cloned(),
+                })
+                .collect();
+            if let Some(properties) = properties {
+                merge_column_docs(&mut columns, &properties.columns);
+            }
+            let mut fqn = vec![self.project.name.clone()];
+            fqn.extend(seed.folders.iter().cloned());
+            fqn.push(seed.name.clone());
+            self.seeds.push(Node {
+                unique_id: format!("seed.{}.{}", self.project.name, seed.name),
+                resource_type: ResourceType::Seed,
+                name: seed.name.clone(),
+                package_name: self.project.name.clone(),
+                original_file_path: path_string(&seed.path),
+                layer: None,
+                fqn,
+                relation_name: Some(relation.to_string()),
+                relation: Some(relation),
+                description: properties
+                    .map(|p| p.description.clone())
+                    .unwrap_or_default(),
+                columns,
+                depends_on: Vec::new(),
+                raw_code: String::new(),
+                compiled_code: None,
+                compiled_path: None,
+                checksum: checksum(&seed.columns.join(",")),
+                test: None,
+                source: None,
+                config,
+            });
         }
     }
 
-    // Sources.
-    let mut inputs = RenderInputs {
-        project_name: project.name.clone(),
-        project_vars: project.vars.clone(),
-        cli_vars: options.cli_vars.clone(),
-        env: options.env.clone(),
-        target_name: target_name.to_string(),
-        target_schema: DEFAULT_SCHEMA.to_string(),
-        ..RenderInputs::default()
-    };
-    let mut source_nodes: Vec<Node> = Vec::new();
-    {
-        let string_inputs = Arc::new(inputs.clone());
-        let mut seen: BTreeMap<(String, String), ()> = BTreeMap::new();
-        for source in &properties.sources {
-            for table in &source.tables {
-                let key = (source.name.clone(), table.name.clone());
-                if seen.insert(key.clone(), ()).is_some() {
-                    errors.push(table.origin.error(
-                        "strata::duplicate_source",
-                        format!(
-                            "source table '{}.{}' is declared twice",
-                            source.name, table.name
-                        ),
-                    ));
-                    continue;
-                }
-                let pattern = table.location.clone().or_else(|| source.location.clone());
-                let location = match pattern {
-                    Some(pattern) => match renderer.render_string(&pattern, &string_inputs) {
-                        Ok(text) => Some(
-                            text.replace("{name}", &table.identifier)
-                                .replace("{identifier}", &table.identifier),
-                        ),
-                        Err(message) => {
-                            errors.push(table.origin.error(
-                                "strata::source_location",
-                                format!(
-                                    "cannot render the location of '{}.{}': {message}",
-                                    source.name, table.name
-                                ),
-                            ));
-                            None
-                        }
-                    },
-                    None => None,
+    /// Folder blocks of the project file that apply to nothing are most likely typos.
+    fn unused_folder_configs(&mut self) {
+        for (config, paths, what) in [
+            (
+                &self.project.models_config,
+                self.project
+                    .models
+                    .iter()
+                    .map(|file| path_with_stem(&file.folders, &file.name))
+                    .collect::<Vec<_>>(),
+                "models",
+            ),
+            (
+                &self.project.seeds_config,
+                self.project
+                    .seeds
+                    .iter()
+                    .map(|seed| path_with_stem(&seed.folders, &seed.name))
+                    .collect(),
+                "seeds",
+            ),
+        ] {
+            for (path, line, column) in config.unused_paths(&self.project.name, &paths) {
+                let folders: BTreeSet<&str> = paths
+                    .iter()
+                    .flat_map(|path| path.iter().map(String::as_str))
+                    .collect();
+                let last = path.rsplit('.').next().unwrap_or_default();
+                let hint = match closest(last, folders.iter().copied()) {
+                    Some(best) => format!("did you mean '{best}'?"),
+                    None => format!(
+                        "no {what} are under this path; remove the block or fix the folder name"
+                    ),
                 };
-                let (location, inferred) = match location {
-                    Some(text) => {
-                        let (path, format) = parse_location(&text);
-                        (Some(path), format)
+                let diagnostic = ProjectDiagnostic::warning(
+                    "strata::unused_config",
+                    format!("'{what}: {path}' applies to no {what}"),
+                );
+                self.errors.push(
+                    if line > 0 {
+                        diagnostic.at(&self.project.project_file, line, column)
+                    } else {
+                        diagnostic.in_file(&self.project.project_file.path)
                     }
-                    None => (None, None),
-                };
-                let format = table
-                    .format
-                    .clone()
-                    .or_else(|| source.format.clone())
-                    .or(inferred)
-                    .map(|format| normalize_format(&format));
-                if let Some(format) = &format {
-                    if !["parquet", "csv", "json"].contains(&format.as_str()) {
-                        errors.push(
+                    .with_hint(hint),
+                );
+            }
+        }
+    }
+
+    /// Sources become nodes, with their rendered location and file format; seeds and sources
+    /// become relations that `ref()` and `source()` render to.
+    fn sources(&mut self) {
+        {
+            let string_inputs = Arc::new(self.inputs.clone());
+            let mut seen: BTreeMap<(String, String), ()> = BTreeMap::new();
+            for source in &self.props.sources {
+                for table in &source.tables {
+                    let key = (source.name.clone(), table.name.clone());
+                    if seen.insert(key.clone(), ()).is_some() {
+                        self.errors.push(table.origin.error(
+                            "strata::duplicate_source",
+                            format!(
+                                "source table '{}.{}' is declared twice",
+                                source.name, table.name
+                            ),
+                        ));
+                        continue;
+                    }
+                    let pattern = table.location.clone().or_else(|| source.location.clone());
+                    let location = match pattern {
+                        Some(pattern) => {
+                            match self.renderer.render_string(&pattern, &string_inputs) {
+                                Ok(text) => Some(
+                                    text.replace("{name}", &table.identifier)
+                                        .replace("{identifier}", &table.identifier),
+                                ),
+                                Err(message) => {
+                                    self.errors.push(table.origin.error(
+                                        "strata::source_location",
+                                        format!(
+                                            "cannot render the location of '{}.{}': {message}",
+                                            source.name, table.name
+                                        ),
+                                    ));
+                                    None
+                                }
+                            }
+                        }
+                        None => None,
+                    };
+                    let (location, inferred) = match location {
+                        Some(text) => {
+                            let (path, format) = parse_location(&text);
+                            (Some(path), format)
+                        }
+                        None => (None, None),
+                    };
+                    let format = table
+                        .format
+                        .clone()
+                        .or_else(|| source.format.clone())
+                        .or(inferred)
+                        .map(|format| normalize_format(&format));
+                    if let Some(format) = &format {
+                        if !["parquet", "csv", "json"].contains(&format.as_str()) {
+                            self.errors.push(
+                                table
+                                    .origin
+                                    .error(
+                                        "strata::source_format",
+                                        format!(
+                                            "unknown file format '{format}' for source '{}.{}'",
+                                            source.name, table.name
+                                        ),
+                                    )
+                                    .with_hint("use parquet, csv or json (newline-delimited)"),
+                            );
+                        }
+                    } else if let Some(location) = &location {
+                        self.errors.push(
                             table
                                 .origin
                                 .error(
                                     "strata::source_format",
-                                    format!(
-                                        "unknown file format '{format}' for source '{}.{}'",
-                                        source.name, table.name
-                                    ),
+                                    format!("cannot tell the file format of '{location}'"),
                                 )
-                                .with_hint("use parquet, csv or json (newline-delimited)"),
+                                .with_hint(
+                                    "end the location with .parquet, .csv or .json, or set meta.format",
+                                ),
                         );
                     }
-                } else if let Some(location) = &location {
-                    errors.push(
-                        table
-                            .origin
-                            .error(
-                                "strata::source_format",
-                                format!("cannot tell the file format of '{location}'"),
-                            )
-                            .with_hint(
-                                "end the location with .parquet, .csv or .json, or set meta.format",
-                            ),
-                    );
+                    let relation = Relation::new(source.schema.clone(), table.identifier.clone());
+                    self.inputs.sources.insert(key, relation.clone());
+                    let mut columns = Vec::new();
+                    merge_column_docs(&mut columns, &table.columns);
+                    self.source_nodes.push(Node {
+                        unique_id: format!(
+                            "source.{}.{}.{}",
+                            self.project.name, source.name, table.name
+                        ),
+                        resource_type: ResourceType::Source,
+                        name: table.name.clone(),
+                        package_name: self.project.name.clone(),
+                        original_file_path: path_string(&table.origin.source.path),
+                        layer: None,
+                        fqn: vec![
+                            self.project.name.clone(),
+                            source.name.clone(),
+                            table.name.clone(),
+                        ],
+                        relation_name: Some(relation.to_string()),
+                        relation: Some(relation),
+                        config: NodeConfig::resolve(Materialization::Table, []),
+                        description: if table.description.is_empty() {
+                            source.description.clone()
+                        } else {
+                            table.description.clone()
+                        },
+                        columns,
+                        depends_on: Vec::new(),
+                        raw_code: String::new(),
+                        compiled_code: None,
+                        compiled_path: None,
+                        checksum: checksum(&format!("{:?}{:?}", location, format)),
+                        test: None,
+                        source: Some(SourceInfo {
+                            source_name: source.name.clone(),
+                            identifier: table.identifier.clone(),
+                            location,
+                            format,
+                        }),
+                    });
                 }
-                let relation = Relation::new(source.schema.clone(), table.identifier.clone());
-                inputs.sources.insert(key, relation.clone());
-                let mut columns = Vec::new();
-                merge_column_docs(&mut columns, &table.columns);
-                source_nodes.push(Node {
-                    unique_id: format!("source.{}.{}.{}", project.name, source.name, table.name),
-                    resource_type: ResourceType::Source,
-                    name: table.name.clone(),
-                    package_name: project.name.clone(),
-                    original_file_path: path_string(&table.origin.source.path),
-                    layer: None,
-                    fqn: vec![
-                        project.name.clone(),
-                        source.name.clone(),
-                        table.name.clone(),
-                    ],
-                    relation_name: Some(relation.to_string()),
-                    relation: Some(relation),
-                    config: NodeConfig::resolve(Materialization::Table, []),
-                    description: if table.description.is_empty() {
-                        source.description.clone()
-                    } else {
-                        table.description.clone()
-                    },
-                    columns,
-                    depends_on: Vec::new(),
-                    raw_code: String::new(),
-                    compiled_code: None,
-                    compiled_path: None,
-                    checksum: checksum(&format!("{:?}{:?}", location, format)),
-                    test: None,
-                    source: Some(SourceInfo {
-                        source_name: source.name.clone(),
-                        identifier: table.identifier.clone(),
-                        location,
-                        format,
-                    }),
-                });
+            }
+        }
+        for seed in &self.seeds {
+            if let Some(relation) = &seed.relation {
+                self.inputs
+                    .relations
+                    .insert(seed.name.clone(), relation.clone());
             }
         }
     }
-    for seed in &seeds {
-        if let Some(relation) = &seed.relation {
-            inputs.relations.insert(seed.name.clone(), relation.clone());
+
+    /// Singular tests become drafts: they render like models.
+    fn singular_tests(&mut self) {
+        for file in &self.project.singular_tests {
+            let layers: Vec<ConfigLayer> = self
+                .project
+                .tests_config
+                .layers_for(
+                    &self.project.name,
+                    &path_with_stem(&file.folders, &file.name),
+                )
+                .into_iter()
+                .cloned()
+                .collect();
+            let mut config = NodeConfig::resolve(Materialization::Test, &layers);
+            config.materialized = Materialization::Test;
+            self.drafts.push(Draft {
+                unique_id: format!("test.{}.{}", self.project.name, file.name),
+                file,
+                resource_type: ResourceType::Test,
+                properties: None,
+                base_layers: layers,
+                config,
+                relation: None,
+                seen_relations: BTreeMap::new(),
+                dependencies: Vec::new(),
+                sql: None,
+            });
         }
     }
 
-    // Singular tests render like models.
-    for file in &project.singular_tests {
-        let layers: Vec<ConfigLayer> = project
-            .tests_config
-            .layers_for(&project.name, &path_with_stem(&file.folders, &file.name))
-            .into_iter()
-            .cloned()
-            .collect();
-        let mut config = NodeConfig::resolve(Materialization::Test, &layers);
-        config.materialized = Materialization::Test;
-        drafts.push(Draft {
-            unique_id: format!("test.{}.{}", project.name, file.name),
-            file,
-            resource_type: ResourceType::Test,
-            properties: None,
-            base_layers: layers,
-            config,
-            relation: None,
-            seen_relations: BTreeMap::new(),
-            dependencies: Vec::new(),
-            sql: None,
-        });
-    }
-
-    // First pass: relations from configuration outside the SQL.
-    for draft in &mut drafts {
-        if draft.resource_type == ResourceType::Model {
-            draft.relation = Some(model_relation(draft.file, &draft.config));
-            if draft.config.enabled {
-                inputs.relations.insert(
-                    draft.file.name.clone(),
-                    draft
-                        .relation
-                        .clone()
-                        .unwrap_or_else(|| Relation::new("", "")),
-                );
-            } else {
-                inputs.disabled.insert(draft.file.name.clone());
-            }
-        }
-        inputs
-            .base_configs
-            .insert(draft.file.name.clone(), draft.base_layers.clone());
-    }
-    let first_inputs = Arc::new(inputs.clone());
-    let mut failed: BTreeSet<String> = BTreeSet::new();
-    for draft in &mut drafts {
-        if !draft.config.enabled {
-            continue;
-        }
-        if let Err(diagnostic) = renderer.add(&draft.file.source) {
-            errors.push(*diagnostic);
-            failed.insert(draft.unique_id.clone());
-            continue;
-        }
-        // A model's own `config(materialized='incremental')` is only known after rendering:
-        // render the listed models as incremental and re-render below if they are not.
-        let is_incremental = options.incremental_models.contains(&draft.file.name);
-        match renderer.render(
-            &draft.file.source,
-            &draft.file.name,
-            &first_inputs,
-            is_incremental,
-            draft.relation.as_ref(),
-        ) {
-            Ok(rendered) => {
-                let mut layers = draft.base_layers.clone();
-                layers.push(rendered.captured.config.clone());
-                let default = if draft.resource_type == ResourceType::Test {
-                    Materialization::Test
+    /// First pass: relations from configuration outside the SQL, then every draft rendered,
+    /// recording its references and its own `config()`.
+    fn first_pass(&mut self) {
+        for draft in &mut self.drafts {
+            if draft.resource_type == ResourceType::Model {
+                draft.relation = Some(model_relation(draft.file, &draft.config));
+                if draft.config.enabled {
+                    self.inputs.relations.insert(
+                        draft.file.name.clone(),
+                        draft
+                            .relation
+                            .clone()
+                            .unwrap_or_else(|| Relation::new("", "")),
+                    );
                 } else {
-                    Materialization::View
-                };
-                draft.config = NodeConfig::resolve(default, &layers);
-                if draft.resource_type == ResourceType::Test {
-                    draft.config.materialized = Materialization::Test;
-                } else if matches!(
-                    draft.config.materialized,
-                    Materialization::Seed | Materialization::Test
-                ) {
-                    errors.push(
-                        ProjectDiagnostic::error(
-                            "strata::config",
-                            format!(
-                                "a model cannot be materialized as '{}'",
-                                draft.config.materialized
-                            ),
-                        )
-                        .in_file(&draft.file.source.path)
-                        .with_hint("use table, view, incremental or ephemeral"),
-                    );
-                    failed.insert(draft.unique_id.clone());
+                    self.inputs.disabled.insert(draft.file.name.clone());
                 }
-                draft.seen_relations = rendered
-                    .captured
-                    .dependencies
-                    .iter()
-                    .map(|dependency| (dependency.clone(), relation_of(dependency, &first_inputs)))
-                    .collect();
-                draft.dependencies = rendered.captured.dependencies;
-                draft.sql = Some(rendered.sql);
             }
-            Err(diagnostic) => {
-                errors.push(*diagnostic);
-                failed.insert(draft.unique_id.clone());
+            self.inputs
+                .base_configs
+                .insert(draft.file.name.clone(), draft.base_layers.clone());
+        }
+        let first_inputs = Arc::new(self.inputs.clone());
+        for draft in &mut self.drafts {
+            if !draft.config.enabled {
+                continue;
             }
-        }
-    }
-
-    // Final relations and the set of disabled models, now that in-SQL config is known.
-    let mut final_inputs = inputs.clone();
-    for draft in &drafts {
-        if draft.resource_type != ResourceType::Model {
-            continue;
-        }
-        final_inputs.relations.remove(&draft.file.name);
-        final_inputs.disabled.remove(&draft.file.name);
-        if draft.config.enabled {
-            let relation = model_relation(draft.file, &draft.config);
-            final_inputs
-                .relations
-                .insert(draft.file.name.clone(), relation);
-        } else {
-            final_inputs.disabled.insert(draft.file.name.clone());
-        }
-    }
-    check_unique_relations(&drafts, &seeds, &final_inputs, &mut errors);
-    let final_inputs = Arc::new(final_inputs);
-
-    // Second pass, only where a reference now renders differently.
-    for draft in &mut drafts {
-        if !draft.config.enabled || failed.contains(&draft.unique_id) || draft.sql.is_none() {
-            continue;
-        }
-        for dependency in &draft.dependencies {
-            if let Dependency::Ref(name) = dependency
-                && final_inputs.disabled.contains(name)
-            {
-                errors.push(
-                    locate(&draft.file.source, name)
-                        .map_or_else(
-                            || {
-                                ProjectDiagnostic::error("strata::disabled_ref", "")
-                                    .in_file(&draft.file.source.path)
-                            },
-                            |(start, end)| {
-                                ProjectDiagnostic::error("strata::disabled_ref", "").at_range(
-                                    &draft.file.source,
-                                    start,
-                                    end,
-                                )
-                            },
-                        )
-                        .with_hint(format!("enable '{name}' or remove the reference")),
-                );
-                if let Some(last) = errors.last_mut() {
-                    last.message = format!(
-                        "'{name}' is disabled (enabled: false), so it cannot be referenced"
-                    );
-                }
-                failed.insert(draft.unique_id.clone());
+            if let Err(diagnostic) = self.renderer.add(&draft.file.source) {
+                self.errors.push(*diagnostic);
+                self.failed.insert(draft.unique_id.clone());
+                continue;
             }
-        }
-        let own_relation = if draft.resource_type == ResourceType::Model {
-            Some(model_relation(draft.file, &draft.config))
-        } else {
-            None
-        };
-        let rendered_incremental = options.incremental_models.contains(&draft.file.name);
-        let is_incremental_now =
-            rendered_incremental && draft.config.materialized == Materialization::Incremental;
-        let changed = own_relation != draft.relation
-            || rendered_incremental != is_incremental_now
-            || draft
-                .seen_relations
-                .iter()
-                .any(|(dependency, seen)| relation_of(dependency, &final_inputs) != *seen);
-        draft.relation = own_relation;
-        if changed && !failed.contains(&draft.unique_id) {
-            let is_incremental = is_incremental_now;
-            match renderer.render(
+            // A model's own `config(materialized='incremental')` is only known after rendering:
+            // render the listed models as incremental and re-render below if they are not.
+            let is_incremental = self.options.incremental_models.contains(&draft.file.name);
+            match self.renderer.render(
                 &draft.file.source,
                 &draft.file.name,
-                &final_inputs,
+                &first_inputs,
                 is_incremental,
                 draft.relation.as_ref(),
             ) {
                 Ok(rendered) => {
+                    let mut layers = draft.base_layers.clone();
+                    layers.push(rendered.captured.config.clone());
+                    let default = if draft.resource_type == ResourceType::Test {
+                        Materialization::Test
+                    } else {
+                        Materialization::View
+                    };
+                    draft.config = NodeConfig::resolve(default, &layers);
+                    if draft.resource_type == ResourceType::Test {
+                        draft.config.materialized = Materialization::Test;
+                    } else if matches!(
+                        draft.config.materialized,
+                        Materialization::Seed | Materialization::Test
+                    ) {
+                        self.errors.push(
+                            ProjectDiagnostic::error(
+                                "strata::config",
+                                format!(
+                                    "a model cannot be materialized as '{}'",
+                                    draft.config.materialized
+                                ),
+                            )
+                            .in_file(&draft.file.source.path)
+                            .with_hint("use table, view, incremental or ephemeral"),
+                        );
+                        self.failed.insert(draft.unique_id.clone());
+                    }
+                    draft.seen_relations = rendered
+                        .captured
+                        .dependencies
+                        .iter()
+                        .map(|dependency| {
+                            (dependency.clone(), relation_of(dependency, &first_inputs))
+                        })
+                        .collect();
                     draft.dependencies = rendered.captured.dependencies;
                     draft.sql = Some(rendered.sql);
                 }
                 Err(diagnostic) => {
-                    errors.push(*diagnostic);
-                    failed.insert(draft.unique_id.clone());
+                    self.errors.push(*diagnostic);
+                    self.failed.insert(draft.unique_id.clone());
                 }
             }
         }
     }
 
-    // Nodes.
-    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
-    let model_ids: BTreeMap<String, String> = drafts
-        .iter()
-        .filter(|draft| draft.resource_type == ResourceType::Model && draft.config.enabled)
-        .map(|draft| (draft.file.name.clone(), draft.unique_id.clone()))
-        .chain(
-            seeds
-                .iter()
-                .map(|seed| (seed.name.clone(), seed.unique_id.clone())),
-        )
-        .collect();
-    let source_ids: BTreeMap<(String, String), String> = source_nodes
-        .iter()
-        .filter_map(|node| {
-            node.source.as_ref().map(|info| {
-                (
-                    (info.source_name.clone(), node.name.clone()),
-                    node.unique_id.clone(),
-                )
-            })
-        })
-        .collect();
-    let dependency_id = |dependency: &Dependency| -> Option<String> {
-        match dependency {
-            Dependency::Ref(name) => model_ids.get(name).cloned(),
-            Dependency::Source(source, table) => {
-                source_ids.get(&(source.clone(), table.clone())).cloned()
+    /// The final relations and disabled models, now that in-SQL config is known; two models
+    /// may not share a relation.
+    fn settle_relations(&mut self) -> Arc<RenderInputs> {
+        let mut final_inputs = self.inputs.clone();
+        for draft in &self.drafts {
+            if draft.resource_type != ResourceType::Model {
+                continue;
+            }
+            final_inputs.relations.remove(&draft.file.name);
+            final_inputs.disabled.remove(&draft.file.name);
+            if draft.config.enabled {
+                let relation = model_relation(draft.file, &draft.config);
+                final_inputs
+                    .relations
+                    .insert(draft.file.name.clone(), relation);
+            } else {
+                final_inputs.disabled.insert(draft.file.name.clone());
             }
         }
-    };
-    for draft in &drafts {
-        if !draft.config.enabled || failed.contains(&draft.unique_id) {
-            continue;
+        check_unique_relations(&self.drafts, &self.seeds, &final_inputs, &mut self.errors);
+        Arc::new(final_inputs)
+    }
+
+    /// Second pass, only where a reference (or the model's own relation or incremental state)
+    /// now renders differently; references to disabled models are errors.
+    fn second_pass(&mut self, final_inputs: &Arc<RenderInputs>) {
+        for draft in &mut self.drafts {
+            if !draft.config.enabled
+                || self.failed.contains(&draft.unique_id)
+                || draft.sql.is_none()
+            {
+                continue;
+            }
+            for dependency in &draft.dependencies {
+                if let Dependency::Ref(name) = dependency
+                    && final_inputs.disabled.contains(name)
+                {
+                    self.errors.push(
+                        locate(&draft.file.source, name)
+                            .map_or_else(
+                                || {
+                                    ProjectDiagnostic::error("strata::disabled_ref", "")
+                                        .in_file(&draft.file.source.path)
+                                },
+                                |(start, end)| {
+                                    ProjectDiagnostic::error("strata::disabled_ref", "").at_range(
+                                        &draft.file.source,
+                                        start,
+                                        end,
+                                    )
+                                },
+                            )
+                            .with_hint(format!("enable '{name}' or remove the reference")),
+                    );
+                    if let Some(last) = self.errors.last_mut() {
+                        last.message = format!(
+                            "'{name}' is disabled (enabled: false), so it cannot be referenced"
+                        );
+                    }
+                    self.failed.insert(draft.unique_id.clone());
+                }
+            }
+            let own_relation = if draft.resource_type == ResourceType::Model {
+                Some(model_relation(draft.file, &draft.config))
+            } else {
+                None
+            };
+            let rendered_incremental = self.options.incremental_models.contains(&draft.file.name);
+            let is_incremental_now =
+                rendered_incremental && draft.config.materialized == Materialization::Incremental;
+            let changed = own_relation != draft.relation
+                || rendered_incremental != is_incremental_now
+                || draft
+                    .seen_relations
+                    .iter()
+                    .any(|(dependency, seen)| relation_of(dependency, final_inputs) != *seen);
+            draft.relation = own_relation;
+            if changed && !self.failed.contains(&draft.unique_id) {
+                let is_incremental = is_incremental_now;
+                match self.renderer.render(
+                    &draft.file.source,
+                    &draft.file.name,
+                    final_inputs,
+                    is_incremental,
+                    draft.relation.as_ref(),
+                ) {
+                    Ok(rendered) => {
+                        draft.dependencies = rendered.captured.dependencies;
+                        draft.sql = Some(rendered.sql);
+                    }
+                    Err(diagnostic) => {
+                        self.errors.push(*diagnostic);
+                        self.failed.insert(draft.unique_id.clone());
+                    }
+                }
+            }
         }
-        let Some(sql) = &draft.sql else { continue };
-        let mut fqn = vec![project.name.clone()];
-        fqn.extend(draft.file.folders.iter().cloned());
-        fqn.push(draft.file.name.clone());
-        let mut columns = Vec::new();
-        if let Some(properties) = draft.properties {
-            merge_column_docs(&mut columns, &properties.columns);
-        }
-        let mut depends_on: Vec<String> = draft
-            .dependencies
+    }
+
+    /// The unique ids `ref()` and `source()` resolve to: enabled models and seeds by name,
+    /// source tables by (source, table).
+    fn node_ids(&self) -> NodeIds {
+        let models = self
+            .drafts
             .iter()
-            .filter_map(&dependency_id)
+            .filter(|draft| draft.resource_type == ResourceType::Model && draft.config.enabled)
+            .map(|draft| (draft.file.name.clone(), draft.unique_id.clone()))
+            .chain(
+                self.seeds
+                    .iter()
+                    .map(|seed| (seed.name.clone(), seed.unique_id.clone())),
+            )
             .collect();
-        depends_on.sort();
-        depends_on.dedup();
-        let original = path_string(&draft.file.source.path);
-        nodes.insert(
-            draft.unique_id.clone(),
-            Node {
-                unique_id: draft.unique_id.clone(),
-                resource_type: draft.resource_type,
-                name: draft.file.name.clone(),
-                package_name: project.name.clone(),
-                layer: if draft.resource_type == ResourceType::Model {
-                    draft.file.layer().map(str::to_string)
-                } else {
-                    None
-                },
-                fqn,
-                relation_name: draft.relation.as_ref().map(ToString::to_string),
-                relation: draft.relation.clone(),
-                config: draft.config.clone(),
-                description: draft
-                    .properties
-                    .map(|p| p.description.clone())
-                    .unwrap_or_default(),
-                columns,
-                depends_on,
-                raw_code: draft.file.source.text.to_string(),
-                compiled_code: Some(tidy_sql(sql)),
-                compiled_path: Some(format!("compiled/{}/{original}", project.name)),
-                checksum: checksum(&draft.file.source.text),
-                test: (draft.resource_type == ResourceType::Test).then(|| TestInfo {
-                    test_name: String::from("singular"),
-                    arguments: serde_json::Map::new(),
-                    attached_node: None,
-                    column_name: None,
-                }),
-                source: None,
-                original_file_path: original,
-            },
-        );
-    }
-    for node in seeds.into_iter().chain(source_nodes) {
-        nodes.insert(node.unique_id.clone(), node);
+        let sources = self
+            .source_nodes
+            .iter()
+            .filter_map(|node| {
+                node.source.as_ref().map(|info| {
+                    (
+                        (info.source_name.clone(), node.name.clone()),
+                        node.unique_id.clone(),
+                    )
+                })
+            })
+            .collect();
+        NodeIds { models, sources }
     }
 
-    // Generic tests declared in property files.
-    let declared = properties
-        .models
-        .iter()
-        .map(|p| (ResourceType::Model, p.name.clone(), None, &p.tests))
-        .chain(
-            properties
-                .seeds
+    /// The nodes of rendered drafts, seeds and sources.
+    fn nodes(&mut self) -> (BTreeMap<String, Node>, NodeIds) {
+        let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+        let ids = self.node_ids();
+        let dependency_id = |dependency: &Dependency| ids.of(dependency);
+        for draft in &self.drafts {
+            if !draft.config.enabled || self.failed.contains(&draft.unique_id) {
+                continue;
+            }
+            let Some(sql) = &draft.sql else { continue };
+            let mut fqn = vec![self.project.name.clone()];
+            fqn.extend(draft.file.folders.iter().cloned());
+            fqn.push(draft.file.name.clone());
+            let mut columns = Vec::new();
+            if let Some(properties) = draft.properties {
+                merge_column_docs(&mut columns, &properties.columns);
+            }
+            let mut depends_on: Vec<String> = draft
+                .dependencies
                 .iter()
-                .map(|p| (ResourceType::Seed, p.name.clone(), None, &p.tests)),
-        )
-        .chain(properties.sources.iter().flat_map(|source| {
-            source.tables.iter().map(move |table| {
-                (
-                    ResourceType::Source,
-                    table.name.clone(),
-                    Some(source.name.clone()),
-                    &table.tests,
-                )
-            })
-        }));
-    let mut generic_tests: Vec<Node> = Vec::new();
-    for (resource_type, name, source_name, tests) in declared {
-        let attached_id = match &source_name {
-            Some(source) => source_ids.get(&(source.clone(), name.clone())).cloned(),
-            None => model_ids
-                .get(&name)
-                .cloned()
-                .filter(|id| id.starts_with(resource_type.as_str())),
-        };
-        let Some(attached_id) = attached_id else {
-            continue;
-        };
-        let Some(attached) = nodes.get(&attached_id) else {
-            continue;
-        };
-        for test in tests.iter() {
-            match generic_test(
-                project,
-                attached,
-                test,
-                &renderer,
-                &final_inputs,
-                &dependency_id,
-            ) {
-                Ok(Some(node)) => generic_tests.push(node),
-                Ok(None) => {}
-                Err(diagnostic) => errors.push(*diagnostic),
+                .filter_map(&dependency_id)
+                .collect();
+            depends_on.sort();
+            depends_on.dedup();
+            let original = path_string(&draft.file.source.path);
+            nodes.insert(
+                draft.unique_id.clone(),
+                Node {
+                    unique_id: draft.unique_id.clone(),
+                    resource_type: draft.resource_type,
+                    name: draft.file.name.clone(),
+                    package_name: self.project.name.clone(),
+                    layer: if draft.resource_type == ResourceType::Model {
+                        draft.file.layer().map(str::to_string)
+                    } else {
+                        None
+                    },
+                    fqn,
+                    relation_name: draft.relation.as_ref().map(ToString::to_string),
+                    relation: draft.relation.clone(),
+                    config: draft.config.clone(),
+                    description: draft
+                        .properties
+                        .map(|p| p.description.clone())
+                        .unwrap_or_default(),
+                    columns,
+                    depends_on,
+                    raw_code: draft.file.source.text.to_string(),
+                    compiled_code: Some(tidy_sql(sql)),
+                    compiled_path: Some(format!("compiled/{}/{original}", self.project.name)),
+                    checksum: checksum(&draft.file.source.text),
+                    test: (draft.resource_type == ResourceType::Test).then(|| TestInfo {
+                        test_name: String::from("singular"),
+                        arguments: serde_json::Map::new(),
+                        attached_node: None,
+                        column_name: None,
+                    }),
+                    source: None,
+                    original_file_path: original,
+                },
+            );
+        }
+        let seeds = std::mem::take(&mut self.seeds);
+        let sources = std::mem::take(&mut self.source_nodes);
+        for node in seeds.into_iter().chain(sources) {
+            nodes.insert(node.unique_id.clone(), node);
+        }
+        (nodes, ids)
+    }
+
+    /// Generic tests declared in property files, attached to their nodes.
+    fn generic_tests(
+        &mut self,
+        nodes: &mut BTreeMap<String, Node>,
+        ids: &NodeIds,
+        final_inputs: &Arc<RenderInputs>,
+    ) {
+        let declared = self
+            .props
+            .models
+            .iter()
+            .map(|p| (ResourceType::Model, p.name.clone(), None, &p.tests))
+            .chain(
+                self.props
+                    .seeds
+                    .iter()
+                    .map(|p| (ResourceType::Seed, p.name.clone(), None, &p.tests)),
+            )
+            .chain(self.props.sources.iter().flat_map(|source| {
+                source.tables.iter().map(move |table| {
+                    (
+                        ResourceType::Source,
+                        table.name.clone(),
+                        Some(source.name.clone()),
+                        &table.tests,
+                    )
+                })
+            }));
+        let mut generic_tests: Vec<Node> = Vec::new();
+        for (resource_type, name, source_name, tests) in declared {
+            let attached_id = match &source_name {
+                Some(source) => ids.sources.get(&(source.clone(), name.clone())).cloned(),
+                None => ids
+                    .models
+                    .get(&name)
+                    .cloned()
+                    .filter(|id| id.starts_with(resource_type.as_str())),
+            };
+            let Some(attached_id) = attached_id else {
+                continue;
+            };
+            let Some(attached) = nodes.get(&attached_id) else {
+                continue;
+            };
+            for test in tests.iter() {
+                match generic_test(
+                    self.project,
+                    attached,
+                    test,
+                    &self.renderer,
+                    final_inputs,
+                    &|dependency: &Dependency| ids.of(dependency),
+                ) {
+                    Ok(Some(node)) => generic_tests.push(node),
+                    Ok(None) => {}
+                    Err(diagnostic) => self.errors.push(*diagnostic),
+                }
             }
         }
-    }
-    for test in generic_tests {
-        if let Some(existing) = nodes.get(&test.unique_id) {
-            errors.push(
-                ProjectDiagnostic::error(
-                    "strata::duplicate_test",
-                    format!("two tests are named '{}'", test.name),
-                )
-                .in_file(&test.original_file_path)
-                .with_hint(format!(
-                    "the other is in {}; give one a distinct 'name:'",
-                    existing.original_file_path
-                )),
-            );
-            continue;
+        for test in generic_tests {
+            if let Some(existing) = nodes.get(&test.unique_id) {
+                self.errors.push(
+                    ProjectDiagnostic::error(
+                        "strata::duplicate_test",
+                        format!("two tests are named '{}'", test.name),
+                    )
+                    .in_file(&test.original_file_path)
+                    .with_hint(format!(
+                        "the other is in {}; give one a distinct 'name:'",
+                        existing.original_file_path
+                    )),
+                );
+                continue;
+            }
+            nodes.insert(test.unique_id.clone(), test);
         }
-        nodes.insert(test.unique_id.clone(), test);
     }
 
-    inline_ephemeral_models(&mut nodes);
+    /// The manifest: the graph (cycles are errors, with the path printed), parent and child
+    /// maps, and every diagnostic.
+    fn finish(mut self, nodes: BTreeMap<String, Node>) -> Compilation {
+        let mut manifest = Manifest {
+            metadata: Metadata {
+                project_name: self.project.name.clone(),
+                project_file: path_string(&self.project.project_file.path),
+                strata_version: env!("CARGO_PKG_VERSION").to_string(),
+                target_name: self.target_name.to_string(),
+            },
+            macros: self
+                .project
+                .macros
+                .iter()
+                .flat_map(|file| {
+                    crate::jinja::macro_names(&file.source.text)
+                        .into_iter()
+                        .map(move |(name, _)| (name, path_string(&file.source.path)))
+                })
+                .collect(),
+            nodes,
+            parent_map: BTreeMap::new(),
+            child_map: BTreeMap::new(),
+        };
+        let dag = manifest.dag();
+        if let Some(cycle) = dag.find_cycle() {
+            self.errors
+                .push(cycle_diagnostic(&cycle, &manifest, self.project));
+        }
+        for id in dag.nodes() {
+            manifest.parent_map.insert(
+                id.to_string(),
+                dag.parents(id).map(str::to_string).collect(),
+            );
+            manifest.child_map.insert(
+                id.to_string(),
+                dag.children(id).map(str::to_string).collect(),
+            );
+        }
 
-    // The graph: reject cycles with the path printed.
-    let mut manifest = Manifest {
-        metadata: Metadata {
-            project_name: project.name.clone(),
-            project_file: path_string(&project.project_file.path),
-            strata_version: env!("CARGO_PKG_VERSION").to_string(),
-            target_name: target_name.to_string(),
-        },
-        macros: project
-            .macros
-            .iter()
-            .flat_map(|file| {
-                crate::jinja::macro_names(&file.source.text)
-                    .into_iter()
-                    .map(move |(name, _)| (name, path_string(&file.source.path)))
-            })
-            .collect(),
-        nodes,
-        parent_map: BTreeMap::new(),
-        child_map: BTreeMap::new(),
-    };
-    let dag = manifest.dag();
-    if let Some(cycle) = dag.find_cycle() {
-        errors.push(cycle_diagnostic(&cycle, &manifest, project));
-    }
-    for id in dag.nodes() {
-        manifest.parent_map.insert(
-            id.to_string(),
-            dag.parents(id).map(str::to_string).collect(),
-        );
-        manifest.child_map.insert(
-            id.to_string(),
-            dag.children(id).map(str::to_string).collect(),
-        );
-    }
-
-    let mut diagnostics = Diagnostics::default();
-    for error in errors {
-        diagnostics.push(error);
-    }
-    diagnostics.sort();
-    let manifest = (!diagnostics.has_errors()).then_some(manifest);
-    Compilation {
-        manifest,
-        diagnostics,
+        let mut diagnostics = Diagnostics::default();
+        for error in self.errors {
+            diagnostics.push(error);
+        }
+        diagnostics.sort();
+        let manifest = (!diagnostics.has_errors()).then_some(manifest);
+        Compilation {
+            manifest,
+            diagnostics,
+        }
     }
 }
 
