@@ -292,3 +292,74 @@ fn build_then_show_and_debug() {
         "{report}"
     );
 }
+
+#[test]
+fn config_show_names_the_source_of_every_setting_and_rejects_unknown_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("strata.yaml");
+    std::fs::write(
+        &file,
+        "worker:\n  slots: 2\n  heartbeat_interval_ms: 750\nengine:\n  memory_limit_mib: 512\nbroker:\n  url: amqp://strata:file-password@rabbit:5672/%2f\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["config", "show", "--role", "worker", "--json", "--config"])
+        .arg(&file)
+        .args(["--heartbeat-interval-ms", "900"])
+        .env("STRATA__WORKER__SLOTS", "6")
+        .env("STRATA__CLUSTER__SECRET", "config-show-secret-0123456789")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let rows: Vec<serde_json::Value> = text(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let row = |key: &str| {
+        rows.iter()
+            .find(|row| row["key"] == key)
+            .unwrap_or_else(|| panic!("{key} missing: {rows:?}"))
+            .clone()
+    };
+    let file_source = format!("file {}", file.display());
+    assert_eq!(row("worker.slots")["value"], "6");
+    assert_eq!(row("worker.slots")["source"], "env STRATA__WORKER__SLOTS");
+    assert_eq!(row("worker.heartbeat_interval_ms")["value"], "900");
+    assert_eq!(
+        row("worker.heartbeat_interval_ms")["source"],
+        "flag --heartbeat-interval-ms"
+    );
+    assert_eq!(
+        row("engine.memory_limit_mib")["source"],
+        file_source.as_str()
+    );
+    assert_eq!(row("worker.fetch_timeout_secs")["source"], "default");
+    assert_eq!(row("cluster.secret")["value"], "<redacted>");
+    let shown = text(&output.stdout);
+    assert!(!shown.contains("config-show-secret") && !shown.contains("file-password"));
+
+    // The table form, for people.
+    let table = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["config", "show", "--role", "coordinator"])
+        .output()
+        .unwrap();
+    assert!(table.status.success());
+    assert!(
+        text(&table.stdout).contains("coordinator.listen")
+            && text(&table.stdout).contains("default")
+    );
+
+    std::fs::write(&file, "worker:\n  slotz: 2\n").unwrap();
+    let unknown = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["config", "show", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    let stderr = text(&unknown.stderr);
+    assert!(
+        stderr.contains("unknown setting 'worker.slotz'")
+            && stderr.contains("did you mean 'slots'"),
+        "{stderr}"
+    );
+}
