@@ -521,11 +521,9 @@ pub(crate) fn runs(
             writeln!(out.stdout, "{}", serde_json::to_string_pretty(&runs)?)?;
             return Ok(ExitCode::SUCCESS);
         }
-        writeln!(
-            out.stdout,
-            "{:<28} {:<10} {:<6} {:>9} {:>6} {:>6}  PROJECT",
-            "RUN", "STATUS", "CMD", "SECONDS", "NODES", "FAILED"
-        )?;
+        let mut table = crate::settings_command::plain_table(&[
+            "RUN", "STATUS", "CMD", "SECONDS", "NODES", "FAILED", "PROJECT",
+        ]);
         for run in &listed.runs {
             let seconds = if run.finished_at_ms > 0 {
                 format!(
@@ -541,18 +539,17 @@ pub(crate) fn runs(
                 .iter()
                 .filter(|node| matches!(node.status.as_str(), "error" | "fail"))
                 .count();
-            writeln!(
-                out.stdout,
-                "{:<28} {:<10} {:<6} {:>9} {:>6} {:>6}  {}",
-                run.run_id,
-                run_state(run.status),
-                run.command,
+            table.add_row([
+                run.run_id.clone(),
+                run_state(run.status).to_string(),
+                run.command.clone(),
                 seconds,
-                run.nodes.len(),
-                failed,
-                run.project
-            )?;
+                run.nodes.len().to_string(),
+                failed.to_string(),
+                run.project.clone(),
+            ]);
         }
+        writeln!(out.stdout, "{table}")?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -607,21 +604,18 @@ pub(crate) fn run_status(
         if !run.error.is_empty() {
             writeln!(out.stdout, "error: {}", run.error)?;
         }
+        let mut table =
+            crate::settings_command::plain_table(&["STATUS", "NODE", "ROWS", "SECONDS", "ERROR"]);
         for node in &run.nodes {
-            writeln!(
-                out.stdout,
-                "  {:<10} {:<60} rows={:<10} {:.2}s{}",
-                node.status,
-                node.unique_id,
-                node.rows,
-                node.duration_ms as f64 / 1000.0,
-                if node.error.is_empty() {
-                    String::new()
-                } else {
-                    format!("  {}", node.error)
-                }
-            )?;
+            table.add_row([
+                node.status.clone(),
+                node.unique_id.clone(),
+                node.rows.to_string(),
+                format!("{:.2}", node.duration_ms as f64 / 1000.0),
+                node.error.clone(),
+            ]);
         }
+        writeln!(out.stdout, "{table}")?;
         if let Some(detail) = detail {
             writeln!(
                 out.stdout,

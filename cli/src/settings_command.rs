@@ -86,13 +86,23 @@ pub(crate) fn config(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = comfy_table::Table::new();
-    table
-        .load_preset(comfy_table::presets::NOTHING)
-        .set_header(["setting", "value", "source"]);
+    let mut table = plain_table(&["SETTING", "VALUE", "SOURCE"]);
     for row in rows {
         table.add_row([row.key, row.value, row.source]);
     }
     writeln!(out.stdout, "{table}")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A table without borders, columns aligned: how the CLI prints lists for people.
+pub(crate) fn plain_table(header: &[&str]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header(header.iter().copied());
+    // Flush left, two spaces between columns.
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    table
 }
