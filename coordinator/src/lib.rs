@@ -18,6 +18,7 @@ mod scheduler;
 pub mod service;
 pub mod store;
 pub mod warehouse;
+pub mod wire;
 
 pub use driver::Coordinator;
 pub use planning::{PlanError, inputs_for};

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::driver::Coordinator;
 use crate::prepare::{PrepareError, RunSpec, prepare};
-use crate::run::{NodeResult, Resume, RunControl, RunEvent, RunRecord};
+use crate::run::{Resume, RunControl, RunEvent, RunRecord};
 use crate::store::{RunState, RunStore, StoredRun, StoredTask};
 
 /// Settings of a coordinator service.
@@ -297,7 +297,7 @@ impl<Q: JobQueue> Pipeline<Q> {
                 self.publish(
                     &run.run_id,
                     pb::run_event::Event::NodeFinished(pb::NodeFinished {
-                        node: Some(node_state(&result)),
+                        node: Some(pb::NodeState::from(&result)),
                         done: u32::try_from(done).unwrap_or(u32::MAX),
                         total: u32::try_from(total).unwrap_or(u32::MAX),
                     }),
@@ -365,7 +365,7 @@ impl<Q: JobQueue> Pipeline<Q> {
             run.started.clear();
         }
         self.save(&run);
-        let finished = run_message(&run);
+        let finished = pb::Run::from(&run);
         self.publish(
             &run.run_id,
             pb::run_event::Event::RunFinished(pb::RunFinished {
@@ -384,64 +384,6 @@ impl<Q: JobQueue> Pipeline<Q> {
             .run(run_id)
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("no run '{run_id}' (strata runs lists them)")))
-    }
-
-    /// The run spec a submission asks for, on top of the service's defaults.
-    fn spec_of(
-        &self,
-        request: &pb::SubmitRunRequest,
-        project_dir: PathBuf,
-    ) -> Result<RunSpec, Status> {
-        let mut spec = RunSpec {
-            project_dir,
-            select: request.select.clone(),
-            exclude: request.exclude.clone(),
-            vars: (!request.vars.trim().is_empty()).then(|| request.vars.clone()),
-            full_refresh: request.full_refresh,
-            env: crate::prepare::SubmittedEnv(request.env.clone().into_iter().collect()),
-            ..self.inner.config.defaults.clone()
-        };
-        if !request.command.is_empty() {
-            spec.command = request.command.clone();
-        }
-        if crate::prepare::resource_types(&spec.command).is_none() {
-            return Err(Status::invalid_argument(format!(
-                "unknown command '{}': use build, run, seed or test",
-                spec.command
-            )));
-        }
-        for (key, value) in &request.config_overrides {
-            let number = || {
-                value.parse::<u64>().map_err(|_| {
-                    Status::invalid_argument(format!(
-                        "config override {key}={value}: expected a whole number"
-                    ))
-                })
-            };
-            match key.as_str() {
-                "warehouse" => spec.warehouse = Some(value.clone()),
-                "target" => spec.target = value.clone(),
-                "threads" => spec.threads = usize::try_from(number()?).unwrap_or(usize::MAX).max(1),
-                "shuffle_partitions" => {
-                    spec.shuffle_partitions = usize::try_from(number()?).unwrap_or(usize::MAX);
-                }
-                "retries" => spec.retries = u32::try_from(number()?).unwrap_or(u32::MAX),
-                "task_timeout_secs" => spec.task_timeout_secs = number()?,
-                "fail_fast" => {
-                    spec.fail_fast = value.parse::<bool>().map_err(|_| {
-                        Status::invalid_argument(format!(
-                            "config override fail_fast={value}: expected true or false"
-                        ))
-                    })?;
-                }
-                _ => {
-                    return Err(Status::invalid_argument(format!(
-                        "unknown config override '{key}': use warehouse, target, threads, shuffle_partitions, retries, task_timeout_secs or fail_fast"
-                    )));
-                }
-            }
-        }
-        Ok(spec)
     }
 }
 
@@ -486,81 +428,6 @@ async fn save_record(record: &RunRecord, warehouse: &crate::Warehouse) {
     let location = format!("{}/run_results.json", warehouse.run_uri(&record.run_id));
     if let Err(err) = strata_storage::write(&location, json.into_bytes()).await {
         tracing::warn!(%location, %err, "cannot save the run record");
-    }
-}
-
-fn run_status(state: RunState) -> pb::RunStatus {
-    match state {
-        RunState::Queued => pb::RunStatus::Queued,
-        RunState::Running => pb::RunStatus::Running,
-        RunState::Succeeded => pb::RunStatus::Succeeded,
-        RunState::Failed => pb::RunStatus::Failed,
-        RunState::Cancelled => pb::RunStatus::Cancelled,
-    }
-}
-
-/// A node's record as the API shows it.
-pub fn node_state(result: &NodeResult) -> pb::NodeState {
-    pb::NodeState {
-        unique_id: result.unique_id.clone(),
-        name: result.name.clone(),
-        resource_type: result.resource_type.as_str().to_string(),
-        status: result.status.as_str().to_string(),
-        rows: result.rows,
-        bytes: result.bytes,
-        duration_ms: result.duration_ms,
-        attempts: result.attempts,
-        error: result.error.clone().unwrap_or_default(),
-        version: result.version.unwrap_or(-1),
-        workers: result.workers.clone(),
-        failures: result.failures.unwrap_or(0),
-    }
-}
-
-fn pending_state(unique_id: &str, status: &str) -> pb::NodeState {
-    let name = unique_id.rsplit('.').next().unwrap_or(unique_id);
-    let resource_type = unique_id.split('.').next().unwrap_or("model");
-    pb::NodeState {
-        unique_id: unique_id.to_string(),
-        name: name.to_string(),
-        resource_type: resource_type.to_string(),
-        status: status.to_string(),
-        version: -1,
-        ..pb::NodeState::default()
-    }
-}
-
-/// A stored run as the API shows it: finished nodes with their records, the others
-/// `running` or `pending`.
-fn run_message(run: &StoredRun) -> pb::Run {
-    let mut nodes: Vec<pb::NodeState> = Vec::new();
-    for id in &run.selected {
-        nodes.push(match run.finished.get(id) {
-            Some(result) => node_state(result),
-            None if run.started.contains_key(id) => pending_state(id, "running"),
-            None => pending_state(id, "pending"),
-        });
-    }
-    for (id, result) in &run.finished {
-        if !run.selected.contains(id) {
-            nodes.push(node_state(result));
-        }
-    }
-    pb::Run {
-        run_id: run.run_id.clone(),
-        status: run_status(run.state) as i32,
-        command: run.spec.command.clone(),
-        project: run.spec.project_dir.display().to_string(),
-        select: run.spec.select.clone(),
-        exclude: run.spec.exclude.clone(),
-        idempotency_key: run.idempotency_key.clone(),
-        submitted_at_ms: run.submitted_at_ms,
-        started_at_ms: run.started_at_ms,
-        finished_at_ms: run.finished_at_ms,
-        error: run.error.clone(),
-        nodes,
-        trace_id: run.trace_id.clone(),
-        dry_run: run.dry_run,
     }
 }
 
@@ -637,7 +504,12 @@ impl<Q: JobQueue> PipelineService for Pipeline<Q> {
                 ));
             }
         };
-        let spec = self.spec_of(&submission, project_dir)?;
+        let spec = RunSpec::try_from(crate::wire::Submission {
+            request: &submission,
+            project_dir,
+            defaults: &self.inner.config.defaults,
+        })
+        .map_err(|err| Status::invalid_argument(err.to_string()))?;
         // Compile now: a bad project, selector or var is the caller's to fix, at once.
         let prepared = match prepare(&spec, &self.inner.config.env).await {
             Ok(prepared) => prepared,
@@ -691,7 +563,7 @@ impl<Q: JobQueue> PipelineService for Pipeline<Q> {
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let run = self.stored(&request.into_inner().run_id)?;
-        Ok(Response::new(run_message(&run)))
+        Ok(Response::new(pb::Run::from(&run)))
     }
 
     async fn list_runs(
@@ -719,7 +591,9 @@ impl<Q: JobQueue> PipelineService for Pipeline<Q> {
             .into_iter()
             .filter(|run| {
                 request.status.is_empty()
-                    || request.status.contains(&(run_status(run.state) as i32))
+                    || request
+                        .status
+                        .contains(&(pb::RunStatus::from(run.state) as i32))
             })
             .filter(|run| run.submitted_at_ms >= request.submitted_after_ms)
             .filter(|run| {
@@ -743,7 +617,7 @@ impl<Q: JobQueue> PipelineService for Pipeline<Q> {
                 .iter()
                 .skip(offset)
                 .take(page_size)
-                .map(run_message)
+                .map(pb::Run::from)
                 .collect(),
             next_page_token,
         }))
@@ -770,7 +644,7 @@ impl<Q: JobQueue> PipelineService for Pipeline<Q> {
                 run_id: run_id.clone(),
                 at_ms: now_ms(),
                 event: Some(pb::run_event::Event::RunFinished(pb::RunFinished {
-                    run: Some(run_message(&run)),
+                    run: Some(pb::Run::from(&run)),
                 })),
             }
         });
@@ -795,7 +669,7 @@ impl<Q: JobQueue> PipelineService for Pipeline<Q> {
             }
             tracing::info!(run = %run.run_id, "cancel requested");
         }
-        Ok(Response::new(run_message(&self.stored(&run.run_id)?)))
+        Ok(Response::new(pb::Run::from(&self.stored(&run.run_id)?)))
     }
 
     async fn get_node(
@@ -831,11 +705,11 @@ impl<Q: JobQueue> PipelineService for Pipeline<Q> {
             )));
         };
         let state = match run.finished.get(&node.unique_id) {
-            Some(result) => node_state(result),
+            Some(result) => pb::NodeState::from(result),
             None if run.started.contains_key(&node.unique_id) => {
-                pending_state(&node.unique_id, "running")
+                crate::wire::pending_node(&node.unique_id, "running")
             }
-            None => pending_state(&node.unique_id, "pending"),
+            None => crate::wire::pending_node(&node.unique_id, "pending"),
         };
         Ok(Response::new(pb::NodeDetail {
             node: Some(state),
