@@ -1370,14 +1370,6 @@ fn generic_test(
     }
     let relation = attached.relation_name.clone().unwrap_or_default();
     let column = test.column.clone();
-    let needs_column = |name: &str| -> Result<String, Box<ProjectDiagnostic>> {
-        column.clone().ok_or_else(|| {
-            Box::new(origin.error(
-                "strata::test_declaration",
-                format!("'{name}' checks a column; declare it under a column or pass column_name"),
-            ))
-        })
-    };
     if attached.resource_type == ResourceType::Seed
         && let Some(column) = &column
         && !attached
@@ -1404,159 +1396,29 @@ fn generic_test(
     }
     let where_clause = config.where_clause.as_deref();
     let mut depends_on = vec![attached.unique_id.clone()];
+    let sql_of = TestSql {
+        test,
+        attached,
+        relation: relation.clone(),
+        column: column.clone(),
+        where_clause,
+        renderer,
+        inputs,
+        dependency_id,
+    };
     let (sql, name_suffix) = match test.test_name.as_str() {
         "not_null" => (
-            data_tests::not_null(&relation, &needs_column("not_null")?, where_clause),
+            data_tests::not_null(&relation, &sql_of.needs_column("not_null")?, where_clause),
             String::new(),
         ),
         "unique" => (
-            data_tests::unique(&relation, &needs_column("unique")?, where_clause),
+            data_tests::unique(&relation, &sql_of.needs_column("unique")?, where_clause),
             String::new(),
         ),
-        "accepted_values" => {
-            let column = needs_column("accepted_values")?;
-            let quote = test
-                .arguments
-                .get("quote")
-                .and_then(serde_json::Value::as_bool)
-                .unwrap_or(true);
-            let values = test.arguments.get("values");
-            let sql = data_tests::accepted_values(&relation, &column, values, quote, where_clause)
-                .map_err(|message| {
-                    origin
-                        .error("strata::test_declaration", message)
-                        .with_hint("write values: [a, b, c]")
-                })?;
-            let suffix = values
-                .and_then(serde_json::Value::as_array)
-                .map(|values| {
-                    values
-                        .iter()
-                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
-                        .collect::<Vec<_>>()
-                        .join("__")
-                })
-                .unwrap_or_default();
-            (sql, format!("__{suffix}"))
-        }
-        "relationships" => {
-            let column = needs_column("relationships")?;
-            let to = test
-                .arguments
-                .get("to")
-                .and_then(serde_json::Value::as_str)
-                .ok_or_else(|| {
-                    origin.error(
-                        "strata::test_declaration",
-                        "relationships needs 'to:', such as to: ref('customers')",
-                    )
-                })?;
-            let field = test
-                .arguments
-                .get("field")
-                .and_then(serde_json::Value::as_str)
-                .ok_or_else(|| {
-                    origin.error(
-                        "strata::test_declaration",
-                        "relationships needs 'field:', the column of the parent it matches",
-                    )
-                })?;
-            let expression = if to.contains("{{") {
-                to.to_string()
-            } else {
-                format!("{{{{ {to} }}}}")
-            };
-            let rendered = renderer
-                .render_expression(&expression, inputs)
-                .map_err(|message| {
-                    origin.error(
-                        "strata::unknown_ref",
-                        format!("in relationships 'to': {message}"),
-                    )
-                })?;
-            for dependency in &rendered.captured.dependencies {
-                if let Some(id) = dependency_id(dependency) {
-                    depends_on.push(id);
-                }
-            }
-            let parent_name =
-                rendered
-                    .captured
-                    .dependencies
-                    .first()
-                    .map(|dependency| match dependency {
-                        Dependency::Ref(name) => format!("ref_{name}_"),
-                        Dependency::Source(source, table) => format!("source_{source}_{table}_"),
-                    });
-            (
-                data_tests::relationships(
-                    &relation,
-                    &column,
-                    rendered.sql.trim(),
-                    field,
-                    where_clause,
-                ),
-                format!("__{field}__{}", parent_name.unwrap_or_default()),
-            )
-        }
-        other if renderer.has_generic_test(other) => {
-            let Some(relation) = attached.relation.as_ref() else {
-                return Err(Box::new(origin.error(
-                    "strata::test_declaration",
-                    format!("'{}' has no table to test", attached.name),
-                )));
-            };
-            let rendered = renderer
-                .render_generic_test(other, relation, column.as_deref(), &test.arguments, inputs)
-                .map_err(|message| {
-                    Box::new(origin.error(
-                        "strata::jinja",
-                        format!("in generic test '{other}': {message}"),
-                    ))
-                })?;
-            for dependency in &rendered.captured.dependencies {
-                if let Some(id) = dependency_id(dependency) {
-                    depends_on.push(id);
-                }
-            }
-            let suffix: Vec<String> = test
-                .arguments
-                .iter()
-                .filter(|(key, _)| key.as_str() != "column_name")
-                .map(|(_, value)| {
-                    value
-                        .as_str()
-                        .map_or_else(|| value.to_string(), str::to_string)
-                })
-                .collect();
-            let suffix = if suffix.is_empty() {
-                String::new()
-            } else {
-                format!("__{}", suffix.join("__"))
-            };
-            (tidy_sql(&rendered.sql), suffix)
-        }
-        other => {
-            let known: Vec<&str> = BUILT_IN_TESTS.to_vec();
-            let hint = match closest(other, known.iter().copied()) {
-                Some(best) => format!("did you mean '{best}'?"),
-                None if other.contains('.') => String::from(
-                    "tests from packages such as dbt_utils are not supported yet; define the check with a {% test %} block in macros/ or tests/generic/",
-                ),
-                None => format!(
-                    "Strata knows {}; define '{other}' with {{% test {other}(model, column_name) %}} in macros/ or tests/generic/",
-                    BUILT_IN_TESTS.join(", ")
-                ),
-            };
-            return Err(Box::new(
-                origin
-                    .error(
-                        "strata::unknown_test",
-                        format!("unknown generic test '{other}'"),
-                    )
-                    .with_hint(hint),
-            ));
-        }
+        "accepted_values" => sql_of.accepted_values()?,
+        "relationships" => sql_of.relationships(&mut depends_on)?,
+        other if renderer.has_generic_test(other) => sql_of.project_test(other, &mut depends_on)?,
+        other => return Err(unknown_test(origin, other)),
     };
     let attached_name = match &attached.source {
         Some(info) => format!("source_{}_{}", info.source_name, attached.name),
@@ -1608,6 +1470,199 @@ fn generic_test(
         source: None,
         name,
     }))
+}
+
+/// What the SQL of one generic test is made from.
+struct TestSql<'a> {
+    test: &'a TestDeclaration,
+    attached: &'a Node,
+    relation: String,
+    column: Option<String>,
+    where_clause: Option<&'a str>,
+    renderer: &'a Renderer,
+    inputs: &'a Arc<RenderInputs>,
+    dependency_id: &'a dyn Fn(&Dependency) -> Option<String>,
+}
+
+/// A test's SQL and the suffix of its generated name.
+type TestSqlResult = Result<(String, String), Box<ProjectDiagnostic>>;
+
+impl TestSql<'_> {
+    /// The column a column test checks.
+    fn needs_column(&self, name: &str) -> Result<String, Box<ProjectDiagnostic>> {
+        self.column.clone().ok_or_else(|| {
+            Box::new(self.test.origin.error(
+                "strata::test_declaration",
+                format!("'{name}' checks a column; declare it under a column or pass column_name"),
+            ))
+        })
+    }
+
+    /// `accepted_values`: the column holds only the listed values.
+    fn accepted_values(&self) -> TestSqlResult {
+        let column = self.needs_column("accepted_values")?;
+        let quote = self
+            .test
+            .arguments
+            .get("quote")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(true);
+        let values = self.test.arguments.get("values");
+        let sql =
+            data_tests::accepted_values(&self.relation, &column, values, quote, self.where_clause)
+                .map_err(|message| {
+                    self.test
+                        .origin
+                        .error("strata::test_declaration", message)
+                        .with_hint("write values: [a, b, c]")
+                })?;
+        let suffix = values
+            .and_then(serde_json::Value::as_array)
+            .map(|values| {
+                values
+                    .iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                    .collect::<Vec<_>>()
+                    .join("__")
+            })
+            .unwrap_or_default();
+        Ok((sql, format!("__{suffix}")))
+    }
+
+    /// `relationships`: every value of the column is in the parent's field.
+    fn relationships(&self, depends_on: &mut Vec<String>) -> TestSqlResult {
+        let column = self.needs_column("relationships")?;
+        let to = self
+            .test
+            .arguments
+            .get("to")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| {
+                self.test.origin.error(
+                    "strata::test_declaration",
+                    "relationships needs 'to:', such as to: ref('customers')",
+                )
+            })?;
+        let field = self
+            .test
+            .arguments
+            .get("field")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| {
+                self.test.origin.error(
+                    "strata::test_declaration",
+                    "relationships needs 'field:', the column of the parent it matches",
+                )
+            })?;
+        let expression = if to.contains("{{") {
+            to.to_string()
+        } else {
+            format!("{{{{ {to} }}}}")
+        };
+        let rendered = self
+            .renderer
+            .render_expression(&expression, self.inputs)
+            .map_err(|message| {
+                self.test.origin.error(
+                    "strata::unknown_ref",
+                    format!("in relationships 'to': {message}"),
+                )
+            })?;
+        for dependency in &rendered.captured.dependencies {
+            if let Some(id) = (self.dependency_id)(dependency) {
+                depends_on.push(id);
+            }
+        }
+        let parent_name =
+            rendered
+                .captured
+                .dependencies
+                .first()
+                .map(|dependency| match dependency {
+                    Dependency::Ref(name) => format!("ref_{name}_"),
+                    Dependency::Source(source, table) => format!("source_{source}_{table}_"),
+                });
+        Ok((
+            data_tests::relationships(
+                &self.relation,
+                &column,
+                rendered.sql.trim(),
+                field,
+                self.where_clause,
+            ),
+            format!("__{field}__{}", parent_name.unwrap_or_default()),
+        ))
+    }
+
+    /// A generic test the project defines with `{% test %}`.
+    fn project_test(&self, other: &str, depends_on: &mut Vec<String>) -> TestSqlResult {
+        let Some(relation) = self.attached.relation.as_ref() else {
+            return Err(Box::new(self.test.origin.error(
+                "strata::test_declaration",
+                format!("'{}' has no table to test", self.attached.name),
+            )));
+        };
+        let rendered = self
+            .renderer
+            .render_generic_test(
+                other,
+                relation,
+                self.column.as_deref(),
+                &self.test.arguments,
+                self.inputs,
+            )
+            .map_err(|message| {
+                Box::new(self.test.origin.error(
+                    "strata::jinja",
+                    format!("in generic test '{other}': {message}"),
+                ))
+            })?;
+        for dependency in &rendered.captured.dependencies {
+            if let Some(id) = (self.dependency_id)(dependency) {
+                depends_on.push(id);
+            }
+        }
+        let suffix: Vec<String> = self
+            .test
+            .arguments
+            .iter()
+            .filter(|(key, _)| key.as_str() != "column_name")
+            .map(|(_, value)| {
+                value
+                    .as_str()
+                    .map_or_else(|| value.to_string(), str::to_string)
+            })
+            .collect();
+        let suffix = if suffix.is_empty() {
+            String::new()
+        } else {
+            format!("__{}", suffix.join("__"))
+        };
+        Ok((tidy_sql(&rendered.sql), suffix))
+    }
+}
+
+/// The error for a generic test nobody defines, with the closest known one.
+fn unknown_test(origin: &crate::properties::Origin, other: &str) -> Box<ProjectDiagnostic> {
+    let known: Vec<&str> = BUILT_IN_TESTS.to_vec();
+    let hint = match closest(other, known.iter().copied()) {
+        Some(best) => format!("did you mean '{best}'?"),
+        None if other.contains('.') => String::from(
+            "tests from packages such as dbt_utils are not supported yet; define the check with a {% test %} block in macros/ or tests/generic/",
+        ),
+        None => format!(
+            "Strata knows {}; define '{other}' with {{% test {other}(model, column_name) %}} in macros/ or tests/generic/",
+            BUILT_IN_TESTS.join(", ")
+        ),
+    };
+    Box::new(
+        origin
+            .error(
+                "strata::unknown_test",
+                format!("unknown generic test '{other}'"),
+            )
+            .with_hint(hint),
+    )
 }
 
 /// Makes a test name out of its parts: lowercase letters, digits and underscores, at most 64

@@ -162,11 +162,6 @@ async fn execute(
 ) -> Result<(), TaskError> {
     let (ctx, pool) = session(&config.engine)?;
     register_inputs(&ctx, &task.inputs).await?;
-    let kind = TaskKind::try_from(task.kind).unwrap_or(TaskKind::Unspecified);
-    let record_peak = |pool: &Arc<dyn MemoryPool>| {
-        let reserved = i64::try_from(pool.reserved()).unwrap_or(i64::MAX);
-        peak.fetch_max(reserved, std::sync::atomic::Ordering::Relaxed);
-    };
     // Operators such as sorts reserve and release memory before their first output batch:
     // sample the pool while the task runs, not only between batches.
     let sampler = {
@@ -180,141 +175,179 @@ async fn execute(
         })
     };
     let _stop_sampler = AbortOnDrop(sampler);
-    match kind {
-        TaskKind::Test => {
-            let frame = ctx
-                .sql(&format!(
-                    "select count(*) as failures from ({}) as dbt_internal_test",
-                    task.sql
-                ))
-                .await?;
-            let batches = frame.collect().await?;
-            record_peak(&pool);
-            let failures = batches
-                .first()
-                .and_then(|batch| {
-                    batch
-                        .column(0)
-                        .as_any()
-                        .downcast_ref::<datafusion::arrow::array::Int64Array>()
-                        .map(|array| array.value(0))
-                })
-                .unwrap_or(0);
-            result.failing_rows = failures;
-            Ok(())
-        }
-        TaskKind::Model | TaskKind::Seed => {
-            let output = task
-                .output
-                .as_ref()
-                .ok_or_else(|| TaskError::internal("a model task without an output"))?;
-            let sql = match &task.incremental {
-                Some(incremental) => {
-                    let (sql, mode) =
-                        crate::incremental::incremental_sql(&ctx, &task.sql, incremental).await?;
-                    result.append = mode == crate::incremental::CommitMode::Append;
-                    sql
-                }
-                None => task.sql.clone(),
-            };
-            // A stage of a shuffled model runs its serialized plan; any other task its SQL.
-            let (plan_schema, mut stream) = if task.plan.is_empty() {
-                let frame = ctx.sql(&sql).await?;
-                let schema = frame.schema().as_arrow().clone();
-                (schema, frame.execute_stream().await?)
-            } else {
-                let plan = decode_stage(&ctx, task, config.fetch_settings()).await?;
-                let stream = plan.execute(task.partition as usize, ctx.task_ctx())?;
-                (plan.schema().as_ref().clone(), stream)
-            };
-            let schema = delta_compatible(&plan_schema);
-            let delta_schema: deltalake::kernel::StructType =
-                schema.as_ref().try_into_kernel().map_err(|err| {
-                    TaskError::user(format!(
-                        "the model's columns cannot be stored in Delta: {err}"
-                    ))
-                })?;
-            result.delta_schema_json = serde_json::to_string(&delta_schema)
-                .map_err(|err| TaskError::internal(err.to_string()))?;
-            let partition_by =
-                (!output.partition_by.is_empty()).then(|| output.partition_by.clone());
-            for column in output.partition_by.iter() {
-                if schema.field_with_name(column).is_err() {
-                    return Err(TaskError::user(format!(
-                        "partition_by column '{column}' is not a column of the model"
-                    )));
-                }
-            }
-            // Files go under a folder named for the run, task and attempt: two attempts never
-            // write the same name, and what an attempt left behind is easy to find.
-            let folder = attempt_folder(output, result.attempt);
-            let mut writer = RecordBatchWriter::try_new(
-                format!("{}/{folder}", output.table_uri),
-                schema.clone(),
-                partition_by,
-                None,
-            )
-            .map_err(TaskError::from)?
-            .with_writer_properties(writer_properties())
-            .with_target_file_size(config.target_file_size);
-            let mut rows = 0i64;
-            while let Some(batch) = stream.next().await {
-                let batch = conform(&note_lost_output(batch, result)?, &schema)?;
-                rows += i64::try_from(batch.num_rows()).unwrap_or(i64::MAX);
-                record_peak(&pool);
-                writer.write(batch).await.map_err(TaskError::from)?;
-            }
-            let adds = writer.flush().await.map_err(TaskError::from)?;
-            result.rows = rows;
-            for add in adds {
-                result.bytes += add.size;
-                let file_rows = add
-                    .stats
-                    .as_deref()
-                    .and_then(|stats| serde_json::from_str::<serde_json::Value>(stats).ok())
-                    .and_then(|stats| stats.get("numRecords").and_then(serde_json::Value::as_i64))
-                    .unwrap_or(0);
-                result.files.push(WrittenFile {
-                    path: format!("{folder}/{}", add.path),
-                    size_bytes: add.size,
-                    rows: file_rows,
-                    partition_values: add
-                        .partition_values
-                        .iter()
-                        .filter_map(|(key, value)| value.clone().map(|value| (key.clone(), value)))
-                        .collect::<HashMap<_, _>>(),
-                    stats_json: add.stats.clone().unwrap_or_default(),
-                });
-            }
-            Ok(())
-        }
-        TaskKind::ShuffleMap => {
-            let shuffle = config.shuffle.as_ref().ok_or_else(|| {
-                TaskError::internal("a shuffle task reached a worker without a Flight server")
-            })?;
-            let plan = decode_stage(&ctx, task, config.fetch_settings()).await?;
-            let output = crate::shuffle::run_map(
-                plan,
-                ctx.task_ctx(),
-                &shuffle.store,
-                &strata_engine::stages::shuffle_name(&task.run_id, &task.node_unique_id),
-                task.stage,
-                task.partition,
-            )
-            .await;
-            let output = note_lost_output(output, result)?;
-            record_peak(&pool);
-            result.rows = output.rows;
-            result.bytes = output.bytes;
-            result.shuffle_outputs.push(ShuffleLocation {
-                stage: task.stage,
-                map_partition: task.partition,
-                address: shuffle.address.clone(),
-            });
-            Ok(())
-        }
+    let run = TaskRun {
+        config,
+        task,
+        ctx,
+        pool,
+        peak,
+    };
+    match TaskKind::try_from(task.kind).unwrap_or(TaskKind::Unspecified) {
+        TaskKind::Test => run.test(result).await,
+        TaskKind::Model | TaskKind::Seed => run.model(result).await,
+        TaskKind::ShuffleMap => run.map(result).await,
         TaskKind::Noop => Ok(()),
         TaskKind::Unspecified => Err(TaskError::internal("a task of unknown kind")),
+    }
+}
+
+/// One task being executed: its session, memory pool and peak.
+struct TaskRun<'a> {
+    config: &'a ExecutionConfig,
+    task: &'a Task,
+    ctx: SessionContext,
+    pool: Arc<dyn MemoryPool>,
+    peak: &'a Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl TaskRun<'_> {
+    /// Notes the pool's current reservation in the peak.
+    fn record_peak(&self) {
+        let reserved = i64::try_from(self.pool.reserved()).unwrap_or(i64::MAX);
+        self.peak
+            .fetch_max(reserved, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A data test: counts its failing rows.
+    async fn test(&self, result: &mut TaskResult) -> Result<(), TaskError> {
+        let frame = self
+            .ctx
+            .sql(&format!(
+                "select count(*) as failures from ({}) as dbt_internal_test",
+                self.task.sql
+            ))
+            .await?;
+        let batches = frame.collect().await?;
+        self.record_peak();
+        let failures = batches
+            .first()
+            .and_then(|batch| {
+                batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                    .map(|array| array.value(0))
+            })
+            .unwrap_or(0);
+        result.failing_rows = failures;
+        Ok(())
+    }
+
+    /// A model or seed: its rows streamed into Parquet files of its Delta table (reported,
+    /// not committed).
+    async fn model(&self, result: &mut TaskResult) -> Result<(), TaskError> {
+        let output = self
+            .task
+            .output
+            .as_ref()
+            .ok_or_else(|| TaskError::internal("a model task without an output"))?;
+        let sql = match &self.task.incremental {
+            Some(incremental) => {
+                let (sql, mode) =
+                    crate::incremental::incremental_sql(&self.ctx, &self.task.sql, incremental)
+                        .await?;
+                result.append = mode == crate::incremental::CommitMode::Append;
+                sql
+            }
+            None => self.task.sql.clone(),
+        };
+        // A stage of a shuffled model runs its serialized plan; any other task its SQL.
+        let (plan_schema, mut stream) = if self.task.plan.is_empty() {
+            let frame = self.ctx.sql(&sql).await?;
+            let schema = frame.schema().as_arrow().clone();
+            (schema, frame.execute_stream().await?)
+        } else {
+            let plan = decode_stage(&self.ctx, self.task, self.config.fetch_settings()).await?;
+            let stream = plan.execute(self.task.partition as usize, self.ctx.task_ctx())?;
+            (plan.schema().as_ref().clone(), stream)
+        };
+        let schema = delta_compatible(&plan_schema);
+        let delta_schema: deltalake::kernel::StructType =
+            schema.as_ref().try_into_kernel().map_err(|err| {
+                TaskError::user(format!(
+                    "the model's columns cannot be stored in Delta: {err}"
+                ))
+            })?;
+        result.delta_schema_json = serde_json::to_string(&delta_schema)
+            .map_err(|err| TaskError::internal(err.to_string()))?;
+        let partition_by = (!output.partition_by.is_empty()).then(|| output.partition_by.clone());
+        for column in output.partition_by.iter() {
+            if schema.field_with_name(column).is_err() {
+                return Err(TaskError::user(format!(
+                    "partition_by column '{column}' is not a column of the model"
+                )));
+            }
+        }
+        // Files go under a folder named for the run, task and attempt: two attempts never
+        // write the same name, and what an attempt left behind is easy to find.
+        let folder = attempt_folder(output, result.attempt);
+        let mut writer = RecordBatchWriter::try_new(
+            format!("{}/{folder}", output.table_uri),
+            schema.clone(),
+            partition_by,
+            None,
+        )
+        .map_err(TaskError::from)?
+        .with_writer_properties(writer_properties())
+        .with_target_file_size(self.config.target_file_size);
+        let mut rows = 0i64;
+        while let Some(batch) = stream.next().await {
+            let batch = conform(&note_lost_output(batch, result)?, &schema)?;
+            rows += i64::try_from(batch.num_rows()).unwrap_or(i64::MAX);
+            self.record_peak();
+            writer.write(batch).await.map_err(TaskError::from)?;
+        }
+        let adds = writer.flush().await.map_err(TaskError::from)?;
+        result.rows = rows;
+        for add in adds {
+            result.bytes += add.size;
+            let file_rows = add
+                .stats
+                .as_deref()
+                .and_then(|stats| serde_json::from_str::<serde_json::Value>(stats).ok())
+                .and_then(|stats| stats.get("numRecords").and_then(serde_json::Value::as_i64))
+                .unwrap_or(0);
+            result.files.push(WrittenFile {
+                path: format!("{folder}/{}", add.path),
+                size_bytes: add.size,
+                rows: file_rows,
+                partition_values: add
+                    .partition_values
+                    .iter()
+                    .filter_map(|(key, value)| value.clone().map(|value| (key.clone(), value)))
+                    .collect::<HashMap<_, _>>(),
+                stats_json: add.stats.clone().unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A map task of a shuffle: its partition of the input split into the worker's shuffle
+    /// files, served over Flight.
+    async fn map(&self, result: &mut TaskResult) -> Result<(), TaskError> {
+        let shuffle = self.config.shuffle.as_ref().ok_or_else(|| {
+            TaskError::internal("a shuffle task reached a worker without a Flight server")
+        })?;
+        let plan = decode_stage(&self.ctx, self.task, self.config.fetch_settings()).await?;
+        let output = crate::shuffle::run_map(
+            plan,
+            self.ctx.task_ctx(),
+            &shuffle.store,
+            &strata_engine::stages::shuffle_name(&self.task.run_id, &self.task.node_unique_id),
+            self.task.stage,
+            self.task.partition,
+        )
+        .await;
+        let output = note_lost_output(output, result)?;
+        self.record_peak();
+        result.rows = output.rows;
+        result.bytes = output.bytes;
+        result.shuffle_outputs.push(ShuffleLocation {
+            stage: self.task.stage,
+            map_partition: self.task.partition,
+            address: shuffle.address.clone(),
+        });
+        Ok(())
     }
 }
 
