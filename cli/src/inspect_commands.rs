@@ -57,7 +57,9 @@ fn request_for(
         retry_backoff: std::time::Duration::ZERO,
         incremental_models: Default::default(),
         shuffle_partitions: 0,
-        task_timeout: std::time::Duration::from_secs(60),
+        task_timeout: std::time::Duration::from_secs(
+            strata_core::settings::RunDefaults::default().task_timeout_secs,
+        ),
     }
 }
 

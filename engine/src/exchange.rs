@@ -97,10 +97,13 @@ pub struct FetchSettings {
     pub secret: Option<ClusterSecret>,
 }
 
+/// The fetch timeout of the default settings, without a secret.
 impl Default for FetchSettings {
     fn default() -> Self {
         FetchSettings {
-            timeout: std::time::Duration::from_secs(30),
+            timeout: std::time::Duration::from_secs(
+                strata_core::settings::WorkerSettings::default().fetch_timeout_secs,
+            ),
             secret: None,
         }
     }

@@ -46,15 +46,10 @@ pub struct ShuffleService {
     pub address: String,
 }
 
+/// The execution of the default settings, without shuffles or a secret.
 impl Default for ExecutionConfig {
     fn default() -> Self {
-        Self {
-            engine: EngineConfig::default(),
-            target_file_size: 128 << 20,
-            shuffle: None,
-            fetch_timeout: std::time::Duration::from_secs(30),
-            cluster_secret: None,
-        }
+        crate::process::worker_config(&strata_core::settings::Settings::default(), None).execution
     }
 }
 

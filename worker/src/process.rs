@@ -197,7 +197,7 @@ pub fn embedded_config(settings: &Settings, id: &str, slots: usize) -> WorkerCon
 }
 
 /// The task loop's settings from the process settings.
-fn worker_config(settings: &Settings, secret: Option<ClusterSecret>) -> WorkerConfig {
+pub(crate) fn worker_config(settings: &Settings, secret: Option<ClusterSecret>) -> WorkerConfig {
     let worker = &settings.worker;
     WorkerConfig {
         worker_id: worker
