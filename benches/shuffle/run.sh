@@ -3,6 +3,8 @@
 # Python package), and runs benches/shuffle/run.py (RabbitMQ must be running). Pass --events N,
 # --partitions N, --workers N.
 set -euo pipefail
+# Workers and coordinators share a secret for Flight calls (docs/running.md).
+export STRATA__CLUSTER__SECRET="${STRATA__CLUSTER__SECRET:-strata-bench-secret-$$-0123456789}"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/strata-target}"
 cargo build --release --locked -p strata --manifest-path "$root/Cargo.toml"

@@ -5,6 +5,8 @@
 # Prints submit latency p50/p99 and runs per minute, and the same project built one run after
 # another by embedded `strata build` as the reference.
 set -euo pipefail
+# Workers and coordinators share a secret for Flight calls (docs/running.md).
+export STRATA__CLUSTER__SECRET="${STRATA__CLUSTER__SECRET:-strata-bench-secret-$$-0123456789}"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/strata-target}"
 runs=100

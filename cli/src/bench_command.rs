@@ -186,7 +186,7 @@ pub(crate) fn bench(
         .amqp_url
         .clone()
         .or_else(|| env.get("STRATA_AMQP_URL").cloned())
-        .unwrap_or_else(|| String::from("amqp://guest:guest@127.0.0.1:5672/%2f"));
+        .unwrap_or_else(|| strata_core::settings::LOCAL_BROKER.to_string());
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -228,6 +228,12 @@ pub(crate) fn bench(
     })?;
 
     let executable = std::env::current_exe().context("cannot find the strata executable")?;
+    // The workers need a cluster secret (their Flight servers refuse calls without one); a
+    // secret of this benchmark's own unless the environment names one.
+    let secret = env
+        .get("STRATA__CLUSTER__SECRET")
+        .cloned()
+        .unwrap_or_else(|| format!("strata-bench-dispatch-{}-secret", std::process::id()));
     let _workers = WorkerProcesses(
         (0..args.workers)
             .map(|index| {
@@ -235,6 +241,7 @@ pub(crate) fn bench(
                     .args(["worker", "--amqp-url", &url, "--task-queue", &task_queue])
                     .args(["--slots", &args.slots.to_string()])
                     .args(["--worker-id", &format!("bench-{index}")])
+                    .env("STRATA__CLUSTER__SECRET", &secret)
                     .stdout(Stdio::null())
                     .spawn()
                     .context("cannot start a worker process")

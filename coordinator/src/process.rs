@@ -192,21 +192,26 @@ pub async fn run_on_broker(
     let queue = Arc::new(AmqpQueue::connect(&settings.broker.url).await?);
     let record = crate::Coordinator::new(queue.clone())
         .with_task_queue(&settings.broker.task_queue)
-        .with_cluster_secret(secret)
+        .with_cluster_secret(Some(secret))
         .run(request, run_id, on_event)
         .await;
     queue.close().await;
     record.map_err(|crate::RunError::Queue(err)| CoordinatorError::Queue(err))
 }
 
-/// The cluster secret of the settings, checked.
-fn cluster_secret(settings: &Settings) -> Result<Option<ClusterSecret>, CoordinatorError> {
-    settings
+/// The cluster secret of the settings, checked: a coordinator needs it to reach the workers'
+/// Flight servers (which refuse calls without it), so it refuses to start without one.
+fn cluster_secret(settings: &Settings) -> Result<ClusterSecret, CoordinatorError> {
+    let secret = settings
         .cluster
         .secret()
         .map_err(|err| CoordinatorError::Settings(err.to_string()))?
-        .map(|secret| ClusterSecret::new(secret.expose()))
-        .transpose()
+        .ok_or_else(|| {
+            CoordinatorError::Settings(String::from(
+                "no cluster secret: set cluster.secret_file (or STRATA__CLUSTER__SECRET) to the secret the cluster's workers and coordinator share",
+            ))
+        })?;
+    ClusterSecret::new(secret.expose())
         .map_err(|err| CoordinatorError::Settings(format!("cluster secret: {err}")))
 }
 
@@ -229,7 +234,7 @@ fn service_config(
         max_concurrent_runs: coordinator.max_concurrent_runs.max(1),
         defaults: run_defaults(&coordinator.runs),
         env: allowed,
-        cluster_secret: secret,
+        cluster_secret: Some(secret),
     })
 }
 

@@ -101,3 +101,17 @@ async fn a_worker_without_the_cluster_secret_does_not_start() {
         .expect("a weak secret, no worker");
     assert!(err.to_string().contains("at least 16 characters"), "{err}");
 }
+
+#[tokio::test]
+async fn a_coordinator_without_the_cluster_secret_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::default();
+    settings.coordinator.listen = String::from("127.0.0.1:0");
+    settings.coordinator.data_dir = dir.path().to_path_buf();
+    let err =
+        strata_coordinator::start_on(Arc::new(MemoryQueue::new()), &settings, &BTreeMap::new())
+            .await
+            .err()
+            .expect("no secret, no coordinator");
+    assert!(err.to_string().contains("no cluster secret"), "{err}");
+}
