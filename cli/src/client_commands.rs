@@ -161,7 +161,8 @@ pub(crate) async fn connect(
         .await
         .with_context(|| format!("cannot reach the coordinator at {url}"))?;
     let token = match &args.token_file {
-        Some(path) => crate::coordinator_command::read_tokens(path)?
+        Some(path) => strata_coordinator::service::read_tokens(path)
+            .with_context(|| format!("cannot read the token file {}", path.display()))?
             .into_iter()
             .next()
             .with_context(|| format!("{} holds no token", path.display()))?,

@@ -74,18 +74,6 @@ impl CoordinatorArgs {
     }
 }
 
-/// Reads a token file: one token per line; blank lines and `#` comments are skipped.
-pub(crate) fn read_tokens(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the token file {}", path.display()))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(str::to_string)
-        .collect())
-}
-
 pub(crate) fn coordinator(
     args: &CoordinatorArgs,
     env: &BTreeMap<String, String>,

@@ -30,7 +30,10 @@ pub enum CoordinatorError {
     /// The run store cannot be opened or read.
     #[error("the run store: {0}")]
     Store(#[from] crate::store::StoreError),
-    /// A setting is unusable (a token file, TLS files, the cluster secret).
+    /// No usable cluster secret: the workers' Flight servers would refuse the coordinator.
+    #[error(transparent)]
+    Secret(#[from] strata_engine::exchange::SecretError),
+    /// A setting is unusable (a token file, TLS files).
     #[error("{0}")]
     Settings(String),
     /// The API cannot listen.
@@ -104,18 +107,14 @@ pub async fn start_on<Q: JobQueue>(
     let store = Arc::new(RedbStore::open(&coordinator.data_dir.join("runs.redb"))?);
     let pipeline = Pipeline::new(queue.clone(), store, config);
     let resumed = pipeline.resume_unfinished()?;
+    let listen_error = |source| CoordinatorError::Listen {
+        address: coordinator.listen.clone(),
+        source,
+    };
     let listener = tokio::net::TcpListener::bind(&coordinator.listen)
         .await
-        .map_err(|source| CoordinatorError::Listen {
-            address: coordinator.listen.clone(),
-            source,
-        })?;
-    let address = listener
-        .local_addr()
-        .map_err(|source| CoordinatorError::Listen {
-            address: coordinator.listen.clone(),
-            source,
-        })?;
+        .map_err(listen_error)?;
+    let address = listener.local_addr().map_err(listen_error)?;
     let (shutdown, stopped) = oneshot::channel::<()>();
     let has_tls = tls.is_some();
     let server = tokio::spawn(async move {
@@ -188,7 +187,7 @@ pub async fn run_on_broker(
     run_id: &str,
     on_event: impl FnMut(crate::RunEvent),
 ) -> Result<crate::RunRecord, CoordinatorError> {
-    let secret = cluster_secret(settings)?;
+    let secret = ClusterSecret::from_settings(&settings.cluster)?;
     let queue = Arc::new(AmqpQueue::connect(&settings.broker.url).await?);
     let record = crate::Coordinator::new(queue.clone())
         .with_task_queue(&settings.broker.task_queue)
@@ -197,22 +196,6 @@ pub async fn run_on_broker(
         .await;
     queue.close().await;
     record.map_err(|crate::RunError::Queue(err)| CoordinatorError::Queue(err))
-}
-
-/// The cluster secret of the settings, checked: a coordinator needs it to reach the workers'
-/// Flight servers (which refuse calls without it), so it refuses to start without one.
-fn cluster_secret(settings: &Settings) -> Result<ClusterSecret, CoordinatorError> {
-    let secret = settings
-        .cluster
-        .secret()
-        .map_err(|err| CoordinatorError::Settings(err.to_string()))?
-        .ok_or_else(|| {
-            CoordinatorError::Settings(String::from(
-                "no cluster secret: set cluster.secret_file (or STRATA__CLUSTER__SECRET) to the secret the cluster's workers and coordinator share",
-            ))
-        })?;
-    ClusterSecret::new(secret.expose())
-        .map_err(|err| CoordinatorError::Settings(format!("cluster secret: {err}")))
 }
 
 /// The service's settings: the run defaults, and of the process environment only the
@@ -227,7 +210,7 @@ fn service_config(
         .filter(|(name, _)| coordinator.env_allowlist.contains(name))
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
-    let secret = cluster_secret(settings)?;
+    let secret = ClusterSecret::from_settings(&settings.cluster)?;
     Ok(ServiceConfig {
         data_dir: coordinator.data_dir.clone(),
         task_queue: settings.broker.task_queue.clone(),
@@ -259,18 +242,12 @@ fn tokens(settings: &Settings) -> Result<Tokens, CoordinatorError> {
         .map(|token| token.expose().to_string())
         .collect();
     if let Some(path) = &coordinator.token_file {
-        let text = std::fs::read_to_string(path).map_err(|err| {
+        tokens.extend(crate::service::read_tokens(path).map_err(|err| {
             CoordinatorError::Settings(format!(
                 "cannot read the token file {}: {err}",
                 path.display()
             ))
-        })?;
-        tokens.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|line| !line.is_empty() && !line.starts_with('#'))
-                .map(str::to_string),
-        );
+        })?);
     }
     Ok(Tokens::new(tokens))
 }

@@ -778,6 +778,20 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
+/// Reads a token file: one token per line; blank lines and `#` comments are skipped. The
+/// coordinator reads its accepted tokens this way, and clients their own.
+///
+/// # Errors
+/// Returns the I/O error when the file cannot be read.
+pub fn read_tokens(path: &Path) -> std::io::Result<Vec<String>> {
+    Ok(std::fs::read_to_string(path)?
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
 impl Tokens {
     /// The tokens (empty: no authentication).
     pub fn new(tokens: Vec<String>) -> Tokens {

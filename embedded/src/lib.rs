@@ -117,13 +117,8 @@ impl<Q: JobQueue> InProcessCluster<Q> {
     /// A coordinator (not the service) over the cluster's queue, calling the workers'
     /// Flight servers with the cluster secret — to run a request directly.
     pub fn coordinator(&self) -> Coordinator<Q> {
-        let secret = self
-            .settings
-            .cluster
-            .secret()
-            .ok()
-            .flatten()
-            .and_then(|secret| strata_engine::exchange::ClusterSecret::new(secret.expose()).ok());
+        let secret =
+            strata_engine::exchange::ClusterSecret::from_settings(&self.settings.cluster).ok();
         Coordinator::new(self.queue.clone())
             .with_task_queue(&self.settings.broker.task_queue)
             .with_cluster_secret(secret)

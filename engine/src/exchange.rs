@@ -42,6 +42,22 @@ pub struct WeakSecret {
     pub length: usize,
 }
 
+/// Why the settings give no usable cluster secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// Neither `cluster.secret` nor `cluster.secret_file` is set.
+    #[error(
+        "no cluster secret: set cluster.secret_file (or STRATA__CLUSTER__SECRET) to the secret the cluster's workers and coordinator share"
+    )]
+    Missing,
+    /// The secret file cannot be read.
+    #[error("cluster secret: {0}")]
+    Unreadable(#[from] strata_core::settings::SettingsError),
+    /// The secret is too short.
+    #[error(transparent)]
+    Weak(#[from] WeakSecret),
+}
+
 /// The shortest cluster secret accepted.
 pub const MIN_SECRET_LENGTH: usize = 16;
 
@@ -59,6 +75,18 @@ impl ClusterSecret {
             });
         }
         Ok(ClusterSecret(Arc::from(text)))
+    }
+
+    /// The secret the settings name (`cluster.secret`, else the file `cluster.secret_file`),
+    /// checked.
+    ///
+    /// # Errors
+    /// Returns [`SecretError`] when none is set, its file cannot be read, or it is too short.
+    pub fn from_settings(
+        settings: &strata_core::settings::ClusterSettings,
+    ) -> std::result::Result<ClusterSecret, SecretError> {
+        let secret = settings.secret()?.ok_or(SecretError::Missing)?;
+        Ok(ClusterSecret::new(secret.expose())?)
     }
 
     /// The value of the [`AUTHORIZATION`] metadata that proves the secret.

@@ -4,17 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use clap::Parser;
-
-fn strata(args: &[&str]) -> ExitCode {
-    let mut argv = vec!["strata"];
-    argv.extend_from_slice(args);
-    strata::execute(
-        strata::Cli::try_parse_from(argv).expect("valid arguments"),
-        &strata_tests::test_env(),
-    )
-    .expect("runs")
-}
+use strata_tests::strata;
 
 fn write(root: &Path, path: &str, text: &str) {
     let full = root.join(path);

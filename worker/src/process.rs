@@ -14,7 +14,7 @@ use strata_amqp::AmqpQueue;
 use strata_core::queue::JobQueue;
 use strata_core::settings::Settings;
 use strata_engine::EngineConfig;
-use strata_engine::exchange::ClusterSecret;
+use strata_engine::exchange::{ClusterSecret, SecretError};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -25,14 +25,9 @@ use crate::shuffle::{ShuffleFlightService, ShuffleStore};
 /// Why a worker cannot start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    /// No cluster secret is configured: the Flight server would be open to anyone.
-    #[error(
-        "no cluster secret: set cluster.secret_file (or STRATA__CLUSTER__SECRET) to the secret the cluster's workers and coordinator share"
-    )]
-    NoClusterSecret,
-    /// The cluster secret is too weak, or its file unreadable.
-    #[error("cluster secret: {0}")]
-    Secret(String),
+    /// No usable cluster secret: the Flight server would be open to anyone.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     /// The broker cannot be reached, or consuming failed.
     #[error("the broker: {0}")]
     Queue(#[from] strata_core::queue::QueueError),
@@ -83,21 +78,16 @@ pub async fn start_on<Q: JobQueue>(
     queue: Arc<Q>,
     settings: &Settings,
 ) -> Result<RunningWorker<Q>, WorkerError> {
-    let secret = cluster_secret(settings)?;
+    let secret = ClusterSecret::from_settings(&settings.cluster)?;
     let worker = &settings.worker;
+    let listen_error = |source| WorkerError::Listen {
+        address: worker.flight_listen.clone(),
+        source,
+    };
     let listener = tokio::net::TcpListener::bind(&worker.flight_listen)
         .await
-        .map_err(|source| WorkerError::Listen {
-            address: worker.flight_listen.clone(),
-            source,
-        })?;
-    let port = listener
-        .local_addr()
-        .map_err(|source| WorkerError::Listen {
-            address: worker.flight_listen.clone(),
-            source,
-        })?
-        .port();
+        .map_err(listen_error)?;
+    let port = listener.local_addr().map_err(listen_error)?.port();
     let address = match &worker.flight_advertise {
         Some(advertise) if advertise.contains(':') => advertise.clone(),
         Some(host) => format!("{host}:{port}"),
@@ -215,16 +205,6 @@ pub(crate) fn worker_config(settings: &Settings, secret: Option<ClusterSecret>) 
             cluster_secret: secret,
         },
     }
-}
-
-/// The cluster secret a worker with a Flight server requires.
-fn cluster_secret(settings: &Settings) -> Result<ClusterSecret, WorkerError> {
-    let secret = settings
-        .cluster
-        .secret()
-        .map_err(|err| WorkerError::Secret(err.to_string()))?
-        .ok_or(WorkerError::NoClusterSecret)?;
-    ClusterSecret::new(secret.expose()).map_err(|err| WorkerError::Secret(err.to_string()))
 }
 
 /// This machine's name: `HOSTNAME`, else `/etc/hostname`, else `localhost`.

@@ -333,7 +333,8 @@ impl Scheduler {
         self.advance();
     }
 
-    /// A worker says it still runs this attempt of the task.
+    /// A worker says it still runs this attempt of the task. (Silence is judged by
+    /// [`Scheduler::tick`], which the driver calls after every message.)
     pub fn heartbeat(&mut self, task_id: &str, attempt: u32, now: Instant) {
         if let Some(flight) = self.tasks.get_mut(task_id)
             && flight.attempt == attempt
@@ -342,7 +343,6 @@ impl Scheduler {
             flight.last_seen = flight.last_seen.max(now);
             flight.started = true;
         }
-        self.report_silent(now);
     }
 
     /// The clock moved: retries that fell due are published, silent tasks are failed.

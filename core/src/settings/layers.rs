@@ -263,12 +263,10 @@ fn error(err: figment::Error, origins: &BTreeMap<String, Origin>) -> SettingsErr
     match &err.kind {
         figment::error::Kind::UnknownField(field, expected) => {
             // figment's path may or may not end with the field already.
-            let key = if err.path.last() == Some(field) || path.is_empty() {
-                if path.is_empty() {
-                    field.clone()
-                } else {
-                    path.clone()
-                }
+            let key = if path.is_empty() {
+                field.clone()
+            } else if err.path.last() == Some(field) {
+                path.clone()
             } else {
                 format!("{path}.{field}")
             };
