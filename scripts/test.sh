@@ -9,11 +9,14 @@
 #      result for the same SQL, read back from the Delta tables with the `deltalake` package;
 #      so do the fixture projects under tests/fixtures/execution (a fixture's `runs` file lists
 #      the --vars of successive builds, for incremental models over several batches)
-#   5. the shuffle Flight server of `strata worker`, read with pyarrow.flight
-#   6. the coordinator's gRPC API from Python grpcio + grpcio-reflection (a client written by no
+#   5. memory-bound: every distinct-aggregate shape and deduplication over events several times
+#      larger than a 64 MiB pool, each `strata run` a child process under an address-space
+#      limit, equal to DuckDB (tests/memory_bound/run.py)
+#   6. the shuffle Flight server of `strata worker`, read with pyarrow.flight
+#   7. the coordinator's gRPC API from Python grpcio + grpcio-reflection (a client written by no
 #      one here): services listed through reflection, SubmitRun and GetRun with a bearer token,
 #      the run's tables compared with DuckDB
-#   7. s3://: examples/medallion with its sources and warehouse on an S3 server (moto, from the
+#   8. s3://: examples/medallion with its sources and warehouse on an S3 server (moto, from the
 #      virtualenv, started here on a free port), compared with DuckDB the same way
 #
 # The Rust tests include the distributed mode against the real RabbitMQ: worker processes,
@@ -122,6 +125,9 @@ for fixture in tests/fixtures/execution/*/; do
     "$venv/bin/python" tests/reference/compare_duckdb.py \
         --project "$medallion/$name" --warehouse "$medallion/$name/warehouse"
 done
+
+step "memory-bound: distinct aggregates and deduplication in a 64 MiB pool vs DuckDB"
+"$venv/bin/python" tests/memory_bound/run.py --strata "$strata" --python "$venv/bin/python"
 
 step "a worker's Flight server from pyarrow.flight"
 "$venv/bin/python" tests/reference/flight_interop.py --strata "$strata"

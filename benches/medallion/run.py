@@ -7,11 +7,17 @@
 3. DataFusion alone (Python package, same engine version): the compiled SQL of every model
    with COPY ... TO Parquet — no Delta, no tests, no orchestration.
 
+With `--variant conditional`, `daily_user_activity` is replaced by
+benches/medallion/variants/daily_user_activity.sql (conditional sums, min and max beside the
+distinct count). After the build, each model's pool peak and the process's allocation peak
+while it ran are printed from Strata's run record.
+
 Each runs as a child process; wall time and peak RSS come from wait4. Every child runs under
 an address-space limit (--memory-limit-gib) so that a query that blows up fails instead of
 taking the machine down.
 """
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -41,6 +47,26 @@ def measure(label, command, cwd, limit_bytes, env=None):
     return wall if code == 0 else None, rss
 
 
+def ratio(results, a, b):
+    (wa, ra), (wb, rb) = results[a], results[b]
+    if wa is None or wb is None:
+        return "n/a (a run failed)"
+    return f"wall {wa / wb:.2f}x, peak RSS {ra / rb:.2f}x"
+
+
+def print_memory_per_model(project):
+    """Each model's pool peak and allocation peak from Strata's run record."""
+    with open(os.path.join(project, "target", "run_results.json")) as handle:
+        record = json.load(handle)
+    print(f"{'model (strata build)':<28} {'wall':>8}   {'pool peak':>10}   {'allocated peak':>14}")
+    for node in record["nodes"]:
+        if node["resource_type"] != "model":
+            continue
+        print(f"{node['unique_id'].split('.')[-1]:<28} {node['duration_ms'] / 1000:6.2f} s   "
+              f"{node.get('peak_memory_bytes', 0) / 2**20:6.0f} MiB   "
+              f"{node.get('peak_allocated_bytes', 0) / 2**20:10.0f} MiB")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--strata", required=True)
@@ -49,6 +75,9 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-limit-gib", type=float, default=12.0)
     parser.add_argument("--data-cache", default="/var/cache/strata-bench-data")
+    parser.add_argument("--variant", choices=["plain", "conditional"], default="plain",
+                        help="conditional: daily_user_activity with conditional sums beside the distinct count")
+    parser.add_argument("--skip-datafusion", action="store_true", help="leave out DataFusion alone")
     args = parser.parse_args()
     limit = int(args.memory_limit_gib * (1 << 30))
 
@@ -61,9 +90,12 @@ def main():
         shutil.copytree(os.path.join(ROOT, "examples", "medallion"), project,
                         ignore=shutil.ignore_patterns("target", "data", "warehouse"))
         os.symlink(data, os.path.join(project, "data"))
+        if args.variant == "conditional":
+            shutil.copy(os.path.join(HERE, "variants", "daily_user_activity.sql"),
+                        os.path.join(project, "models", "gold", "daily_user_activity.sql"))
         with open(os.path.join(project, "profiles.yml"), "w") as handle:
             handle.write(f"medallion:\n  target: dev\n  outputs:\n    dev:\n      type: duckdb\n      path: {work}/dbt.duckdb\n      threads: {args.threads}\n")
-        print(f"examples/medallion on {args.events:,} raw events; {os.cpu_count()} cores; threads {args.threads}; "
+        print(f"examples/medallion ({args.variant}) on {args.events:,} raw events; {os.cpu_count()} cores; threads {args.threads}; "
               f"address-space limit {args.memory_limit_gib} GiB per run")
         results = {}
         subprocess.run([args.strata, "compile", "--project-dir", project], check=True, stdout=subprocess.DEVNULL)
@@ -72,6 +104,8 @@ def main():
         shutil.copy(os.path.join(project, "target", "manifest.json"), manifest)
         results["strata build"] = measure("strata build (embedded)", [args.strata, "build", "--project-dir", project,
                                            "--threads", str(args.threads), "--warehouse", os.path.join(work, "wh1")], project, limit)
+        if results["strata build"][0] is not None:
+            print_memory_per_model(project)
         # Models only, on the warehouse the build filled (seeds are there).
         results["strata run"] = measure("strata run (models only)", [args.strata, "run", "--project-dir", project,
                                          "--threads", str(args.threads), "--warehouse", os.path.join(work, "wh1")], project, limit)
@@ -79,6 +113,9 @@ def main():
         env = dict(os.environ, DBT_SEND_ANONYMOUS_USAGE_STATS="false", DO_NOT_TRACK="1")
         results["dbt build"] = measure("dbt-duckdb build", [dbt, "build", "--profiles-dir", project, "--project-dir", project],
                                        project, limit, env=env)
+        if args.skip_datafusion:
+            print(f"strata build / dbt-duckdb build:   {ratio(results, 'strata build', 'dbt build')}")
+            return
         results["datafusion"] = measure("DataFusion alone (COPY TO)", [args.python, os.path.join(HERE, "datafusion_alone.py"),
                                         project, manifest, os.path.join(work, "df")], project, limit)
         # The same comparison without the model DataFusion 55 alone cannot run in bounded memory
@@ -89,14 +126,9 @@ def main():
                                                "--exclude", trap], project, limit)
         results["datafusion -trap"] = measure(f"DataFusion alone (without)", [args.python, os.path.join(HERE, "datafusion_alone.py"),
                                                project, manifest, os.path.join(work, "df2"), trap], project, limit)
-        def ratio(a, b):
-            (wa, ra), (wb, rb) = results[a], results[b]
-            if wa is None or wb is None:
-                return "n/a (a run failed)"
-            return f"wall {wa / wb:.2f}x, peak RSS {ra / rb:.2f}x"
-        print(f"strata build / dbt-duckdb build:   {ratio('strata build', 'dbt build')}")
-        print(f"strata run / DataFusion alone:     {ratio('strata run', 'datafusion')}")
-        print(f"same, without {trap}:  {ratio('strata run -trap', 'datafusion -trap')}")
+        print(f"strata build / dbt-duckdb build:   {ratio(results, 'strata build', 'dbt build')}")
+        print(f"strata run / DataFusion alone:     {ratio(results, 'strata run', 'datafusion')}")
+        print(f"same, without {trap}:  {ratio(results, 'strata run -trap', 'datafusion -trap')}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -315,6 +315,7 @@ fn node_result(node: &pb::NodeState) -> Option<NodeResult> {
         relation: None,
         error: (!node.error.is_empty()).then(|| node.error.clone()),
         peak_memory_bytes: 0,
+        peak_allocated_bytes: 0,
         workers: node.workers.clone(),
         stages: Vec::new(),
     })

@@ -363,3 +363,42 @@ fn config_show_names_the_source_of_every_setting_and_rejects_unknown_keys() {
         "{stderr}"
     );
 }
+
+/// Memory no pool accounts for (800 MB of strings built by a projection, batch after batch,
+/// under a window over all rows) stops the task with an error naming the settings once the
+/// process's allocation passes the pool plus the margin; the process exits normally.
+#[test]
+fn memory_outside_the_pool_stops_the_task_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("models")).unwrap();
+    std::fs::write(dir.path().join("dbt_project.yml"), "name: outside_the_pool\n").unwrap();
+    std::fs::write(
+        dir.path().join("models/wide_window.sql"),
+        "select i, count(*) over (order by length(s) rows between unbounded preceding and \
+         unbounded following) as n \
+         from (select i, repeat('x', 20000) || cast(i as varchar) as s \
+               from generate_series(1, 40000) as t(i))\n",
+    )
+    .unwrap();
+    let output = strata(
+        dir.path(),
+        &["run", "--memory-limit-mib", "64", "--threads", "1"],
+    );
+    let stdout = text(&output.stdout) + &text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("engine.memory_margin_percent")
+            && stdout.contains("engine.memory_limit_mib"),
+        "{stdout}"
+    );
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("target/run_results.json")).unwrap(),
+    )
+    .unwrap();
+    let node = &record["nodes"][0];
+    assert_eq!(node["status"], "error", "{node}");
+    assert!(
+        node["peak_allocated_bytes"].as_i64().unwrap() > 320 << 20,
+        "{node}"
+    );
+}

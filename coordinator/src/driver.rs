@@ -389,6 +389,7 @@ async fn complete(run: &mut RunContext<'_>, completion: &Completion) -> NodeResu
         relation: node.relation_name.clone(),
         error: None,
         peak_memory_bytes: result.peak_memory_bytes,
+        peak_allocated_bytes: result.peak_allocated_bytes,
         workers: progress.workers.iter().cloned().collect(),
         stages: progress.stages.clone(),
     };

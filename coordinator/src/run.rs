@@ -140,6 +140,10 @@ pub struct NodeResult {
     pub error: Option<String>,
     /// Peak memory of the node's tasks in their memory pools.
     pub peak_memory_bytes: i64,
+    /// Peak of the real allocation of the processes that ran the node's tasks, while they ran
+    /// (the process's, neighbouring tasks included; see `strata_engine::memory`).
+    #[serde(default)]
+    pub peak_allocated_bytes: i64,
     /// The workers that ran the node's tasks.
     pub workers: Vec<String>,
     /// The stages of a shuffled model, in order (empty for single-stage nodes).

@@ -12,7 +12,7 @@
 //!   ([`data_tests`]) and checks the DAG ([`dag`]), producing a [`manifest::Manifest`];
 //! - [`selection`] applies dbt's `--select` / `--exclude` syntax to a manifest;
 //! - [`settings`] holds every process's settings, layered once (defaults < file <
-//!   `STRATA__*` environment < flags);
+//!   `STRATA__*` environment < flags), with defaults fitted to the [`machine`];
 //! - [`queue`] is the job queue between coordinator and workers, with its in-memory
 //!   implementation and the conformance suite every implementation passes.
 
@@ -25,6 +25,7 @@ pub mod data_tests;
 pub mod diagnostics;
 pub mod invocation;
 pub mod jinja;
+pub mod machine;
 pub mod manifest;
 pub mod project;
 pub mod properties;

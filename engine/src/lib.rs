@@ -4,6 +4,7 @@
 //! - [`session`]: a DataFusion session under a memory-pool limit with Strata's optimizer rules
 //!   and operators, and a task's inputs registered as tables;
 //! - [`distinct_rewrite`], [`first_row`]: the rules and the deduplication operator;
+//! - [`memory`]: the process's real allocation (jemalloc), beside the pools;
 //! - [`stages`]: cutting a plan at its hash repartitions into map and final stages;
 //! - [`codec`]: Strata's plan nodes on the wire;
 //! - [`exchange`]: the Flight client side of shuffles and the cluster secret;
@@ -18,6 +19,7 @@ pub mod distinct_rewrite;
 pub mod error;
 pub mod exchange;
 pub mod first_row;
+pub mod memory;
 pub mod session;
 pub mod stages;
 

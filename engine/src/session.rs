@@ -21,7 +21,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use strata_core::settings::EngineSettings;
 use strata_proto::v1::{FileFormat, TaskInput, task_input};
 
-use crate::distinct_rewrite::CountWithDistinctToGroupBy;
+use crate::distinct_rewrite::DistinctAggregatesToGroupBy;
 use crate::error::TaskError;
 use crate::first_row::{FirstRowPerKeyRule, StrataQueryPlanner};
 
@@ -31,31 +31,36 @@ pub struct EngineConfig {
     /// Memory pool limit per task; a query that needs more spills, or fails with a clear
     /// error instead of taking the process down.
     pub memory_limit_bytes: usize,
+    /// The process's real allocation (see [`crate::memory`]) above which its running tasks
+    /// stop with a clear error: every slot's pool plus the margin.
+    pub process_memory_limit_bytes: usize,
     /// DataFusion's target partitions (parallelism within a task).
     pub target_partitions: usize,
     /// Folder for spill files; the system temporary folder when `None`.
     pub spill_dir: Option<PathBuf>,
 }
 
-impl From<&EngineSettings> for EngineConfig {
-    fn from(settings: &EngineSettings) -> Self {
+impl EngineConfig {
+    /// The engine of a process that runs `slots` tasks at once.
+    pub fn new(settings: &EngineSettings, slots: usize) -> Self {
         Self {
-            memory_limit_bytes: settings.memory_limit_mib.max(64) << 20,
+            memory_limit_bytes: settings.task_memory_mib(slots) << 20,
+            process_memory_limit_bytes: settings.process_memory_limit_mib(slots) << 20,
             target_partitions: settings.target_partitions.max(1),
             spill_dir: settings.spill_dir.clone(),
         }
     }
 }
 
-/// The engine of the default settings.
+/// The engine of the default settings, with one task slot per CPU.
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self::from(&EngineSettings::default())
+        Self::new(&EngineSettings::default(), strata_core::machine::cpus())
     }
 }
 
 /// Builds a session for one task, under the configured memory limit, with Strata's
-/// optimizer rules for `count` next to `count(distinct …)` and for `row_number() = 1`
+/// optimizer rules for distinct aggregates and for `row_number() = 1`
 /// deduplication (and the planner for the latter's operator).
 ///
 /// # Errors
@@ -84,7 +89,7 @@ pub fn session(config: &EngineConfig) -> Result<(SessionContext, Arc<dyn MemoryP
         .with_config(session_config)
         .with_runtime_env(runtime)
         .with_default_features()
-        .with_optimizer_rule(Arc::new(CountWithDistinctToGroupBy))
+        .with_optimizer_rule(Arc::new(DistinctAggregatesToGroupBy))
         .with_optimizer_rule(Arc::new(FirstRowPerKeyRule))
         .with_query_planner(Arc::new(StrataQueryPlanner))
         .build();

@@ -19,7 +19,7 @@ fn cluster_settings(data_dir: &std::path::Path) -> Settings {
     settings.worker.flight_advertise = Some(String::from("127.0.0.1"));
     settings.worker.slots = 2;
     settings.worker.id = Some(String::from("inproc"));
-    settings.engine.memory_limit_mib = 512;
+    settings.engine.memory_limit_mib = Some(512);
     settings.coordinator.listen = String::from("127.0.0.1:0");
     settings.coordinator.data_dir = data_dir.to_path_buf();
     settings

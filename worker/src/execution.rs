@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Instant;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
@@ -15,6 +16,7 @@ use datafusion::prelude::SessionContext;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::StreamExt;
+use tokio::sync::watch;
 use strata_engine::exchange::{ClusterSecret, FetchSettings};
 use strata_engine::{EngineConfig, TaskError, register_inputs, session};
 use strata_proto::v1::{
@@ -128,11 +130,11 @@ pub async fn run_task(
         worker_id: worker_id.to_string(),
         ..TaskResult::default()
     };
-    let peak = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let peaks = Arc::new(Peaks::default());
     if task.kind == TaskKind::Noop as i32 {
         return result;
     }
-    match execute(config, task, &mut result, &peak).await {
+    match execute(config, task, &mut result, &peaks).await {
         Ok(()) => {}
         Err(err) => {
             result.failure_class = match err.class() {
@@ -145,62 +147,154 @@ pub async fn run_task(
         }
     }
     result.duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-    result.peak_memory_bytes = peak.load(std::sync::atomic::Ordering::Relaxed);
+    result.peak_memory_bytes = peaks.pool.load(Ordering::Relaxed);
+    result.peak_allocated_bytes = peaks.allocated.load(Ordering::Relaxed);
     result
+}
+
+/// A task's memory peaks: its pool's reservation, and the process's real allocation while it
+/// ran (see [`strata_engine::memory`]).
+#[derive(Debug, Default)]
+struct Peaks {
+    pool: AtomicI64,
+    allocated: AtomicI64,
+}
+
+/// How often a running task samples its pool and the process's allocation. Operators such as
+/// sorts reserve and release memory before their first output batch: sampling while the task
+/// runs, not only between batches, sees it.
+const MEMORY_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Samples a task's pool and the process's allocation into [`Peaks`] while it lives, on a
+/// thread of its own: a task stuck in one long poll on the runtime's threads must not stop the
+/// sampling.
+struct MemorySampler {
+    running: Arc<AtomicBool>,
+}
+
+impl MemorySampler {
+    /// Starts sampling; the receiver turns to the allocation the first time it is above
+    /// `limit` bytes.
+    fn start(
+        pool: Arc<dyn MemoryPool>,
+        peaks: Arc<Peaks>,
+        limit: usize,
+    ) -> Result<(Self, watch::Receiver<Option<u64>>), TaskError> {
+        let (exceeded, exceeded_at) = watch::channel(None);
+        let running = Arc::new(AtomicBool::new(true));
+        let still_running = Arc::clone(&running);
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+        std::thread::Builder::new()
+            .name(String::from("strata-memory"))
+            .spawn(move || {
+                while still_running.load(Ordering::Relaxed) {
+                    let reserved = i64::try_from(pool.reserved()).unwrap_or(i64::MAX);
+                    peaks.pool.fetch_max(reserved, Ordering::Relaxed);
+                    if let Some(allocated) = strata_engine::memory::allocated_bytes() {
+                        let as_i64 = i64::try_from(allocated).unwrap_or(i64::MAX);
+                        peaks.allocated.fetch_max(as_i64, Ordering::Relaxed);
+                        if allocated > limit && exceeded.borrow().is_none() {
+                            let _ = exceeded.send(Some(allocated));
+                        }
+                    }
+                    std::thread::sleep(MEMORY_SAMPLE_INTERVAL);
+                }
+            })
+            .map_err(|err| TaskError::transient(format!("cannot start a thread: {err}")))?;
+        Ok((Self { running }, exceeded_at))
+    }
+}
+
+impl Drop for MemorySampler {
+    fn drop(&mut self) {
+        self.running.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Waits until the process's allocation has gone over its limit; returns it.
+async fn memory_over_limit(mut exceeded_at: watch::Receiver<Option<u64>>) -> u64 {
+    let allocated = match exceeded_at.wait_for(Option::is_some).await {
+        Ok(allocated) => *allocated,
+        Err(_) => None,
+    };
+    match allocated {
+        Some(allocated) => allocated,
+        None => std::future::pending().await,
+    }
+}
+
+/// The error of a task stopped because the process allocated more than its pools allow.
+fn memory_exceeded(allocated: u64, config: &EngineConfig) -> TaskError {
+    TaskError::user(format!(
+        "the task was stopped: its process had allocated {} MiB, more than its task pools and \
+         their margin allow ({} MiB: the slots' engine.memory_limit_mib of {} MiB each, plus \
+         engine.memory_margin_percent); some operator held memory its pool does not account \
+         for. Raise engine.memory_limit_mib (--memory-limit-mib) or \
+         engine.memory_margin_percent, or run fewer tasks at once",
+        allocated >> 20,
+        config.process_memory_limit_bytes >> 20,
+        config.memory_limit_bytes >> 20,
+    ))
 }
 
 async fn execute(
     config: &ExecutionConfig,
     task: &Task,
     result: &mut TaskResult,
-    peak: &Arc<std::sync::atomic::AtomicI64>,
+    peaks: &Arc<Peaks>,
 ) -> Result<(), TaskError> {
     let (ctx, pool) = session(&config.engine)?;
+    let (_sampler, exceeded_at) = MemorySampler::start(
+        Arc::clone(&pool),
+        Arc::clone(peaks),
+        config.engine.process_memory_limit_bytes,
+    )?;
     register_inputs(&ctx, &task.inputs).await?;
-    // Operators such as sorts reserve and release memory before their first output batch:
-    // sample the pool while the task runs, not only between batches.
-    let sampler = {
-        let (pool, peak) = (pool.clone(), peak.clone());
-        tokio::spawn(async move {
-            loop {
-                let reserved = i64::try_from(pool.reserved()).unwrap_or(i64::MAX);
-                peak.fetch_max(reserved, std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        })
-    };
-    let _stop_sampler = AbortOnDrop(sampler);
     let run = TaskRun {
         config,
         task,
         ctx,
         pool,
-        peak,
+        peaks,
+        exceeded_at,
     };
-    match TaskKind::try_from(task.kind).unwrap_or(TaskKind::Unspecified) {
-        TaskKind::Test => run.test(result).await,
-        TaskKind::Model | TaskKind::Seed => run.model(result).await,
-        TaskKind::ShuffleMap => run.map(result).await,
-        TaskKind::Noop => Ok(()),
-        TaskKind::Unspecified => Err(TaskError::internal("a task of unknown kind")),
+    let kind = TaskKind::try_from(task.kind).unwrap_or(TaskKind::Unspecified);
+    if matches!(kind, TaskKind::Model | TaskKind::Seed) {
+        // Stops between batches by itself: an upload to the table is never cut short.
+        return run.model(result).await;
+    }
+    let work = async {
+        match kind {
+            TaskKind::Test => run.test(result).await,
+            TaskKind::ShuffleMap => run.map(result).await,
+            TaskKind::Noop | TaskKind::Model | TaskKind::Seed => Ok(()),
+            TaskKind::Unspecified => Err(TaskError::internal("a task of unknown kind")),
+        }
+    };
+    tokio::select! {
+        outcome = work => outcome,
+        allocated = memory_over_limit(run.exceeded_at.clone()) => {
+            Err(memory_exceeded(allocated, &config.engine))
+        }
     }
 }
 
-/// One task being executed: its session, memory pool and peak.
+/// One task being executed: its session, memory pool and peaks.
 struct TaskRun<'a> {
     config: &'a ExecutionConfig,
     task: &'a Task,
     ctx: SessionContext,
     pool: Arc<dyn MemoryPool>,
-    peak: &'a Arc<std::sync::atomic::AtomicI64>,
+    peaks: &'a Arc<Peaks>,
+    /// Turns to the process's allocation when it goes over the limit.
+    exceeded_at: watch::Receiver<Option<u64>>,
 }
 
 impl TaskRun<'_> {
     /// Notes the pool's current reservation in the peak.
     fn record_peak(&self) {
         let reserved = i64::try_from(self.pool.reserved()).unwrap_or(i64::MAX);
-        self.peak
-            .fetch_max(reserved, std::sync::atomic::Ordering::Relaxed);
+        self.peaks.pool.fetch_max(reserved, Ordering::Relaxed);
     }
 
     /// A data test: counts its failing rows.
@@ -286,7 +380,14 @@ impl TaskRun<'_> {
         .with_writer_properties(writer_properties())
         .with_target_file_size(self.config.target_file_size);
         let mut rows = 0i64;
-        while let Some(batch) = stream.next().await {
+        loop {
+            let batch = tokio::select! {
+                batch = stream.next() => batch,
+                allocated = memory_over_limit(self.exceeded_at.clone()) => {
+                    return Err(memory_exceeded(allocated, &self.config.engine));
+                }
+            };
+            let Some(batch) = batch else { break };
             let batch = conform(&note_lost_output(batch, result)?, &schema)?;
             rows += i64::try_from(batch.num_rows()).unwrap_or(i64::MAX);
             self.record_peak();
@@ -409,15 +510,6 @@ fn attempt_folder(output: &TaskOutput, attempt: u32) -> String {
         output.file_prefix.as_str()
     };
     format!("{prefix}-a{attempt}")
-}
-
-/// Aborts a background task when dropped, whichever way the enclosing function returns.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 fn writer_properties() -> datafusion::parquet::file::properties::WriterProperties {

@@ -117,7 +117,7 @@ pub async fn start_on<Q: JobQueue>(
         id: config.worker_id,
         slots: config.slots,
         task_queue: config.task_queue,
-        memory_limit_mib: settings.engine.memory_limit_mib,
+        memory_limit_mib: config.execution.engine.memory_limit_bytes >> 20,
         address,
         queue,
         stop,
@@ -179,26 +179,28 @@ impl<Q: JobQueue> RunningWorker<Q> {
 /// The settings of an in-process worker without a Flight server (embedded mode, where one
 /// task already uses every core and nothing is shuffled).
 pub fn embedded_config(settings: &Settings, id: &str, slots: usize) -> WorkerConfig {
+    let mut settings = settings.clone();
+    settings.worker.slots = slots;
     WorkerConfig {
         worker_id: id.to_string(),
-        slots,
-        ..worker_config(settings, None)
+        ..worker_config(&settings, None)
     }
 }
 
 /// The task loop's settings from the process settings.
 pub(crate) fn worker_config(settings: &Settings, secret: Option<ClusterSecret>) -> WorkerConfig {
     let worker = &settings.worker;
+    let slots = worker.slots.max(1);
     WorkerConfig {
         worker_id: worker
             .id
             .clone()
             .unwrap_or_else(|| format!("{}-{}", host_name(), std::process::id())),
-        slots: worker.slots.max(1),
+        slots,
         task_queue: settings.broker.task_queue.clone(),
         heartbeat_interval: Duration::from_millis(worker.heartbeat_interval_ms.max(10)),
         execution: ExecutionConfig {
-            engine: EngineConfig::from(&settings.engine),
+            engine: EngineConfig::new(&settings.engine, slots),
             target_file_size: settings.engine.target_file_size_mib.max(1) << 20,
             shuffle: None,
             fetch_timeout: Duration::from_secs(worker.fetch_timeout_secs.max(1)),

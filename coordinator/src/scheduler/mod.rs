@@ -750,6 +750,7 @@ pub(crate) fn skipped(job: &Job, reason: String) -> NodeResult {
         relation: job.relation_name.clone(),
         error: Some(reason),
         peak_memory_bytes: 0,
+        peak_allocated_bytes: 0,
         workers: Vec::new(),
         stages: Vec::new(),
     }

@@ -136,8 +136,14 @@ impl ClusterSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSettings {
     /// Memory pool of each task, in MiB: a query that needs more spills to disk or fails with
-    /// a clear error.
-    pub memory_limit_mib: usize,
+    /// a clear error (default: [`TASK_MEMORY_SHARE_PERCENT`] of the machine's or container's
+    /// memory divided among the task slots, at least [`MIN_TASK_MEMORY_MIB`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit_mib: Option<usize>,
+    /// How far a process's real allocation may exceed its pools (slots × the pool) before its
+    /// running tasks stop with a clear error instead of the process being killed, in percent
+    /// of the pools; never less than [`MIN_MEMORY_MARGIN_MIB`].
+    pub memory_margin_percent: usize,
     /// Partitions DataFusion splits a task's work into (default: the machine's CPUs).
     pub target_partitions: usize,
     /// Folder for spill files (default: the system's temporary folder).
@@ -150,11 +156,45 @@ pub struct EngineSettings {
 impl Default for EngineSettings {
     fn default() -> Self {
         EngineSettings {
-            memory_limit_mib: 4096,
-            target_partitions: available_cpus(),
+            memory_limit_mib: None,
+            memory_margin_percent: 50,
+            target_partitions: crate::machine::cpus(),
             spill_dir: None,
             target_file_size_mib: 128,
         }
+    }
+}
+
+/// The part of the machine's or container's memory the task pools share by default: the rest
+/// is for what no pool accounts (the runtime, buffers of readers and writers, the allocator).
+pub const TASK_MEMORY_SHARE_PERCENT: u64 = 60;
+
+/// The smallest default pool per task, in MiB.
+pub const MIN_TASK_MEMORY_MIB: usize = 64;
+
+/// The smallest allowance for memory outside the pools, in MiB.
+pub const MIN_MEMORY_MARGIN_MIB: usize = 256;
+
+impl EngineSettings {
+    /// The memory pool of each task, in MiB, when `slots` tasks run at once: the setting, or
+    /// the machine's share divided among the slots.
+    pub fn task_memory_mib(&self, slots: usize) -> usize {
+        self.memory_limit_mib.unwrap_or_else(|| {
+            let machine_mib = crate::machine::memory_bytes().map_or(8192, |bytes| bytes >> 20);
+            let share = machine_mib * TASK_MEMORY_SHARE_PERCENT / 100;
+            usize::try_from(share).unwrap_or(usize::MAX) / slots.max(1)
+        })
+        .max(MIN_TASK_MEMORY_MIB)
+    }
+
+    /// The real allocation, in MiB, above which a process running `slots` tasks stops them:
+    /// the pools plus the margin.
+    pub fn process_memory_limit_mib(&self, slots: usize) -> usize {
+        let pools = self.task_memory_mib(slots).saturating_mul(slots.max(1));
+        let margin = (pools / 100)
+            .saturating_mul(self.memory_margin_percent)
+            .max(MIN_MEMORY_MARGIN_MIB);
+        pools.saturating_add(margin)
     }
 }
 
@@ -186,7 +226,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
             id: None,
-            slots: available_cpus(),
+            slots: crate::machine::cpus(),
             flight_listen: String::from("0.0.0.0:0"),
             flight_advertise: None,
             shuffle_dir: None,
@@ -331,7 +371,25 @@ impl Resolved {
             entry.source = self.origin(&entry.key).to_string();
             entry.value = redact(&entry.key, &entry.value);
         }
+        if role.sections().contains(&"engine") && self.settings.engine.memory_limit_mib.is_none() {
+            explained.push(self.derived_memory_limit());
+        }
         explained
+    }
+
+    /// The task pool the machine's memory gives when no layer sets one.
+    fn derived_memory_limit(&self) -> Explained {
+        let slots = self.settings.worker.slots.max(1);
+        let machine = crate::machine::memory_bytes()
+            .map_or_else(|| String::from("unknown memory"), |bytes| format!("{} MiB", bytes >> 20));
+        Explained {
+            key: String::from("engine.memory_limit_mib"),
+            value: self.settings.engine.task_memory_mib(slots).to_string(),
+            source: format!(
+                "derived: {TASK_MEMORY_SHARE_PERCENT}% of the machine's or container's {machine} \
+                 over {slots} slots"
+            ),
+        }
     }
 }
 
@@ -381,11 +439,6 @@ pub fn redact_url_password(value: &str) -> String {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => value.to_string(),
     }
-}
-
-/// The machine's CPUs (at least one).
-fn available_cpus() -> usize {
-    std::thread::available_parallelism().map_or(2, usize::from)
 }
 
 /// Reads the settings file's text.

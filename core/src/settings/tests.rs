@@ -1,7 +1,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::{Flags, Origin, Role, SettingsError, load};
+use super::{
+    EngineSettings, Flags, MIN_MEMORY_MARGIN_MIB, MIN_TASK_MEMORY_MIB, Origin, Role,
+    SettingsError, load,
+};
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -34,7 +37,7 @@ fn defaults_then_file_then_environment_then_flags() {
     let worker = &resolved.settings.worker;
     assert_eq!(worker.slots, 5);
     assert_eq!(worker.heartbeat_interval_ms, 900);
-    assert_eq!(resolved.settings.engine.memory_limit_mib, 512);
+    assert_eq!(resolved.settings.engine.memory_limit_mib, Some(512));
     assert_eq!(worker.fetch_timeout_secs, 30);
     assert_eq!(
         resolved.origin("worker.slots"),
@@ -156,4 +159,23 @@ fn the_cluster_secret_can_come_from_a_file() {
     let resolved = load(Some(&path), &env, Flags::default()).unwrap();
     let secret = resolved.settings.cluster.secret().unwrap().unwrap();
     assert_eq!(secret.expose(), "from-a-mounted-secret-file");
+}
+
+#[test]
+fn the_task_pool_defaults_to_the_machines_share_per_slot_and_the_margin_has_a_floor() {
+    let engine = EngineSettings::default();
+    let (one, four) = (engine.task_memory_mib(1), engine.task_memory_mib(4));
+    assert!(four >= MIN_TASK_MEMORY_MIB);
+    assert!(one >= four * 3, "one slot {one} MiB, four slots {four} MiB each");
+    let set = EngineSettings {
+        memory_limit_mib: Some(100),
+        ..EngineSettings::default()
+    };
+    assert_eq!(set.task_memory_mib(8), 100);
+    assert_eq!(set.process_memory_limit_mib(2), 200 + MIN_MEMORY_MARGIN_MIB);
+    let large = EngineSettings {
+        memory_limit_mib: Some(1000),
+        ..EngineSettings::default()
+    };
+    assert_eq!(large.process_memory_limit_mib(2), 2000 + 1000);
 }
