@@ -371,7 +371,11 @@ fn config_show_names_the_source_of_every_setting_and_rejects_unknown_keys() {
 fn memory_outside_the_pool_stops_the_task_clearly() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("models")).unwrap();
-    std::fs::write(dir.path().join("dbt_project.yml"), "name: outside_the_pool\n").unwrap();
+    std::fs::write(
+        dir.path().join("dbt_project.yml"),
+        "name: outside_the_pool\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("models/wide_window.sql"),
         "select i, count(*) over (order by length(s) rows between unbounded preceding and \

@@ -37,7 +37,8 @@ fn cgroup_limit(proc_cgroup: &str, root: &Path) -> Option<u64> {
     let mut candidates = Vec::new();
     for line in proc_cgroup.lines() {
         let mut fields = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next())
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
         else {
             continue;
         };
@@ -47,7 +48,11 @@ fn cgroup_limit(proc_cgroup: &str, root: &Path) -> Option<u64> {
             candidates.push(root.join(relative).join("memory.max"));
             candidates.push(root.join("memory.max"));
         } else if controllers.split(',').any(|name| name == "memory") {
-            candidates.push(root.join("memory").join(relative).join("memory.limit_in_bytes"));
+            candidates.push(
+                root.join("memory")
+                    .join(relative)
+                    .join("memory.limit_in_bytes"),
+            );
             candidates.push(root.join("memory").join("memory.limit_in_bytes"));
         }
     }
@@ -91,7 +96,10 @@ mod tests {
         std::fs::create_dir_all(&v1).unwrap();
         std::fs::write(v1.join("memory.limit_in_bytes"), "536870912").unwrap();
         assert_eq!(
-            cgroup_limit("5:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n", root.path()),
+            cgroup_limit(
+                "5:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n",
+                root.path()
+            ),
             Some(512 << 20)
         );
         std::fs::write(v1.join("memory.limit_in_bytes"), "9223372036854771712").unwrap();

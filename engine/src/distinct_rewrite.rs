@@ -246,7 +246,10 @@ fn two_phase(
     // Restore the original names (and qualifiers) and types so that the plan above is
     // unchanged.
     let mut projection = Vec::with_capacity(aggregate.schema.fields().len());
-    let outputs = keys.iter().map(|name| col_named(name)).chain(phases.outputs);
+    let outputs = keys
+        .iter()
+        .map(|name| col_named(name))
+        .chain(phases.outputs);
     for (index, expr) in outputs.enumerate() {
         let (qualifier, field) = aggregate.schema.qualified_field(index);
         let produced = expr.get_type(two_phase.schema().as_ref())?;
@@ -281,11 +284,7 @@ impl Phases {
         // column in the lowest bit: the first set lacks every distinct column but its own.
         let first_set = (sets.len() > 1).then(|| {
             let id = (1u64 << (sets.len() - 1)) - 1;
-            cast(
-                col_named(Aggregate::INTERNAL_GROUPING_ID),
-                DataType::UInt64,
-            )
-            .eq(lit(id))
+            cast(col_named(Aggregate::INTERNAL_GROUPING_ID), DataType::UInt64).eq(lit(id))
         });
         let mut phases = Phases {
             inner: Vec::new(),
@@ -322,8 +321,14 @@ impl Phases {
         filter: Option<Expr>,
     ) -> Expr {
         let name = format!("__strata_out_{index}{suffix}");
-        let function =
-            AggregateFunction::new_udf(func, vec![argument], false, filter.map(Box::new), vec![], None);
+        let function = AggregateFunction::new_udf(
+            func,
+            vec![argument],
+            false,
+            filter.map(Box::new),
+            vec![],
+            None,
+        );
         self.outer
             .push(Expr::AggregateFunction(function).alias(&name));
         col_named(&name)
@@ -367,8 +372,7 @@ impl Phases {
                 let argument = args.into_iter().next().unwrap_or_else(|| lit(1i64));
                 self.inner
                     .push(with_filter(sum(argument.clone())).alias(&sums));
-                self.inner
-                    .push(with_filter(count(argument)).alias(&counts));
+                self.inner.push(with_filter(count(argument)).alias(&counts));
                 let total = self.outer_aggregate(
                     index,
                     "_sum",
@@ -376,8 +380,13 @@ impl Phases {
                     col_named(&sums),
                     first_set.clone(),
                 );
-                let rows =
-                    self.outer_aggregate(index, "_count", sum_udaf(), col_named(&counts), first_set);
+                let rows = self.outer_aggregate(
+                    index,
+                    "_count",
+                    sum_udaf(),
+                    col_named(&counts),
+                    first_set,
+                );
                 // No rows (a count of 0) gives NULL, as avg does. A decimal is divided as
                 // DataFusion's own avg does: the sum (of the argument's scale) by the count,
                 // giving four more digits of scale, truncated; anything else in Float64.

@@ -16,12 +16,12 @@ use datafusion::prelude::SessionContext;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::StreamExt;
-use tokio::sync::watch;
 use strata_engine::exchange::{ClusterSecret, FetchSettings};
 use strata_engine::{EngineConfig, TaskError, register_inputs, session};
 use strata_proto::v1::{
     FailureClass, ShuffleLocation, Task, TaskKind, TaskOutput, TaskResult, WrittenFile, task_input,
 };
+use tokio::sync::watch;
 
 /// Settings of a worker's task execution.
 #[derive(Debug, Clone)]

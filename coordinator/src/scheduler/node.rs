@@ -150,9 +150,7 @@ pub(crate) fn merge_results(results: Vec<TaskResult>) -> Result<TaskResult, Sche
         merged.bytes += result.bytes;
         merged.failing_rows += result.failing_rows;
         merged.peak_memory_bytes = merged.peak_memory_bytes.max(result.peak_memory_bytes);
-        merged.peak_allocated_bytes = merged
-            .peak_allocated_bytes
-            .max(result.peak_allocated_bytes);
+        merged.peak_allocated_bytes = merged.peak_allocated_bytes.max(result.peak_allocated_bytes);
         merged.append = result.append;
         merged.task_id = result.task_id;
         merged.attempt = result.attempt;

@@ -179,12 +179,13 @@ impl EngineSettings {
     /// The memory pool of each task, in MiB, when `slots` tasks run at once: the setting, or
     /// the machine's share divided among the slots.
     pub fn task_memory_mib(&self, slots: usize) -> usize {
-        self.memory_limit_mib.unwrap_or_else(|| {
-            let machine_mib = crate::machine::memory_bytes().map_or(8192, |bytes| bytes >> 20);
-            let share = machine_mib * TASK_MEMORY_SHARE_PERCENT / 100;
-            usize::try_from(share).unwrap_or(usize::MAX) / slots.max(1)
-        })
-        .max(MIN_TASK_MEMORY_MIB)
+        self.memory_limit_mib
+            .unwrap_or_else(|| {
+                let machine_mib = crate::machine::memory_bytes().map_or(8192, |bytes| bytes >> 20);
+                let share = machine_mib * TASK_MEMORY_SHARE_PERCENT / 100;
+                usize::try_from(share).unwrap_or(usize::MAX) / slots.max(1)
+            })
+            .max(MIN_TASK_MEMORY_MIB)
     }
 
     /// The real allocation, in MiB, above which a process running `slots` tasks stops them:
@@ -380,8 +381,10 @@ impl Resolved {
     /// The task pool the machine's memory gives when no layer sets one.
     fn derived_memory_limit(&self) -> Explained {
         let slots = self.settings.worker.slots.max(1);
-        let machine = crate::machine::memory_bytes()
-            .map_or_else(|| String::from("unknown memory"), |bytes| format!("{} MiB", bytes >> 20));
+        let machine = crate::machine::memory_bytes().map_or_else(
+            || String::from("unknown memory"),
+            |bytes| format!("{} MiB", bytes >> 20),
+        );
         Explained {
             key: String::from("engine.memory_limit_mib"),
             value: self.settings.engine.task_memory_mib(slots).to_string(),

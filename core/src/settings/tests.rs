@@ -2,8 +2,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::{
-    EngineSettings, Flags, MIN_MEMORY_MARGIN_MIB, MIN_TASK_MEMORY_MIB, Origin, Role,
-    SettingsError, load,
+    EngineSettings, Flags, MIN_MEMORY_MARGIN_MIB, MIN_TASK_MEMORY_MIB, Origin, Role, SettingsError,
+    load,
 };
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -166,7 +166,10 @@ fn the_task_pool_defaults_to_the_machines_share_per_slot_and_the_margin_has_a_fl
     let engine = EngineSettings::default();
     let (one, four) = (engine.task_memory_mib(1), engine.task_memory_mib(4));
     assert!(four >= MIN_TASK_MEMORY_MIB);
-    assert!(one >= four * 3, "one slot {one} MiB, four slots {four} MiB each");
+    assert!(
+        one >= four * 3,
+        "one slot {one} MiB, four slots {four} MiB each"
+    );
     let set = EngineSettings {
         memory_limit_mib: Some(100),
         ..EngineSettings::default()

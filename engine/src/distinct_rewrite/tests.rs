@@ -163,12 +163,3 @@ async fn shapes_that_do_not_decompose_are_left_to_datafusion() {
         assert!(!plan.contains("__strata"), "{sql}:\n{plan}");
     }
 }
-
-#[tokio::test]
-async fn zz_explain_conditional() {
-    let (ctx, _) = session(&EngineConfig::default()).unwrap();
-    ctx.register_batch("t", data()).unwrap();
-    let sql = "explain select k, g, count(*), count(distinct v), sum(case when v = 'v1' then 1 else 0 end) from t group by k, g";
-    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-    println!("{}", pretty_format_batches(&batches).unwrap());
-}

@@ -62,7 +62,7 @@ struct Level {
 /// The outcome of a contest over all its input.
 enum Outcome {
     /// Every winner fit in memory.
-    Held(Winners),
+    Held(Box<Winners>),
     /// The input went to spill files, each to be deduplicated on its own.
     Spilled(Vec<Spilled>),
 }
@@ -102,10 +102,13 @@ impl Deduplication {
             if level.level >= MAX_LEVEL {
                 return Err(DataFusionError::ResourcesExhausted(format!(
                     "deduplicating by row_number() = 1: the winning rows of one of {} key \
-                     partitions ({} keys so far) do not fit in the task's memory pool; raise \
+                     partitions ({} keys so far, a batch of {} bytes to add) do not fit in the \
+                     task's memory pool ({} bytes reserved by all its operators); raise \
                      engine.memory_limit_mib (--memory-limit-mib)",
                     FAN_OUT.pow(MAX_LEVEL),
-                    level.winners.keys()
+                    level.winners.keys(),
+                    datafusion::common::utils::memory::get_record_batch_memory_size(batch),
+                    self.pool.reserved(),
                 )));
             }
             let mut partitions = SpillPartitions::new(&self.disk, &self.input_schema, level.level);
@@ -125,7 +128,7 @@ impl Deduplication {
 
     fn outcome(&self, level: Level) -> Result<Outcome> {
         Ok(match level.spilled {
-            None => Outcome::Held(level.winners),
+            None => Outcome::Held(Box::new(level.winners)),
             Some(partitions) => Outcome::Spilled(partitions.finish()?),
         })
     }
@@ -159,6 +162,9 @@ impl Deduplication {
                     if let Some(batch) = current.as_mut().and_then(Iterator::next) {
                         return Ok(Some((batch?, (dedup, current, pending))));
                     }
+                    // The finished part's winners (and their reservation) go before the next
+                    // part is read: each part may use the whole of the operator's share.
+                    current = None;
                     let Some(file) = pending.pop() else {
                         return Ok(None);
                     };
@@ -168,10 +174,11 @@ impl Deduplication {
                         .map_err(|err| DataFusionError::External(Box::new(err)))??;
                     match outcome {
                         Outcome::Held(winners) => {
-                            current = Some(Box::new(winners.into_batches(
-                                Arc::clone(&dedup.output_schema),
-                                dedup.batch_size,
-                            )));
+                            current =
+                                Some(Box::new(winners.into_batches(
+                                    Arc::clone(&dedup.output_schema),
+                                    dedup.batch_size,
+                                )));
                         }
                         Outcome::Spilled(files) => pending.extend(files),
                     }
@@ -200,12 +207,15 @@ impl Spilled {
     }
 }
 
+/// One partition's spill file and its Arrow IPC stream writer.
+type PartitionFile = (Arc<dyn SpillFile>, StreamWriter<Box<dyn SpillWriter>>);
+
 /// The spill files of one partitioning, created when first written.
 struct SpillPartitions {
     disk: Arc<DiskManager>,
     schema: SchemaRef,
     level: u32,
-    files: Vec<Option<(Arc<dyn SpillFile>, StreamWriter<Box<dyn SpillWriter>>)>>,
+    files: Vec<Option<PartitionFile>>,
 }
 
 impl SpillPartitions {
@@ -244,7 +254,10 @@ impl SpillPartitions {
         }
         for (partition, rows) in indices.into_iter().enumerate() {
             if !rows.is_empty() {
-                self.write(partition, &take_record_batch(batch, &UInt32Array::from(rows))?)?;
+                self.write(
+                    partition,
+                    &take_record_batch(batch, &UInt32Array::from(rows))?,
+                )?;
             }
         }
         Ok(())

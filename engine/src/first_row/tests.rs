@@ -35,8 +35,7 @@ fn events(batches: usize) -> Vec<RecordBatch> {
                     (!null).then_some((batch * rows + row) as i64)
                 })
                 .collect();
-            let amounts: Vec<Option<f64>> =
-                (0..rows).map(|row| Some(row as f64 / 4.0)).collect();
+            let amounts: Vec<Option<f64>> = (0..rows).map(|row| Some(row as f64 / 4.0)).collect();
             RecordBatch::try_new(
                 schema.clone(),
                 vec![

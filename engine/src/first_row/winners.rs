@@ -7,6 +7,7 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, interleave_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use datafusion::common::utils::memory::get_record_batch_memory_size;
 use datafusion::common::{Result, ScalarValue};
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::MemoryReservation;
@@ -163,7 +164,9 @@ impl Winners {
         self.winners.reserve(rows);
         let Self { table, winners, .. } = self;
         table.reserve(rows, |&index| winners[index as usize].hash);
-        let incoming = batch.get_array_memory_size()
+        // Each buffer once: batches read back from a spill file share one buffer among
+        // their columns, which Arrow's own measure counts once per column.
+        let incoming = get_record_batch_memory_size(batch)
             + keys.size()
             + order.size()
             + self.index_size().saturating_sub(index_before);
@@ -225,7 +228,9 @@ impl Winners {
                 }
                 hashbrown::hash_table::Entry::Vacant(vacant) => {
                     let index = u32::try_from(winners.len()).map_err(|_| {
-                        DataFusionError::Internal("more than 4 billion keys in one partition".into())
+                        DataFusionError::Internal(
+                            "more than 4 billion keys in one partition".into(),
+                        )
                     })?;
                     vacant.insert(index);
                     winners.push(Winner {
@@ -266,7 +271,8 @@ impl Winners {
             winner.batch = 0;
             winner.row = row as u32;
         }
-        let size = batch.get_array_memory_size() + keys.size() + order.size() + self.index_size();
+        let size =
+            get_record_batch_memory_size(&batch) + keys.size() + order.size() + self.index_size();
         self.buffered_rows = batch.num_rows();
         self.buffered = vec![Buffered { batch, keys, order }];
         self.reservation.resize(size);
