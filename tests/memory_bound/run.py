@@ -55,7 +55,7 @@ def generate(folder, rows, parts=4):
 
 def arrow_bytes(folder):
     con = duckdb.connect()
-    table = con.execute(f"select * from read_parquet('{folder}/*.parquet')").fetch_arrow_table()
+    table = con.execute(f"select * from read_parquet('{folder}/*.parquet')").to_arrow_table()
     return table.nbytes
 
 
