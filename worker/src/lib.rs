@@ -5,7 +5,8 @@
 //! memory-pool limit, runs the task's SQL or stage plan, and streams the output into Parquet
 //! files of the model's Delta table or into shuffle files served over Flight. It reports the
 //! files; only the coordinator commits them, so nothing a worker writes is visible until the
-//! model's single commit.
+//! model's single commit. Each task's real memory is sampled beside its pool, and the task
+//! stops clearly when the process outgrows its pools (`task_memory`).
 
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod incremental;
 pub mod process;
 pub mod service;
 pub mod shuffle;
+mod task_memory;
 
 pub use execution::{ExecutionConfig, ShuffleService, run_task};
 pub use process::{RunningWorker, WorkerError, start, start_on};
