@@ -182,3 +182,23 @@ fn the_task_pool_defaults_to_the_machines_share_per_slot_and_the_margin_has_a_fl
     };
     assert_eq!(large.process_memory_limit_mib(2), 2000 + 1000);
 }
+
+#[test]
+fn config_show_gives_the_derived_pool_and_how_it_was_derived() {
+    let flags = Flags::default().set("worker.slots", "--slots", Some(4usize));
+    let resolved = load(None, &env(&[]), flags).unwrap();
+    let shown = resolved.explain(Role::Worker);
+    let memory = shown
+        .iter()
+        .find(|entry| entry.key == "engine.memory_limit_mib")
+        .unwrap();
+    assert_eq!(
+        memory.value,
+        resolved.settings.engine.task_memory_mib(4).to_string()
+    );
+    assert!(
+        memory.source.starts_with("derived: 60% of") && memory.source.ends_with("over 4 slots"),
+        "{}",
+        memory.source
+    );
+}
