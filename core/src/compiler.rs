@@ -1498,6 +1498,15 @@ impl TestSql<'_> {
         })
     }
 
+    /// The text argument `name` of the test, or a located error saying `missing`.
+    fn needs_text_argument(&self, name: &str, missing: &str) -> Result<&str, ProjectDiagnostic> {
+        self.test
+            .arguments
+            .get(name)
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| self.test.origin.error("strata::test_declaration", missing))
+    }
+
     /// `accepted_values`: the column holds only the listed values.
     fn accepted_values(&self) -> TestSqlResult {
         let column = self.needs_column("accepted_values")?;
@@ -1532,28 +1541,14 @@ impl TestSql<'_> {
     /// `relationships`: every value of the column is in the parent's field.
     fn relationships(&self, depends_on: &mut Vec<String>) -> TestSqlResult {
         let column = self.needs_column("relationships")?;
-        let to = self
-            .test
-            .arguments
-            .get("to")
-            .and_then(serde_json::Value::as_str)
-            .ok_or_else(|| {
-                self.test.origin.error(
-                    "strata::test_declaration",
-                    "relationships needs 'to:', such as to: ref('customers')",
-                )
-            })?;
-        let field = self
-            .test
-            .arguments
-            .get("field")
-            .and_then(serde_json::Value::as_str)
-            .ok_or_else(|| {
-                self.test.origin.error(
-                    "strata::test_declaration",
-                    "relationships needs 'field:', the column of the parent it matches",
-                )
-            })?;
+        let to = self.needs_text_argument(
+            "to",
+            "relationships needs 'to:', such as to: ref('customers')",
+        )?;
+        let field = self.needs_text_argument(
+            "field",
+            "relationships needs 'field:', the column of the parent it matches",
+        )?;
         let expression = if to.contains("{{") {
             to.to_string()
         } else {
