@@ -44,9 +44,10 @@ pub struct EngineConfig {
 impl EngineConfig {
     /// The engine of a process that runs `slots` tasks at once.
     pub fn new(settings: &EngineSettings, slots: usize) -> Self {
+        let budget = settings.memory_budget(slots);
         Self {
-            memory_limit_bytes: settings.task_memory_mib(slots) << 20,
-            process_memory_limit_bytes: settings.process_memory_limit_mib(slots) << 20,
+            memory_limit_bytes: budget.task_mib << 20,
+            process_memory_limit_bytes: budget.process_mib << 20,
             target_partitions: settings.target_partitions.max(1),
             spill_dir: settings.spill_dir.clone(),
         }

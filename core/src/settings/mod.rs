@@ -188,15 +188,28 @@ impl EngineSettings {
             .max(MIN_TASK_MEMORY_MIB)
     }
 
-    /// The real allocation, in MiB, above which a process running `slots` tasks stops them:
-    /// the pools plus the margin.
-    pub fn process_memory_limit_mib(&self, slots: usize) -> usize {
-        let pools = self.task_memory_mib(slots).saturating_mul(slots.max(1));
+    /// The pool of each task and the real allocation above which a process running `slots`
+    /// tasks stops them (the pools plus the margin), in MiB; the machine's memory is read once.
+    pub fn memory_budget(&self, slots: usize) -> MemoryBudget {
+        let task_mib = self.task_memory_mib(slots);
+        let pools = task_mib.saturating_mul(slots.max(1));
         let margin = (pools / 100)
             .saturating_mul(self.memory_margin_percent)
             .max(MIN_MEMORY_MARGIN_MIB);
-        pools.saturating_add(margin)
+        MemoryBudget {
+            task_mib,
+            process_mib: pools.saturating_add(margin),
+        }
     }
+}
+
+/// The memory of a process's tasks, from [`EngineSettings::memory_budget`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// Each task's pool, in MiB.
+    pub task_mib: usize,
+    /// The process's real allocation above which its tasks stop, in MiB.
+    pub process_mib: usize,
 }
 
 /// A worker process.

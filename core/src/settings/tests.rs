@@ -2,8 +2,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::{
-    EngineSettings, Flags, MIN_MEMORY_MARGIN_MIB, MIN_TASK_MEMORY_MIB, Origin, Role, SettingsError,
-    load,
+    EngineSettings, Explained, Flags, MIN_MEMORY_MARGIN_MIB, MIN_TASK_MEMORY_MIB, Origin, Role,
+    SettingsError, load,
 };
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -11,6 +11,14 @@ fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .iter()
         .map(|(name, value)| (name.to_string(), value.to_string()))
         .collect()
+}
+
+/// The entry of `key` among the settings `config show` would print.
+fn shown_entry<'a>(shown: &'a [Explained], key: &str) -> &'a Explained {
+    shown
+        .iter()
+        .find(|entry| entry.key == key)
+        .unwrap_or_else(|| panic!("{key} is not shown"))
 }
 
 fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
@@ -56,18 +64,12 @@ fn defaults_then_file_then_environment_then_flags() {
         &Origin::Default
     );
     let shown = resolved.explain(Role::Worker);
-    let slots = shown
-        .iter()
-        .find(|entry| entry.key == "worker.slots")
-        .unwrap();
+    let slots = shown_entry(&shown, "worker.slots");
     assert_eq!(
         (slots.value.as_str(), slots.source.as_str()),
         ("5", "flag --slots")
     );
-    let memory = shown
-        .iter()
-        .find(|entry| entry.key == "engine.memory_limit_mib")
-        .unwrap();
+    let memory = shown_entry(&shown, "engine.memory_limit_mib");
     assert_eq!(memory.source, format!("file {}", path.display()));
     assert!(
         shown
@@ -175,12 +177,15 @@ fn the_task_pool_defaults_to_the_machines_share_per_slot_and_the_margin_has_a_fl
         ..EngineSettings::default()
     };
     assert_eq!(set.task_memory_mib(8), 100);
-    assert_eq!(set.process_memory_limit_mib(2), 200 + MIN_MEMORY_MARGIN_MIB);
+    assert_eq!(
+        set.memory_budget(2).process_mib,
+        200 + MIN_MEMORY_MARGIN_MIB
+    );
     let large = EngineSettings {
         memory_limit_mib: Some(1000),
         ..EngineSettings::default()
     };
-    assert_eq!(large.process_memory_limit_mib(2), 2000 + 1000);
+    assert_eq!(large.memory_budget(2).process_mib, 2000 + 1000);
 }
 
 #[test]
@@ -188,10 +193,7 @@ fn config_show_gives_the_derived_pool_and_how_it_was_derived() {
     let flags = Flags::default().set("worker.slots", "--slots", Some(4usize));
     let resolved = load(None, &env(&[]), flags).unwrap();
     let shown = resolved.explain(Role::Worker);
-    let memory = shown
-        .iter()
-        .find(|entry| entry.key == "engine.memory_limit_mib")
-        .unwrap();
+    let memory = shown_entry(&shown, "engine.memory_limit_mib");
     assert_eq!(
         memory.value,
         resolved.settings.engine.task_memory_mib(4).to_string()
