@@ -1499,12 +1499,16 @@ impl TestSql<'_> {
     }
 
     /// The text argument `name` of the test, or a located error saying `missing`.
-    fn needs_text_argument(&self, name: &str, missing: &str) -> Result<&str, ProjectDiagnostic> {
+    fn needs_text_argument(
+        &self,
+        name: &str,
+        missing: &str,
+    ) -> Result<&str, Box<ProjectDiagnostic>> {
         self.test
             .arguments
             .get(name)
             .and_then(serde_json::Value::as_str)
-            .ok_or_else(|| self.test.origin.error("strata::test_declaration", missing))
+            .ok_or_else(|| Box::new(self.test.origin.error("strata::test_declaration", missing)))
     }
 
     /// `accepted_values`: the column holds only the listed values.
