@@ -22,6 +22,8 @@ pub(super) struct Contest {
     order: Vec<PhysicalSortExpr>,
     key_fields: Vec<SortField>,
     order_fields: Vec<SortField>,
+    /// Converts the keys of batches routed to spill files (built once, not per batch).
+    spill_keys: Arc<RowConverter>,
     hasher: hashbrown::DefaultHashBuilder,
 }
 
@@ -53,6 +55,7 @@ impl Contest {
         Ok(Self {
             keys: keys.to_vec(),
             order: order.to_vec(),
+            spill_keys: Arc::new(RowConverter::new(key_fields.clone())?),
             key_fields,
             order_fields,
             hasher: hashbrown::DefaultHashBuilder::default(),
@@ -61,8 +64,9 @@ impl Contest {
 
     /// The rows of `batch` in key format.
     pub(super) fn key_rows(&self, batch: &RecordBatch) -> Result<Rows> {
-        let converter = RowConverter::new(self.key_fields.clone())?;
-        Ok(converter.convert_columns(&evaluate(self.keys.iter().cloned(), batch)?)?)
+        Ok(self
+            .spill_keys
+            .convert_columns(&evaluate(self.keys.iter().cloned(), batch)?)?)
     }
 
     /// The hash of each row of `keys`.
