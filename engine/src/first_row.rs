@@ -552,6 +552,7 @@ impl ExecutionPlan for FirstRowPerKeyExec {
     }
 }
 
+mod keys;
 mod spill;
 mod winners;
 

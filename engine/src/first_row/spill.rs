@@ -247,7 +247,7 @@ impl SpillPartitions {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let hashes = contest.hashes(&contest.key_rows(batch)?);
+        let hashes = contest.hashes(&contest.keys(batch)?, batch.num_rows());
         let mut indices: Vec<Vec<u32>> = vec![Vec::new(); FAN_OUT];
         for (row, hash) in hashes.into_iter().enumerate() {
             indices[partition_of(hash, self.level)].push(row as u32);

@@ -121,6 +121,23 @@ async fn latest_delivery_per_key_equals_the_window() {
     .await;
 }
 
+/// Single keys kept in column form: an integer column with NULLs, a computed integer, a
+/// computed string, and a float (row format: `-0.0` is not `0.0` by its bytes).
+#[tokio::test]
+async fn single_integer_computed_and_float_keys_equal_the_window() {
+    for key in ["part", "ingested % 50", "upper(id)", "amount"] {
+        check(
+            &format!(
+                "select id, part, ingested from (
+                     select *, row_number() over (partition by {key} order by ingested desc, id) as rn
+                     from events) where rn = 1"
+            ),
+            true,
+        )
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn composite_keys_nulls_last_and_the_rank_column_kept() {
     check(
@@ -215,6 +232,21 @@ async fn winners_beyond_the_memory_limit_spill_and_equal_the_window() {
     let strata = strata_session(256 << 10);
     register(&strata, events(40));
     assert!(explain(&strata, sql).await.contains("FirstRowPerKeyExec"));
+    let plain = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(3));
+    register(&plain, events(40));
+    let expected = sorted_rows(&plain, sql).await;
+    assert!(expected.len() > 15_000, "{}", expected.len());
+    assert_eq!(sorted_rows(&strata, sql).await, expected);
+}
+
+/// The same with one integer key, compared by its bytes in column form, partitioned to disk.
+#[tokio::test]
+async fn unique_integer_keys_beyond_the_memory_limit_spill_and_equal_the_window() {
+    let sql = "select * from (
+                   select *, row_number() over (partition by ingested order by amount) as rn
+                   from events) where rn = 1";
+    let strata = strata_session(256 << 10);
+    register(&strata, events(40));
     let plain = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(3));
     register(&plain, events(40));
     let expected = sorted_rows(&plain, sql).await;

@@ -1,6 +1,5 @@
 //! The winning row of each key, held in memory under a reservation of the task's pool.
 
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
@@ -11,7 +10,10 @@ use datafusion::common::utils::memory::get_record_batch_memory_size;
 use datafusion::common::{Result, ScalarValue};
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::MemoryReservation;
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
+
+use super::keys::KeyValues;
 
 /// What picks a key's winner, shared by every [`Winners`] of one operator partition (the
 /// in-memory one and those that re-read spilled partitions): the same key and order formats
@@ -20,10 +22,12 @@ use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 pub(super) struct Contest {
     keys: Vec<Arc<dyn PhysicalExpr>>,
     order: Vec<PhysicalSortExpr>,
-    key_fields: Vec<SortField>,
     order_fields: Vec<SortField>,
-    /// Converts the keys of batches routed to spill files (built once, not per batch).
-    spill_keys: Arc<RowConverter>,
+    /// Converts keys that have no column form to row format (built once, not per batch).
+    key_format: Arc<RowConverter>,
+    /// Whether the key is computed rather than a column of the input: its values then cost
+    /// memory of their own.
+    computed_key: bool,
     hasher: hashbrown::DefaultHashBuilder,
 }
 
@@ -55,25 +59,27 @@ impl Contest {
         Ok(Self {
             keys: keys.to_vec(),
             order: order.to_vec(),
-            spill_keys: Arc::new(RowConverter::new(key_fields.clone())?),
-            key_fields,
+            key_format: Arc::new(RowConverter::new(key_fields)?),
+            computed_key: !(keys.len() == 1 && keys[0].is::<Column>()),
             order_fields,
             hasher: hashbrown::DefaultHashBuilder::default(),
         })
     }
 
-    /// The rows of `batch` in key format.
-    pub(super) fn key_rows(&self, batch: &RecordBatch) -> Result<Rows> {
-        Ok(self
-            .spill_keys
-            .convert_columns(&evaluate(self.keys.iter().cloned(), batch)?)?)
+    /// The keys of `batch`'s rows.
+    pub(super) fn keys(&self, batch: &RecordBatch) -> Result<KeyValues> {
+        let columns = evaluate(self.keys.iter().cloned(), batch)?;
+        if let [column] = columns.as_slice()
+            && let Some(keys) = KeyValues::of_column(column)
+        {
+            return Ok(keys);
+        }
+        Ok(KeyValues::Rows(self.key_format.convert_columns(&columns)?))
     }
 
-    /// The hash of each row of `keys`.
-    pub(super) fn hashes(&self, keys: &Rows) -> Vec<u64> {
-        keys.iter()
-            .map(|key| self.hasher.hash_one(key.as_ref()))
-            .collect()
+    /// The hash of each of `batch`'s keys.
+    pub(super) fn hashes(&self, keys: &KeyValues, rows: usize) -> Vec<u64> {
+        keys.hashes(rows, &self.hasher)
     }
 }
 
@@ -92,10 +98,10 @@ fn evaluate(
     Ok(columns)
 }
 
-/// A buffered input batch with its rows in key and order format.
+/// A buffered input batch with its keys and its rows in order format.
 struct Buffered {
     batch: RecordBatch,
-    keys: Rows,
+    keys: KeyValues,
     order: Rows,
 }
 
@@ -110,7 +116,6 @@ struct Winner {
 /// The winners so far of one output partition (or of one spilled partition of it).
 pub(super) struct Winners {
     contest: Contest,
-    key_format: RowConverter,
     order_format: RowConverter,
     buffered: Vec<Buffered>,
     buffered_rows: usize,
@@ -126,7 +131,6 @@ const COMPACTION_MIN_ROWS: usize = 1 << 20;
 impl Winners {
     pub(super) fn try_new(contest: Contest, reservation: MemoryReservation) -> Result<Self> {
         Ok(Self {
-            key_format: RowConverter::new(contest.key_fields.clone())?,
             order_format: RowConverter::new(contest.order_fields.clone())?,
             contest,
             buffered: Vec::new(),
@@ -154,13 +158,8 @@ impl Winners {
         if batch.num_rows() == 0 {
             return Ok(true);
         }
-        let keys = self
-            .key_format
-            .convert_columns(&evaluate(self.contest.keys.iter().cloned(), batch)?)?;
-        let order = self.order_format.convert_columns(&evaluate(
-            self.contest.order.iter().map(|sort| Arc::clone(&sort.expr)),
-            batch,
-        )?)?;
+        let keys = self.contest.keys(batch)?;
+        let order = self.order_rows(batch)?;
         let rows = batch.num_rows();
         // The worst case of the index's growth is reserved with the batch, before anything is
         // taken, so that a refusal leaves the contest as it was.
@@ -171,7 +170,7 @@ impl Winners {
         // Each buffer once: batches read back from a spill file share one buffer among
         // their columns, which Arrow's own measure counts once per column.
         let incoming = get_record_batch_memory_size(batch)
-            + keys.size()
+            + keys.own_size(self.contest.computed_key)
             + order.size()
             + self.index_size().saturating_sub(index_before);
         if !self.try_reserve(incoming)? {
@@ -203,18 +202,18 @@ impl Winners {
             ..
         } = self;
         let current = &buffered[batch_index as usize];
-        for row in 0..rows {
-            let key = current.keys.row(row);
-            let hash = contest.hasher.hash_one(key.as_ref());
+        let hashes = contest.hashes(&current.keys, rows);
+        for (row, hash) in hashes.into_iter().enumerate() {
             let entry = table.entry(
                 hash,
                 |&index| {
                     let winner = winners[index as usize];
                     winner.hash == hash
-                        && buffered[winner.batch as usize]
-                            .keys
-                            .row(winner.row as usize)
-                            == key
+                        && current.keys.same(
+                            row,
+                            &buffered[winner.batch as usize].keys,
+                            winner.row as usize,
+                        )
                 },
                 |&index| winners[index as usize].hash,
             );
@@ -264,23 +263,28 @@ impl Winners {
             return Ok(());
         }
         let batch = self.winning_rows()?;
-        let mut keys = self.key_format.empty_rows(self.winners.len(), 0);
-        let mut order = self.order_format.empty_rows(self.winners.len(), 0);
-        for winner in &self.winners {
-            let buffered = &self.buffered[winner.batch as usize];
-            keys.push(buffered.keys.row(winner.row as usize));
-            order.push(buffered.order.row(winner.row as usize));
-        }
+        let keys = self.contest.keys(&batch)?;
+        let order = self.order_rows(&batch)?;
         for (row, winner) in self.winners.iter_mut().enumerate() {
             winner.batch = 0;
             winner.row = row as u32;
         }
-        let size =
-            get_record_batch_memory_size(&batch) + keys.size() + order.size() + self.index_size();
+        let size = get_record_batch_memory_size(&batch)
+            + keys.own_size(self.contest.computed_key)
+            + order.size()
+            + self.index_size();
         self.buffered_rows = batch.num_rows();
         self.buffered = vec![Buffered { batch, keys, order }];
         self.reservation.resize(size);
         Ok(())
+    }
+
+    /// The rows of `batch` in order format.
+    fn order_rows(&self, batch: &RecordBatch) -> Result<Rows> {
+        Ok(self.order_format.convert_columns(&evaluate(
+            self.contest.order.iter().map(|sort| Arc::clone(&sort.expr)),
+            batch,
+        )?)?)
     }
 
     /// Every winner, as one batch of input rows.
