@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::config::{ConfigLayer, Materialization, NodeConfig, closest};
 use crate::data_tests::{self, BUILT_IN_TESTS};
 use crate::diagnostics::{Diagnostics, ProjectDiagnostic, SourceText};
-use crate::jinja::{Dependency, Relation, RenderInputs, Renderer};
+use crate::jinja::{Dependency, MacroPackage, Relation, RenderInputs, Renderer};
 use crate::manifest::{
     Column, Manifest, Metadata, Node, ResourceType, SourceInfo, TestInfo, checksum,
 };
@@ -132,7 +132,11 @@ impl<'a> Compiler<'a> {
         props: &'a Properties,
         mut errors: Vec<ProjectDiagnostic>,
     ) -> Compiler<'a> {
-        let renderer = Renderer::new(&project.macros, &mut errors);
+        let packages = [MacroPackage {
+            name: &project.name,
+            files: &project.macros,
+        }];
+        let renderer = Renderer::new(&packages, BTreeMap::new(), &mut errors);
         let target_name = if options.target_name.is_empty() {
             String::from("dev")
         } else {

@@ -15,6 +15,14 @@ use minijinja::{Environment, Error, ErrorKind, State, Value};
 use serde::Serialize;
 
 use crate::config::{ConfigLayer, NodeConfig, did_you_mean};
+use adapter::Adapter;
+use literals::{Edits, mutable_literals};
+use namespaces::{DBT_NAMESPACE, Forward, MacroCatalog, Namespace};
+
+mod adapter;
+mod literals;
+mod mutable;
+mod namespaces;
 use crate::diagnostics::{ProjectDiagnostic, SourceText};
 use crate::project::{SqlFile, is_identifier};
 
@@ -425,24 +433,40 @@ impl Object for ExceptionsObject {
 /// Where a macro file starts inside the combined macro template.
 #[derive(Debug, Clone)]
 struct MacroFileSpan {
+    /// The template of the file's package.
+    template: String,
     start: usize,
     end: usize,
     source: SourceText,
-    /// Edits made by [`rewrite_test_blocks`], to map positions back to the file.
-    edits: Vec<(usize, isize)>,
+    /// Edits made by [`rewrite_template`], to map positions back to the file.
+    edits: Vec<Edits>,
 }
 
 impl MacroFileSpan {
     /// Maps an offset in the rewritten text (relative to the file's start) to the file.
     fn original_offset(&self, rewritten: usize) -> usize {
-        let delta = self
-            .edits
+        original_offset(&self.edits, rewritten)
+    }
+}
+
+/// Maps an offset in a text rewritten by the passes whose edits are `passes` (first pass
+/// first) back to the original text.
+fn original_offset(passes: &[Edits], rewritten: usize) -> usize {
+    passes.iter().rev().fold(rewritten, |offset, edits| {
+        let delta = edits
             .iter()
-            .take_while(|(at, _)| *at <= rewritten)
+            .take_while(|(at, _)| *at <= offset)
             .last()
             .map_or(0, |(_, delta)| *delta);
-        rewritten.saturating_add_signed(-delta)
-    }
+        offset.saturating_add_signed(-delta)
+    })
+}
+
+/// A template's text as Strata renders it: literals made mutable, test blocks made macros.
+fn rewrite_template(text: &str) -> (String, Vec<Edits>) {
+    let (text, literal_edits) = mutable_literals(text);
+    let (text, test_edits) = rewrite_test_blocks(&text);
+    (text, vec![literal_edits, test_edits])
 }
 
 /// Rewrites dbt's `{% test name(...) %}` / `{% endtest %}` blocks into macros named
@@ -482,12 +506,23 @@ pub fn rewrite_test_blocks(text: &str) -> (String, Vec<(usize, isize)>) {
     (out, edits)
 }
 
+/// The macros of one namespace: the root project or an installed package.
+#[derive(Debug, Clone, Copy)]
+pub struct MacroPackage<'a> {
+    /// The package's name (`dbt_utils`), the namespace of `dbt_utils.star(…)`.
+    pub name: &'a str,
+    /// Its macro files, generic test definitions included.
+    pub files: &'a [SqlFile],
+}
+
 /// A compiled Jinja environment for one project: builtins, macros and node templates.
 pub struct Renderer {
     env: Environment<'static>,
     prelude: String,
     macro_files: Vec<MacroFileSpan>,
-    macros: BTreeSet<String>,
+    /// Edits of each node template's text, by template name, to map errors back.
+    node_edits: BTreeMap<String, Edits>,
+    catalog: Arc<MacroCatalog>,
 }
 
 impl fmt::Debug for Renderer {
@@ -507,111 +542,90 @@ pub struct Rendered {
     pub captured: Captured,
 }
 
-impl Renderer {
-    /// Builds the environment with the project's macros. Problems in macro files (syntax
-    /// errors, a macro defined twice) are returned as diagnostics; the other macros stay usable.
-    pub fn new(macros: &[SqlFile], diagnostics: &mut Vec<ProjectDiagnostic>) -> Renderer {
-        let mut env = Environment::new();
-        env.set_fuel(Some(FUEL_PER_RENDER));
-        env.set_recursion_limit(200);
-        if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
-            .keep_trailing_newline(true)
-            .build()
-        {
-            env.set_syntax(syntax);
-        }
-        env.add_function("__strata_enter", enter);
-        env.add_function("ref", ref_function);
-        env.add_function("source", source_function);
-        env.add_function("var", var_function);
-        env.add_function("env_var", env_var_function);
-        env.add_function("is_incremental", is_incremental_function);
-        env.add_function("log", log_function);
-        env.add_global("config", Value::from_object(ConfigObject));
-        env.add_global("exceptions", Value::from_object(ExceptionsObject));
-        env.add_global("execute", Value::from(true));
-        env.add_global(
-            "flags",
-            Value::from(Serde(BTreeMap::from([("FULL_REFRESH", false)]))),
-        );
+/// Strata's implementation of dbt's own macros, the `dbt` namespace.
+const DBT_MACROS: &str = include_str!("jinja/dbt_macros.sql");
 
-        let mut combined = String::new();
+/// Functions that a macro of the same name must not replace.
+const BUILTIN_FUNCTIONS: [&str; 10] = [
+    "ref",
+    "source",
+    "var",
+    "env_var",
+    "is_incremental",
+    "log",
+    "config",
+    "return",
+    "adapter",
+    "exceptions",
+];
+
+impl Renderer {
+    /// Builds the environment with the macros of the root project (`packages[0]`) and of each
+    /// installed package, and dbt's own. `search_orders` is the project file's `dispatch:`.
+    /// Problems in macro files (syntax errors, a macro defined twice in one package) are
+    /// returned as diagnostics; the other macros stay usable.
+    pub fn new(
+        packages: &[MacroPackage<'_>],
+        search_orders: BTreeMap<String, Vec<String>>,
+        diagnostics: &mut Vec<ProjectDiagnostic>,
+    ) -> Renderer {
+        let mut env = builtin_environment();
+        let dbt_file = SqlFile {
+            name: String::from("dbt_macros"),
+            folders: Vec::new(),
+            source: SourceText::new("<strata>/dbt_macros.sql", DBT_MACROS),
+        };
+        let dbt_files = [dbt_file];
+        let builtin = MacroPackage {
+            name: DBT_NAMESPACE,
+            files: &dbt_files,
+        };
+        let mut catalog = MacroCatalog {
+            root: packages
+                .first()
+                .map(|p| p.name.to_string())
+                .unwrap_or_default(),
+            names: BTreeMap::new(),
+            search_orders,
+        };
         let mut macro_files = Vec::new();
-        let mut names: BTreeMap<String, (SourceText, usize)> = BTreeMap::new();
-        for file in macros {
-            let (text, edits) = rewrite_test_blocks(&file.source.text);
-            let span = MacroFileSpan {
-                start: 0,
-                end: text.len(),
-                source: file.source.clone(),
-                edits,
-            };
-            // Check each file alone first, so one broken file does not hide all macros.
-            if let Err(err) = env.template_from_named_str("__check__", &text) {
-                diagnostics.push(match err.range() {
-                    Some(range) => jinja_diagnostic_at(
-                        &err,
-                        &file.source,
-                        span.original_offset(range.start),
-                        span.original_offset(range.end),
-                    ),
-                    None => jinja_diagnostic(&err, &file.source, 0),
-                });
+        let mut prelude = String::from("{{ __strata_enter(__strata_scope) }}");
+        for (index, package) in std::iter::once(&builtin).chain(packages).enumerate() {
+            let template = format!("{MACROS_TEMPLATE}/{}", package.name);
+            let combined = combine_macro_files(&mut env, package, &template, diagnostics);
+            if combined.names.is_empty() {
                 continue;
             }
-            for (name, offset) in macro_names(&text) {
-                let offset = span.original_offset(offset);
-                if let Some((first, first_offset)) = names.get(&name) {
-                    let (line, _) = first.line_column_of(*first_offset);
-                    let shown = name
-                        .strip_prefix("test_")
-                        .filter(|_| !file.source.text[offset..].starts_with(&name))
-                        .unwrap_or(&name);
-                    diagnostics.push(
-                        ProjectDiagnostic::error(
-                            "strata::duplicate_macro",
-                            format!("macro '{name}' is defined twice"),
-                        )
-                        .at_range(&file.source, offset, offset + shown.len())
-                        .with_hint(format!(
-                            "it is also defined at {}:{line}; rename or remove one",
-                            first.path.display()
-                        )),
-                    );
-                    continue;
-                }
-                names.insert(name, (file.source.clone(), offset));
+            let mut text = combined.text;
+            for name in &combined.names {
+                text.push_str(&format!("{{% set {name} = __strata_wrap({name}) %}}"));
             }
-            let start = combined.len();
-            combined.push_str(&text);
-            macro_files.push(MacroFileSpan {
-                start,
-                end: combined.len(),
-                ..span
-            });
-            combined.push('\n');
-        }
-        let mut prelude = String::from("{{ __strata_enter(__strata_scope) }}");
-        if !names.is_empty() {
-            if let Err(err) = env.add_template_owned(MACROS_TEMPLATE, combined) {
+            if let Err(err) = env.add_template_owned(template.clone(), text) {
                 // Files parsed alone but not together (e.g. an unclosed raw block); report once.
-                let file = macro_files.first().map(|span| span.source.clone());
-                if let Some(file) = file {
-                    diagnostics.push(jinja_diagnostic(&err, &file, 0));
+                if let Some(file) = combined.spans.first() {
+                    diagnostics.push(jinja_diagnostic(&err, &file.source, |offset| offset));
                 }
-            } else {
-                let list: Vec<&str> = names.keys().map(String::as_str).collect();
-                prelude.push_str(&format!(
-                    "{{% from \"{MACROS_TEMPLATE}\" import {} %}}",
-                    list.join(", ")
-                ));
+                continue;
             }
+            prelude.push_str(&format!(
+                "{{% import \"{template}\" as __strata_ns{index} %}}{{{{ __strata_module(\"{}\", __strata_ns{index}) }}}}",
+                package.name
+            ));
+            macro_files.extend(combined.spans);
+            catalog
+                .names
+                .entry(package.name.to_string())
+                .or_default()
+                .extend(combined.names);
         }
+        let catalog = Arc::new(catalog);
+        register_namespaces(&mut env, packages, &catalog);
         Renderer {
             env,
             prelude,
             macro_files,
-            macros: names.into_keys().collect(),
+            node_edits: BTreeMap::new(),
+            catalog,
         }
     }
 
@@ -621,7 +635,9 @@ impl Renderer {
     /// Returns a diagnostic at the syntax error.
     pub fn add(&mut self, source: &SourceText) -> Result<(), Box<ProjectDiagnostic>> {
         let name = source.path.to_string_lossy().into_owned();
-        let text = format!("{}{}", self.prelude, source.text);
+        let (rewritten, edits) = mutable_literals(&source.text);
+        self.node_edits.insert(name.clone(), edits);
+        let text = format!("{}{rewritten}", self.prelude);
         self.env
             .add_template_owned(name, text)
             .map_err(|err| Box::new(self.diagnostic(&err, source)))
@@ -700,9 +716,13 @@ impl Renderer {
         Ok(Rendered { sql, captured })
     }
 
-    /// Returns true when the project defines the generic test `name` with `{% test name %}`.
+    /// Returns true when the generic test `name` is defined with `{% test name %}`: in the
+    /// project (or by dbt) when unqualified, in the package when `package.name`.
     pub fn has_generic_test(&self, name: &str) -> bool {
-        self.macros.contains(&format!("test_{name}"))
+        match name.split_once('.') {
+            Some((package, test)) => self.catalog.defines(package, &format!("test_{test}")),
+            None => self.catalog.unqualified(&format!("test_{name}")).is_some(),
+        }
     }
 
     /// Renders a project-defined generic test for one model (and column). String arguments
@@ -718,7 +738,10 @@ impl Renderer {
         arguments: &serde_json::Map<String, serde_json::Value>,
         inputs: &Arc<RenderInputs>,
     ) -> Result<Rendered, String> {
-        let mut call = format!("test_{name}(model=__model");
+        let mut call = match name.split_once('.') {
+            Some((package, test)) => format!("{package}.test_{test}(model=__model"),
+            None => format!("test_{name}(model=__model"),
+        };
         if column.is_some() {
             call.push_str(", column_name=__column");
         }
@@ -758,12 +781,11 @@ impl Renderer {
     }
 
     fn diagnostic(&self, err: &Error, node_source: &SourceText) -> ProjectDiagnostic {
-        if err.name() == Some(MACROS_TEMPLATE)
+        if let Some(template) = err.name()
             && let Some(range) = err.range()
-            && let Some(file) = self
-                .macro_files
-                .iter()
-                .find(|file| range.start >= file.start && range.start <= file.end)
+            && let Some(file) = self.macro_files.iter().find(|file| {
+                file.template == template && range.start >= file.start && range.start <= file.end
+            })
         {
             return jinja_diagnostic_at(
                 err,
@@ -772,20 +794,184 @@ impl Renderer {
                 file.original_offset(range.end.max(range.start) - file.start),
             );
         }
-        jinja_diagnostic(err, node_source, self.prelude.len())
+        let edits = self
+            .node_edits
+            .get(node_source.path.to_string_lossy().as_ref())
+            .cloned()
+            .unwrap_or_default();
+        let prelude = self.prelude.len();
+        jinja_diagnostic(err, node_source, |offset| {
+            original_offset(std::slice::from_ref(&edits), offset.saturating_sub(prelude))
+        })
     }
 }
 
-/// Converts a minijinja error into a diagnostic on `source`, whose template text started with
-/// `prelude_len` bytes of Strata's own prelude.
-fn jinja_diagnostic(err: &Error, source: &SourceText, prelude_len: usize) -> ProjectDiagnostic {
+/// An environment with dbt's functions and globals, before any macro.
+fn builtin_environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_fuel(Some(FUEL_PER_RENDER));
+    env.set_recursion_limit(200);
+    // Python's string, list and dict methods (`.upper()`, `.split()`, `.items()`), which dbt's
+    // Jinja allows.
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+        .keep_trailing_newline(true)
+        .build()
+    {
+        env.set_syntax(syntax);
+    }
+    env.add_function("__strata_enter", enter);
+    env.add_function("__strata_module", namespaces::register_module);
+    env.add_function("__strata_wrap", namespaces::wrap);
+    env.add_function("__strata_list", mutable::new_list);
+    env.add_function("__strata_dict", mutable::new_dict);
+    env.add_function("return", namespaces::return_function);
+    env.add_function("ref", ref_function);
+    env.add_function("source", source_function);
+    env.add_function("var", var_function);
+    env.add_function("env_var", env_var_function);
+    env.add_function("is_incremental", is_incremental_function);
+    env.add_function("log", log_function);
+    env.add_global("config", Value::from_object(ConfigObject));
+    env.add_global("exceptions", Value::from_object(ExceptionsObject));
+    env.add_global("execute", Value::from(true));
+    env.add_global(
+        "flags",
+        Value::from(Serde(BTreeMap::from([("FULL_REFRESH", false)]))),
+    );
+    env
+}
+
+/// One package's macro files as one template's text.
+struct CombinedMacros {
+    text: String,
+    spans: Vec<MacroFileSpan>,
+    /// The macros it defines.
+    names: BTreeSet<String>,
+}
+
+/// Concatenates `package`'s macro files into the text of template `template`, leaving out
+/// files with syntax errors and second definitions of a name (both reported).
+fn combine_macro_files(
+    env: &mut Environment<'static>,
+    package: &MacroPackage<'_>,
+    template: &str,
+    diagnostics: &mut Vec<ProjectDiagnostic>,
+) -> CombinedMacros {
+    let mut combined = CombinedMacros {
+        text: String::new(),
+        spans: Vec::new(),
+        names: BTreeSet::new(),
+    };
+    let mut first_definitions: BTreeMap<String, (SourceText, usize)> = BTreeMap::new();
+    for file in package.files {
+        let (text, edits) = rewrite_template(&file.source.text);
+        let span = MacroFileSpan {
+            template: template.to_string(),
+            start: 0,
+            end: text.len(),
+            source: file.source.clone(),
+            edits,
+        };
+        // Check each file alone first, so one broken file does not hide all macros.
+        if let Err(err) = env.template_from_named_str("__check__", &text) {
+            diagnostics.push(match err.range() {
+                Some(range) => jinja_diagnostic_at(
+                    &err,
+                    &file.source,
+                    span.original_offset(range.start),
+                    span.original_offset(range.end),
+                ),
+                None => jinja_diagnostic(&err, &file.source, |offset| offset),
+            });
+            continue;
+        }
+        for (name, offset) in macro_names(&text) {
+            let offset = span.original_offset(offset);
+            if let Some((first, first_offset)) = first_definitions.get(&name) {
+                diagnostics.push(duplicate_macro(&name, file, offset, first, *first_offset));
+                continue;
+            }
+            first_definitions.insert(name.clone(), (file.source.clone(), offset));
+            combined.names.insert(name);
+        }
+        let start = combined.text.len();
+        combined.text.push_str(&text);
+        combined.spans.push(MacroFileSpan {
+            start,
+            end: combined.text.len(),
+            ..span
+        });
+        combined.text.push('\n');
+    }
+    combined
+}
+
+/// The error for a second definition of macro `name` in one package.
+fn duplicate_macro(
+    name: &str,
+    file: &SqlFile,
+    offset: usize,
+    first: &SourceText,
+    first_offset: usize,
+) -> ProjectDiagnostic {
+    let (line, _) = first.line_column_of(first_offset);
+    let shown = name
+        .strip_prefix("test_")
+        .filter(|_| !file.source.text[offset..].starts_with(name))
+        .unwrap_or(name);
+    ProjectDiagnostic::error(
+        "strata::duplicate_macro",
+        format!("macro '{name}' is defined twice"),
+    )
+    .at_range(&file.source, offset, offset + shown.len())
+    .with_hint(format!(
+        "it is also defined at {}:{line}; rename or remove one",
+        first.path.display()
+    ))
+}
+
+/// Makes every package a namespace (`dbt_utils.star(…)`) and the root project's and dbt's
+/// macros callable unqualified, and adds `adapter`.
+fn register_namespaces(
+    env: &mut Environment<'static>,
+    packages: &[MacroPackage<'_>],
+    catalog: &Arc<MacroCatalog>,
+) {
+    let unqualified: BTreeSet<&String> = [catalog.root.as_str(), DBT_NAMESPACE]
+        .iter()
+        .filter_map(|namespace| catalog.names.get(*namespace))
+        .flatten()
+        .collect();
+    for name in unqualified {
+        if !BUILTIN_FUNCTIONS.contains(&name.as_str()) {
+            env.add_global(
+                name.clone(),
+                Value::from_object(Forward::new(name, catalog)),
+            );
+        }
+    }
+    let names = packages.iter().map(|package| package.name);
+    for name in names.chain([DBT_NAMESPACE]) {
+        env.add_global(
+            name.to_string(),
+            Value::from_object(Namespace::new(name, catalog)),
+        );
+    }
+    env.add_global("adapter", Value::from_object(Adapter::new(catalog)));
+}
+
+/// Converts a minijinja error into a diagnostic on `source`, mapping template offsets to the
+/// file's with `to_file`.
+fn jinja_diagnostic(
+    err: &Error,
+    source: &SourceText,
+    to_file: impl Fn(usize) -> usize,
+) -> ProjectDiagnostic {
     match (err.range(), err.line()) {
-        (Some(range), _) => jinja_diagnostic_at(
-            err,
-            source,
-            range.start.saturating_sub(prelude_len),
-            range.end.saturating_sub(prelude_len),
-        ),
+        (Some(range), _) => {
+            jinja_diagnostic_at(err, source, to_file(range.start), to_file(range.end))
+        }
         (None, Some(line)) => {
             base_diagnostic(err).at(source, u32::try_from(line).unwrap_or(u32::MAX), 1)
         }
@@ -924,7 +1110,11 @@ mod tests {
 
     fn render(macros: &[SqlFile], text: &str) -> Result<Rendered, Box<ProjectDiagnostic>> {
         let mut errors = Vec::new();
-        let mut renderer = Renderer::new(macros, &mut errors);
+        let packages = [MacroPackage {
+            name: "shop",
+            files: macros,
+        }];
+        let mut renderer = Renderer::new(&packages, BTreeMap::new(), &mut errors);
         assert!(errors.is_empty(), "{errors:?}");
         let source = SourceText::new(PathBuf::from("models/m.sql"), text);
         renderer.add(&source)?;
