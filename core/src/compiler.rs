@@ -132,11 +132,14 @@ impl<'a> Compiler<'a> {
         props: &'a Properties,
         mut errors: Vec<ProjectDiagnostic>,
     ) -> Compiler<'a> {
-        let packages = [MacroPackage {
-            name: &project.name,
-            files: &project.macros,
-        }];
-        let renderer = Renderer::new(&packages, BTreeMap::new(), &mut errors);
+        let packages: Vec<MacroPackage> = std::iter::once(project)
+            .chain(&project.packages)
+            .map(|package| MacroPackage {
+                name: &package.name,
+                files: &package.macros,
+            })
+            .collect();
+        let renderer = Renderer::new(&packages, project.dispatch.clone(), &mut errors);
         let target_name = if options.target_name.is_empty() {
             String::from("dev")
         } else {
@@ -148,6 +151,7 @@ impl<'a> Compiler<'a> {
             project_name: project.name.clone(),
             project_vars: project.vars.clone(),
             cli_vars: options.cli_vars.clone(),
+            package_vars: package_vars(&project.packages),
             env: options.env.clone(),
             target_name: target_name.clone(),
             target_schema: DEFAULT_SCHEMA.to_string(),
@@ -970,6 +974,27 @@ impl<'a> Compiler<'a> {
             diagnostics,
         }
     }
+}
+
+/// The vars installed packages declare, global and scoped to the package itself; the first
+/// package (by name) to declare a var wins.
+fn package_vars(packages: &[Project]) -> serde_json::Map<String, serde_json::Value> {
+    let mut vars = serde_json::Map::new();
+    for package in packages {
+        for (name, value) in &package.vars {
+            match value {
+                serde_json::Value::Object(scoped) if *name == package.name => {
+                    for (name, value) in scoped {
+                        vars.entry(name.clone()).or_insert_with(|| value.clone());
+                    }
+                }
+                _ => {
+                    vars.entry(name.clone()).or_insert_with(|| value.clone());
+                }
+            }
+        }
+    }
+    vars
 }
 
 fn relation_of(dependency: &Dependency, inputs: &RenderInputs) -> Option<Relation> {

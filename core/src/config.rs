@@ -597,8 +597,17 @@ pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .map(|(_, candidate)| candidate)
 }
 
+/// Whether a known config key written without `+` in a folder block of the project file is a
+/// setting rather than a folder, as dbt reads it: a setting unless its value is a mapping
+/// (or empty), except for the settings whose values are mappings.
+fn bare_key_is_config(name: &str, value: &Yaml) -> bool {
+    !value.is_null()
+        && (value.entries().is_none() || matches!(name, "meta" | "column_types" | "partition_by"))
+}
+
 /// Reads every `+key` (or bare config key) of a YAML mapping into a layer, reporting errors
 /// at the value's position. Other keys are returned for the caller (folder names).
+
 pub fn read_config_mapping<'a>(
     mapping: &'a Yaml,
     source: &SourceText,
@@ -624,7 +633,8 @@ pub fn read_config_mapping<'a>(
             Some(stripped) => (stripped, true),
             None => (
                 key.name.as_str(),
-                bare_keys_are_config && CONFIG_KEYS.contains(&key.name.as_str()),
+                CONFIG_KEYS.contains(&key.name.as_str())
+                    && (bare_keys_are_config || bare_key_is_config(&key.name, value)),
             ),
         };
         if !is_config {

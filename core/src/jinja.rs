@@ -20,6 +20,7 @@ use literals::{Edits, mutable_literals};
 use namespaces::{DBT_NAMESPACE, Forward, MacroCatalog, Namespace};
 
 mod adapter;
+mod filters;
 mod literals;
 mod mutable;
 mod namespaces;
@@ -105,6 +106,9 @@ pub struct RenderInputs {
     pub project_vars: serde_json::Map<String, serde_json::Value>,
     /// Vars from `--vars`, which win over project vars.
     pub cli_vars: serde_json::Map<String, serde_json::Value>,
+    /// Vars that installed packages declare in their project files: defaults for what neither
+    /// `--vars` nor the project sets.
+    pub package_vars: serde_json::Map<String, serde_json::Value>,
     /// Environment variables visible to `env_var()`.
     pub env: BTreeMap<String, String>,
     /// `target.name`.
@@ -134,6 +138,7 @@ impl RenderInputs {
                     .and_then(|scoped| scoped.get(name))
             })
             .or_else(|| self.project_vars.get(name))
+            .or_else(|| self.package_vars.get(name))
     }
 }
 
@@ -285,9 +290,18 @@ fn source_function(state: &State, source: String, table: String) -> Result<Value
     Err(Error::new(ErrorKind::InvalidOperation, message))
 }
 
-fn var_function(state: &State, name: String, default: Option<Value>) -> Result<Value, Error> {
+/// The default argument of `var()` / `env_var()`: given (even as `none`) or not.
+fn default_argument(rest: &[Value]) -> Result<Option<Value>, Error> {
+    match rest {
+        [] => Ok(None),
+        [default] => Ok(Some(default.clone())),
+        _ => Err(Error::from(ErrorKind::TooManyArguments)),
+    }
+}
+
+fn var_function(state: &State, name: String, rest: Rest<Value>) -> Result<Value, Error> {
     let scope = scope(state)?;
-    match (scope.inputs.var(&name), default) {
+    match (scope.inputs.var(&name), default_argument(&rest)?) {
         (Some(value), _) => Ok(Value::from(Serde(value))),
         (None, Some(default)) => Ok(default),
         (None, None) => Err(Error::new(
@@ -299,9 +313,9 @@ fn var_function(state: &State, name: String, default: Option<Value>) -> Result<V
     }
 }
 
-fn env_var_function(state: &State, name: String, default: Option<Value>) -> Result<Value, Error> {
+fn env_var_function(state: &State, name: String, rest: Rest<Value>) -> Result<Value, Error> {
     let scope = scope(state)?;
-    match (scope.inputs.env.get(&name), default) {
+    match (scope.inputs.env.get(&name), default_argument(&rest)?) {
         (Some(value), _) => Ok(Value::from(value.clone())),
         (None, Some(default)) => Ok(default),
         (None, None) => Err(Error::new(
@@ -824,6 +838,10 @@ fn builtin_environment() -> Environment<'static> {
     env.add_function("__strata_module", namespaces::register_module);
     env.add_function("__strata_wrap", namespaces::wrap);
     env.add_function("__strata_list", mutable::new_list);
+    env.add_filter("as_bool", filters::as_bool);
+    env.add_filter("as_number", filters::as_number);
+    env.add_filter("as_text", filters::as_text);
+    env.add_filter("as_native", filters::as_native);
     env.add_function("__strata_dict", mutable::new_dict);
     env.add_function("return", namespaces::return_function);
     env.add_function("ref", ref_function);

@@ -8,14 +8,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::config::{ConfigLayer, read_config_mapping};
-use crate::diagnostics::{Diagnostics, ProjectDiagnostic, SourceText};
+use crate::diagnostics::{Diagnostics, ProjectDiagnostic, Severity, SourceText};
 use crate::yaml::{Yaml, YamlValue};
 
 /// Project file names, in the order they are looked for.
 pub const PROJECT_FILES: [&str; 2] = ["strata_project.yml", "dbt_project.yml"];
 
 /// Keys of the project file that Strata accepts and ignores (its target is the warehouse).
-const IGNORED_PROJECT_KEYS: [&str; 17] = [
+const IGNORED_PROJECT_KEYS: [&str; 15] = [
     "profile",
     "version",
     "config-version",
@@ -23,7 +23,6 @@ const IGNORED_PROJECT_KEYS: [&str; 17] = [
     "target-path",
     "clean-targets",
     "log-path",
-    "packages-install-path",
     "analysis-paths",
     "snapshot-paths",
     "docs-paths",
@@ -31,7 +30,6 @@ const IGNORED_PROJECT_KEYS: [&str; 17] = [
     "quoting",
     "on-run-start",
     "on-run-end",
-    "dispatch",
     "flags",
 ];
 
@@ -211,6 +209,12 @@ pub struct Project {
     pub singular_tests: Vec<SqlFile>,
     /// Property files, sorted by path.
     pub property_files: Vec<PropertyFile>,
+    /// `packages-install-path`: where `dbt deps` (or `strata deps`) installs packages.
+    pub packages_install_path: String,
+    /// `dispatch:`: the packages searched for each macro namespace, in order.
+    pub dispatch: BTreeMap<String, Vec<String>>,
+    /// Installed packages (each folder of the install path with a project file), by name.
+    pub packages: Vec<Project>,
 }
 
 /// Outcome of loading: the project (when its file could be read) and every diagnostic.
@@ -226,7 +230,10 @@ impl Project {
     /// Reads the project in `root`, collecting every problem instead of stopping at the first.
     pub fn load(root: &Path) -> Loaded {
         let mut diagnostics = Diagnostics::default();
-        let project = load_project(root, &mut diagnostics);
+        let mut project = load_project(root, &mut diagnostics);
+        if let Some(project) = &mut project {
+            load_packages(project, &mut diagnostics);
+        }
         Loaded {
             project,
             diagnostics,
@@ -276,6 +283,9 @@ fn load_project(root: &Path, diagnostics: &mut Diagnostics) -> Option<Project> {
         macros: Vec::new(),
         singular_tests: Vec::new(),
         property_files: Vec::new(),
+        packages_install_path: String::from(DEFAULT_PACKAGES_INSTALL_PATH),
+        dispatch: BTreeMap::new(),
+        packages: Vec::new(),
         project_file: project_file.clone(),
     };
     read_project_keys(&document, &project_file, &mut project, &mut errors);
@@ -346,6 +356,48 @@ fn load_project(root: &Path, diagnostics: &mut Diagnostics) -> Option<Project> {
     Some(project)
 }
 
+/// The default `packages-install-path`, as in dbt.
+pub const DEFAULT_PACKAGES_INSTALL_PATH: &str = "dbt_packages";
+
+/// Loads every installed package of `project`: each folder of its install path that holds a
+/// project file. Problems in a package are reported like the project's own.
+fn load_packages(project: &mut Project, diagnostics: &mut Diagnostics) {
+    let install = project.root.join(&project.packages_install_path);
+    let Ok(entries) = std::fs::read_dir(&install) else {
+        return;
+    };
+    let mut folders: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| PROJECT_FILES.iter().any(|name| path.join(name).is_file()))
+        .collect();
+    folders.sort();
+    for folder in folders {
+        let mut package_diagnostics = Diagnostics::default();
+        let Some(package) = load_project(&folder, &mut package_diagnostics) else {
+            diagnostics.extend(package_diagnostics);
+            continue;
+        };
+        // A package's own unknown project keys are its authors' business, not the user's.
+        for diagnostic in package_diagnostics {
+            if diagnostic.code != "strata::project_file" || diagnostic.severity == Severity::Error {
+                diagnostics.push(diagnostic);
+            }
+        }
+        if package.name == project.name || project.packages.iter().any(|p| p.name == package.name) {
+            diagnostics.push(
+                ProjectDiagnostic::error(
+                    "strata::duplicate_package",
+                    format!("package '{}' is installed twice", package.name),
+                )
+                .in_file(&folder.join(PROJECT_FILES[1]))
+                .with_hint("remove one of the folders, or run `strata deps` again"),
+            );
+            continue;
+        }
+        project.packages.push(package);
+    }
+}
+
 fn read_project_keys(
     document: &Yaml,
     source: &SourceText,
@@ -405,6 +457,19 @@ fn read_project_keys(
             "data_tests" | "tests" => {
                 project.tests_config = FolderConfig::read(value, source, errors)
             }
+            "packages-install-path" => match value.as_str() {
+                Some(path) if is_relative_inside(path) => {
+                    project.packages_install_path = path.to_string()
+                }
+                _ => errors.push(
+                    ProjectDiagnostic::error(
+                        "strata::project_file",
+                        "'packages-install-path' must be a folder inside the project",
+                    )
+                    .at(source, value.line, value.column),
+                ),
+            },
+            "dispatch" => project.dispatch = read_dispatch(value, source, errors),
             other if IGNORED_PROJECT_KEYS.contains(&other) => {}
             other if other.ends_with("-paths") || other == "snapshots" || other == "sources" => {}
             other => errors.push(
@@ -423,6 +488,41 @@ fn read_project_keys(
                 .with_hint("add 'name: my_project' at the top"),
         );
     }
+}
+
+/// Reads `dispatch:`: a list of `{macro_namespace: …, search_order: […]}`.
+fn read_dispatch(
+    value: &Yaml,
+    source: &SourceText,
+    errors: &mut Vec<ProjectDiagnostic>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut orders = BTreeMap::new();
+    let entries = match value.to_json() {
+        serde_json::Value::Array(entries) => entries,
+        serde_json::Value::Null => Vec::new(),
+        _ => vec![serde_json::Value::Null],
+    };
+    for entry in entries {
+        let namespace = entry.get("macro_namespace").and_then(|v| v.as_str());
+        let order: Option<Vec<String>> = entry
+            .get("search_order")
+            .and_then(|v| v.as_array())
+            .and_then(|names| names.iter().map(|n| n.as_str().map(String::from)).collect());
+        match (namespace, order) {
+            (Some(namespace), Some(order)) => {
+                orders.insert(namespace.to_string(), order);
+            }
+            _ => errors.push(
+                ProjectDiagnostic::error(
+                    "strata::project_file",
+                    "each 'dispatch' entry needs 'macro_namespace' and a 'search_order' list of package names",
+                )
+                .at(source, value.line, value.column)
+                .with_hint("dispatch:\n  - macro_namespace: dbt_utils\n    search_order: ['my_project', 'dbt_utils']"),
+            ),
+        }
+    }
+    orders
 }
 
 fn path_list(
