@@ -99,6 +99,7 @@ trap cleanup EXIT
     tests/fixtures/compile/custom_generic_tests/project \
     tests/fixtures/compile/ephemeral_chain/project \
     tests/fixtures/compile/test_forms/project \
+    tests/fixtures/execution/packages \
     "$synthetic/project"
 
 step "examples/medallion vs DuckDB"

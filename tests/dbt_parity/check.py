@@ -50,7 +50,11 @@ def dbt_graph(manifest):
                 attached = parents[0]  # dbt leaves attached_node empty for tests on sources
             column = node.get("column_name")
             if metadata:
-                graph["tests"].add((metadata["name"], short(attached) if attached else "", column or ""))
+                # A package's generic test is `package.name` in Strata's manifest.
+                test_name = metadata["name"]
+                if metadata.get("namespace"):
+                    test_name = f"{metadata['namespace']}.{test_name}"
+                graph["tests"].add((test_name, short(attached) if attached else "", column or ""))
             else:
                 graph["tests"].add(("singular", node["name"], ""))
     for unique_id in manifest["sources"]:
@@ -97,7 +101,7 @@ def compare(name, dbt, strata):
 def check(project, strata, dbt):
     with tempfile.TemporaryDirectory(prefix="strata-parity-") as work:
         copy = os.path.join(work, "project")
-        shutil.copytree(project, copy, ignore=shutil.ignore_patterns("target", "data", "warehouse", "dbt_packages"))
+        shutil.copytree(project, copy, ignore=shutil.ignore_patterns("target", "data", "warehouse"))
         with open(os.path.join(copy, "dbt_project.yml")) as handle:
             profile = next(
                 (line.split(":", 1)[1].split("#")[0].strip() for line in handle if line.startswith("profile:")), None

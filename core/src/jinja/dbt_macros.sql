@@ -36,13 +36,23 @@
 {% macro default__date_trunc(datepart, date) %}date_trunc('{{ datepart }}', {{ date }}){% endmacro %}
 {% macro dateadd(datepart, interval, from_date_or_timestamp) %}{{ return(adapter.dispatch('dateadd', 'dbt')(datepart, interval, from_date_or_timestamp)) }}{% endmacro %}
 {% macro default__dateadd(datepart, interval, from_date_or_timestamp) -%}
+    {#- A literal count becomes an interval literal (any datepart); a computed count is turned
+        into a duration, which only fixed-length dateparts have. -#}
     {%- set part = datepart | lower | trim -%}
-    {%- if part == 'quarter' -%}
-    ({{ from_date_or_timestamp }} + cast({{ interval }} * 3 as bigint) * interval '1 month')
-    {%- elif part == 'week' -%}
-    ({{ from_date_or_timestamp }} + cast({{ interval }} * 7 as bigint) * interval '1 day')
+    {%- set count = interval | string | trim -%}
+    {%- set months = {'year': 12, 'quarter': 3, 'month': 1} -%}
+    {%- set days = {'week': 7, 'day': 1} -%}
+    {%- set seconds = {'week': 604800, 'day': 86400, 'hour': 3600, 'minute': 60, 'second': 1} -%}
+    {%- if count.lstrip('-').isdigit() and part in months -%}
+    ({{ from_date_or_timestamp }} + interval '{{ count | int * months[part] }} month')
+    {%- elif count.lstrip('-').isdigit() and part in days -%}
+    ({{ from_date_or_timestamp }} + interval '{{ count | int * days[part] }} day')
+    {%- elif count.lstrip('-').isdigit() and part in seconds -%}
+    ({{ from_date_or_timestamp }} + interval '{{ count | int * seconds[part] }} second')
+    {%- elif part in seconds -%}
+    ({{ from_date_or_timestamp }} + arrow_cast(cast({{ interval }} as bigint) * {{ seconds[part] }}, 'Duration(Second)'))
     {%- else -%}
-    ({{ from_date_or_timestamp }} + cast({{ interval }} as bigint) * interval '1 {{ part }}')
+    {{ exceptions.raise_compiler_error("dateadd: a computed number of " ~ part ~ "s is not supported by Strata; use a literal count, or days") }}
     {%- endif -%}
 {%- endmacro %}
 {% macro datediff(first_date, second_date, datepart) %}{{ return(adapter.dispatch('datediff', 'dbt')(first_date, second_date, datepart)) }}{% endmacro %}
