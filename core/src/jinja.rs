@@ -838,6 +838,7 @@ fn builtin_environment() -> Environment<'static> {
     env.add_function("__strata_module", namespaces::register_module);
     env.add_function("__strata_wrap", namespaces::wrap);
     env.add_function("__strata_list", mutable::new_list);
+    env.add_function("__strata_eval", |value: Value| value);
     env.add_filter("as_bool", filters::as_bool);
     env.add_filter("as_number", filters::as_number);
     env.add_filter("as_text", filters::as_text);

@@ -1,7 +1,8 @@
 //! Rewrites the list and dict literals of a template's code into mutable values:
 //! `[a, b]` becomes `__strata_list([a, b])` and `{k: v}` becomes `__strata_dict({k: v})`, so
-//! that `append` and `update` work as dbt's projects expect. Text outside `{{ }}` and `{% %}`,
-//! comments, raw blocks and string literals are left alone.
+//! that `append` and `update` work as dbt's projects expect. A unary `+` (`interval = +1`),
+//! which Python's Jinja accepts and minijinja does not, becomes a space. Text outside `{{ }}`
+//! and `{% %}`, comments, raw blocks and string literals are left alone.
 
 /// An edit: the position after it in the new text, and the cumulative growth of the text.
 pub type Edits = Vec<(usize, isize)>;
@@ -51,7 +52,8 @@ impl Rewriter<'_> {
             at = match self.bytes.get(start + 1) {
                 Some(b'#') => self.skip_past(start, "#}"),
                 Some(b'%') if self.is_raw(start + 2) => self.skip_past(start, "endraw"),
-                Some(b'{') | Some(b'%') => self.code(start + 2),
+                Some(b'{') => self.code(start + 2),
+                Some(b'%') => self.statement(start + 2),
                 _ => start + 1,
             };
         }
@@ -78,8 +80,42 @@ impl Rewriter<'_> {
         self.edits.push((self.out.len(), self.growth));
     }
 
+    /// Rewrites a `{% … %}` tag whose code starts at `at`. The expression of a `do` tag is
+    /// wrapped in a call (`do __strata_eval(expr)`): minijinja's `do` takes only calls, dbt's
+    /// any expression (`{% do x.append(y) if z %}`).
+    fn statement(&mut self, at: usize) -> usize {
+        let mut word = at;
+        while matches!(self.bytes.get(word), Some(b'-' | b'+')) {
+            word += 1;
+        }
+        while self.bytes.get(word).is_some_and(u8::is_ascii_whitespace) {
+            word += 1;
+        }
+        let is_do = self.text[word..].starts_with("do")
+            && self.bytes.get(word + 2).is_some_and(u8::is_ascii_whitespace);
+        if !is_do {
+            return self.code(at);
+        }
+        self.insert(word + 3, "__strata_eval(");
+        let end = self.code(word + 3);
+        let mut close = end - 2;
+        if matches!(self.bytes.get(close - 1), Some(b'-' | b'+')) {
+            close -= 1;
+        }
+        self.insert(close, ")");
+        end
+    }
+
+    /// Replaces the byte at `at` with a space (no edit: offsets stay the same).
+    fn blank(&mut self, at: usize) {
+        self.out.push_str(&self.text[self.copied..at]);
+        self.out.push(' ');
+        self.copied = at + 1;
+    }
+
     /// Rewrites the code of one tag starting at `at`; returns where the tag ends.
     fn code(&mut self, mut at: usize) -> usize {
+        let start = at;
         let mut stack: Vec<Open> = Vec::new();
         // The last significant token: whether it ends an operand (then `[` is a subscript).
         let mut after_operand = false;
@@ -125,6 +161,12 @@ impl Rewriter<'_> {
                     at = end;
                     continue;
                 }
+                b'+' if !after_operand
+                    && at != start
+                    && !matches!(self.bytes.get(at + 1..at + 3), Some(b"%}" | b"}}")) =>
+                {
+                    self.blank(at);
+                }
                 b if b.is_ascii_whitespace() => {}
                 _ => after_operand = false,
             }
@@ -160,6 +202,22 @@ mod tests {
             out,
             "select [1] {% set xs = __strata_list([]) %}{% set d = __strata_dict({'a': __strata_list([1, 2])}) %}{{ xs[0] }}{{ f(__strata_list([x]))[1] }}{% for i in __strata_list([1, 2]) %}{% endfor %}"
         );
+    }
+
+    #[test]
+    fn do_takes_any_expression() {
+        let (out, _) = mutable_literals("{%- do xs.append(1) if y else none -%}{% do f() %}");
+        assert_eq!(
+            out,
+            "{%- do __strata_eval(xs.append(1) if y else none )-%}{% do __strata_eval(f() )%}"
+        );
+    }
+
+    #[test]
+    fn unary_plus_becomes_a_space_and_whitespace_control_stays() {
+        let (out, edits) = mutable_literals("{%+ set i = +1 +%}{{ a + +b }}");
+        assert_eq!(out, "{%+ set i =  1 +%}{{ a +  b }}");
+        assert!(edits.is_empty());
     }
 
     #[test]

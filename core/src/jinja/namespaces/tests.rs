@@ -138,3 +138,14 @@ fn unknown_package_macros_are_named_with_a_suggestion() {
     let error = render_with("", BTreeMap::new(), "{{ return(1) }}").unwrap_err();
     assert!(error.contains("only allowed inside a macro"), "{error}");
 }
+
+#[test]
+fn python_jinja_that_dbt_accepts() {
+    assert_eq!(render("{% set interval = +1 %}{{ interval }}"), "1");
+    assert_eq!(
+        render("{% set xs = [] %}{% do xs.append(1) if true else none %}{{ xs | length }}"),
+        "1"
+    );
+    assert_eq!(render("{{ var('missing', none) is none }}"), "True");
+    assert_eq!(render("{{ 'a,b'.split(',') | length }}|{{ {'k': 1}.items() | list | length }}"), "2|1");
+}
