@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::config::{ConfigLayer, Materialization, NodeConfig, closest};
+use crate::config::{rendered_value, ConfigLayer, Materialization, NodeConfig, closest};
 use crate::data_tests::{self, BUILT_IN_TESTS};
 use crate::diagnostics::{Diagnostics, ProjectDiagnostic, SourceText};
 use crate::jinja::{Dependency, MacroPackage, Relation, RenderInputs, Renderer};
@@ -194,19 +194,12 @@ impl<'a> Compiler<'a> {
             }
             self.names.insert(file.name.clone(), file.source.clone());
             let properties = self.model_properties.get(file.name.as_str()).copied();
-            let mut base_layers: Vec<ConfigLayer> = self
-                .project
-                .models_config
-                .layers_for(
-                    &self.project.name,
-                    &path_with_stem(&file.folders, &file.name),
-                )
-                .into_iter()
-                .cloned()
-                .collect();
-            if let Some(properties) = properties {
-                base_layers.push(properties.config.clone());
-            }
+            let folder_layers = self.project.models_config.layers_for(
+                &self.project.name,
+                &path_with_stem(&file.folders, &file.name),
+            );
+            let property_layer = properties.map(|properties| &properties.config);
+            let base_layers = self.rendered_layers(folder_layers.into_iter().chain(property_layer));
             let config = NodeConfig::resolve(Materialization::View, &base_layers);
             self.drafts.push(Draft {
                 unique_id: format!("model.{}.{}", self.project.name, file.name),
@@ -260,19 +253,12 @@ impl<'a> Compiler<'a> {
             self.names
                 .insert(seed.name.clone(), SourceText::new(&seed.path, ""));
             let properties = self.seed_properties.get(seed.name.as_str()).copied();
-            let mut layers: Vec<ConfigLayer> = self
-                .project
-                .seeds_config
-                .layers_for(
-                    &self.project.name,
-                    &path_with_stem(&seed.folders, &seed.name),
-                )
-                .into_iter()
-                .cloned()
-                .collect();
-            if let Some(properties) = properties {
-                layers.push(properties.config.clone());
-            }
+            let folder_layers = self.project.seeds_config.layers_for(
+                &self.project.name,
+                &path_with_stem(&seed.folders, &seed.name),
+            );
+            let property_layer = properties.map(|properties| &properties.config);
+            let layers = self.rendered_layers(folder_layers.into_iter().chain(property_layer));
             let mut config = NodeConfig::resolve(Materialization::Seed, &layers);
             config.materialized = Materialization::Seed;
             for column in config.column_types.keys() {
@@ -528,19 +514,24 @@ impl<'a> Compiler<'a> {
         }
     }
 
+    /// Clones `layers`, with their templated settings rendered (see [`render_templated`]).
+    fn rendered_layers<'l>(&mut self, layers: impl IntoIterator<Item = &'l ConfigLayer>) -> Vec<ConfigLayer> {
+        let inputs = Arc::new(self.inputs.clone());
+        let project_file = &self.project.project_file;
+        layers
+            .into_iter()
+            .map(|layer| render_templated(layer, &self.renderer, &inputs, project_file, &mut self.errors))
+            .collect()
+    }
+
     /// Singular tests become drafts: they render like models.
     fn singular_tests(&mut self) {
         for file in &self.project.singular_tests {
-            let layers: Vec<ConfigLayer> = self
-                .project
-                .tests_config
-                .layers_for(
-                    &self.project.name,
-                    &path_with_stem(&file.folders, &file.name),
-                )
-                .into_iter()
-                .cloned()
-                .collect();
+            let folder_layers = self.project.tests_config.layers_for(
+                &self.project.name,
+                &path_with_stem(&file.folders, &file.name),
+            );
+            let layers = self.rendered_layers(folder_layers);
             let mut config = NodeConfig::resolve(Materialization::Test, &layers);
             config.materialized = Materialization::Test;
             self.drafts.push(Draft {
@@ -976,6 +967,34 @@ impl<'a> Compiler<'a> {
     }
 }
 
+/// A copy of `layer` with each templated setting rendered and set; a setting that fails to
+/// render or to set is reported (at the project file: layers do not keep positions) and left
+/// unset.
+fn render_templated(
+    layer: &ConfigLayer,
+    renderer: &Renderer,
+    inputs: &Arc<RenderInputs>,
+    project_file: &SourceText,
+    errors: &mut Vec<ProjectDiagnostic>,
+) -> ConfigLayer {
+    let mut layer = layer.clone();
+    for (key, template) in std::mem::take(&mut layer.templated) {
+        let outcome = renderer
+            .render_string(&template, inputs)
+            .and_then(|text| layer.set(&key, &rendered_value(&text)));
+        if let Err(message) = outcome {
+            errors.push(
+                ProjectDiagnostic::error(
+                    "strata::config",
+                    format!("setting '{key}: {template}': {message}"),
+                )
+                .in_file(&project_file.path),
+            );
+        }
+    }
+    layer
+}
+
 /// The vars installed packages declare, global and scoped to the package itself; the first
 /// package (by name) to declare a var wins.
 fn package_vars(packages: &[Project]) -> serde_json::Map<String, serde_json::Value> {
@@ -1372,13 +1391,17 @@ fn generic_test(
                 .collect()
         })
         .unwrap_or_default();
-    let mut layers: Vec<ConfigLayer> = project
+    let mut errors = Vec::new();
+    let layers: Vec<ConfigLayer> = project
         .tests_config
         .layers_for(&project.name, &folders)
         .into_iter()
-        .cloned()
+        .chain([&test.config])
+        .map(|layer| render_templated(layer, renderer, inputs, &project.project_file, &mut errors))
         .collect();
-    layers.push(test.config.clone());
+    if let Some(error) = errors.into_iter().next() {
+        return Err(Box::new(error));
+    }
     let mut config = NodeConfig::resolve(Materialization::Test, &layers);
     config.materialized = Materialization::Test;
     if !config.enabled {

@@ -138,6 +138,10 @@ pub enum TestSeverity {
 /// A layer of configuration as written in one place; `None` means "not set here".
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ConfigLayer {
+    /// Settings whose YAML value is a Jinja template (`+enabled: "{{ var('x') }}"`), by key:
+    /// rendered by the compiler, which knows vars and target, then set like any other value.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub templated: BTreeMap<String, String>,
     /// `enabled`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
@@ -348,6 +352,24 @@ impl NodeConfig {
     }
 }
 
+/// Hook keys: their Jinja is rendered when the hook runs, not when the config is read.
+const HOOK_KEYS: [&str; 4] = ["pre_hook", "post_hook", "pre-hook", "post-hook"];
+
+/// The typed value of a rendered template: `true`/`false` (any case), a number, or the text.
+pub fn rendered_value(text: &str) -> serde_json::Value {
+    let trimmed = text.trim();
+    match trimmed.to_ascii_lowercase().as_str() {
+        "true" => return serde_json::Value::Bool(true),
+        "false" => return serde_json::Value::Bool(false),
+        "none" | "null" => return serde_json::Value::Null,
+        _ => {}
+    }
+    if let Ok(number) = trimmed.parse::<i64>() {
+        return serde_json::Value::from(number);
+    }
+    serde_json::Value::String(trimmed.to_string())
+}
+
 /// Keys that configure a node, as opposed to folder names in the `models:` block.
 pub const CONFIG_KEYS: [&str; 22] = [
     "enabled",
@@ -380,6 +402,13 @@ impl ConfigLayer {
     /// Unknown keys are kept in `extra` so existing dbt projects with adapter-specific settings
     /// keep compiling.
     pub fn set(&mut self, key: &str, json: &serde_json::Value) -> Result<(), String> {
+        if let Some(text) = json.as_str()
+            && (text.contains("{{") || text.contains("{%"))
+            && !HOOK_KEYS.contains(&key)
+        {
+            self.templated.insert(key.to_string(), text.to_string());
+            return Ok(());
+        }
         let json = json.clone();
         match key {
             "enabled" => self.enabled = Some(expect_bool(key, &json)?),
