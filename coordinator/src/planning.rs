@@ -81,8 +81,12 @@ pub(crate) async fn build_tasks(
         let task = &tasks[0];
         // A plan that cannot be staged (or fails to plan) runs as one task, which then
         // reports any real error.
+        let engine = strata_engine::EngineConfig {
+            truncating_division: task.truncating_division,
+            ..strata_engine::EngineConfig::default()
+        };
         if let Ok(Some(staged)) = strata_engine::plan_shuffle(
-            &strata_engine::EngineConfig::default(),
+            &engine,
             &task.inputs,
             &task.sql,
             request.shuffle_partitions,
@@ -247,6 +251,7 @@ async fn build_task(
         output,
         incremental,
         reply_to: format!("{RESULT_QUEUE}.{run_id}"),
+        truncating_division: node.config.truncating_division(),
         ..Task::default()
     })
 }

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::config::{rendered_value, ConfigLayer, Materialization, NodeConfig, closest};
+use crate::config::{ConfigLayer, Materialization, NodeConfig, closest, rendered_value};
 use crate::data_tests::{self, BUILT_IN_TESTS};
 use crate::diagnostics::{Diagnostics, ProjectDiagnostic, SourceText};
 use crate::jinja::{Dependency, MacroPackage, Relation, RenderInputs, Renderer};
@@ -515,12 +515,23 @@ impl<'a> Compiler<'a> {
     }
 
     /// Clones `layers`, with their templated settings rendered (see [`render_templated`]).
-    fn rendered_layers<'l>(&mut self, layers: impl IntoIterator<Item = &'l ConfigLayer>) -> Vec<ConfigLayer> {
+    fn rendered_layers<'l>(
+        &mut self,
+        layers: impl IntoIterator<Item = &'l ConfigLayer>,
+    ) -> Vec<ConfigLayer> {
         let inputs = Arc::new(self.inputs.clone());
         let project_file = &self.project.project_file;
         layers
             .into_iter()
-            .map(|layer| render_templated(layer, &self.renderer, &inputs, project_file, &mut self.errors))
+            .map(|layer| {
+                render_templated(
+                    layer,
+                    &self.renderer,
+                    &inputs,
+                    project_file,
+                    &mut self.errors,
+                )
+            })
             .collect()
     }
 

@@ -263,6 +263,14 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// Whether `/` between integers truncates: `integer_division: truncate` (the default,
+    /// `fractional`, follows DuckDB, Spark, Snowflake and BigQuery).
+    pub fn truncating_division(&self) -> bool {
+        self.extra
+            .get(INTEGER_DIVISION)
+            .is_some_and(|value| value == "truncate")
+    }
+
     /// Resolves layers, outermost first, on top of a default materialization.
     pub fn resolve<'a>(
         default: Materialization,
@@ -352,6 +360,9 @@ impl NodeConfig {
     }
 }
 
+/// The setting that chooses integer division: `fractional` (default) or `truncate`.
+const INTEGER_DIVISION: &str = "integer_division";
+
 /// Hook keys: their Jinja is rendered when the hook runs, not when the config is read.
 const HOOK_KEYS: [&str; 4] = ["pre_hook", "post_hook", "pre-hook", "post-hook"];
 
@@ -411,6 +422,15 @@ impl ConfigLayer {
         }
         let json = json.clone();
         match key {
+            INTEGER_DIVISION => {
+                let value = expect_string(key, &json)?;
+                if !matches!(value.as_str(), "fractional" | "truncate") {
+                    return Err(format!(
+                        "{INTEGER_DIVISION} is '{value}'; use 'fractional' (as DuckDB, the default) or 'truncate' (as PostgreSQL)"
+                    ));
+                }
+                self.extra.insert(key.to_string(), json);
+            }
             "enabled" => self.enabled = Some(expect_bool(key, &json)?),
             "materialized" => {
                 let name = expect_string(key, &json)?;

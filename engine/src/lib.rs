@@ -4,6 +4,7 @@
 //! - [`session`]: a DataFusion session under a memory-pool limit with Strata's optimizer rules
 //!   and operators, and a task's inputs registered as tables;
 //! - [`distinct_rewrite`], [`first_row`]: the rules and the deduplication operator;
+//! - [`division`]: fractional integer division, as in DuckDB;
 //! - [`memory`]: the process's real allocation (jemalloc), beside the pools;
 //! - [`stages`]: cutting a plan at its hash repartitions into map and final stages;
 //! - [`codec`]: Strata's plan nodes on the wire;
@@ -16,6 +17,7 @@
 
 pub mod codec;
 pub mod distinct_rewrite;
+pub mod division;
 pub mod error;
 pub mod exchange;
 pub mod first_row;

@@ -23,8 +23,10 @@ use strata_core::settings::EngineSettings;
 use strata_proto::v1::{FileFormat, TaskInput, task_input};
 
 use crate::distinct_rewrite::DistinctAggregatesToGroupBy;
+use crate::division::FractionalIntegerDivision;
 use crate::error::TaskError;
 use crate::first_row::{FirstRowPerKeyRule, StrataQueryPlanner};
+use datafusion::optimizer::{Analyzer, AnalyzerRule};
 
 /// Settings of the execution engine, the same for every task of a process.
 #[derive(Debug, Clone)]
@@ -39,6 +41,9 @@ pub struct EngineConfig {
     pub target_partitions: usize,
     /// Folder for spill files; the system temporary folder when `None`.
     pub spill_dir: Option<PathBuf>,
+    /// `/` between integers truncates (a model's `integer_division: truncate`); otherwise it
+    /// is fractional, as in DuckDB (see [`crate::division`]).
+    pub truncating_division: bool,
 }
 
 impl EngineConfig {
@@ -50,6 +55,7 @@ impl EngineConfig {
             process_memory_limit_bytes: budget.process_mib << 20,
             target_partitions: settings.target_partitions.max(1),
             spill_dir: settings.spill_dir.clone(),
+            truncating_division: false,
         }
     }
 }
@@ -91,11 +97,26 @@ pub fn session(config: &EngineConfig) -> Result<(SessionContext, Arc<dyn MemoryP
         .with_config(session_config)
         .with_runtime_env(runtime)
         .with_default_features()
+        .with_analyzer_rules(analyzer_rules(config))
         .with_optimizer_rule(Arc::new(DistinctAggregatesToGroupBy))
         .with_optimizer_rule(Arc::new(FirstRowPerKeyRule))
         .with_query_planner(Arc::new(StrataQueryPlanner))
         .build();
     Ok((SessionContext::new_with_state(state), pool))
+}
+
+/// DataFusion's analyzer rules, with fractional integer division (unless truncating) before
+/// type coercion, so that coercion sees the new types everywhere they flow.
+fn analyzer_rules(config: &EngineConfig) -> Vec<Arc<dyn AnalyzerRule + Send + Sync>> {
+    let mut rules = Analyzer::new().rules;
+    if !config.truncating_division {
+        let coercion = rules
+            .iter()
+            .position(|rule| rule.name() == "type_coercion")
+            .unwrap_or(0);
+        rules.insert(coercion, Arc::new(FractionalIntegerDivision));
+    }
+    rules
 }
 
 fn ensure_schema(ctx: &SessionContext, schema: &str) -> Result<(), TaskError> {

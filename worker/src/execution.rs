@@ -160,7 +160,11 @@ async fn execute(
     result: &mut TaskResult,
     peaks: &Arc<Peaks>,
 ) -> Result<(), TaskError> {
-    let (ctx, pool) = session(&config.engine)?;
+    let engine = strata_engine::EngineConfig {
+        truncating_division: task.truncating_division,
+        ..config.engine.clone()
+    };
+    let (ctx, pool) = session(&engine)?;
     let (_sampler, exceeded_at) = MemorySampler::start(
         Arc::clone(&pool),
         Arc::clone(peaks),
@@ -259,9 +263,12 @@ impl TaskRun<'_> {
         };
         // A stage of a shuffled model runs its serialized plan; any other task its SQL.
         let (plan_schema, mut stream) = if self.task.plan.is_empty() {
-            let frame = self.ctx.sql(&sql).await?;
-            let schema = frame.schema().as_arrow().clone();
-            (schema, frame.execute_stream().await?)
+            // The schema after analysis: Strata's analyzer rules (fractional division) change
+            // types, which the unanalyzed frame's schema does not show.
+            let plan = self.ctx.sql(&sql).await?.create_physical_plan().await?;
+            let stream =
+                datafusion::physical_plan::execute_stream(Arc::clone(&plan), self.ctx.task_ctx())?;
+            (plan.schema().as_ref().clone(), stream)
         } else {
             let plan = decode_stage(&self.ctx, self.task, self.config.fetch_settings()).await?;
             let stream = plan.execute(self.task.partition as usize, self.ctx.task_ctx())?;

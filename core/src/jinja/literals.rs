@@ -92,7 +92,10 @@ impl Rewriter<'_> {
             word += 1;
         }
         let is_do = self.text[word..].starts_with("do")
-            && self.bytes.get(word + 2).is_some_and(u8::is_ascii_whitespace);
+            && self
+                .bytes
+                .get(word + 2)
+                .is_some_and(u8::is_ascii_whitespace);
         if !is_do {
             return self.code(at);
         }

@@ -147,5 +147,8 @@ fn python_jinja_that_dbt_accepts() {
         "1"
     );
     assert_eq!(render("{{ var('missing', none) is none }}"), "True");
-    assert_eq!(render("{{ 'a,b'.split(',') | length }}|{{ {'k': 1}.items() | list | length }}"), "2|1");
+    assert_eq!(
+        render("{{ 'a,b'.split(',') | length }}|{{ {'k': 1}.items() | list | length }}"),
+        "2|1"
+    );
 }
