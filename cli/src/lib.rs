@@ -36,6 +36,8 @@ pub struct Cli {
 pub enum Command {
     /// Renders every model and test and writes compiled SQL and target/manifest.json.
     Compile(CompileArgs),
+    /// Installs the packages of packages.yml (local: and git:) into dbt_packages/.
+    Deps(DepsArgs),
     /// Lists the project's nodes (models, seeds, tests, sources).
     Ls(LsArgs),
     /// Prints the dependency graph as Mermaid or Graphviz dot.
@@ -109,6 +111,14 @@ pub struct CompileArgs {
     /// Folder for compiled SQL and the manifest, relative to the project folder.
     #[arg(long, default_value = "target", value_name = "DIR")]
     target_path: PathBuf,
+}
+
+/// `strata deps`.
+#[derive(Debug, Args)]
+pub struct DepsArgs {
+    /// The project folder (holding dbt_project.yml and packages.yml).
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    project_dir: PathBuf,
 }
 
 /// Output formats of listing commands.
@@ -193,6 +203,7 @@ pub fn execute(cli: Cli, env: &BTreeMap<String, String>) -> anyhow::Result<ExitC
     };
     match cli.command {
         Command::Compile(args) => project_commands::compile(&args, env, &mut out),
+        Command::Deps(args) => project_commands::deps(&args, &mut out),
         Command::Ls(args) => project_commands::ls(&args, env, &mut out),
         Command::Dag(args) => project_commands::dag(&args, env, &mut out),
         Command::Run(args) => execute_commands::execute(&args, "run", env, &mut out),

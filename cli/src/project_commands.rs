@@ -1,4 +1,4 @@
-//! `strata compile`, `strata ls` and `strata dag`.
+//! `strata compile`, `strata deps`, `strata ls` and `strata dag`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -12,7 +12,7 @@ pub use strata_core::invocation::{CommandOutcome, run_compile};
 use strata_core::manifest::{Manifest, ResourceType};
 
 use crate::{
-    CompileArgs, DagArgs, DagFormat, LsArgs, OutputFormat, ProjectArgs, ResourceTypeArg,
+    CompileArgs, DagArgs, DagFormat, DepsArgs, LsArgs, OutputFormat, ProjectArgs, ResourceTypeArg,
     SelectionArgs,
 };
 
@@ -82,6 +82,27 @@ pub(crate) fn report(diagnostics: &Diagnostics, out: &mut Output) -> anyhow::Res
         return Ok(false);
     }
     Ok(true)
+}
+
+/// `strata deps`: installs the declared packages and lists them.
+pub(crate) fn deps(args: &DepsArgs, out: &mut Output) -> anyhow::Result<ExitCode> {
+    let installed = strata_core::packages::install(&args.project_dir)?;
+    if installed.is_empty() {
+        writeln!(
+            out.stdout,
+            "no packages declared (packages.yml or dependencies.yml)"
+        )?;
+    }
+    for package in &installed {
+        writeln!(
+            out.stdout,
+            "installed {} from {} into {}",
+            package.name,
+            package.spec,
+            package.folder.display()
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn compile(

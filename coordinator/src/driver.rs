@@ -300,7 +300,9 @@ fn jobs(request: &RunRequest) -> Vec<Job> {
 }
 
 /// The nodes each node waits for: its selected parents (through ephemeral models), plus, as in
-/// `dbt build`, the tests of those parents, so a failing test stops what is downstream of it.
+/// `dbt build`, the tests of those parents whose every parent is upstream of the node, so a
+/// failing test stops what is downstream of all it tests (a `relationships` test between two
+/// models blocks only what reads both).
 fn waits_for(
     manifest: &Manifest,
     dag: &Dag,
@@ -326,6 +328,7 @@ fn waits_for(
             }
         }
         let descendants = dag.descendants(id, None);
+        let ancestors = dag.ancestors(id, None);
         let tests: BTreeSet<String> = parents
             .iter()
             .flat_map(|parent| dag.children(parent))
@@ -338,6 +341,7 @@ fn waits_for(
                     .get(*child)
                     .is_some_and(|node| node.resource_type == ResourceType::Test)
             })
+            .filter(|test| dag.parents(test).all(|tested| ancestors.contains(tested)))
             .map(str::to_string)
             .collect();
         if manifest
@@ -437,4 +441,63 @@ async fn complete(run: &mut RunContext<'_>, completion: &Completion) -> NodeResu
 
 fn elapsed_ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::waits_for;
+
+    /// `orders` and `customers`; `order_totals` reads orders, `customer_orders` reads both; a
+    /// `not_null` test on orders and a `relationships` test from orders to customers.
+    #[test]
+    fn a_node_waits_for_the_tests_whose_every_tested_node_is_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |path: &str, text: &str| {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        write("dbt_project.yml", "name: shop\n");
+        write("models/orders.sql", "select 1 as id, 1 as customer_id");
+        write("models/customers.sql", "select 1 as id");
+        write(
+            "models/order_totals.sql",
+            "select * from {{ ref('orders') }}",
+        );
+        write(
+            "models/customer_orders.sql",
+            "select * from {{ ref('orders') }} join {{ ref('customers') }} using (id)",
+        );
+        write(
+            "models/schema.yml",
+            "version: 2\nmodels:\n  - name: orders\n    columns:\n      - name: id\n        data_tests: [not_null]\n      - name: customer_id\n        data_tests:\n          - relationships: {to: ref('customers'), field: id}\n",
+        );
+        let outcome = strata_core::invocation::run_compile(
+            dir.path(),
+            None,
+            "dev",
+            &[],
+            &[],
+            &BTreeMap::new(),
+        );
+        let manifest = outcome.manifest.expect("compiles");
+        let waits = waits_for(&manifest, &manifest.dag(), &outcome.selected);
+        let tests_waited = |model: &str| -> Vec<String> {
+            waits[&format!("model.shop.{model}")]
+                .iter()
+                .filter(|id| id.starts_with("test."))
+                .map(|id| id.split('.').nth(2).unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(tests_waited("order_totals"), ["not_null_orders_id"]);
+        assert_eq!(
+            tests_waited("customer_orders"),
+            [
+                "not_null_orders_id",
+                "relationships_orders_customer_id__id__ref_customers_"
+            ]
+        );
+    }
 }

@@ -1469,30 +1469,31 @@ fn generic_test(
         inputs,
         dependency_id,
     };
-    let (sql, name_suffix) = match test.test_name.as_str() {
-        "not_null" => (
-            data_tests::not_null(&relation, &sql_of.needs_column("not_null")?, where_clause),
-            String::new(),
-        ),
-        "unique" => (
-            data_tests::unique(&relation, &sql_of.needs_column("unique")?, where_clause),
-            String::new(),
-        ),
+    let sql = match test.test_name.as_str() {
+        "not_null" => {
+            data_tests::not_null(&relation, &sql_of.needs_column("not_null")?, where_clause)
+        }
+        "unique" => data_tests::unique(&relation, &sql_of.needs_column("unique")?, where_clause),
         "accepted_values" => sql_of.accepted_values()?,
         "relationships" => sql_of.relationships(&mut depends_on)?,
         other if renderer.has_generic_test(other) => sql_of.project_test(other, &mut depends_on)?,
         other => return Err(unknown_test(origin, other)),
     };
-    let attached_name = match &attached.source {
-        Some(info) => format!("source_{}_{}", info.source_name, attached.name),
-        None => attached.name.clone(),
+    // dbt names a source's tests `source_<test>_<source>_<table>_…`.
+    let (test_type, attached_name) = match &attached.source {
+        Some(info) => (
+            format!("source_{}", test.test_name),
+            format!("{}_{}", info.source_name, attached.name),
+        ),
+        None => (test.test_name.clone(), attached.name.clone()),
     };
     let name = test.custom_name.clone().unwrap_or_else(|| {
-        let mut parts = vec![test.test_name.clone(), attached_name];
-        if let Some(column) = &column {
-            parts.push(column.clone());
-        }
-        test_name(&format!("{}{name_suffix}", parts.join("_")))
+        dbt_test_name(
+            &test_type,
+            &attached_name,
+            column.as_deref(),
+            &test.arguments,
+        )
     });
     depends_on.sort();
     depends_on.dedup();
@@ -1548,7 +1549,7 @@ struct TestSql<'a> {
 }
 
 /// A test's SQL and the suffix of its generated name.
-type TestSqlResult = Result<(String, String), Box<ProjectDiagnostic>>;
+type TestSqlResult = Result<String, Box<ProjectDiagnostic>>;
 
 impl TestSql<'_> {
     /// The column a column test checks.
@@ -1584,25 +1585,15 @@ impl TestSql<'_> {
             .and_then(serde_json::Value::as_bool)
             .unwrap_or(true);
         let values = self.test.arguments.get("values");
-        let sql =
-            data_tests::accepted_values(&self.relation, &column, values, quote, self.where_clause)
-                .map_err(|message| {
+        data_tests::accepted_values(&self.relation, &column, values, quote, self.where_clause)
+            .map_err(|message| {
+                Box::new(
                     self.test
                         .origin
                         .error("strata::test_declaration", message)
-                        .with_hint("write values: [a, b, c]")
-                })?;
-        let suffix = values
-            .and_then(serde_json::Value::as_array)
-            .map(|values| {
-                values
-                    .iter()
-                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
-                    .collect::<Vec<_>>()
-                    .join("__")
+                        .with_hint("write values: [a, b, c]"),
+                )
             })
-            .unwrap_or_default();
-        Ok((sql, format!("__{suffix}")))
     }
 
     /// `relationships`: every value of the column is in the parent's field.
@@ -1635,24 +1626,12 @@ impl TestSql<'_> {
                 depends_on.push(id);
             }
         }
-        let parent_name =
-            rendered
-                .captured
-                .dependencies
-                .first()
-                .map(|dependency| match dependency {
-                    Dependency::Ref(name) => format!("ref_{name}_"),
-                    Dependency::Source(source, table) => format!("source_{source}_{table}_"),
-                });
-        Ok((
-            data_tests::relationships(
-                &self.relation,
-                &column,
-                rendered.sql.trim(),
-                field,
-                self.where_clause,
-            ),
-            format!("__{field}__{}", parent_name.unwrap_or_default()),
+        Ok(data_tests::relationships(
+            &self.relation,
+            &column,
+            rendered.sql.trim(),
+            field,
+            self.where_clause,
         ))
     }
 
@@ -1684,23 +1663,7 @@ impl TestSql<'_> {
                 depends_on.push(id);
             }
         }
-        let suffix: Vec<String> = self
-            .test
-            .arguments
-            .iter()
-            .filter(|(key, _)| key.as_str() != "column_name")
-            .map(|(_, value)| {
-                value
-                    .as_str()
-                    .map_or_else(|| value.to_string(), str::to_string)
-            })
-            .collect();
-        let suffix = if suffix.is_empty() {
-            String::new()
-        } else {
-            format!("__{}", suffix.join("__"))
-        };
-        Ok((tidy_sql(&rendered.sql), suffix))
+        Ok(tidy_sql(&rendered.sql))
     }
 }
 
@@ -1710,7 +1673,7 @@ fn unknown_test(origin: &crate::properties::Origin, other: &str) -> Box<ProjectD
     let hint = match closest(other, known.iter().copied()) {
         Some(best) => format!("did you mean '{best}'?"),
         None if other.contains('.') => String::from(
-            "tests from packages such as dbt_utils are not supported yet; define the check with a {% test %} block in macros/ or tests/generic/",
+            "a package's test: install the package under dbt_packages/ (`strata deps`), or check the names",
         ),
         None => format!(
             "Strata knows {}; define '{other}' with {{% test {other}(model, column_name) %}} in macros/ or tests/generic/",
@@ -1729,25 +1692,61 @@ fn unknown_test(origin: &crate::properties::Origin, other: &str) -> Box<ProjectD
 
 /// Makes a test name out of its parts: lowercase letters, digits and underscores, at most 64
 /// characters (longer names keep a prefix and a hash of the whole, as dbt does).
-fn test_name(raw: &str) -> String {
-    let mut name: String = raw
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
+/// A generic test's name exactly as dbt makes it: `<package>_<test>_<model>_<arguments>`, the
+/// arguments (with `column_name`, without `model`) sorted by name, a mapping's values and a
+/// list's items each one part, every run of characters other than letters, digits and `_`
+/// replaced by `_`, the parts joined by `__`.
+fn dbt_test_name(
+    test: &str,
+    attached: &str,
+    column: Option<&str>,
+    arguments: &serde_json::Map<String, serde_json::Value>,
+) -> String {
+    let mut sorted: BTreeMap<&str, serde_json::Value> = arguments
+        .iter()
+        .filter(|(key, _)| key.as_str() != "model")
+        .map(|(key, value)| (key.as_str(), value.clone()))
         .collect();
-    while name.contains("___") {
-        name = name.replace("___", "__");
+    if let Some(column) = column {
+        sorted.insert("column_name", serde_json::Value::from(column));
     }
-    let name = name.trim_matches('_').to_string();
-    if name.len() <= 64 {
-        return name;
+    let parts: Vec<String> = sorted
+        .values()
+        .flat_map(|value| match value {
+            serde_json::Value::Object(map) => map.values().cloned().collect(),
+            serde_json::Value::Array(items) => items.clone(),
+            other => vec![other.clone()],
+        })
+        .map(|part| clean_name_part(&python_str(&part)))
+        .collect();
+    format!("{}_{attached}_{}", test.replace('.', "_"), parts.join("__"))
+}
+
+/// A value as Python's `str()` writes it (dbt builds test names from those).
+fn python_str(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::Bool(true) => String::from("True"),
+        serde_json::Value::Bool(false) => String::from("False"),
+        serde_json::Value::Null => String::from("None"),
+        other => other.to_string(),
     }
-    format!("{}_{}", &name[..47], &checksum(raw)[..16])
+}
+
+/// `re.sub("[^0-9a-zA-Z_]+", "_", part)`.
+fn clean_name_part(part: &str) -> String {
+    let mut cleaned = String::with_capacity(part.len());
+    let mut in_run = false;
+    for c in part.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            cleaned.push(c);
+            in_run = false;
+        } else if !in_run {
+            cleaned.push('_');
+            in_run = true;
+        }
+    }
+    cleaned
 }
 
 #[cfg(test)]
@@ -1784,14 +1783,38 @@ mod tests {
     }
 
     #[test]
-    fn long_test_names_stay_short_and_distinct() {
-        let long = format!("accepted_values_orders_status__{}", "x".repeat(100));
-        let name = test_name(&long);
-        assert!(name.len() <= 64, "{name}");
-        assert_ne!(name, test_name(&format!("{long}y")));
+    fn generic_test_names_are_dbts() {
+        let arguments = |json: serde_json::Value| json.as_object().unwrap().clone();
         assert_eq!(
-            test_name("not_null_Orders_Order Id"),
-            "not_null_orders_order_id"
+            dbt_test_name(
+                "relationships",
+                "orders",
+                Some("customer_id"),
+                &arguments(serde_json::json!({"to": "ref('customers')", "field": "id"}))
+            ),
+            "relationships_orders_customer_id__id__ref_customers_"
+        );
+        assert_eq!(
+            dbt_test_name(
+                "accepted_values",
+                "source_raw_orders",
+                Some("status"),
+                &arguments(serde_json::json!({"values": ["a b", true], "quote": false}))
+            ),
+            "accepted_values_source_raw_orders_status__False__a_b__True"
+        );
+        assert_eq!(
+            dbt_test_name(
+                "dbt_utils.expression_is_true",
+                "orders",
+                None,
+                &arguments(serde_json::json!({"expression": "total >= 0"}))
+            ),
+            "dbt_utils_expression_is_true_orders_total_0"
+        );
+        assert_eq!(
+            dbt_test_name("not_null", "orders", Some("id"), &serde_json::Map::new()),
+            "not_null_orders_id"
         );
     }
 

@@ -656,7 +656,6 @@ fn bare_key_is_config(name: &str, value: &Yaml) -> bool {
 
 /// Reads every `+key` (or bare config key) of a YAML mapping into a layer, reporting errors
 /// at the value's position. Other keys are returned for the caller (folder names).
-
 pub fn read_config_mapping<'a>(
     mapping: &'a Yaml,
     source: &SourceText,

@@ -851,6 +851,16 @@ fn builtin_environment() -> Environment<'static> {
     env.add_function("env_var", env_var_function);
     env.add_function("is_incremental", is_incremental_function);
     env.add_function("log", log_function);
+    for name in ["run_query", "statement", "load_result"] {
+        env.add_function(name, move |_args: Rest<Value>| -> Result<Value, Error> {
+            Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "{name}() queries the database while compiling, which Strata does not support yet; compute the values in the model's SQL (a join or a subquery) instead"
+                ),
+            ))
+        });
+    }
     env.add_global("config", Value::from_object(ConfigObject));
     env.add_global("exceptions", Value::from_object(ExceptionsObject));
     env.add_global("execute", Value::from(true));
@@ -1004,7 +1014,24 @@ fn jinja_diagnostic_at(
     start: usize,
     end: usize,
 ) -> ProjectDiagnostic {
-    base_diagnostic(err).at_range(source, start, end)
+    let called = source
+        .text
+        .get(start..end)
+        .and_then(|text| text.split('(').next())
+        .map(str::trim)
+        .filter(|name| !name.is_empty());
+    match called {
+        // minijinja does not name what it could not call; the source at the error does.
+        Some(name) if err.detail() == Some("value of type undefined is not callable") => {
+            ProjectDiagnostic::error(
+                "strata::jinja_unknown_function",
+                format!("unknown function or macro '{name}'"),
+            )
+            .with_hint("define it as a macro under macros/, install the package that has it under dbt_packages/, or check the spelling")
+            .at_range(source, start, end)
+        }
+        _ => base_diagnostic(err).at_range(source, start, end),
+    }
 }
 
 fn base_diagnostic(err: &Error) -> ProjectDiagnostic {

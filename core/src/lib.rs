@@ -4,10 +4,13 @@
 //! manifest of compiled SQL:
 //!
 //! - [`project`] reads `dbt_project.yml` / `strata_project.yml`, models, seeds, macros, tests
-//!   and property files, collecting every problem as a [`diagnostics::ProjectDiagnostic`];
+//!   and property files, and the installed packages, collecting every problem as a
+//!   [`diagnostics::ProjectDiagnostic`]; [`packages`] installs the declared packages
+//!   (`strata deps`);
 //! - [`properties`] and [`config`] read sources, columns, tests and layered configuration;
 //! - [`jinja`] renders SQL with dbt's functions (`ref`, `source`, `config`, `var`, `env_var`,
-//!   `is_incremental`, `this`, `target`) and the project's macros;
+//!   `is_incremental`, `this`, `target`), the project's and packages' macros, dispatch and
+//!   dbt's own macros;
 //! - [`compiler`] resolves configuration, inlines ephemeral models, writes test SQL
 //!   ([`data_tests`]) and checks the DAG ([`dag`]), producing a [`manifest::Manifest`];
 //! - [`selection`] applies dbt's `--select` / `--exclude` syntax to a manifest;
@@ -27,6 +30,7 @@ pub mod invocation;
 pub mod jinja;
 pub mod machine;
 pub mod manifest;
+pub mod packages;
 pub mod project;
 pub mod properties;
 pub mod queue;

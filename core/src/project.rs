@@ -389,7 +389,7 @@ fn load_packages(project: &mut Project, diagnostics: &mut Diagnostics) {
                     "strata::duplicate_package",
                     format!("package '{}' is installed twice", package.name),
                 )
-                .in_file(&folder.join(PROJECT_FILES[1]))
+                .in_file(folder.join(PROJECT_FILES[1]))
                 .with_hint("remove one of the folders, or run `strata deps` again"),
             );
             continue;

@@ -4,8 +4,8 @@
 For every project given, `dbt parse` (dbt-core + dbt-duckdb, pinned in scripts/requirements.txt)
 and `strata compile` run on the same copy; then the two manifests are compared on what decides
 how a run behaves: which models, seeds and sources exist, what each model reads, how it is
-materialized, its tags, and which tests check which column of which node. Test names are not
-compared (dbt shortens long names with a hash of its own).
+materialized, its tags, and which tests check which column of which node, under which name
+(generic test names are dbt's, long ones included).
 """
 import argparse
 import json
@@ -54,9 +54,9 @@ def dbt_graph(manifest):
                 test_name = metadata["name"]
                 if metadata.get("namespace"):
                     test_name = f"{metadata['namespace']}.{test_name}"
-                graph["tests"].add((test_name, short(attached) if attached else "", column or ""))
+                graph["tests"].add((test_name, short(attached) if attached else "", column or "", node["name"]))
             else:
-                graph["tests"].add(("singular", node["name"], ""))
+                graph["tests"].add(("singular", node["name"], "", node["name"]))
     for unique_id in manifest["sources"]:
         graph["nodes"][short(unique_id)] = {"depends_on": [], "materialized": "source", "tags": []}
     return graph
@@ -77,10 +77,10 @@ def strata_graph(manifest):
         elif kind == "test":
             test = node["test"]
             if test["test_name"] == "singular":
-                graph["tests"].add(("singular", node["name"], ""))
+                graph["tests"].add(("singular", node["name"], "", node["name"]))
             else:
                 attached = test.get("attached_node") or ""
-                graph["tests"].add((test["test_name"], short(attached) if attached else "", test.get("column_name") or ""))
+                graph["tests"].add((test["test_name"], short(attached) if attached else "", test.get("column_name") or "", node["name"]))
     return graph
 
 

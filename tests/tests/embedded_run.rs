@@ -55,7 +55,7 @@ fn medallion_builds_end_to_end() {
     // Unknown users are expected: the relationships test warns instead of failing.
     let relationships = node(
         &record,
-        "relationships_silver_events_user_id__user_id__ref_silver_users",
+        "relationships_silver_events_user_id__user_id__ref_silver_users_",
     );
     assert_eq!(relationships["status"], "warn");
     assert!(relationships["failures"].as_i64().unwrap() > 0);

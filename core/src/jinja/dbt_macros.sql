@@ -3,6 +3,10 @@
     provide `strata__<name>` or `default__<name>`; the defaults here emit SQL that DataFusion
     runs. Written for Strata from dbt's documented signatures. -#}
 
+{#- Tests -#}
+{% macro should_store_failures() %}{{ return(config.get('store_failures', false)) }}{% endmacro %}
+{% macro should_full_refresh() %}{{ return(config.get('full_refresh', false) or flags.FULL_REFRESH) }}{% endmacro %}
+
 {#- Types -#}
 {% macro type_string() %}{{ return(adapter.dispatch('type_string', 'dbt')()) }}{% endmacro %}
 {% macro default__type_string() %}varchar{% endmacro %}
