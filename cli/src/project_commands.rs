@@ -43,13 +43,17 @@ fn outcome_for(
     selection: &SelectionArgs,
     env: &BTreeMap<String, String>,
 ) -> CommandOutcome {
-    run_compile(
+    strata_core::invocation::compile_for_run(
         &project.project_dir,
         project.vars.as_deref(),
         &project.target,
         &selection.select,
         &selection.exclude,
         env,
+        &BTreeSet::new(),
+        Some(std::sync::Arc::new(
+            strata_engine::compile_queries::EngineQueries::default(),
+        )),
     )
 }
 

@@ -299,7 +299,8 @@ fn jobs(request: &RunRequest) -> Vec<Job> {
         .collect()
 }
 
-/// The nodes each node waits for: its selected parents (through ephemeral models), plus, as in
+/// The nodes each node waits for: its selected parents (through ephemeral models, and sources
+/// loaded by the project's own seeds or models), plus, as in
 /// `dbt build`, the tests of those parents whose every parent is upstream of the node, so a
 /// failing test stops what is downstream of all it tests (a `relationships` test between two
 /// models blocks only what reads both).
@@ -319,11 +320,10 @@ fn waits_for(
             }
             if to_run.contains(parent) {
                 parents.insert(parent.to_string());
-            } else if manifest
-                .nodes
-                .get(parent)
-                .is_some_and(|node| node.config.materialized == Materialization::Ephemeral)
-            {
+            } else if manifest.nodes.get(parent).is_some_and(|node| {
+                node.config.materialized == Materialization::Ephemeral
+                    || node.resource_type == ResourceType::Source
+            }) {
                 stack.extend(dag.parents(parent));
             }
         }

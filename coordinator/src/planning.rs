@@ -28,7 +28,7 @@ pub enum PlanError {
         node: String,
     },
     /// A source has no location to read.
-    #[error("source '{source_name}.{table}' has no location; set meta.external_location in {file}")]
+    #[error("source '{source_name}.{table}' has no location and its table is not in the warehouse; set meta.external_location in {file}, or load the table first (a seed or model with the same schema and name)")]
     NoLocation {
         /// The source.
         source_name: String,
@@ -303,7 +303,17 @@ fn add_inputs<'a>(
                     file: node.original_file_path.clone(),
                 };
                 let info = node.source.as_ref().ok_or_else(no_location)?;
-                let location = info.location.as_deref().ok_or_else(no_location)?;
+                let Some(location) = info.location.as_deref() else {
+                    // No files of its own: the source is a table of the warehouse.
+                    let table_uri = request.warehouse.table_uri(relation);
+                    let version = current_version(&table_uri).await?.ok_or_else(no_location)?;
+                    inputs.push(TaskInput {
+                        schema: relation.schema.clone(),
+                        name: relation.identifier.clone(),
+                        source: Some(task_input::Source::Delta(DeltaInput { table_uri, version })),
+                    });
+                    return Ok(());
+                };
                 let format = match info.format.as_deref() {
                     Some("parquet") => FileFormat::Parquet,
                     Some("csv") => FileFormat::Csv,
@@ -325,11 +335,8 @@ fn add_inputs<'a>(
                 let version = match versions.get(id) {
                     Some(version) => *version,
                     None => {
-                        let table = commit::open_table(&table_uri).await.map_err(Box::new)?;
-                        let version = table
-                            .and_then(|table| table.version())
-                            .and_then(|version| i64::try_from(version).ok())
-                            .ok_or_else(|| PlanError::NotBuilt {
+                        let version = current_version(&table_uri).await?.ok_or_else(|| {
+                            PlanError::NotBuilt {
                                 node: node.name.clone(),
                                 table_uri: table_uri.clone(),
                                 command: if node.resource_type == ResourceType::Seed {
@@ -337,7 +344,8 @@ fn add_inputs<'a>(
                                 } else {
                                     "strata run"
                                 },
-                            })?;
+                            }
+                        })?;
                         versions.insert(id.to_string(), version);
                         version
                     }
@@ -352,6 +360,14 @@ fn add_inputs<'a>(
         });
         Ok(())
     })
+}
+
+/// The current version of the Delta table at `table_uri`; `None` when there is none.
+async fn current_version(table_uri: &str) -> Result<Option<i64>, PlanError> {
+    let table = commit::open_table(table_uri).await.map_err(Box::new)?;
+    Ok(table
+        .and_then(|table| table.version())
+        .and_then(|version| i64::try_from(version).ok()))
 }
 
 /// The inputs a query over node `id` needs: its relation (and, for views and ephemeral

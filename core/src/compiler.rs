@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::config::{ConfigLayer, Materialization, NodeConfig, closest, rendered_value};
 use crate::data_tests::{self, BUILT_IN_TESTS};
 use crate::diagnostics::{Diagnostics, ProjectDiagnostic, SourceText};
-use crate::jinja::{Dependency, MacroPackage, Relation, RenderInputs, Renderer};
+use crate::jinja::{CompileQueries, Dependency, MacroPackage, Relation, RenderInputs, Renderer};
 use crate::manifest::{
     Column, Manifest, Metadata, Node, ResourceType, SourceInfo, TestInfo, checksum,
 };
@@ -38,6 +38,8 @@ pub struct CompileOptions {
     /// Models for which `is_incremental()` is true (incremental models whose table exists,
     /// outside a full refresh).
     pub incremental_models: BTreeSet<String>,
+    /// What answers `run_query()` and `statement` blocks; without it they fail clearly.
+    pub queries: Option<Arc<dyn CompileQueries>>,
 }
 
 /// The outcome of a compile: the manifest when there was no error, and every diagnostic.
@@ -139,7 +141,12 @@ impl<'a> Compiler<'a> {
                 files: &package.macros,
             })
             .collect();
-        let renderer = Renderer::new(&packages, project.dispatch.clone(), &mut errors);
+        let renderer = Renderer::new(
+            &packages,
+            project.dispatch.clone(),
+            options.queries.clone(),
+            &mut errors,
+        );
         let target_name = if options.target_name.is_empty() {
             String::from("dev")
         } else {
@@ -844,6 +851,7 @@ impl<'a> Compiler<'a> {
         for node in seeds.into_iter().chain(sources) {
             nodes.insert(node.unique_id.clone(), node);
         }
+        link_warehouse_sources(&mut nodes);
         (nodes, ids)
     }
 
@@ -974,6 +982,26 @@ impl<'a> Compiler<'a> {
         Compilation {
             manifest,
             diagnostics,
+        }
+    }
+}
+
+/// A source without a location of its own is a table of the warehouse: when the project builds
+/// that table (a seed or a model with the source's relation, as dbt projects load sources with
+/// seeds), the source depends on it, so that what reads the source runs after it.
+fn link_warehouse_sources(nodes: &mut BTreeMap<String, Node>) {
+    let builders: BTreeMap<Relation, String> = nodes
+        .values()
+        .filter(|node| matches!(node.resource_type, ResourceType::Model | ResourceType::Seed))
+        .filter_map(|node| Some((node.relation.clone()?, node.unique_id.clone())))
+        .collect();
+    for node in nodes.values_mut() {
+        let in_warehouse = node.resource_type == ResourceType::Source
+            && node.source.as_ref().is_some_and(|info| info.location.is_none());
+        if let (true, Some(relation)) = (in_warehouse, &node.relation)
+            && let Some(builder) = builders.get(relation)
+        {
+            node.depends_on = vec![builder.clone()];
         }
     }
 }

@@ -5,7 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use std::sync::Arc;
+
 use crate::compiler::{self, CompileOptions};
+use crate::jinja::CompileQueries;
 use crate::diagnostics::{Diagnostics, ProjectDiagnostic};
 use crate::manifest::Manifest;
 use crate::project::Project;
@@ -41,10 +44,13 @@ pub fn run_compile(
         exclude,
         env,
         &BTreeSet::new(),
+        None,
     )
 }
 
-/// Like [`run_compile`], rendering `is_incremental()` as true for the named models.
+/// Like [`run_compile`], rendering `is_incremental()` as true for the named models, with
+/// `queries` answering compile-time queries (`run_query`, `statement`).
+#[allow(clippy::too_many_arguments)]
 pub fn compile_for_run(
     project_dir: &Path,
     vars: Option<&str>,
@@ -53,6 +59,7 @@ pub fn compile_for_run(
     exclude: &[String],
     env: &BTreeMap<String, String>,
     incremental_models: &BTreeSet<String>,
+    queries: Option<Arc<dyn CompileQueries>>,
 ) -> CommandOutcome {
     let mut diagnostics = Diagnostics::default();
     let cli_vars = match vars.map(parse_vars).transpose() {
@@ -80,6 +87,7 @@ pub fn compile_for_run(
         env: env.clone(),
         target_name: target.to_string(),
         incremental_models: incremental_models.clone(),
+        queries,
     };
     let compilation = compiler::compile(&project, &options);
     diagnostics.extend(compilation.diagnostics);

@@ -24,6 +24,9 @@ mod filters;
 mod literals;
 mod mutable;
 mod namespaces;
+mod queries;
+
+pub use queries::{CompileQueries, QueryTable};
 use crate::diagnostics::{ProjectDiagnostic, SourceText};
 use crate::project::{SqlFile, is_identifier};
 
@@ -581,9 +584,11 @@ impl Renderer {
     pub fn new(
         packages: &[MacroPackage<'_>],
         search_orders: BTreeMap<String, Vec<String>>,
+        queries: Option<Arc<dyn CompileQueries>>,
         diagnostics: &mut Vec<ProjectDiagnostic>,
     ) -> Renderer {
         let mut env = builtin_environment();
+        register_queries(&mut env, queries);
         let dbt_file = SqlFile {
             name: String::from("dbt_macros"),
             folders: Vec::new(),
@@ -851,16 +856,6 @@ fn builtin_environment() -> Environment<'static> {
     env.add_function("env_var", env_var_function);
     env.add_function("is_incremental", is_incremental_function);
     env.add_function("log", log_function);
-    for name in ["run_query", "statement", "load_result"] {
-        env.add_function(name, move |_args: Rest<Value>| -> Result<Value, Error> {
-            Err(Error::new(
-                ErrorKind::InvalidOperation,
-                format!(
-                    "{name}() queries the database while compiling, which Strata does not support yet; compute the values in the model's SQL (a join or a subquery) instead"
-                ),
-            ))
-        });
-    }
     env.add_global("config", Value::from_object(ConfigObject));
     env.add_global("exceptions", Value::from_object(ExceptionsObject));
     env.add_global("execute", Value::from(true));
@@ -869,6 +864,22 @@ fn builtin_environment() -> Environment<'static> {
         Value::from(Serde(BTreeMap::from([("FULL_REFRESH", false)]))),
     );
     env
+}
+
+/// `run_query`, `statement` and `load_result`, answered by `queries`.
+fn register_queries(env: &mut Environment<'static>, queries: Option<Arc<dyn CompileQueries>>) {
+    let runner = queries::Runner(queries);
+    let for_run_query = runner.clone();
+    env.add_function("run_query", move |sql: String| {
+        queries::run_query(&for_run_query, &sql)
+    });
+    env.add_function(
+        "statement",
+        move |state: &mut State, args: Rest<Value>, kwargs: Kwargs| {
+            queries::statement(&runner, state, args, kwargs)
+        },
+    );
+    env.add_function("load_result", queries::load_result);
 }
 
 /// One package's macro files as one template's text.
@@ -1160,7 +1171,7 @@ mod tests {
             name: "shop",
             files: macros,
         }];
-        let mut renderer = Renderer::new(&packages, BTreeMap::new(), &mut errors);
+        let mut renderer = Renderer::new(&packages, BTreeMap::new(), None, &mut errors);
         assert!(errors.is_empty(), "{errors:?}");
         let source = SourceText::new(PathBuf::from("models/m.sql"), text);
         renderer.add(&source)?;

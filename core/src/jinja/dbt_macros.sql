@@ -54,7 +54,7 @@
     {%- elif count.lstrip('-').isdigit() and part in seconds -%}
     ({{ from_date_or_timestamp }} + interval '{{ count | int * seconds[part] }} second')
     {%- elif part in seconds -%}
-    ({{ from_date_or_timestamp }} + arrow_cast(cast({{ interval }} as bigint) * {{ seconds[part] }}, 'Duration(Second)'))
+    (cast({{ from_date_or_timestamp }} as timestamp) + arrow_cast(cast({{ interval }} as bigint) * {{ seconds[part] }}, 'Duration(Second)'))
     {%- else -%}
     {{ exceptions.raise_compiler_error("dateadd: a computed number of " ~ part ~ "s is not supported by Strata; use a literal count, or days") }}
     {%- endif -%}
@@ -148,3 +148,9 @@
 {% macro default__array_append(array, new_element) %}array_append({{ array }}, {{ new_element }}){% endmacro %}
 {% macro array_concat(array_1, array_2) %}{{ return(adapter.dispatch('array_concat', 'dbt')(array_1, array_2)) }}{% endmacro %}
 {% macro default__array_concat(array_1, array_2) %}array_concat({{ array_1 }}, {{ array_2 }}){% endmacro %}
+
+{#- Implementations for Strata of packages' cross-database macros, found by their dispatch
+    before the package's own `default__` (see `adapter.dispatch`). -#}
+{% macro strata__convert_timezone(column, target_tz, source_tz) -%}
+    to_local_time(cast({{ column }} as timestamp) at time zone '{{ source_tz }}' at time zone '{{ target_tz }}')
+{%- endmacro %}

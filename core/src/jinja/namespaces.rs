@@ -263,7 +263,16 @@ pub fn dispatch(state: &State, catalog: &MacroCatalog, args: &[Value]) -> Result
     };
     let namespace = namespace.filter(|namespace| !namespace.is_empty());
     let order = catalog.search_order(namespace.as_deref());
-    for package in &order {
+    let strata_own = format!("strata__{name}");
+    for (position, package) in order.iter().enumerate() {
+        // Strata's own implementation of a package's macro (in the dbt namespace) comes right
+        // after the project's, before the package's defaults: as an adapter's would in dbt.
+        if position > 0
+            && order[position - 1] == catalog.root
+            && let Some(found) = find_macro(state, DBT_NAMESPACE, &strata_own)
+        {
+            return Ok(found);
+        }
         for prefix in DISPATCH_PREFIXES {
             let candidate = format!("{prefix}__{name}");
             if let Some(found) = find_macro(state, package, &candidate) {

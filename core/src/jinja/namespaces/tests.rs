@@ -43,7 +43,7 @@ fn render_with(
         },
     ];
     let mut errors = Vec::new();
-    let mut renderer = Renderer::new(&packages, search_orders, &mut errors);
+    let mut renderer = Renderer::new(&packages, search_orders, None, &mut errors);
     assert!(errors.is_empty(), "{errors:?}");
     let source = SourceText::new(PathBuf::from("models/m.sql"), model);
     renderer.add(&source).map_err(|d| d.message.clone())?;
