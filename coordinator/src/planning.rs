@@ -28,7 +28,9 @@ pub enum PlanError {
         node: String,
     },
     /// A source has no location to read.
-    #[error("source '{source_name}.{table}' has no location and its table is not in the warehouse; set meta.external_location in {file}, or load the table first (a seed or model with the same schema and name)")]
+    #[error(
+        "source '{source_name}.{table}' has no location and its table is not in the warehouse; set meta.external_location in {file}, or load the table first (a seed or model with the same schema and name)"
+    )]
     NoLocation {
         /// The source.
         source_name: String,

@@ -153,7 +153,9 @@ pub async fn prepare(
             &spec.exclude,
             env,
             incremental,
-            Some(std::sync::Arc::new(strata_engine::compile_queries::EngineQueries::default())),
+            Some(std::sync::Arc::new(
+                strata_engine::compile_queries::EngineQueries::default(),
+            )),
         )
     };
     let (manifest, selected, diagnostics) = compiled(compile(&BTreeSet::new()))?;

@@ -997,7 +997,10 @@ fn link_warehouse_sources(nodes: &mut BTreeMap<String, Node>) {
         .collect();
     for node in nodes.values_mut() {
         let in_warehouse = node.resource_type == ResourceType::Source
-            && node.source.as_ref().is_some_and(|info| info.location.is_none());
+            && node
+                .source
+                .as_ref()
+                .is_some_and(|info| info.location.is_none());
         if let (true, Some(relation)) = (in_warehouse, &node.relation)
             && let Some(builder) = builders.get(relation)
         {

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::compiler::{self, CompileOptions};
-use crate::jinja::CompileQueries;
 use crate::diagnostics::{Diagnostics, ProjectDiagnostic};
+use crate::jinja::CompileQueries;
 use crate::manifest::Manifest;
 use crate::project::Project;
 use crate::selection;

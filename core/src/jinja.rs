@@ -26,9 +26,9 @@ mod mutable;
 mod namespaces;
 mod queries;
 
-pub use queries::{CompileQueries, QueryTable};
 use crate::diagnostics::{ProjectDiagnostic, SourceText};
 use crate::project::{SqlFile, is_identifier};
+pub use queries::{CompileQueries, QueryTable};
 
 /// Name of the template holding every macro of the project.
 const MACROS_TEMPLATE: &str = "__macros__";

@@ -90,7 +90,9 @@ fn json_value(value: ScalarValue) -> serde_json::Value {
         ScalarValue::UInt64(Some(v)) => v.into(),
         ScalarValue::Float32(Some(v)) => serde_json::Value::from(f64::from(v)),
         ScalarValue::Float64(Some(v)) => serde_json::Value::from(v),
-        ScalarValue::Utf8(Some(v)) | ScalarValue::LargeUtf8(Some(v)) | ScalarValue::Utf8View(Some(v)) => v.into(),
+        ScalarValue::Utf8(Some(v))
+        | ScalarValue::LargeUtf8(Some(v))
+        | ScalarValue::Utf8View(Some(v)) => v.into(),
         other => other.to_string().into(),
     }
 }
@@ -107,7 +109,11 @@ mod tests {
             .unwrap();
         assert_eq!(table.columns, ["days", "label"]);
         assert_eq!(table.rows.len(), 2);
-        assert!(table.rows.contains(&vec![serde_json::json!(3), serde_json::json!("a")]));
+        assert!(
+            table
+                .rows
+                .contains(&vec![serde_json::json!(3), serde_json::json!("a")])
+        );
         let error = queries.query("select * from gold.missing").unwrap_err();
         assert!(error.contains("missing"), "{error}");
     }

@@ -51,7 +51,9 @@ def load_inputs(con, manifest, project, mirrors):
             con.execute(f"create schema if not exists {quote(relation['schema'])}")
         if node["resource_type"] == "source":
             info = node["source"]
-            location = info["location"]
+            location = info.get("location")
+            if location is None:
+                continue  # a warehouse table: the seed or model that loads it is created here
             for prefix, folder in mirrors:
                 if location.startswith(prefix):
                     location = folder + location[len(prefix):]

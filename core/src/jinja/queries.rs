@@ -78,7 +78,9 @@ pub(super) fn statement(
 ) -> Result<Value, Error> {
     let name: String = match args.first() {
         Some(name) => name.to_string(),
-        None => kwargs.get::<Option<String>>("name")?.unwrap_or_else(|| String::from("main")),
+        None => kwargs
+            .get::<Option<String>>("name")?
+            .unwrap_or_else(|| String::from("main")),
     };
     let _ = kwargs.get::<Option<Value>>("fetch_result")?;
     let _ = kwargs.get::<Option<Value>>("auto_begin")?;
@@ -116,7 +118,10 @@ impl TableValue {
         self.0.rows.get(index).map(|row| {
             Value::from_object(RowValue {
                 columns: self.0.columns.clone(),
-                values: row.iter().map(|v| Value::from(minijinja::value::Serde(v))).collect(),
+                values: row
+                    .iter()
+                    .map(|v| Value::from(minijinja::value::Serde(v)))
+                    .collect(),
             })
         })
     }
@@ -133,7 +138,9 @@ impl Object for TableValue {
         }
         match key.as_str()? {
             "rows" => Some(Value::from(
-                (0..self.0.rows.len()).filter_map(|i| self.row(i)).collect::<Vec<_>>(),
+                (0..self.0.rows.len())
+                    .filter_map(|i| self.row(i))
+                    .collect::<Vec<_>>(),
             )),
             "column_names" => Some(Value::from(self.0.columns.clone())),
             "columns" => Some(Value::from(
