@@ -51,6 +51,16 @@ pub enum PlanError {
         /// `strata seed` or `strata run`.
         command: &'static str,
     },
+    /// An incremental model asks for a strategy Strata does not have.
+    #[error(
+        "'{node}' has incremental_strategy '{strategy}', which Strata does not have; use append, merge, delete+insert or insert_overwrite"
+    )]
+    Strategy {
+        /// The model.
+        node: String,
+        /// The strategy as configured.
+        strategy: String,
+    },
     /// A table the node reads cannot be opened.
     #[error(transparent)]
     Table(#[from] Box<commit::CommitError>),
@@ -217,6 +227,16 @@ async fn build_task(
             // `{{ this }}`: the model's own table at its current version (the run was
             // planned knowing it exists), even though the node has not run yet.
             add_inputs(request, &node.unique_id, versions, &mut inputs, &mut seen).await?;
+            if let Some(strategy) = node
+                .config
+                .extra
+                .get(strata_core::config::UNSUPPORTED_STRATEGY)
+            {
+                return Err(PlanError::Strategy {
+                    node: node.name.clone(),
+                    strategy: strategy.as_str().unwrap_or_default().to_string(),
+                });
+            }
             incremental = Some(Incremental {
                 // As dbt: merge when a unique key is set, append otherwise.
                 strategy: match node.config.incremental_strategy {

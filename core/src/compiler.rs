@@ -274,10 +274,11 @@ impl<'a> Compiler<'a> {
                     .iter()
                     .any(|name| name.eq_ignore_ascii_case(column))
                 {
-                    let diagnostic = ProjectDiagnostic::error(
+                    // dbt ignores such a type; so does Strata, with a word.
+                    let diagnostic = ProjectDiagnostic::warning(
                         "strata::seed",
                         format!(
-                            "column_types names '{column}', which is not a column of seed '{}'",
+                            "column_types names '{column}', which is not a column of seed '{}'; it is ignored",
                             seed.name
                         ),
                     )
@@ -1703,8 +1704,9 @@ fn unknown_test(origin: &crate::properties::Origin, other: &str) -> Box<ProjectD
     let known: Vec<&str> = BUILT_IN_TESTS.to_vec();
     let hint = match closest(other, known.iter().copied()) {
         Some(best) => format!("did you mean '{best}'?"),
-        None if other.contains('.') => String::from(
-            "a package's test: install the package under dbt_packages/ (`strata deps`), or check the names",
+        None if other.contains('.') => format!(
+            "'{}' names a package: declare it in packages.yml and run `strata deps`, or check the test's name",
+            other.split('.').next().unwrap_or_default()
         ),
         None => format!(
             "Strata knows {}; define '{other}' with {{% test {other}(model, column_name) %}} in macros/ or tests/generic/",

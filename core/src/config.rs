@@ -84,8 +84,6 @@ pub enum IncrementalStrategy {
 }
 
 impl IncrementalStrategy {
-    const NAMES: [&'static str; 4] = ["append", "merge", "delete+insert", "insert_overwrite"];
-
     fn parse(name: &str) -> Option<Self> {
         Some(match name {
             "append" => Self::Append,
@@ -360,6 +358,9 @@ impl NodeConfig {
     }
 }
 
+/// Where an incremental strategy Strata does not have is kept, for the run to report.
+pub const UNSUPPORTED_STRATEGY: &str = "unsupported_incremental_strategy";
+
 /// The setting that chooses integer division: `fractional` (default) or `truncate`.
 const INTEGER_DIVISION: &str = "integer_division";
 
@@ -448,13 +449,14 @@ impl ConfigLayer {
             "unique_key" => self.unique_key = Some(string_list(key, &json)?),
             "incremental_strategy" => {
                 let name = expect_string(key, &json)?;
-                self.incremental_strategy =
-                    Some(IncrementalStrategy::parse(&name).ok_or_else(|| {
-                        format!(
-                            "unknown incremental_strategy '{name}'; use one of {}",
-                            IncrementalStrategy::NAMES.join(", ")
-                        )
-                    })?);
+                match IncrementalStrategy::parse(&name) {
+                    Some(strategy) => self.incremental_strategy = Some(strategy),
+                    // dbt accepts any name while parsing (other adapters have other
+                    // strategies); an incremental run of the model fails, naming it.
+                    None => {
+                        self.extra.insert(UNSUPPORTED_STRATEGY.to_string(), json);
+                    }
+                }
             }
             "partition_by" => self.partition_by = Some(partition_columns(&json)?),
             "pre_hook" | "pre-hook" => self.pre_hook = Some(hook_list(key, &json)?),
@@ -726,6 +728,25 @@ mod tests {
         let config = NodeConfig::resolve(Materialization::View, [&outer, &inner]);
         assert_eq!(config.materialized, Materialization::Table);
         assert_eq!(config.tags, vec!["nightly", "pii"]);
+    }
+
+    #[test]
+    fn what_dbt_lets_through_is_kept_for_the_run_or_rendered_later() {
+        let mut layer = ConfigLayer::default();
+        layer
+            .set("incremental_strategy", &"microbatch".into())
+            .unwrap();
+        assert_eq!(layer.incremental_strategy, None);
+        assert_eq!(layer.extra[UNSUPPORTED_STRATEGY], "microbatch");
+        layer
+            .set("enabled", &"{{ var('x', true) }}".into())
+            .unwrap();
+        assert_eq!(layer.templated["enabled"], "{{ var('x', true) }}");
+        assert_eq!(layer.enabled, None);
+        let err = layer.set("integer_division", &"floor".into()).unwrap_err();
+        assert!(err.contains("'fractional'"), "{err}");
+        assert_eq!(rendered_value(" True "), serde_json::Value::Bool(true));
+        assert_eq!(rendered_value("12"), serde_json::json!(12));
     }
 
     #[test]
