@@ -156,7 +156,7 @@ fn tests_come_along_with_the_nodes_they_test() {
     assert!(tests.contains("unique_silver_users_user_id"), "{tests:?}");
     // The relationships test reads silver_users too, so it is selected eagerly, as in dbt.
     assert!(
-        tests.contains("relationships_silver_events_user_id__user_id__ref_silver_users"),
+        tests.contains("relationships_silver_events_user_id__user_id__ref_silver_users_"),
         "{tests:?}"
     );
     assert!(
