@@ -5,6 +5,7 @@
 //!   and operators, and a task's inputs registered as tables;
 //! - [`distinct_rewrite`], [`first_row`]: the rules and the deduplication operator;
 //! - [`division`]: fractional integer division, as in DuckDB;
+//! - [`duckdb_functions`]: DuckDB functions dbt-duckdb projects call (`strftime`, `date_diff`);
 //! - [`compile_queries`]: `run_query` and `statement` blocks answered while compiling;
 //! - [`memory`]: the process's real allocation (jemalloc), beside the pools;
 //! - [`stages`]: cutting a plan at its hash repartitions into map and final stages;
@@ -20,6 +21,7 @@ pub mod codec;
 pub mod compile_queries;
 pub mod distinct_rewrite;
 pub mod division;
+pub mod duckdb_functions;
 pub mod error;
 pub mod exchange;
 pub mod first_row;

@@ -102,7 +102,11 @@ pub fn session(config: &EngineConfig) -> Result<(SessionContext, Arc<dyn MemoryP
         .with_optimizer_rule(Arc::new(FirstRowPerKeyRule))
         .with_query_planner(Arc::new(StrataQueryPlanner))
         .build();
-    Ok((SessionContext::new_with_state(state), pool))
+    let ctx = SessionContext::new_with_state(state);
+    for function in crate::duckdb_functions::duckdb_functions() {
+        ctx.register_udf(function);
+    }
+    Ok((ctx, pool))
 }
 
 /// DataFusion's analyzer rules, with fractional integer division (unless truncating) before
