@@ -999,6 +999,7 @@ fn register_namespaces(
         );
     }
     env.add_global("adapter", Value::from_object(Adapter::new(catalog)));
+    env.add_global("api", Value::from_object(adapter::Api));
 }
 
 /// Converts a minijinja error into a diagnostic on `source`, mapping template offsets to the

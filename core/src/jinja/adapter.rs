@@ -52,3 +52,45 @@ impl Object for Adapter {
         }
     }
 }
+
+/// The `api` global: `api.Relation.create(database=…, schema=…, identifier=…)`.
+#[derive(Debug)]
+pub struct Api;
+
+impl Object for Api {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        (key.as_str()? == "Relation").then(|| Value::from_object(RelationFactory))
+    }
+}
+
+/// `api.Relation`: makes relations as `ref()` renders them (the database is ignored: a
+/// warehouse has one).
+#[derive(Debug)]
+struct RelationFactory;
+
+impl Object for RelationFactory {
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &mut State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, Error> {
+        if method != "create" {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "api.Relation.{method}() is not supported; use api.Relation.create(schema=…, identifier=…)"
+                ),
+            ));
+        }
+        let (kwargs,): (minijinja::value::Kwargs,) = from_args(args)?;
+        let text = |key: &str| -> Result<String, Error> {
+            Ok(kwargs.get::<Option<String>>(key)?.unwrap_or_default())
+        };
+        let (schema, identifier) = (text("schema")?, text("identifier")?);
+        let _ = kwargs.get::<Option<Value>>("database")?;
+        let _ = kwargs.get::<Option<Value>>("type")?;
+        kwargs.assert_all_used()?;
+        Ok(Value::from_object(super::Relation::new(schema, identifier)))
+    }
+}

@@ -151,4 +151,8 @@ fn python_jinja_that_dbt_accepts() {
         render("{{ 'a,b'.split(',') | length }}|{{ {'k': 1}.items() | list | length }}"),
         "2|1"
     );
+    assert_eq!(
+        render("{{ api.Relation.create(database='db', schema='gold', identifier='Orders') }}"),
+        "gold.\"Orders\""
+    );
 }
