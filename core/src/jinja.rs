@@ -87,7 +87,28 @@ impl Object for Relation {
             "schema" => Some(Value::from(self.schema.clone())),
             "identifier" | "name" | "table" => Some(Value::from(self.identifier.clone())),
             "database" => Some(Value::from("strata")),
+            "is_table" => Some(Value::from(true)),
+            "is_view" | "is_cte" => Some(Value::from(false)),
             _ => None,
+        }
+    }
+
+    /// dbt's relation methods that packages call: `render()` gives the rendered name;
+    /// `include(…)`, `quote(…)` and `incorporate(…)` give the relation back (a warehouse has one
+    /// database and Strata quotes what needs quoting).
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &mut State<'_, '_>,
+        method: &str,
+        _args: &[Value],
+    ) -> Result<Value, Error> {
+        match method {
+            "render" => Ok(Value::from(self.to_string())),
+            "include" | "quote" | "incorporate" => Ok(Value::from_object(self.as_ref().clone())),
+            other => Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("a relation has no method '{other}'"),
+            )),
         }
     }
 
@@ -685,6 +706,8 @@ impl Renderer {
             ("schema", inputs.target_schema.clone()),
             ("type", String::from("strata")),
             ("database", String::from("strata")),
+            ("dbname", String::from("strata")),
+            ("profile_name", String::from("strata")),
         ]);
         let context = minijinja::context! {
             __strata_scope => Value::from_dyn_object(scope.clone()),

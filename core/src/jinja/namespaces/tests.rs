@@ -155,4 +155,10 @@ fn python_jinja_that_dbt_accepts() {
         render("{{ api.Relation.create(database='db', schema='gold', identifier='Orders') }}"),
         "gold.\"Orders\""
     );
+    assert_eq!(
+        render(
+            "{% set r = api.Relation.create(schema='s', identifier='t') %}{{ r.include(database=false).render() }} {{ r.is_table }} {{ target.profile_name }}"
+        ),
+        "s.t True strata"
+    );
 }
