@@ -527,6 +527,11 @@ impl<'a> Compiler<'a> {
         &mut self,
         layers: impl IntoIterator<Item = &'l ConfigLayer>,
     ) -> Vec<ConfigLayer> {
+        let layers: Vec<&ConfigLayer> = layers.into_iter().collect();
+        // Most layers have no template: the render inputs are copied only for one that has.
+        if layers.iter().all(|layer| layer.templated.is_empty()) {
+            return layers.into_iter().cloned().collect();
+        }
         let inputs = Arc::new(self.inputs.clone());
         let project_file = &self.project.project_file;
         layers
@@ -1511,22 +1516,10 @@ fn generic_test(
         other if renderer.has_generic_test(other) => sql_of.project_test(other, &mut depends_on)?,
         other => return Err(unknown_test(origin, other)),
     };
-    // dbt names a source's tests `source_<test>_<source>_<table>_…`.
-    let (test_type, attached_name) = match &attached.source {
-        Some(info) => (
-            format!("source_{}", test.test_name),
-            format!("{}_{}", info.source_name, attached.name),
-        ),
-        None => (test.test_name.clone(), attached.name.clone()),
-    };
-    let name = test.custom_name.clone().unwrap_or_else(|| {
-        dbt_test_name(
-            &test_type,
-            &attached_name,
-            column.as_deref(),
-            &test.arguments,
-        )
-    });
+    let name = test
+        .custom_name
+        .clone()
+        .unwrap_or_else(|| generic_test_name(test, attached, column.as_deref()));
     depends_on.sort();
     depends_on.dedup();
     let file = path_string(&origin.source.path);
@@ -1725,6 +1718,19 @@ fn unknown_test(origin: &crate::properties::Origin, other: &str) -> Box<ProjectD
 
 /// Makes a test name out of its parts: lowercase letters, digits and underscores, at most 64
 /// characters (longer names keep a prefix and a hash of the whole, as dbt does).
+/// The name dbt gives `test` on `attached` (and `column`); a source's tests are named
+/// `source_<test>_<source>_<table>_…`.
+fn generic_test_name(test: &TestDeclaration, attached: &Node, column: Option<&str>) -> String {
+    let (test_type, attached_name) = match &attached.source {
+        Some(info) => (
+            format!("source_{}", test.test_name),
+            format!("{}_{}", info.source_name, attached.name),
+        ),
+        None => (test.test_name.clone(), attached.name.clone()),
+    };
+    dbt_test_name(&test_type, &attached_name, column, &test.arguments)
+}
+
 /// A generic test's name exactly as dbt makes it: `<package>_<test>_<model>_<arguments>`, the
 /// arguments (with `column_name`, without `model`) sorted by name, a mapping's values and a
 /// list's items each one part, every run of characters other than letters, digits and `_`
