@@ -9,6 +9,8 @@
 #      result for the same SQL, read back from the Delta tables with the `deltalake` package;
 #      so do the fixture projects under tests/fixtures/execution (a fixture's `runs` file lists
 #      the --vars of successive builds, for incremental models over several batches)
+#   4b. snapshots: tests/fixtures/snapshots built by Strata and by dbt-duckdb over three
+#      successive source states must leave the same history (tests/reference/compare_snapshots.py)
 #   5. memory-bound: every distinct-aggregate shape and deduplication over events several times
 #      larger than a 64 MiB pool, each `strata run` a child process under an address-space
 #      limit, equal to DuckDB (tests/memory_bound/run.py)
@@ -100,6 +102,7 @@ trap cleanup EXIT
     tests/fixtures/compile/ephemeral_chain/project \
     tests/fixtures/compile/test_forms/project \
     tests/fixtures/execution/packages \
+    tests/fixtures/snapshots \
     "$synthetic/project"
 
 step "examples/medallion vs DuckDB"
@@ -126,6 +129,10 @@ for fixture in tests/fixtures/execution/*/; do
     "$venv/bin/python" tests/reference/compare_duckdb.py \
         --project "$medallion/$name" --warehouse "$medallion/$name/warehouse"
 done
+
+step "snapshots vs dbt-duckdb over three source states"
+"$venv/bin/python" tests/reference/compare_snapshots.py \
+    --strata "$strata" --dbt "$venv/bin/dbt" --project tests/fixtures/snapshots
 
 step "memory-bound: distinct aggregates and deduplication in a 64 MiB pool vs DuckDB"
 "$venv/bin/python" tests/memory_bound/run.py --strata "$strata" --python "$venv/bin/python"

@@ -297,6 +297,7 @@ fn node_result(node: &pb::NodeState) -> Option<NodeResult> {
         "seed" => ResourceType::Seed,
         "test" => ResourceType::Test,
         "source" => ResourceType::Source,
+        "snapshot" => ResourceType::Snapshot,
         _ => ResourceType::Model,
     };
     let failures = (resource_type == ResourceType::Test).then_some(node.failures);

@@ -44,12 +44,14 @@ pub enum Command {
     Dag(DagArgs),
     /// Builds the selected models (embedded mode: coordinator and workers in this process).
     Run(execute_commands::ExecuteArgs),
-    /// Loads seeds, builds models and runs tests, in DAG order.
+    /// Loads seeds, builds models and snapshots and runs tests, in DAG order.
     Build(execute_commands::ExecuteArgs),
     /// Loads the selected seeds.
     Seed(execute_commands::ExecuteArgs),
     /// Runs the selected data tests.
     Test(execute_commands::ExecuteArgs),
+    /// Runs the selected snapshots: each keeps the history of its query's rows (SCD type 2).
+    Snapshot(execute_commands::ExecuteArgs),
     /// Prints rows of a model, seed or source.
     Show(inspect_commands::ShowArgs),
     /// Checks that the project compiles, the warehouse is writable and sources have files.
@@ -158,6 +160,8 @@ pub enum ResourceTypeArg {
     Test,
     /// Sources.
     Source,
+    /// Snapshots.
+    Snapshot,
 }
 
 /// Graph formats of `strata dag`.
@@ -210,6 +214,7 @@ pub fn execute(cli: Cli, env: &BTreeMap<String, String>) -> anyhow::Result<ExitC
         Command::Build(args) => execute_commands::execute(&args, "build", env, &mut out),
         Command::Seed(args) => execute_commands::execute(&args, "seed", env, &mut out),
         Command::Test(args) => execute_commands::execute(&args, "test", env, &mut out),
+        Command::Snapshot(args) => execute_commands::execute(&args, "snapshot", env, &mut out),
         Command::Show(args) => inspect_commands::show(&args, env, &mut out),
         Command::Debug(args) => inspect_commands::debug(&args, env, &mut out),
         Command::Worker(args) => worker_command::worker(&args, env, &mut out),

@@ -181,8 +181,11 @@ fn count_by_type(manifest: &Manifest, selected: &BTreeSet<String>) -> String {
         (ResourceType::Seed, "seed"),
         (ResourceType::Test, "test"),
         (ResourceType::Source, "source"),
+        (ResourceType::Snapshot, "snapshot"),
     ]
     .iter()
+    // Snapshots are counted only where a project has them.
+    .filter(|(kind, _)| *kind != ResourceType::Snapshot || counts.contains_key(kind))
     .map(|(kind, word)| plural(counts.get(kind).copied().unwrap_or(0), word))
     .collect::<Vec<_>>()
     .join(", ")
@@ -205,6 +208,7 @@ pub(crate) fn ls(
             ResourceTypeArg::Seed => ResourceType::Seed,
             ResourceTypeArg::Test => ResourceType::Test,
             ResourceTypeArg::Source => ResourceType::Source,
+            ResourceTypeArg::Snapshot => ResourceType::Snapshot,
         })
         .collect();
     for node in manifest
@@ -222,7 +226,7 @@ pub(crate) fn ls(
             OutputFormat::Text => {
                 let name = display_name(node);
                 let detail = match node.resource_type {
-                    ResourceType::Model => format!(
+                    ResourceType::Model | ResourceType::Snapshot => format!(
                         "{} -> {}",
                         node.config.materialized,
                         node.relation_name.clone().unwrap_or_default()

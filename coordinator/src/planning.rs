@@ -8,8 +8,8 @@ use strata_core::config::Materialization;
 use strata_core::manifest::{Node, ResourceType};
 use strata_core::queue::RESULT_QUEUE;
 use strata_proto::v1::{
-    DeltaInput, FileFormat, FileInput, Incremental, Task, TaskInput, TaskKind, TaskOutput,
-    task_input,
+    DeltaInput, FileFormat, FileInput, Incremental, Snapshot, Task, TaskInput, TaskKind,
+    TaskOutput, task_input,
 };
 
 use crate::commit;
@@ -224,10 +224,12 @@ async fn build_task(
         if request.incremental_models.contains(&node.unique_id)
             && let Some(relation) = &node.relation
         {
-            // `{{ this }}`: the model's own table at its current version (the run was
-            // planned knowing it exists), even though the node has not run yet.
+            // `{{ this }}`: the model's (or snapshot's) own table at its current version (the
+            // run was planned knowing it exists), even though the node has not run yet.
             add_inputs(request, &node.unique_id, versions, &mut inputs, &mut seen).await?;
-            if let Some(strategy) = node
+            if node.resource_type == ResourceType::Snapshot {
+                // A snapshot's task says how it folds in (below), not as an incremental model.
+            } else if let Some(strategy) = node
                 .config
                 .extra
                 .get(strata_core::config::UNSUPPORTED_STRATEGY)
@@ -236,31 +238,42 @@ async fn build_task(
                     node: node.name.clone(),
                     strategy: strategy.as_str().unwrap_or_default().to_string(),
                 });
+            } else {
+                incremental = Some(Incremental {
+                    // As dbt: merge when a unique key is set, append otherwise.
+                    strategy: match node.config.incremental_strategy {
+                        Some(strategy) => strategy_name(strategy).to_string(),
+                        None if node.config.unique_key.is_empty() => String::from("append"),
+                        None => String::from("merge"),
+                    },
+                    unique_key: node.config.unique_key.clone(),
+                    partition_by: node.config.partition_by.clone(),
+                    on_schema_change: serde_json::to_value(node.config.on_schema_change)
+                        .ok()
+                        .and_then(|value| value.as_str().map(str::to_string))
+                        .unwrap_or_else(|| String::from("ignore")),
+                    this_schema: relation.schema.clone(),
+                    this_name: relation.identifier.clone(),
+                });
             }
-            incremental = Some(Incremental {
-                // As dbt: merge when a unique key is set, append otherwise.
-                strategy: match node.config.incremental_strategy {
-                    Some(strategy) => strategy_name(strategy).to_string(),
-                    None if node.config.unique_key.is_empty() => String::from("append"),
-                    None => String::from("merge"),
-                },
-                unique_key: node.config.unique_key.clone(),
-                partition_by: node.config.partition_by.clone(),
-                on_schema_change: serde_json::to_value(node.config.on_schema_change)
-                    .ok()
-                    .and_then(|value| value.as_str().map(str::to_string))
-                    .unwrap_or_else(|| String::from("ignore")),
-                this_schema: relation.schema.clone(),
-                this_name: relation.identifier.clone(),
-            });
         }
     }
+    let snapshot = node.snapshot.as_ref().and_then(|spec| {
+        let relation = node.relation.as_ref()?;
+        Some(snapshot_task(
+            spec,
+            relation,
+            request.incremental_models.contains(&node.unique_id),
+        ))
+    });
     let output = match (node.resource_type, &node.relation) {
-        (ResourceType::Model | ResourceType::Seed, Some(relation)) => Some(TaskOutput {
-            table_uri: request.warehouse.table_uri(relation),
-            file_prefix: format!("{run_id}-{task_id}"),
-            partition_by: node.config.partition_by.clone(),
-        }),
+        (ResourceType::Model | ResourceType::Seed | ResourceType::Snapshot, Some(relation)) => {
+            Some(TaskOutput {
+                table_uri: request.warehouse.table_uri(relation),
+                file_prefix: format!("{run_id}-{task_id}"),
+                partition_by: node.config.partition_by.clone(),
+            })
+        }
         _ => None,
     };
     Ok(Task {
@@ -274,8 +287,47 @@ async fn build_task(
         incremental,
         reply_to: format!("{RESULT_QUEUE}.{run_id}"),
         truncating_division: node.config.truncating_division(),
+        snapshot,
         ..Task::default()
     })
+}
+
+/// What a snapshot's task needs to know: its settings, whether its table exists, and the
+/// snapshot time (now, fixed here so that a retry records the same).
+fn snapshot_task(
+    spec: &strata_core::snapshots::SnapshotSpec,
+    relation: &strata_core::jinja::Relation,
+    existing: bool,
+) -> Snapshot {
+    use strata_core::snapshots::{CheckCols, HardDeletes, SnapshotStrategy};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or_default();
+    Snapshot {
+        strategy: match spec.strategy {
+            SnapshotStrategy::Timestamp => "timestamp",
+            SnapshotStrategy::Check => "check",
+        }
+        .to_string(),
+        unique_key: spec.unique_key.clone(),
+        updated_at: spec.updated_at.clone().unwrap_or_default(),
+        check_cols: match &spec.check_cols {
+            Some(CheckCols::Columns(columns)) => columns.clone(),
+            _ => Vec::new(),
+        },
+        check_all: spec.check_cols == Some(CheckCols::All),
+        hard_deletes: match spec.hard_deletes {
+            HardDeletes::Ignore => "ignore",
+            HardDeletes::Invalidate => "invalidate",
+            HardDeletes::NewRecord => "new_record",
+        }
+        .to_string(),
+        existing,
+        this_schema: relation.schema.clone(),
+        this_name: relation.identifier.clone(),
+        snapshot_time_micros: now,
+    }
 }
 
 /// Adds the relation of `id` to the inputs, and for views and ephemeral models the

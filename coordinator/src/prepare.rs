@@ -91,7 +91,13 @@ pub fn resource_types(command: &str) -> Option<BTreeSet<ResourceType>> {
     let types: &[ResourceType] = match command {
         "seed" => &[ResourceType::Seed],
         "test" => &[ResourceType::Test],
-        "build" => &[ResourceType::Seed, ResourceType::Model, ResourceType::Test],
+        "snapshot" => &[ResourceType::Snapshot],
+        "build" => &[
+            ResourceType::Seed,
+            ResourceType::Model,
+            ResourceType::Snapshot,
+            ResourceType::Test,
+        ],
         "run" => &[ResourceType::Model],
         _ => return None,
     };
@@ -131,7 +137,7 @@ pub async fn prepare(
 ) -> Result<Prepared, PrepareError> {
     let resource_types = resource_types(&spec.command).ok_or_else(|| {
         PrepareError::Invalid(format!(
-            "unknown command '{}': use build, run, seed or test",
+            "unknown command '{}': use build, run, seed, snapshot or test",
             spec.command
         ))
     })?;
@@ -168,9 +174,16 @@ pub async fn prepare(
         let Some(relation) = &node.relation else {
             continue;
         };
-        if node.config.materialized != Materialization::Incremental
-            || (spec.full_refresh && node.config.full_refresh != Some(false))
-        {
+        // A snapshot folds into its table whenever it exists (`--full-refresh` does not
+        // drop history, as in dbt); an incremental model unless fully refreshed.
+        let folds_in = match node.config.materialized {
+            Materialization::Snapshot => true,
+            Materialization::Incremental => {
+                !spec.full_refresh || node.config.full_refresh == Some(false)
+            }
+            _ => false,
+        };
+        if !folds_in {
             continue;
         }
         let table_uri = warehouse.table_uri(relation);
@@ -185,7 +198,9 @@ pub async fn prepare(
             })?;
         if exists {
             incremental_ids.insert(node.unique_id.clone());
-            incremental_names.insert(node.name.clone());
+            if node.config.materialized == Materialization::Incremental {
+                incremental_names.insert(node.name.clone());
+            }
         }
     }
     let (manifest, selected, diagnostics) = if incremental_names.is_empty() {

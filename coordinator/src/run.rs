@@ -38,8 +38,9 @@ pub struct RunRequest {
     pub retries: u32,
     /// Delay before the first retry; doubled for each further one.
     pub retry_backoff: Duration,
-    /// Incremental models that fold new rows into their existing table (their table exists
-    /// and this is not a full refresh); the others are built from scratch.
+    /// Incremental models and snapshots that fold new rows into their existing table (their
+    /// table exists and, for models, this is not a full refresh); the others are built from
+    /// scratch.
     pub incremental_models: BTreeSet<String>,
     /// Partitions of a shuffle: a table model whose plan repartitions by hash runs as map and
     /// reduce tasks over this many partitions, exchanging data over Flight. 0 or 1: no

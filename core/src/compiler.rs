@@ -18,6 +18,7 @@ use crate::manifest::{
 };
 use crate::project::{Project, SqlFile};
 use crate::properties::{ColumnDeclaration, NodeProperties, Properties, TestDeclaration};
+use crate::snapshots::SnapshotSpec;
 
 /// Schema of seeds without a `schema` setting.
 pub const SEED_SCHEMA: &str = "seeds";
@@ -96,6 +97,7 @@ struct Compiler<'a> {
     errors: Vec<ProjectDiagnostic>,
     target_name: String,
     model_properties: BTreeMap<&'a str, &'a NodeProperties>,
+    snapshot_properties: BTreeMap<&'a str, &'a NodeProperties>,
     seed_properties: BTreeMap<&'a str, &'a NodeProperties>,
     /// Names of models and seeds so far: `ref()` reaches both, so they share a namespace.
     names: BTreeMap<String, SourceText>,
@@ -114,6 +116,7 @@ pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
     let properties = Properties::read(&project.property_files, &mut errors);
     let mut compiler = Compiler::new(project, options, &properties, errors);
     compiler.model_drafts();
+    compiler.snapshot_drafts();
     compiler.seeds();
     compiler.unused_folder_configs();
     compiler.sources();
@@ -154,6 +157,7 @@ impl<'a> Compiler<'a> {
         };
         let model_properties = index_properties(&props.models, "model", &mut errors);
         let seed_properties = index_properties(&props.seeds, "seed", &mut errors);
+        let snapshot_properties = index_properties(&props.snapshots, "snapshot", &mut errors);
         let inputs = RenderInputs {
             project_name: project.name.clone(),
             project_vars: project.vars.clone(),
@@ -172,6 +176,7 @@ impl<'a> Compiler<'a> {
             errors,
             target_name,
             model_properties,
+            snapshot_properties,
             seed_properties,
             names: BTreeMap::new(),
             drafts: Vec::new(),
@@ -184,12 +189,47 @@ impl<'a> Compiler<'a> {
 
     /// Models become drafts; models and seeds share one namespace, as `ref()` reaches both.
     fn model_drafts(&mut self) {
-        for file in &self.project.models {
+        let properties = std::mem::take(&mut self.model_properties);
+        let project = self.project;
+        self.sql_drafts(
+            &project.models,
+            ResourceType::Model,
+            &project.models_config,
+            &properties,
+        );
+        self.orphan_properties(&properties, "model", "models/<layer>/<name>.sql");
+        self.model_properties = properties;
+    }
+
+    /// Snapshots become drafts too: `ref()` reaches them like models.
+    fn snapshot_drafts(&mut self) {
+        let properties = std::mem::take(&mut self.snapshot_properties);
+        let project = self.project;
+        self.sql_drafts(
+            &project.snapshots,
+            ResourceType::Snapshot,
+            &project.snapshots_config,
+            &properties,
+        );
+        self.orphan_properties(&properties, "snapshot", "snapshots/<name>.sql");
+        self.snapshot_properties = properties;
+    }
+
+    /// Drafts of SQL files of one kind, configured by their folder block and properties.
+    fn sql_drafts(
+        &mut self,
+        files: &'a [SqlFile],
+        resource_type: ResourceType,
+        folders: &'a crate::project::FolderConfig,
+        properties: &BTreeMap<&'a str, &'a NodeProperties>,
+    ) {
+        let what = resource_type.as_str();
+        for file in files {
             if let Some(first) = self.names.get(&file.name) {
                 self.errors.push(
                     ProjectDiagnostic::error(
                         "strata::duplicate_name",
-                        format!("two models are named '{}'", file.name),
+                        format!("two {what}s are named '{}'", file.name),
                     )
                     .in_file(&file.source.path)
                     .with_hint(format!(
@@ -200,18 +240,18 @@ impl<'a> Compiler<'a> {
                 continue;
             }
             self.names.insert(file.name.clone(), file.source.clone());
-            let properties = self.model_properties.get(file.name.as_str()).copied();
-            let folder_layers = self.project.models_config.layers_for(
+            let properties = properties.get(file.name.as_str()).copied();
+            let folder_layers = folders.layers_for(
                 &self.project.name,
                 &path_with_stem(&file.folders, &file.name),
             );
             let property_layer = properties.map(|properties| &properties.config);
             let base_layers = self.rendered_layers(folder_layers.into_iter().chain(property_layer));
-            let config = NodeConfig::resolve(Materialization::View, &base_layers);
+            let config = NodeConfig::resolve(default_materialization(resource_type), &base_layers);
             self.drafts.push(Draft {
-                unique_id: format!("model.{}.{}", self.project.name, file.name),
+                unique_id: format!("{what}.{}.{}", self.project.name, file.name),
                 file,
-                resource_type: ResourceType::Model,
+                resource_type,
                 properties,
                 relation: None,
                 config,
@@ -221,12 +261,21 @@ impl<'a> Compiler<'a> {
                 sql: None,
             });
         }
-        for (name, properties) in &self.model_properties {
+    }
+
+    /// Warns about properties of a kind of node that name no file.
+    fn orphan_properties(
+        &mut self,
+        properties: &BTreeMap<&'a str, &'a NodeProperties>,
+        what: &str,
+        expected: &str,
+    ) {
+        for (name, properties) in properties {
             if !self.names.contains_key(*name) {
                 self.errors.push(
                     ProjectDiagnostic::warning(
                         "strata::orphan_properties",
-                        format!("model '{name}' is described here but has no SQL file"),
+                        format!("{what} '{name}' is described here but has no SQL"),
                     )
                     .at(
                         &properties.origin.source,
@@ -236,7 +285,7 @@ impl<'a> Compiler<'a> {
                     .with_hint(closest_hint(
                         name,
                         self.names.keys().map(String::as_str),
-                        "models/<layer>/<name>.sql",
+                        expected,
                     )),
                 );
             }
@@ -332,6 +381,7 @@ impl<'a> Compiler<'a> {
                 checksum: checksum(&seed.columns.join(",")),
                 test: None,
                 source: None,
+                snapshot: None,
                 config,
             });
         }
@@ -509,6 +559,7 @@ impl<'a> Compiler<'a> {
                             location,
                             format,
                         }),
+                        snapshot: None,
                     });
                 }
             }
@@ -577,8 +628,12 @@ impl<'a> Compiler<'a> {
     /// recording its references and its own `config()`.
     fn first_pass(&mut self) {
         for draft in &mut self.drafts {
-            if draft.resource_type == ResourceType::Model {
-                draft.relation = Some(model_relation(draft.file, &draft.config));
+            if draft.resource_type.is_built_from_sql() {
+                draft.relation = Some(node_relation(
+                    draft.file,
+                    draft.resource_type,
+                    &draft.config,
+                ));
                 if draft.config.enabled {
                     self.inputs.relations.insert(
                         draft.file.name.clone(),
@@ -600,7 +655,7 @@ impl<'a> Compiler<'a> {
             if !draft.config.enabled {
                 continue;
             }
-            if let Err(diagnostic) = self.renderer.add(&draft.file.source) {
+            if let Err(diagnostic) = self.renderer.add(&draft.file.source, &draft.file.name) {
                 self.errors.push(*diagnostic);
                 self.failed.insert(draft.unique_id.clone());
                 continue;
@@ -618,17 +673,37 @@ impl<'a> Compiler<'a> {
                 Ok(rendered) => {
                     let mut layers = draft.base_layers.clone();
                     layers.push(rendered.captured.config.clone());
-                    let default = if draft.resource_type == ResourceType::Test {
-                        Materialization::Test
-                    } else {
-                        Materialization::View
-                    };
-                    draft.config = NodeConfig::resolve(default, &layers);
+                    draft.config =
+                        NodeConfig::resolve(default_materialization(draft.resource_type), &layers);
                     if draft.resource_type == ResourceType::Test {
                         draft.config.materialized = Materialization::Test;
+                    } else if draft.resource_type == ResourceType::Snapshot {
+                        draft.config.materialized = Materialization::Snapshot;
+                        if let Err(message) = SnapshotSpec::from_config(&draft.config) {
+                            let source = &draft.file.source;
+                            let diagnostic = ProjectDiagnostic::error("strata::snapshot", message);
+                            // At the snapshot's config() call, else its first SQL.
+                            let text = &source.text;
+                            let start = text
+                                .find("config(")
+                                .or_else(|| text.find(|c: char| !c.is_whitespace()))
+                                .unwrap_or_default();
+                            let end = text[start..]
+                                .find('\n')
+                                .map_or(text.len(), |newline| start + newline);
+                            let diagnostic = diagnostic.at_range(source, start, end);
+                            self.errors.push(
+                                diagnostic
+                                    .with_hint(format!(
+                                        "configure the snapshot '{}' in its config() block, its properties or the snapshots: block of the project file",
+                                        draft.file.name
+                                    )),
+                            );
+                            self.failed.insert(draft.unique_id.clone());
+                        }
                     } else if matches!(
                         draft.config.materialized,
-                        Materialization::Seed | Materialization::Test
+                        Materialization::Seed | Materialization::Test | Materialization::Snapshot
                     ) {
                         self.errors.push(
                             ProjectDiagnostic::error(
@@ -667,13 +742,13 @@ impl<'a> Compiler<'a> {
     fn settle_relations(&mut self) -> Arc<RenderInputs> {
         let mut final_inputs = self.inputs.clone();
         for draft in &self.drafts {
-            if draft.resource_type != ResourceType::Model {
+            if !draft.resource_type.is_built_from_sql() {
                 continue;
             }
             final_inputs.relations.remove(&draft.file.name);
             final_inputs.disabled.remove(&draft.file.name);
             if draft.config.enabled {
-                let relation = model_relation(draft.file, &draft.config);
+                let relation = node_relation(draft.file, draft.resource_type, &draft.config);
                 final_inputs
                     .relations
                     .insert(draft.file.name.clone(), relation);
@@ -724,11 +799,10 @@ impl<'a> Compiler<'a> {
                     self.failed.insert(draft.unique_id.clone());
                 }
             }
-            let own_relation = if draft.resource_type == ResourceType::Model {
-                Some(model_relation(draft.file, &draft.config))
-            } else {
-                None
-            };
+            let own_relation = draft
+                .resource_type
+                .is_built_from_sql()
+                .then(|| node_relation(draft.file, draft.resource_type, &draft.config));
             let rendered_incremental = self.options.incremental_models.contains(&draft.file.name);
             let is_incremental_now =
                 rendered_incremental && draft.config.materialized == Materialization::Incremental;
@@ -767,7 +841,7 @@ impl<'a> Compiler<'a> {
         let models = self
             .drafts
             .iter()
-            .filter(|draft| draft.resource_type == ResourceType::Model && draft.config.enabled)
+            .filter(|draft| draft.resource_type.is_built_from_sql() && draft.config.enabled)
             .map(|draft| (draft.file.name.clone(), draft.unique_id.clone()))
             .chain(
                 self.seeds
@@ -837,9 +911,19 @@ impl<'a> Compiler<'a> {
                         .unwrap_or_default(),
                     columns,
                     depends_on,
-                    raw_code: draft.file.source.text.to_string(),
+                    // A snapshot's text is its block, blanked around: the block is its code.
+                    raw_code: if draft.resource_type == ResourceType::Snapshot {
+                        draft.file.source.text.trim().to_string()
+                    } else {
+                        draft.file.source.text.to_string()
+                    },
                     compiled_code: Some(tidy_sql(sql)),
-                    compiled_path: Some(format!("compiled/{}/{original}", self.project.name)),
+                    compiled_path: Some(compiled_path(
+                        &self.project.name,
+                        draft.resource_type,
+                        &draft.file.source.path,
+                        &draft.file.name,
+                    )),
                     checksum: checksum(&draft.file.source.text),
                     test: (draft.resource_type == ResourceType::Test).then(|| TestInfo {
                         test_name: String::from("singular"),
@@ -848,6 +932,9 @@ impl<'a> Compiler<'a> {
                         column_name: None,
                     }),
                     source: None,
+                    snapshot: (draft.resource_type == ResourceType::Snapshot)
+                        .then(|| SnapshotSpec::from_config(&draft.config).ok())
+                        .flatten(),
                     original_file_path: original,
                 },
             );
@@ -878,6 +965,12 @@ impl<'a> Compiler<'a> {
                     .seeds
                     .iter()
                     .map(|p| (ResourceType::Seed, p.name.clone(), None, &p.tests)),
+            )
+            .chain(
+                self.props
+                    .snapshots
+                    .iter()
+                    .map(|p| (ResourceType::Snapshot, p.name.clone(), None, &p.tests)),
             )
             .chain(self.props.sources.iter().flat_map(|source| {
                 source.tables.iter().map(move |table| {
@@ -981,7 +1074,8 @@ impl<'a> Compiler<'a> {
 
         let mut diagnostics = Diagnostics::default();
         for error in self.errors {
-            diagnostics.push(error);
+            // A snapshot renders from its block alone; its problems show the whole file.
+            diagnostics.push(error.with_original_text(&self.project.snapshot_files));
         }
         diagnostics.sort();
         let manifest = (!diagnostics.has_errors()).then_some(manifest);
@@ -998,7 +1092,9 @@ impl<'a> Compiler<'a> {
 fn link_warehouse_sources(nodes: &mut BTreeMap<String, Node>) {
     let builders: BTreeMap<Relation, String> = nodes
         .values()
-        .filter(|node| matches!(node.resource_type, ResourceType::Model | ResourceType::Seed))
+        .filter(|node| {
+            node.resource_type.is_built_from_sql() || node.resource_type == ResourceType::Seed
+        })
         .filter_map(|node| Some((node.relation.clone()?, node.unique_id.clone())))
         .collect();
     for node in nodes.values_mut() {
@@ -1074,21 +1170,59 @@ fn relation_of(dependency: &Dependency, inputs: &RenderInputs) -> Option<Relatio
     }
 }
 
-/// The relation of a model: schema from config, else its layer, else the default schema;
-/// ephemeral models become a CTE name.
-fn model_relation(file: &SqlFile, config: &NodeConfig) -> Relation {
+/// The materialization of a kind of SQL node before its settings say otherwise.
+fn default_materialization(resource_type: ResourceType) -> Materialization {
+    match resource_type {
+        ResourceType::Test => Materialization::Test,
+        ResourceType::Snapshot => Materialization::Snapshot,
+        _ => Materialization::View,
+    }
+}
+
+/// The relation of a model or snapshot: schema from config (a snapshot's older
+/// `target_schema` too), else a model's layer, else the default schema; ephemeral models
+/// become a CTE name.
+fn node_relation(file: &SqlFile, resource_type: ResourceType, config: &NodeConfig) -> Relation {
     if config.materialized == Materialization::Ephemeral {
         return Relation::new("", format!("{EPHEMERAL_PREFIX}{}", file.name));
     }
+    let target_schema = || {
+        config
+            .extra
+            .get("target_schema")
+            .and_then(|value| value.as_str())
+            .map(str::to_string)
+    };
     let schema = config
         .schema
         .clone()
-        .or_else(|| file.layer().map(str::to_string))
+        .or_else(|| {
+            if resource_type == ResourceType::Snapshot {
+                target_schema()
+            } else {
+                file.layer().map(str::to_string)
+            }
+        })
         .unwrap_or_else(|| DEFAULT_SCHEMA.to_string());
     Relation::new(
         schema,
         config.alias.clone().unwrap_or_else(|| file.name.clone()),
     )
+}
+
+/// Where `strata compile` writes a node's SQL: the file's path, or for snapshots (several
+/// may share a file) the file's folder and the snapshot's name.
+fn compiled_path(
+    project: &str,
+    resource_type: ResourceType,
+    path: &std::path::Path,
+    name: &str,
+) -> String {
+    if resource_type == ResourceType::Snapshot {
+        let folder = path.parent().map(path_string).unwrap_or_default();
+        return format!("compiled/{project}/{folder}/{name}.sql");
+    }
+    format!("compiled/{project}/{}", path_string(path))
 }
 
 fn path_with_stem(folders: &[String], stem: &str) -> Vec<String> {
@@ -1238,7 +1372,7 @@ fn check_unique_relations(
         }
     }
     for draft in drafts {
-        if draft.resource_type != ResourceType::Model
+        if !draft.resource_type.is_built_from_sql()
             || !draft.config.enabled
             || draft.config.materialized == Materialization::Ephemeral
         {
@@ -1557,6 +1691,7 @@ fn generic_test(
             column_name: column,
         }),
         source: None,
+        snapshot: None,
         name,
     }))
 }

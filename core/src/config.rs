@@ -28,6 +28,8 @@ pub enum Materialization {
     Seed,
     /// A data-quality test.
     Test,
+    /// The history of a source's rows (SCD type 2), kept by a snapshot.
+    Snapshot,
 }
 
 impl Materialization {
@@ -43,6 +45,7 @@ impl Materialization {
             "ephemeral" => Self::Ephemeral,
             "seed" => Self::Seed,
             "test" => Self::Test,
+            "snapshot" => Self::Snapshot,
             _ => return None,
         })
     }
@@ -56,6 +59,7 @@ impl Materialization {
             Self::Ephemeral => "ephemeral",
             Self::Seed => "seed",
             Self::Test => "test",
+            Self::Snapshot => "snapshot",
         }
     }
 }
@@ -383,7 +387,7 @@ pub fn rendered_value(text: &str) -> serde_json::Value {
 }
 
 /// Keys that configure a node, as opposed to folder names in the `models:` block.
-pub const CONFIG_KEYS: [&str; 22] = [
+pub const CONFIG_KEYS: [&str; 31] = [
     "enabled",
     "materialized",
     "schema",
@@ -406,6 +410,16 @@ pub const CONFIG_KEYS: [&str; 22] = [
     "error_if",
     "retries",
     "meta",
+    // Snapshots.
+    "strategy",
+    "updated_at",
+    "check_cols",
+    "target_schema",
+    "target_database",
+    "hard_deletes",
+    "invalidate_hard_deletes",
+    "snapshot_meta_column_names",
+    "dbt_valid_to_current",
 ];
 
 impl ConfigLayer {
@@ -653,7 +667,11 @@ pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 /// (or empty), except for the settings whose values are mappings.
 fn bare_key_is_config(name: &str, value: &Yaml) -> bool {
     !value.is_null()
-        && (value.entries().is_none() || matches!(name, "meta" | "column_types" | "partition_by"))
+        && (value.entries().is_none()
+            || matches!(
+                name,
+                "meta" | "column_types" | "partition_by" | "snapshot_meta_column_names"
+            ))
 }
 
 /// Reads every `+key` (or bare config key) of a YAML mapping into a layer, reporting errors

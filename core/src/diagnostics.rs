@@ -156,6 +156,19 @@ impl ProjectDiagnostic {
         self
     }
 
+    /// Shows the snippet from the original of a file whose text was rewritten with the same
+    /// byte offsets (a snapshot block with the rest of its file blanked out).
+    pub fn with_original_text(mut self, originals: &[SourceText]) -> Self {
+        if let Some(source) = &mut self.source
+            && let Some(original) = originals.iter().find(|original| {
+                original.path == source.path && original.text.len() == source.text.len()
+            })
+        {
+            *source = original.clone();
+        }
+        self
+    }
+
     /// Adds a hint telling the user what to do.
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());

@@ -672,18 +672,18 @@ impl Renderer {
         }
     }
 
-    /// Adds a node's template. The template name is the file path.
+    /// Adds a node's template, named for its file and the node.
     ///
     /// # Errors
     /// Returns a diagnostic at the syntax error.
-    pub fn add(&mut self, source: &SourceText) -> Result<(), Box<ProjectDiagnostic>> {
-        let name = source.path.to_string_lossy().into_owned();
+    pub fn add(&mut self, source: &SourceText, node: &str) -> Result<(), Box<ProjectDiagnostic>> {
+        let name = template_name(source, node);
         let (rewritten, edits) = mutable_literals(&source.text);
         self.node_edits.insert(name.clone(), edits);
         let text = format!("{}{rewritten}", self.prelude);
         self.env
             .add_template_owned(name, text)
-            .map_err(|err| Box::new(self.diagnostic(&err, source)))
+            .map_err(|err| Box::new(self.diagnostic(&err, source, node)))
     }
 
     /// Renders a template added with [`Renderer::add`] for the node `node`.
@@ -698,11 +698,11 @@ impl Renderer {
         is_incremental: bool,
         this: Option<&Relation>,
     ) -> Result<Rendered, Box<ProjectDiagnostic>> {
-        let name = source.path.to_string_lossy();
+        let name = template_name(source, node);
         let template = self
             .env
             .get_template(&name)
-            .map_err(|err| Box::new(self.diagnostic(&err, source)))?;
+            .map_err(|err| Box::new(self.diagnostic(&err, source, node)))?;
         let scope = RenderScope::new(inputs, node, is_incremental);
         let target = BTreeMap::from([
             ("name", inputs.target_name.clone()),
@@ -720,7 +720,7 @@ impl Renderer {
         };
         let sql = template
             .render(context)
-            .map_err(|err| Box::new(self.diagnostic(&err, source)))?;
+            .map_err(|err| Box::new(self.diagnostic(&err, source, node)))?;
         let captured = scope.captured();
         Ok(Rendered { sql, captured })
     }
@@ -825,7 +825,7 @@ impl Renderer {
         Ok(Rendered { sql, captured })
     }
 
-    fn diagnostic(&self, err: &Error, node_source: &SourceText) -> ProjectDiagnostic {
+    fn diagnostic(&self, err: &Error, node_source: &SourceText, node: &str) -> ProjectDiagnostic {
         if let Some(template) = err.name()
             && let Some(range) = err.range()
             && let Some(file) = self.macro_files.iter().find(|file| {
@@ -841,7 +841,7 @@ impl Renderer {
         }
         let edits = self
             .node_edits
-            .get(node_source.path.to_string_lossy().as_ref())
+            .get(&template_name(node_source, node))
             .cloned()
             .unwrap_or_default();
         let prelude = self.prelude.len();
@@ -849,6 +849,11 @@ impl Renderer {
             original_offset(std::slice::from_ref(&edits), offset.saturating_sub(prelude))
         })
     }
+}
+
+/// The template of a node: its file and its name (a file of snapshots holds several nodes).
+fn template_name(source: &SourceText, node: &str) -> String {
+    format!("{}::{node}", source.path.to_string_lossy())
 }
 
 /// Converts a minijinja error into a diagnostic on `source`, mapping template offsets to the
@@ -1024,7 +1029,7 @@ mod tests {
         let mut renderer = Renderer::new(&packages, BTreeMap::new(), None, &mut errors);
         assert!(errors.is_empty(), "{errors:?}");
         let source = SourceText::new(PathBuf::from("models/m.sql"), text);
-        renderer.add(&source)?;
+        renderer.add(&source, "m")?;
         renderer.render(
             &source,
             "m",

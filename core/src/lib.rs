@@ -37,4 +37,5 @@ pub mod queue;
 pub mod retry;
 pub mod selection;
 pub mod settings;
+pub mod snapshots;
 pub mod yaml;

@@ -23,6 +23,8 @@ pub enum ResourceType {
     Test,
     /// An external table declared in a property file.
     Source,
+    /// The history of a relation's rows, kept as SCD type 2.
+    Snapshot,
 }
 
 impl ResourceType {
@@ -33,7 +35,14 @@ impl ResourceType {
             Self::Seed => "seed",
             Self::Test => "test",
             Self::Source => "source",
+            Self::Snapshot => "snapshot",
         }
+    }
+
+    /// Whether nodes of this kind are compiled from SQL into a relation of their own
+    /// (models and snapshots).
+    pub fn is_built_from_sql(self) -> bool {
+        matches!(self, Self::Model | Self::Snapshot)
     }
 }
 
@@ -133,6 +142,9 @@ pub struct Node {
     /// For sources: where the data is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceInfo>,
+    /// For snapshots: how their history is kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<crate::snapshots::SnapshotSpec>,
 }
 
 /// Facts about the compile, without timestamps so the file is reproducible.

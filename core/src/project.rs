@@ -15,7 +15,7 @@ use crate::yaml::{Yaml, YamlValue};
 pub const PROJECT_FILES: [&str; 2] = ["strata_project.yml", "dbt_project.yml"];
 
 /// Keys of the project file that Strata accepts and ignores (its target is the warehouse).
-const IGNORED_PROJECT_KEYS: [&str; 15] = [
+const IGNORED_PROJECT_KEYS: [&str; 14] = [
     "profile",
     "version",
     "config-version",
@@ -24,7 +24,6 @@ const IGNORED_PROJECT_KEYS: [&str; 15] = [
     "clean-targets",
     "log-path",
     "analysis-paths",
-    "snapshot-paths",
     "docs-paths",
     "asset-paths",
     "quoting",
@@ -191,6 +190,8 @@ pub struct Project {
     pub test_paths: Vec<String>,
     /// `macro-paths`.
     pub macro_paths: Vec<String>,
+    /// `snapshot-paths`.
+    pub snapshot_paths: Vec<String>,
     /// `vars` of the project file.
     pub vars: serde_json::Map<String, serde_json::Value>,
     /// The hierarchical `models:` block.
@@ -199,6 +200,8 @@ pub struct Project {
     pub seeds_config: FolderConfig,
     /// The hierarchical `data_tests:` (or `tests:`) block.
     pub tests_config: FolderConfig,
+    /// The hierarchical `snapshots:` block.
+    pub snapshots_config: FolderConfig,
     /// Model files, sorted by path.
     pub models: Vec<SqlFile>,
     /// Seed files, sorted by path.
@@ -207,6 +210,12 @@ pub struct Project {
     pub macros: Vec<SqlFile>,
     /// Singular test files, sorted by path.
     pub singular_tests: Vec<SqlFile>,
+    /// Snapshots: each `{% snapshot %}` block of the snapshot paths, then each snapshot a
+    /// property file declares with `relation:`.
+    pub snapshots: Vec<SqlFile>,
+    /// The files of the snapshot blocks as written (each block's own text is blanked
+    /// outside the block, offsets kept, so diagnostics show these).
+    pub snapshot_files: Vec<SourceText>,
     /// Property files, sorted by path.
     pub property_files: Vec<PropertyFile>,
     /// `packages-install-path`: where `dbt deps` (or `strata deps`) installs packages.
@@ -274,14 +283,18 @@ fn load_project(root: &Path, diagnostics: &mut Diagnostics) -> Option<Project> {
         seed_paths: vec![String::from("seeds")],
         test_paths: vec![String::from("tests")],
         macro_paths: vec![String::from("macros")],
+        snapshot_paths: vec![String::from("snapshots")],
         vars: serde_json::Map::new(),
         models_config: FolderConfig::default(),
         seeds_config: FolderConfig::default(),
         tests_config: FolderConfig::default(),
+        snapshots_config: FolderConfig::default(),
         models: Vec::new(),
         seeds: Vec::new(),
         macros: Vec::new(),
         singular_tests: Vec::new(),
+        snapshots: Vec::new(),
+        snapshot_files: Vec::new(),
         property_files: Vec::new(),
         packages_install_path: String::from(DEFAULT_PACKAGES_INSTALL_PATH),
         dispatch: BTreeMap::new(),
@@ -353,7 +366,56 @@ fn load_project(root: &Path, diagnostics: &mut Diagnostics) -> Option<Project> {
             }
         }
     }
+    for folder in project.snapshot_paths.clone() {
+        for path in list_files(root, &folder, diagnostics) {
+            match extension(&path) {
+                "sql" => {
+                    if let Some(file) = sql_file(root, &folder, &path, diagnostics) {
+                        snapshot_blocks(&file, &mut project, diagnostics);
+                    }
+                }
+                "yml" | "yaml" => read_properties(root, &path, &mut project, diagnostics),
+                _ => {}
+            }
+        }
+    }
+    declared_snapshots(&mut project);
     Some(project)
+}
+
+/// Adds the `{% snapshot %}` blocks of a file in the snapshot paths.
+fn snapshot_blocks(file: &SqlFile, project: &mut Project, diagnostics: &mut Diagnostics) {
+    project.snapshot_files.push(file.source.clone());
+    match crate::snapshots::blocks(file) {
+        Ok(found) => project.snapshots.extend(found),
+        Err((message, line)) => diagnostics
+            .push(ProjectDiagnostic::error("strata::snapshot", message).at(&file.source, line, 1)),
+    }
+}
+
+/// Adds the snapshots that property files declare with `relation:` (dbt 1.9).
+fn declared_snapshots(project: &mut Project) {
+    let mut declared = Vec::new();
+    for file in &project.property_files {
+        let Some(YamlValue::Seq(list)) = file.document.get("snapshots").map(|v| &v.value) else {
+            continue;
+        };
+        for item in list {
+            if let (Some(name), Some(relation)) = (
+                item.get("name").and_then(Yaml::as_str),
+                item.get("relation"),
+            ) && let Some(text) = relation.as_str()
+            {
+                declared.push(crate::snapshots::from_relation(
+                    name,
+                    text,
+                    &file.source,
+                    relation.line,
+                ));
+            }
+        }
+    }
+    project.snapshots.extend(declared);
 }
 
 /// The default `packages-install-path`, as in dbt.
@@ -441,6 +503,7 @@ fn read_project_keys(
             "seed-paths" | "data-paths" => project.seed_paths = path_list(value, source, errors),
             "test-paths" => project.test_paths = path_list(value, source, errors),
             "macro-paths" => project.macro_paths = path_list(value, source, errors),
+            "snapshot-paths" => project.snapshot_paths = path_list(value, source, errors),
             "vars" => match value.to_json() {
                 serde_json::Value::Object(vars) => project.vars = vars,
                 serde_json::Value::Null => {}
@@ -457,6 +520,7 @@ fn read_project_keys(
             "data_tests" | "tests" => {
                 project.tests_config = FolderConfig::read(value, source, errors)
             }
+            "snapshots" => project.snapshots_config = FolderConfig::read(value, source, errors),
             "packages-install-path" => match value.as_str() {
                 Some(path) if is_relative_inside(path) => {
                     project.packages_install_path = path.to_string()
@@ -471,7 +535,7 @@ fn read_project_keys(
             },
             "dispatch" => project.dispatch = read_dispatch(value, source, errors),
             other if IGNORED_PROJECT_KEYS.contains(&other) => {}
-            other if other.ends_with("-paths") || other == "snapshots" || other == "sources" => {}
+            other if other.ends_with("-paths") || other == "sources" => {}
             other => errors.push(
                 ProjectDiagnostic::warning(
                     "strata::project_file",

@@ -128,6 +128,9 @@ pub struct Properties {
     pub models: Vec<NodeProperties>,
     /// Seed properties.
     pub seeds: Vec<NodeProperties>,
+    /// Snapshot properties (a `relation:` entry also declares the snapshot itself; the
+    /// project loader makes its SQL).
+    pub snapshots: Vec<NodeProperties>,
 }
 
 impl Properties {
@@ -188,9 +191,16 @@ fn read_file(
                     }
                 }
             }
+            "snapshots" => {
+                for item in list(value, source, "snapshots", errors) {
+                    if let Some(node) = read_node(item, source, errors) {
+                        properties.snapshots.push(node);
+                    }
+                }
+            }
             // Accepted and not used by Strata (yet): documentation and other resource kinds.
-            "version" | "snapshots" | "analyses" | "macros" | "exposures" | "metrics"
-            | "semantic_models" | "saved_queries" | "groups" | "unit_tests" | "data_tests" => {}
+            "version" | "analyses" | "macros" | "exposures" | "metrics" | "semantic_models"
+            | "saved_queries" | "groups" | "unit_tests" | "data_tests" => {}
             other => errors.push(
                 ProjectDiagnostic::warning(
                     "strata::properties",

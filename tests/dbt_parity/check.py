@@ -3,7 +3,7 @@
 
 For every project given, `dbt parse` (dbt-core + dbt-duckdb, pinned in scripts/requirements.txt)
 and `strata compile` run on the same copy; then the two manifests are compared on what decides
-how a run behaves: which models, seeds and sources exist, what each model reads, how it is
+how a run behaves: which models, seeds, snapshots and sources exist, what each model reads, how it is
 materialized, its tags, and which tests check which column of which node, under which name
 (generic test names are dbt's, long ones included).
 """
@@ -36,7 +36,7 @@ def dbt_graph(manifest):
     graph = {"nodes": {}, "tests": set()}
     for unique_id, node in manifest["nodes"].items():
         kind = node["resource_type"]
-        if kind in ("model", "seed"):
+        if kind in ("model", "seed", "snapshot"):
             graph["nodes"][short(unique_id)] = {
                 "depends_on": sorted(short(parent) for parent in node["depends_on"].get("nodes", [])),
                 "materialized": node["config"]["materialized"],
@@ -66,7 +66,7 @@ def strata_graph(manifest):
     graph = {"nodes": {}, "tests": set()}
     for unique_id, node in manifest["nodes"].items():
         kind = node["resource_type"]
-        if kind in ("model", "seed"):
+        if kind in ("model", "seed", "snapshot"):
             graph["nodes"][short(unique_id)] = {
                 "depends_on": sorted(short(parent) for parent in node["depends_on"]),
                 "materialized": node["config"]["materialized"],

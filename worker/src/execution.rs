@@ -251,15 +251,18 @@ impl TaskRun<'_> {
             .output
             .as_ref()
             .ok_or_else(|| TaskError::internal("a model task without an output"))?;
-        let sql = match &self.task.incremental {
-            Some(incremental) => {
+        let sql = match (&self.task.snapshot, &self.task.incremental) {
+            (Some(snapshot), _) => {
+                crate::snapshot::snapshot_sql(&self.ctx, &self.task.sql, snapshot).await?
+            }
+            (None, Some(incremental)) => {
                 let (sql, mode) =
                     crate::incremental::incremental_sql(&self.ctx, &self.task.sql, incremental)
                         .await?;
                 result.append = mode == crate::incremental::CommitMode::Append;
                 sql
             }
-            None => self.task.sql.clone(),
+            (None, None) => self.task.sql.clone(),
         };
         // A stage of a shuffled model runs its serialized plan; any other task its SQL.
         let (plan_schema, mut stream) = if self.task.plan.is_empty() {

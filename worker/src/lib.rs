@@ -15,6 +15,7 @@ pub mod incremental;
 pub mod process;
 pub mod service;
 pub mod shuffle;
+pub mod snapshot;
 mod task_memory;
 
 pub use execution::{ExecutionConfig, ShuffleService, run_task};

@@ -22,6 +22,9 @@ use crate::project::SqlFile;
 pub(super) fn builtin_environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_fuel(Some(FUEL_PER_RENDER));
+    // SQL is never escaped, whatever a template's name ends with (minijinja would escape
+    // the output of a `.yml` template as JSON).
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.set_recursion_limit(200);
     // Python's string, list and dict methods (`.upper()`, `.split()`, `.items()`), which dbt's
     // Jinja allows.

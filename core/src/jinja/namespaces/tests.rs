@@ -46,7 +46,7 @@ fn render_with(
     let mut renderer = Renderer::new(&packages, search_orders, None, &mut errors);
     assert!(errors.is_empty(), "{errors:?}");
     let source = SourceText::new(PathBuf::from("models/m.sql"), model);
-    renderer.add(&source).map_err(|d| d.message.clone())?;
+    renderer.add(&source, "m").map_err(|d| d.message.clone())?;
     let inputs = Arc::new(RenderInputs {
         project_name: String::from("shop"),
         ..RenderInputs::default()

@@ -1,0 +1,360 @@
+//! Snapshots: the SQL that folds a snapshot query's rows into its history table (SCD type 2),
+//! with dbt's semantics.
+//!
+//! The first run stores every row as current (`dbt_valid_to` NULL). A later run, against the
+//! table pinned at its current version (an input named as the snapshot's relation):
+//!
+//! - a current row whose entity changed (the `timestamp` strategy: its `dbt_valid_from` is
+//!   earlier than the new `updated_at`; `check`: a checked column differs, NULLs compared as
+//!   values) is closed, `dbt_valid_to` taking the new change time, and the new version is added;
+//! - an entity new to the table is added;
+//! - an entity gone from the query is, as `hard_deletes` says, left alone, closed at the
+//!   snapshot time, or closed with a new current row marking the deletion;
+//! - rows already closed never change.
+//!
+//! The result is the whole table, committed as one Delta transaction that replaces it. Keys
+//! are compared with `=` as dbt does, so a row whose key is NULL never matches. Columns new to
+//! the query are added to the table; columns gone from it become NULL in new rows.
+
+use std::collections::BTreeSet;
+
+use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::common::TableReference;
+use datafusion::prelude::SessionContext;
+use strata_proto::v1::Snapshot;
+
+use strata_engine::TaskError;
+
+/// The columns a snapshot adds to its query's.
+const SCD_ID: &str = "dbt_scd_id";
+const UPDATED_AT: &str = "dbt_updated_at";
+const VALID_FROM: &str = "dbt_valid_from";
+const VALID_TO: &str = "dbt_valid_to";
+const IS_DELETED: &str = "dbt_is_deleted";
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Builds the SQL producing the snapshot's whole table after this run.
+///
+/// # Errors
+/// A user error when the query lacks what the settings name, or the table lacks the
+/// snapshot columns.
+pub async fn snapshot_sql(
+    ctx: &SessionContext,
+    query: &str,
+    snapshot: &Snapshot,
+) -> Result<String, TaskError> {
+    let source = ctx.sql(query).await?.schema().as_arrow().clone();
+    let plan = SnapshotPlan::new(query, snapshot, &source);
+    if !snapshot.existing {
+        return Ok(plan.first_run());
+    }
+    let reference =
+        TableReference::partial(snapshot.this_schema.clone(), snapshot.this_name.clone());
+    let table = ctx.table(reference).await?.schema().as_arrow().clone();
+    for column in plan.meta_columns() {
+        if table.field_with_name(column).is_err() {
+            return Err(TaskError::user(format!(
+                "the snapshot's table has no column '{column}': it was not written by a snapshot with these settings; drop the table or point the snapshot elsewhere"
+            )));
+        }
+    }
+    Ok(plan.later_run(&table))
+}
+
+/// What both kinds of run are made of.
+struct SnapshotPlan<'a> {
+    query: &'a str,
+    snapshot: &'a Snapshot,
+    /// The query's columns, in order.
+    columns: Vec<String>,
+    /// The change time of a source row, over `source_data`'s columns.
+    updated_at: String,
+    /// The snapshot time as a SQL timestamp.
+    now: String,
+    /// Whether `updated_at` is a timestamp column: its text in `dbt_scd_id` is DuckDB's.
+    timestamp_updated_at: bool,
+}
+
+impl<'a> SnapshotPlan<'a> {
+    fn new(query: &'a str, snapshot: &'a Snapshot, source: &Schema) -> SnapshotPlan<'a> {
+        let now = format!("to_timestamp_micros({})", snapshot.snapshot_time_micros);
+        let updated_at = if snapshot.updated_at.is_empty() {
+            now.clone()
+        } else {
+            snapshot.updated_at.clone()
+        };
+        let timestamp_updated_at = snapshot.updated_at.is_empty()
+            || source
+                .fields()
+                .iter()
+                .find(|field| field.name().eq_ignore_ascii_case(&snapshot.updated_at))
+                .is_some_and(|field| matches!(field.data_type(), DataType::Timestamp(_, _)));
+        SnapshotPlan {
+            query,
+            snapshot,
+            columns: source.fields().iter().map(|f| f.name().clone()).collect(),
+            updated_at,
+            now,
+            timestamp_updated_at,
+        }
+    }
+
+    fn new_record(&self) -> bool {
+        self.snapshot.hard_deletes == "new_record"
+    }
+
+    fn meta_columns(&self) -> Vec<&'static str> {
+        let mut columns = vec![SCD_ID, UPDATED_AT, VALID_FROM, VALID_TO];
+        if self.new_record() {
+            columns.push(IS_DELETED);
+        }
+        columns
+    }
+
+    /// `md5` of the key and the change time as text, as dbt's `snapshot_hash_arguments`
+    /// with DuckDB's text for timestamps (`2024-01-02 03:04:05.5`).
+    fn scd_id(&self, updated_at: &str) -> String {
+        let time = if self.timestamp_updated_at {
+            format!("regexp_replace(to_char({updated_at}, '%Y-%m-%d %H:%M:%S%.6f'), '\\.?0+$', '')")
+        } else {
+            format!("cast({updated_at} as varchar)")
+        };
+        let parts: Vec<String> = self
+            .snapshot
+            .unique_key
+            .iter()
+            .map(|key| format!("coalesce(cast({key} as varchar), '')"))
+            .chain(std::iter::once(format!("coalesce({time}, '')")))
+            .collect();
+        format!("md5({})", parts.join(" || '|' || "))
+    }
+
+    /// The query's rows with their keys and change time beside them.
+    fn source_data(&self) -> String {
+        format!(
+            "snapshot_query as ({}),\n\
+             source_data as (select *, {}, {} as __strata_updated_at from snapshot_query)",
+            self.query,
+            self.keys(),
+            self.updated_at
+        )
+    }
+
+    fn keys(&self) -> String {
+        self.snapshot
+            .unique_key
+            .iter()
+            .enumerate()
+            .map(|(index, key)| format!("({key}) as __strata_key_{index}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn keys_match(&self, left: &str, right: &str) -> String {
+        (0..self.snapshot.unique_key.len())
+            .map(|index| format!("{left}.__strata_key_{index} = {right}.__strata_key_{index}"))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
+
+    /// The first run: every row, current.
+    fn first_run(&self) -> String {
+        let columns: Vec<String> = self.columns.iter().map(|c| quote(c)).collect();
+        let deleted = if self.new_record() {
+            format!(", 'False' as {IS_DELETED}")
+        } else {
+            String::new()
+        };
+        format!(
+            "with {}\n\
+             select {}, {} as {SCD_ID}, __strata_updated_at as {UPDATED_AT}, \
+             __strata_updated_at as {VALID_FROM}, \
+             nullif(__strata_updated_at, __strata_updated_at) as {VALID_TO}{deleted}\n\
+             from source_data",
+            self.source_data(),
+            columns.join(", "),
+            self.scd_id("__strata_updated_at"),
+        )
+    }
+
+    /// Whether the current row `current_rows` and the source row `source_data` differ.
+    fn row_changed(&self, table: &Schema) -> String {
+        let changed = if self.snapshot.strategy == "timestamp" {
+            format!("current_rows.{VALID_FROM} < source_data.__strata_updated_at")
+        } else {
+            let checked: Vec<String> = if self.snapshot.check_all {
+                if self
+                    .columns
+                    .iter()
+                    .any(|column| table.field_with_name(column).is_err())
+                {
+                    // dbt: a column new to the query makes every row a new version.
+                    return String::from("true");
+                }
+                self.columns.iter().map(|c| quote(c)).collect()
+            } else {
+                self.snapshot.check_cols.clone()
+            };
+            checked
+                .iter()
+                .map(|column| {
+                    format!(
+                        "current_rows.{column} <> source_data.{column} \
+                         or (current_rows.{column} is null) <> (source_data.{column} is null)"
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" or ")
+        };
+        if self.new_record() {
+            format!("({changed}) or current_rows.{IS_DELETED} = 'True'")
+        } else {
+            format!("({changed})")
+        }
+    }
+
+    /// A later run: closed rows kept, current rows closed where they changed or left, new
+    /// versions and new entities added.
+    fn later_run(&self, table: &Schema) -> String {
+        let target = format!(
+            "{}.{}",
+            quote(&self.snapshot.this_schema),
+            quote(&self.snapshot.this_name)
+        );
+        let table_columns: Vec<String> = table.fields().iter().map(|f| f.name().clone()).collect();
+        let known: BTreeSet<&String> = table_columns.iter().collect();
+        let added: Vec<&String> = self.columns.iter().filter(|c| !known.contains(c)).collect();
+        let keys = self.keys_match("source_data", "current_rows");
+        let changed = self.row_changed(table);
+        let invalidates = self.snapshot.hard_deletes != "ignore";
+        let mut ctes = vec![
+            self.source_data(),
+            format!(
+                "current_rows as (select *, {} from {target} where {VALID_TO} is null)",
+                self.keys()
+            ),
+            format!(
+                "inserted as (select source_data.* from source_data left join current_rows \
+                 on {keys} where current_rows.__strata_key_0 is null or {changed})"
+            ),
+            format!(
+                "deleted as (select current_rows.* from current_rows left join source_data \
+                 on {keys} where source_data.__strata_key_0 is null{})",
+                if self.new_record() {
+                    format!(" and not current_rows.{IS_DELETED} = 'True'")
+                } else {
+                    String::new()
+                }
+            ),
+        ];
+        let mut closing = vec![format!(
+            "select current_rows.{SCD_ID} as __strata_closed, \
+             source_data.__strata_updated_at as __strata_valid_to \
+             from source_data join current_rows on {keys} where {changed}"
+        )];
+        if invalidates {
+            closing.push(format!("select {SCD_ID}, {} from deleted", self.now));
+        }
+        ctes.push(format!(
+            "closings as (select __strata_closed, min(__strata_valid_to) as __strata_valid_to \
+             from ({}) as __strata_closing group by __strata_closed)",
+            closing.join(" union all ")
+        ));
+
+        let typed = |expression: String, column: &str| -> String {
+            match table.field_with_name(column) {
+                Ok(field) => format!(
+                    "arrow_cast({expression}, '{}') as {}",
+                    field.data_type(),
+                    quote(column)
+                ),
+                Err(_) => format!("{expression} as {}", quote(column)),
+            }
+        };
+        let kept: Vec<String> = table_columns
+            .iter()
+            .map(|column| {
+                if column == VALID_TO {
+                    typed(
+                        format!(
+                            "case when closings.__strata_closed is null then __strata_table.{VALID_TO} \
+                             else closings.__strata_valid_to end"
+                        ),
+                        column,
+                    )
+                } else {
+                    format!("__strata_table.{}", quote(column))
+                }
+            })
+            .chain(added.iter().map(|column| format!("null as {}", quote(column))))
+            .collect();
+        let source_columns: BTreeSet<&String> = self.columns.iter().collect();
+        let new_versions: Vec<String> = table_columns
+            .iter()
+            .map(|column| {
+                let value = match column.as_str() {
+                    SCD_ID => self.scd_id("__strata_updated_at"),
+                    UPDATED_AT | VALID_FROM => String::from("__strata_updated_at"),
+                    VALID_TO => String::from("null"),
+                    IS_DELETED if self.new_record() => String::from("'False'"),
+                    _ if source_columns.contains(column) => format!("inserted.{}", quote(column)),
+                    _ => String::from("null"),
+                };
+                typed(value, column)
+            })
+            .chain(
+                added
+                    .iter()
+                    .map(|column| format!("inserted.{}", quote(column))),
+            )
+            .collect();
+        let mut selects = vec![
+            format!(
+                "select {} from {target} as __strata_table left join closings \
+                 on __strata_table.{SCD_ID} = closings.__strata_closed \
+                 and __strata_table.{VALID_TO} is null",
+                kept.join(", ")
+            ),
+            format!("select {} from inserted", new_versions.join(", ")),
+        ];
+        if self.new_record() {
+            selects.push(self.deletion_records(&table_columns, &added, &typed));
+        }
+        format!(
+            "with {}\n{}",
+            ctes.join(",\n"),
+            selects.join("\nunion all\n")
+        )
+    }
+
+    /// `new_record`: a current row marking each deletion, with the deleted row's values.
+    fn deletion_records(
+        &self,
+        table_columns: &[String],
+        added: &[&String],
+        typed: &dyn Fn(String, &str) -> String,
+    ) -> String {
+        let now = &self.now;
+        let values: Vec<String> = table_columns
+            .iter()
+            .map(|column| {
+                let value = match column.as_str() {
+                    SCD_ID => format!(
+                        "md5(coalesce(cast(deleted.{SCD_ID} as varchar), '') || '|' || \
+                         coalesce(regexp_replace(to_char({now}, '%Y-%m-%d %H:%M:%S%.6f'), '\\.?0+$', ''), ''))"
+                    ),
+                    UPDATED_AT | VALID_FROM => now.clone(),
+                    VALID_TO => format!("deleted.{VALID_TO}"),
+                    IS_DELETED => String::from("'True'"),
+                    _ => format!("deleted.{}", quote(column)),
+                };
+                typed(value, column)
+            })
+            .chain(added.iter().map(|column| format!("null as {}", quote(column))))
+            .collect();
+        format!("select {} from deleted", values.join(", "))
+    }
+}
