@@ -358,3 +358,153 @@ impl<'a> SnapshotPlan<'a> {
         format!("select {} from deleted", values.join(", "))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+
+    use super::*;
+
+    /// Runs a snapshot over the source rows `values` (id, tier, updated_at) against the table
+    /// `public.history` (when `existing`), stores the result there and shows it.
+    async fn snapshot_run(ctx: &SessionContext, snapshot: &Snapshot, values: &str) -> String {
+        ctx.deregister_table("src").ok();
+        ctx.sql(&format!(
+            "create table src as select column1 as id, column2 as tier, \
+             cast(column3 as timestamp) as updated_at from (values {values})"
+        ))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+        let sql = snapshot_sql(ctx, "select * from src", snapshot)
+            .await
+            .unwrap_or_else(|err| panic!("{err}"));
+        let batches = ctx
+            .sql(&sql)
+            .await
+            .unwrap_or_else(|err| panic!("{err}\n{sql}"))
+            .collect()
+            .await
+            .unwrap_or_else(|err| panic!("{err}\n{sql}"));
+        ctx.deregister_table("history").ok();
+        let schema = batches[0].schema();
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
+            .unwrap_or_else(|err| panic!("{err}"));
+        ctx.register_table("history", std::sync::Arc::new(table))
+            .unwrap_or_else(|err| panic!("{err}"));
+        let shown = ctx
+            .sql(
+                "select id, tier, dbt_valid_from, dbt_valid_to, dbt_updated_at = dbt_valid_from as same \
+                 from history order by id, dbt_valid_from",
+            )
+            .await
+            .unwrap_or_else(|err| panic!("{err}"))
+            .collect()
+            .await
+            .unwrap_or_else(|err| panic!("{err}"));
+        pretty_format_batches(&shown)
+            .unwrap_or_else(|err| panic!("{err}"))
+            .to_string()
+    }
+
+    fn settings(strategy: &str, hard_deletes: &str) -> Snapshot {
+        Snapshot {
+            strategy: strategy.to_string(),
+            unique_key: vec![String::from("id")],
+            updated_at: if strategy == "timestamp" {
+                String::from("updated_at")
+            } else {
+                String::new()
+            },
+            check_cols: vec![String::from("tier")],
+            hard_deletes: hard_deletes.to_string(),
+            this_schema: String::from("public"),
+            this_name: String::from("history"),
+            // 2030-01-01 00:00:00 UTC
+            snapshot_time_micros: 1_893_456_000_000_000,
+            ..Snapshot::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn timestamp_strategy_closes_changed_and_deleted_rows() {
+        let ctx = SessionContext::new();
+        let mut snapshot = settings("timestamp", "invalidate");
+        snapshot_run(
+            &ctx,
+            &snapshot,
+            "(1, 'gold', '2024-01-01 10:00:00'), (2, 'silver', '2024-01-01 10:00:00')",
+        )
+        .await;
+        snapshot.existing = true;
+        // 1 changes (a later updated_at), 2 leaves, 3 arrives.
+        let shown = snapshot_run(
+            &ctx,
+            &snapshot,
+            "(1, 'bronze', '2024-01-02 09:30:00.5'), (3, 'gold', '2024-01-02 08:00:00')",
+        )
+        .await;
+        let expected = "\
++----+--------+-------------------------+-------------------------+------+
+| id | tier   | dbt_valid_from          | dbt_valid_to            | same |
++----+--------+-------------------------+-------------------------+------+
+| 1  | gold   | 2024-01-01T10:00:00     | 2024-01-02T09:30:00.500 | true |
+| 1  | bronze | 2024-01-02T09:30:00.500 |                         | true |
+| 2  | silver | 2024-01-01T10:00:00     | 2030-01-01T00:00:00     | true |
+| 3  | gold   | 2024-01-02T08:00:00     |                         | true |
++----+--------+-------------------------+-------------------------+------+";
+        assert_eq!(shown, expected);
+        // The same state again changes nothing.
+        assert_eq!(
+            snapshot_run(
+                &ctx,
+                &snapshot,
+                "(1, 'bronze', '2024-01-02 09:30:00.5'), (3, 'gold', '2024-01-02 08:00:00')",
+            )
+            .await,
+            expected
+        );
+    }
+
+    #[tokio::test]
+    async fn check_strategy_compares_nulls_as_values_and_ignores_deletes() {
+        let ctx = SessionContext::new();
+        let mut snapshot = settings("check", "ignore");
+        snapshot_run(
+            &ctx,
+            &snapshot,
+            "(1, 'gold', '2024-01-01'), (2, null, '2024-01-01')",
+        )
+        .await;
+        snapshot.existing = true;
+        snapshot.snapshot_time_micros += 86_400_000_000;
+        let shown = snapshot_run(&ctx, &snapshot, "(2, 'silver', '2024-01-05')").await;
+        let expected = "\
++----+--------+---------------------+---------------------+------+
+| id | tier   | dbt_valid_from      | dbt_valid_to        | same |
++----+--------+---------------------+---------------------+------+
+| 1  | gold   | 2030-01-01T00:00:00 |                     | true |
+| 2  |        | 2030-01-01T00:00:00 | 2030-01-02T00:00:00 | true |
+| 2  | silver | 2030-01-02T00:00:00 |                     | true |
++----+--------+---------------------+---------------------+------+";
+        assert_eq!(shown, expected);
+    }
+
+    #[tokio::test]
+    async fn a_table_without_snapshot_columns_is_refused() {
+        let ctx = SessionContext::new();
+        ctx.sql("create table history as select 1 as id")
+            .await
+            .unwrap_or_else(|err| panic!("{err}"));
+        ctx.sql("create table src as select 1 as id, 'a' as tier")
+            .await
+            .unwrap_or_else(|err| panic!("{err}"));
+        let mut snapshot = settings("check", "ignore");
+        snapshot.existing = true;
+        let err = snapshot_sql(&ctx, "select * from src", &snapshot)
+            .await
+            .err()
+            .map(|err| err.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("no column 'dbt_scd_id'"), "{err}");
+    }
+}
