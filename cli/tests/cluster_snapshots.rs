@@ -8,7 +8,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{Workers, copy_project, finish_build, rows, start_build_with_args, unique_queue};
+use common::{
+    Workers, copy_project, finish_build, rows, start_build_with_args, unique_queue, workers_used,
+};
 
 /// A row with every time of this decade's runs (not of the fixture's 2024 data) as NOW, and
 /// in such a row the 32-hex-digit ids hashed from it as HASH.
