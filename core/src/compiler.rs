@@ -679,28 +679,11 @@ impl<'a> Compiler<'a> {
                         draft.config.materialized = Materialization::Test;
                     } else if draft.resource_type == ResourceType::Snapshot {
                         draft.config.materialized = Materialization::Snapshot;
-                        if let Err(message) = SnapshotSpec::from_config(&draft.config) {
-                            let source = &draft.file.source;
-                            let diagnostic = ProjectDiagnostic::error("strata::snapshot", message);
-                            // At the snapshot's config() call, else its first SQL.
-                            let text = &source.text;
-                            let start = text
-                                .find("config(")
-                                .or_else(|| text.find(|c: char| !c.is_whitespace()))
-                                .unwrap_or_default();
-                            let end = text[start..]
-                                .find('\n')
-                                .map_or(text.len(), |newline| start + newline);
-                            let diagnostic = diagnostic.at_range(source, start, end);
-                            self.errors.push(
-                                diagnostic
-                                    .with_hint(format!(
-                                        "configure the snapshot '{}' in its config() block, its properties or the snapshots: block of the project file",
-                                        draft.file.name
-                                    )),
-                            );
+                        let problems = snapshot_problems(draft.file, &draft.config);
+                        if problems.iter().any(ProjectDiagnostic::is_error) {
                             self.failed.insert(draft.unique_id.clone());
                         }
+                        self.errors.extend(problems);
                     } else if matches!(
                         draft.config.materialized,
                         Materialization::Seed | Materialization::Test | Materialization::Snapshot
@@ -1168,6 +1151,46 @@ fn relation_of(dependency: &Dependency, inputs: &RenderInputs) -> Option<Relatio
             .get(&(source.clone(), table.clone()))
             .cloned(),
     }
+}
+
+/// What is wrong with a snapshot's settings, at its `config()` call (else its first SQL):
+/// an error when they cannot be run, a warning for settings Strata ignores.
+fn snapshot_problems(file: &SqlFile, config: &NodeConfig) -> Vec<ProjectDiagnostic> {
+    let source = &file.source;
+    let text = &source.text;
+    let start = text
+        .find("config(")
+        .or_else(|| text.find(|c: char| !c.is_whitespace()))
+        .unwrap_or_default();
+    let end = text[start..]
+        .find('\n')
+        .map_or(text.len(), |newline| start + newline);
+    let mut problems = Vec::new();
+    if let Err(message) = SnapshotSpec::from_config(config) {
+        problems.push(
+            ProjectDiagnostic::error("strata::snapshot", message)
+                .at_range(source, start, end)
+                .with_hint(format!(
+                    "configure the snapshot '{}' in its config() block, its properties or the snapshots: block of the project file",
+                    file.name
+                )),
+        );
+    }
+    for key in ["snapshot_meta_column_names", "dbt_valid_to_current"] {
+        if config.extra.contains_key(key) {
+            problems.push(
+                ProjectDiagnostic::warning(
+                    "strata::snapshot",
+                    format!("{key} is not supported yet and is ignored"),
+                )
+                .at_range(source, start, end)
+                .with_hint(
+                    "the snapshot keeps dbt's default columns (dbt_valid_from, dbt_valid_to, …) with NULL dbt_valid_to for current rows",
+                ),
+            );
+        }
+    }
+    problems
 }
 
 /// The materialization of a kind of SQL node before its settings say otherwise.

@@ -169,6 +169,11 @@ impl ProjectDiagnostic {
         self
     }
 
+    /// Whether the problem fails the command.
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+
     /// Adds a hint telling the user what to do.
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
