@@ -6,6 +6,7 @@
 //! - [`distinct_rewrite`], [`first_row`]: the rules and the deduplication operator;
 //! - [`division`]: fractional integer division, as in DuckDB;
 //! - [`duckdb_functions`]: DuckDB functions dbt-duckdb projects call (`strftime`, `date_diff`);
+//! - [`identifiers`]: unquoted identifiers resolving to mixed-case columns, as in DuckDB;
 //! - [`compile_queries`]: `run_query` and `statement` blocks answered while compiling;
 //! - [`memory`]: the process's real allocation (jemalloc), beside the pools;
 //! - [`stages`]: cutting a plan at its hash repartitions into map and final stages;
@@ -25,6 +26,7 @@ pub mod duckdb_functions;
 pub mod error;
 pub mod exchange;
 pub mod first_row;
+pub mod identifiers;
 pub mod memory;
 pub mod session;
 pub mod stages;

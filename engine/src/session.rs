@@ -173,7 +173,8 @@ pub async fn plan_shuffle(
     if !register_inputs_with(&ctx, inputs, true).await? {
         return Ok(None);
     }
-    let plan = ctx.sql(sql).await?.create_physical_plan().await?;
+    let sql = crate::identifiers::resolve_case(&ctx, sql).await;
+    let plan = ctx.sql(&sql).await?.create_physical_plan().await?;
     Ok(crate::stages::plan_stages(plan, &ctx.task_ctx())?)
 }
 
@@ -272,7 +273,7 @@ async fn register_inputs_with(
                 }
             }
             Some(task_input::Source::ViewSql(sql)) => ctx
-                .sql(sql)
+                .sql(&crate::identifiers::resolve_case(ctx, sql).await)
                 .await
                 .map_err(|err| {
                     TaskError::from(err).context(format!("in view {}.{}", input.schema, input.name))
@@ -393,5 +394,6 @@ pub async fn query(
 ) -> Result<Vec<RecordBatch>, TaskError> {
     let (ctx, _pool) = session(config)?;
     register_inputs(&ctx, inputs).await?;
-    Ok(ctx.sql(sql).await?.collect().await?)
+    let sql = crate::identifiers::resolve_case(&ctx, sql).await;
+    Ok(ctx.sql(&sql).await?.collect().await?)
 }

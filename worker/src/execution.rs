@@ -171,9 +171,12 @@ async fn execute(
         config.engine.process_memory_limit_bytes,
     )?;
     register_inputs(&ctx, &task.inputs).await?;
+    // Unquoted names of mixed-case source columns, spelled as the columns are.
+    let sql = strata_engine::identifiers::resolve_case(&ctx, &task.sql).await;
     let run = TaskRun {
         config,
         task,
+        sql,
         ctx,
         pool,
         peaks,
@@ -204,6 +207,8 @@ async fn execute(
 struct TaskRun<'a> {
     config: &'a ExecutionConfig,
     task: &'a Task,
+    /// The task's SQL, identifiers resolved against its inputs.
+    sql: String,
     ctx: SessionContext,
     pool: Arc<dyn MemoryPool>,
     peaks: &'a Arc<Peaks>,
@@ -224,7 +229,7 @@ impl TaskRun<'_> {
             .ctx
             .sql(&format!(
                 "select count(*) as failures from ({}) as dbt_internal_test",
-                self.task.sql
+                self.sql
             ))
             .await?;
         let batches = frame.collect().await?;
@@ -253,16 +258,15 @@ impl TaskRun<'_> {
             .ok_or_else(|| TaskError::internal("a model task without an output"))?;
         let sql = match (&self.task.snapshot, &self.task.incremental) {
             (Some(snapshot), _) => {
-                crate::snapshot::snapshot_sql(&self.ctx, &self.task.sql, snapshot).await?
+                crate::snapshot::snapshot_sql(&self.ctx, &self.sql, snapshot).await?
             }
             (None, Some(incremental)) => {
                 let (sql, mode) =
-                    crate::incremental::incremental_sql(&self.ctx, &self.task.sql, incremental)
-                        .await?;
+                    crate::incremental::incremental_sql(&self.ctx, &self.sql, incremental).await?;
                 result.append = mode == crate::incremental::CommitMode::Append;
                 sql
             }
-            (None, None) => self.task.sql.clone(),
+            (None, None) => self.sql.clone(),
         };
         // A stage of a shuffled model runs its serialized plan; any other task its SQL.
         let (plan_schema, mut stream) = if self.task.plan.is_empty() {
