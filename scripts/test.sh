@@ -102,6 +102,7 @@ trap cleanup EXIT
     tests/fixtures/compile/ephemeral_chain/project \
     tests/fixtures/compile/test_forms/project \
     tests/fixtures/execution/packages \
+    tests/fixtures/execution/versions \
     tests/fixtures/snapshots \
     "$synthetic/project"
 

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use crate::config::{ConfigLayer, Materialization, NodeConfig, closest, rendered_value};
 use crate::data_tests::{self, BUILT_IN_TESTS};
 use crate::diagnostics::{Diagnostics, ProjectDiagnostic, SourceText};
-use crate::jinja::{CompileQueries, Dependency, MacroPackage, Relation, RenderInputs, Renderer};
+use crate::jinja::{
+    CompileQueries, Dependency, MacroPackage, ModelVersions, Relation, RenderInputs, Renderer,
+};
 use crate::manifest::{
     Column, Manifest, Metadata, Node, ResourceType, SourceInfo, TestInfo, checksum,
 };
@@ -55,6 +57,8 @@ pub struct Compilation {
 /// A model or singular test on its way through the passes.
 struct Draft<'a> {
     unique_id: String,
+    /// The node's name: its file's stem, or `<model>_v<v>` for a version of a model.
+    name: String,
     file: &'a SqlFile,
     resource_type: ResourceType,
     properties: Option<&'a NodeProperties>,
@@ -197,8 +201,71 @@ impl<'a> Compiler<'a> {
             &project.models_config,
             &properties,
         );
-        self.orphan_properties(&properties, "model", "models/<layer>/<name>.sql");
+        let (unversioned, versioned): (BTreeMap<_, _>, BTreeMap<_, _>) = properties
+            .iter()
+            .map(|(name, props)| (*name, *props))
+            .partition(|(_, props)| props.versions.is_empty());
+        self.orphan_properties(&unversioned, "model", "models/<layer>/<name>.sql");
+        self.model_versions(&versioned);
         self.model_properties = properties;
+    }
+
+    /// Versioned models: each version's file is a node `model.<project>.<name>.v<v>` with
+    /// the model's properties and the version's config over them; `ref()` learns the
+    /// versions and which is the latest.
+    fn model_versions(&mut self, versioned: &BTreeMap<&'a str, &'a NodeProperties>) {
+        for (name, properties) in versioned {
+            let mut versions = ModelVersions::default();
+            for version in &properties.versions {
+                let stem = version.file_stem(name);
+                let layers =
+                    self.rendered_layers([&properties.config, &version.config].into_iter());
+                let Some(draft) = self
+                    .drafts
+                    .iter_mut()
+                    .find(|draft| draft.resource_type == ResourceType::Model && draft.name == stem)
+                else {
+                    self.errors.push(
+                        version
+                            .origin
+                            .error(
+                                "strata::model_version",
+                                format!(
+                                    "version {} of model '{name}' has no SQL file",
+                                    version.version
+                                ),
+                            )
+                            .with_hint(format!(
+                                "write models/…/{stem}.sql, or name its file with 'defined_in:'"
+                            )),
+                    );
+                    continue;
+                };
+                draft.unique_id =
+                    format!("model.{}.{name}.v{}", self.project.name, version.version);
+                draft.name = version.node_name(name);
+                draft.properties = Some(properties);
+                draft.base_layers.extend(layers);
+                draft.config = NodeConfig::resolve(
+                    default_materialization(draft.resource_type),
+                    &draft.base_layers,
+                );
+                versions
+                    .nodes
+                    .insert(version.version.clone(), draft.name.clone());
+            }
+            let latest = properties.latest_version.clone().or_else(|| {
+                versions
+                    .nodes
+                    .keys()
+                    .max_by(|a, b| version_order(a, b))
+                    .cloned()
+            });
+            if let Some(latest) = latest.and_then(|v| versions.nodes.get(&v).cloned()) {
+                versions.latest = latest;
+                self.inputs.versions.insert((*name).to_string(), versions);
+            }
+        }
     }
 
     /// Snapshots become drafts too: `ref()` reaches them like models.
@@ -250,6 +317,7 @@ impl<'a> Compiler<'a> {
             let config = NodeConfig::resolve(default_materialization(resource_type), &base_layers);
             self.drafts.push(Draft {
                 unique_id: format!("{what}.{}.{}", self.project.name, file.name),
+                name: file.name.clone(),
                 file,
                 resource_type,
                 properties,
@@ -611,6 +679,7 @@ impl<'a> Compiler<'a> {
             config.materialized = Materialization::Test;
             self.drafts.push(Draft {
                 unique_id: format!("test.{}.{}", self.project.name, file.name),
+                name: file.name.clone(),
                 file,
                 resource_type: ResourceType::Test,
                 properties: None,
@@ -629,43 +698,39 @@ impl<'a> Compiler<'a> {
     fn first_pass(&mut self) {
         for draft in &mut self.drafts {
             if draft.resource_type.is_built_from_sql() {
-                draft.relation = Some(node_relation(
-                    draft.file,
-                    draft.resource_type,
-                    &draft.config,
-                ));
+                draft.relation = Some(node_relation(draft));
                 if draft.config.enabled {
                     self.inputs.relations.insert(
-                        draft.file.name.clone(),
+                        draft.name.clone(),
                         draft
                             .relation
                             .clone()
                             .unwrap_or_else(|| Relation::new("", "")),
                     );
                 } else {
-                    self.inputs.disabled.insert(draft.file.name.clone());
+                    self.inputs.disabled.insert(draft.name.clone());
                 }
             }
             self.inputs
                 .base_configs
-                .insert(draft.file.name.clone(), draft.base_layers.clone());
+                .insert(draft.name.clone(), draft.base_layers.clone());
         }
         let first_inputs = Arc::new(self.inputs.clone());
         for draft in &mut self.drafts {
             if !draft.config.enabled {
                 continue;
             }
-            if let Err(diagnostic) = self.renderer.add(&draft.file.source, &draft.file.name) {
+            if let Err(diagnostic) = self.renderer.add(&draft.file.source, &draft.name) {
                 self.errors.push(*diagnostic);
                 self.failed.insert(draft.unique_id.clone());
                 continue;
             }
             // A model's own `config(materialized='incremental')` is only known after rendering:
             // render the listed models as incremental and re-render below if they are not.
-            let is_incremental = self.options.incremental_models.contains(&draft.file.name);
+            let is_incremental = self.options.incremental_models.contains(&draft.name);
             match self.renderer.render(
                 &draft.file.source,
-                &draft.file.name,
+                &draft.name,
                 &first_inputs,
                 is_incremental,
                 draft.relation.as_ref(),
@@ -728,15 +793,13 @@ impl<'a> Compiler<'a> {
             if !draft.resource_type.is_built_from_sql() {
                 continue;
             }
-            final_inputs.relations.remove(&draft.file.name);
-            final_inputs.disabled.remove(&draft.file.name);
+            final_inputs.relations.remove(&draft.name);
+            final_inputs.disabled.remove(&draft.name);
             if draft.config.enabled {
-                let relation = node_relation(draft.file, draft.resource_type, &draft.config);
-                final_inputs
-                    .relations
-                    .insert(draft.file.name.clone(), relation);
+                let relation = node_relation(draft);
+                final_inputs.relations.insert(draft.name.clone(), relation);
             } else {
-                final_inputs.disabled.insert(draft.file.name.clone());
+                final_inputs.disabled.insert(draft.name.clone());
             }
         }
         check_unique_relations(&self.drafts, &self.seeds, &final_inputs, &mut self.errors);
@@ -785,8 +848,8 @@ impl<'a> Compiler<'a> {
             let own_relation = draft
                 .resource_type
                 .is_built_from_sql()
-                .then(|| node_relation(draft.file, draft.resource_type, &draft.config));
-            let rendered_incremental = self.options.incremental_models.contains(&draft.file.name);
+                .then(|| node_relation(draft));
+            let rendered_incremental = self.options.incremental_models.contains(&draft.name);
             let is_incremental_now =
                 rendered_incremental && draft.config.materialized == Materialization::Incremental;
             let changed = own_relation != draft.relation
@@ -800,7 +863,7 @@ impl<'a> Compiler<'a> {
                 let is_incremental = is_incremental_now;
                 match self.renderer.render(
                     &draft.file.source,
-                    &draft.file.name,
+                    &draft.name,
                     final_inputs,
                     is_incremental,
                     draft.relation.as_ref(),
@@ -825,7 +888,7 @@ impl<'a> Compiler<'a> {
             .drafts
             .iter()
             .filter(|draft| draft.resource_type.is_built_from_sql() && draft.config.enabled)
-            .map(|draft| (draft.file.name.clone(), draft.unique_id.clone()))
+            .map(|draft| (draft.name.clone(), draft.unique_id.clone()))
             .chain(
                 self.seeds
                     .iter()
@@ -859,7 +922,7 @@ impl<'a> Compiler<'a> {
             let Some(sql) = &draft.sql else { continue };
             let mut fqn = vec![self.project.name.clone()];
             fqn.extend(draft.file.folders.iter().cloned());
-            fqn.push(draft.file.name.clone());
+            fqn.push(draft.name.clone());
             let mut columns = Vec::new();
             if let Some(properties) = draft.properties {
                 merge_column_docs(&mut columns, &properties.columns);
@@ -877,7 +940,7 @@ impl<'a> Compiler<'a> {
                 Node {
                     unique_id: draft.unique_id.clone(),
                     resource_type: draft.resource_type,
-                    name: draft.file.name.clone(),
+                    name: draft.name.clone(),
                     package_name: self.project.name.clone(),
                     layer: if draft.resource_type == ResourceType::Model {
                         draft.file.layer().map(str::to_string)
@@ -905,7 +968,7 @@ impl<'a> Compiler<'a> {
                         &self.project.name,
                         draft.resource_type,
                         &draft.file.source.path,
-                        &draft.file.name,
+                        &draft.name,
                     )),
                     checksum: checksum(&draft.file.source.text),
                     test: (draft.resource_type == ResourceType::Test).then(|| TestInfo {
@@ -942,26 +1005,30 @@ impl<'a> Compiler<'a> {
             .props
             .models
             .iter()
-            .map(|p| (ResourceType::Model, p.name.clone(), None, &p.tests))
-            .chain(
-                self.props
-                    .seeds
-                    .iter()
-                    .map(|p| (ResourceType::Seed, p.name.clone(), None, &p.tests)),
-            )
-            .chain(
-                self.props
-                    .snapshots
-                    .iter()
-                    .map(|p| (ResourceType::Snapshot, p.name.clone(), None, &p.tests)),
-            )
+            .flat_map(model_tests)
+            .chain(self.props.seeds.iter().map(|p| {
+                (
+                    ResourceType::Seed,
+                    p.name.clone(),
+                    None,
+                    p.tests.iter().collect(),
+                )
+            }))
+            .chain(self.props.snapshots.iter().map(|p| {
+                (
+                    ResourceType::Snapshot,
+                    p.name.clone(),
+                    None,
+                    p.tests.iter().collect(),
+                )
+            }))
             .chain(self.props.sources.iter().flat_map(|source| {
                 source.tables.iter().map(move |table| {
                     (
                         ResourceType::Source,
                         table.name.clone(),
                         Some(source.name.clone()),
-                        &table.tests,
+                        table.tests.iter().collect(),
                     )
                 })
             }));
@@ -1153,6 +1220,49 @@ fn relation_of(dependency: &Dependency, inputs: &RenderInputs) -> Option<Relatio
     }
 }
 
+/// The tests declared on a model, by the node they attach to: the model, or each of its
+/// versions (the model's tests, less those on columns the version excludes, and its own).
+fn model_tests(
+    properties: &NodeProperties,
+) -> Vec<(ResourceType, String, Option<String>, Vec<&TestDeclaration>)> {
+    if properties.versions.is_empty() {
+        return vec![(
+            ResourceType::Model,
+            properties.name.clone(),
+            None,
+            properties.tests.iter().collect(),
+        )];
+    }
+    properties
+        .versions
+        .iter()
+        .map(|version| {
+            let inherited = properties.tests.iter().filter(|test| {
+                test.column.as_ref().is_none_or(|column| {
+                    !version
+                        .excluded_columns
+                        .iter()
+                        .any(|excluded| excluded.eq_ignore_ascii_case(column))
+                })
+            });
+            (
+                ResourceType::Model,
+                version.node_name(&properties.name),
+                None,
+                inherited.chain(&version.tests).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Orders versions numerically where both are numbers (`2` < `10`), as text otherwise.
+fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => x.total_cmp(&y),
+        _ => a.cmp(b),
+    }
+}
+
 /// What is wrong with a snapshot's settings, at its `config()` call (else its first SQL):
 /// an error when they cannot be run, a warning for settings Strata ignores.
 fn snapshot_problems(file: &SqlFile, config: &NodeConfig) -> Vec<ProjectDiagnostic> {
@@ -1205,9 +1315,10 @@ fn default_materialization(resource_type: ResourceType) -> Materialization {
 /// The relation of a model or snapshot: schema from config (a snapshot's older
 /// `target_schema` too), else a model's layer, else the default schema; ephemeral models
 /// become a CTE name.
-fn node_relation(file: &SqlFile, resource_type: ResourceType, config: &NodeConfig) -> Relation {
+fn node_relation(draft: &Draft<'_>) -> Relation {
+    let (file, resource_type, config) = (draft.file, draft.resource_type, &draft.config);
     if config.materialized == Materialization::Ephemeral {
-        return Relation::new("", format!("{EPHEMERAL_PREFIX}{}", file.name));
+        return Relation::new("", format!("{EPHEMERAL_PREFIX}{}", draft.name));
     }
     let target_schema = || {
         config
@@ -1229,7 +1340,7 @@ fn node_relation(file: &SqlFile, resource_type: ResourceType, config: &NodeConfi
         .unwrap_or_else(|| DEFAULT_SCHEMA.to_string());
     Relation::new(
         schema,
-        config.alias.clone().unwrap_or_else(|| file.name.clone()),
+        config.alias.clone().unwrap_or_else(|| draft.name.clone()),
     )
 }
 
@@ -1401,20 +1512,20 @@ fn check_unique_relations(
         {
             continue;
         }
-        let Some(relation) = inputs.relations.get(&draft.file.name) else {
+        let Some(relation) = inputs.relations.get(&draft.name) else {
             continue;
         };
         if let Some(other) = owners.get(relation) {
             errors.push(
                 ProjectDiagnostic::error(
                     "strata::duplicate_relation",
-                    format!("'{}' and '{other}' both write {relation}", draft.file.name),
+                    format!("'{}' and '{other}' both write {relation}", draft.name),
                 )
                 .in_file(&draft.file.source.path)
                 .with_hint("give one of them a different schema or alias"),
             );
         } else {
-            owners.insert(relation, &draft.file.name);
+            owners.insert(relation, &draft.name);
         }
     }
 }

@@ -150,6 +150,17 @@ pub struct RenderInputs {
     pub sources: BTreeMap<(String, String), Relation>,
     /// Configuration of each node before its own `config()` call, for `config.get`.
     pub base_configs: BTreeMap<String, Vec<ConfigLayer>>,
+    /// Versioned models by name: `ref('m')` reaches the latest version, `ref('m', v=1)` one.
+    pub versions: BTreeMap<String, ModelVersions>,
+}
+
+/// The versions of a versioned model, each by the name (file stem) of its node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelVersions {
+    /// The node of the latest version.
+    pub latest: String,
+    /// The node of each version, by version (`1`, `2`).
+    pub nodes: BTreeMap<String, String>,
 }
 
 impl RenderInputs {
@@ -246,8 +257,12 @@ fn enter(state: &mut State, scope: Value) -> String {
     String::new()
 }
 
-fn ref_function(state: &State, args: Rest<String>, _kwargs: Kwargs) -> Result<Value, Error> {
+fn ref_function(state: &State, args: Rest<String>, kwargs: Kwargs) -> Result<Value, Error> {
     let scope = scope(state)?;
+    let version: Option<Value> = match kwargs.get::<Option<Value>>("version")? {
+        Some(version) => Some(version),
+        None => kwargs.get::<Option<Value>>("v")?,
+    };
     let name = match args.as_slice() {
         [name] => name.clone(),
         [package, name] => {
@@ -269,6 +284,7 @@ fn ref_function(state: &State, args: Rest<String>, _kwargs: Kwargs) -> Result<Va
             ));
         }
     };
+    let name = versioned_node(&scope.inputs, name, version)?;
     if let Some(relation) = scope.inputs.relations.get(&name) {
         scope.record(Dependency::Ref(name));
         return Ok(Value::from_object(relation.clone()));
@@ -284,6 +300,36 @@ fn ref_function(state: &State, args: Rest<String>, _kwargs: Kwargs) -> Result<Va
         ErrorKind::InvalidOperation,
         format!("unknown model or seed '{name}'{hint}"),
     ))
+}
+
+/// The node `ref(name, v=version)` reaches: a version of a versioned model (the latest when
+/// no version is given), or the model itself.
+fn versioned_node(
+    inputs: &RenderInputs,
+    name: String,
+    version: Option<Value>,
+) -> Result<String, Error> {
+    match (inputs.versions.get(&name), version) {
+        (None, None) => Ok(name),
+        (None, Some(version)) => Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("ref('{name}', v={version}) names a version, but '{name}' has no versions"),
+        )),
+        (Some(versions), None) => Ok(versions.latest.clone()),
+        (Some(versions), Some(version)) => {
+            let version = version.to_string();
+            versions.nodes.get(&version).cloned().ok_or_else(|| {
+                let known: Vec<&str> = versions.nodes.keys().map(String::as_str).collect();
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!(
+                        "model '{name}' has no version {version}; its versions are {}",
+                        known.join(", ")
+                    ),
+                )
+            })
+        }
+    }
 }
 
 fn source_function(state: &State, source: String, table: String) -> Result<Value, Error> {

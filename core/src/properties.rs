@@ -3,7 +3,7 @@
 use crate::config::{ConfigLayer, read_config_mapping};
 use crate::diagnostics::{ProjectDiagnostic, SourceText};
 use crate::project::PropertyFile;
-use crate::yaml::{Yaml, YamlValue};
+use crate::yaml::{Yaml, YamlKey, YamlValue};
 
 /// A position in a property file.
 #[derive(Debug, Clone)]
@@ -75,8 +75,46 @@ pub struct NodeProperties {
     pub columns: Vec<ColumnDeclaration>,
     /// Model-level and column-level tests.
     pub tests: Vec<TestDeclaration>,
+    /// `versions:` of a versioned model, in the order written.
+    pub versions: Vec<ModelVersion>,
+    /// `latest_version:`, when set (otherwise the greatest version is the latest).
+    pub latest_version: Option<String>,
     /// Where it is declared.
     pub origin: Origin,
+}
+
+/// One entry of a model's `versions:`.
+#[derive(Debug, Clone)]
+pub struct ModelVersion {
+    /// `v:`, as text (`1`, `2`, `2.1`).
+    pub version: String,
+    /// `defined_in:`: the stem of the file holding this version (default `<model>_v<v>`).
+    pub defined_in: Option<String>,
+    /// `config:` of this version, over the model's.
+    pub config: ConfigLayer,
+    /// Columns of the model this version leaves out (`- include: all` with `exclude:`).
+    pub excluded_columns: Vec<String>,
+    /// Tests of this version, beside the model's.
+    pub tests: Vec<TestDeclaration>,
+    /// Columns declared for this version.
+    pub columns: Vec<ColumnDeclaration>,
+    /// Where it is declared.
+    pub origin: Origin,
+}
+
+impl ModelVersion {
+    /// The name of the node of version `self` of model `model`: `<model>_v<v>`, as dbt
+    /// names it in test names and as the default alias.
+    pub fn node_name(&self, model: &str) -> String {
+        format!("{model}_v{}", self.version)
+    }
+
+    /// The stem of the SQL file of version `self` of model `model`.
+    pub fn file_stem(&self, model: &str) -> String {
+        self.defined_in
+            .clone()
+            .unwrap_or_else(|| format!("{model}_v{}", self.version))
+    }
 }
 
 /// A table of a source.
@@ -308,10 +346,92 @@ fn read_node(
         config: read_config(item, source, errors),
         columns: Vec::new(),
         tests: Vec::new(),
+        versions: Vec::new(),
+        latest_version: item.get("latest_version").and_then(Yaml::scalar_string),
         origin: Origin::of(source, item),
     };
     read_columns_and_tests(item, source, &mut node.columns, &mut node.tests, errors);
+    if let Some(versions) = item.get("versions") {
+        for entry in list(versions, source, "versions", errors) {
+            if let Some(version) = read_version(entry, source, errors) {
+                node.versions.push(version);
+            }
+        }
+    }
     Some(node)
+}
+
+/// Reads one entry of `versions:`; its `columns:` may mix declared columns with
+/// `include: all` / `exclude: […]` entries.
+fn read_version(
+    item: &Yaml,
+    source: &SourceText,
+    errors: &mut Vec<ProjectDiagnostic>,
+) -> Option<ModelVersion> {
+    let Some(version) = item.get("v").and_then(Yaml::scalar_string) else {
+        errors.push(
+            ProjectDiagnostic::error("strata::properties", "a model version needs 'v:'")
+                .at(source, item.line, item.column)
+                .with_hint("write '- v: 1' for the first version"),
+        );
+        return None;
+    };
+    let mut excluded_columns = Vec::new();
+    let mut declared = Vec::new();
+    if let Some(YamlValue::Seq(columns)) = item.get("columns").map(|columns| &columns.value) {
+        for column in columns {
+            if column.get("name").is_some() {
+                declared.push(column.clone());
+            } else if let Some(exclude) = column.get("exclude") {
+                excluded_columns.extend(match exclude.to_json() {
+                    serde_json::Value::Array(names) => names
+                        .iter()
+                        .filter_map(|name| name.as_str().map(str::to_string))
+                        .collect(),
+                    serde_json::Value::String(name) => vec![name],
+                    _ => Vec::new(),
+                });
+            }
+        }
+    }
+    // The version's own tests and named columns, read as a node's are.
+    let mut entries: Vec<(YamlKey, Yaml)> = item
+        .entries()
+        .unwrap_or_default()
+        .iter()
+        .filter(|(key, _)| key.name != "columns")
+        .cloned()
+        .collect();
+    if let Some((key, _)) = item
+        .entries()
+        .and_then(|e| e.iter().find(|(k, _)| k.name == "columns"))
+    {
+        entries.push((
+            key.clone(),
+            Yaml {
+                value: YamlValue::Seq(declared),
+                line: key.line,
+                column: key.column,
+            },
+        ));
+    }
+    let readable = Yaml {
+        value: YamlValue::Map(entries),
+        line: item.line,
+        column: item.column,
+    };
+    let mut tests = Vec::new();
+    let mut columns = Vec::new();
+    read_columns_and_tests(&readable, source, &mut columns, &mut tests, errors);
+    Some(ModelVersion {
+        version,
+        defined_in: item.get("defined_in").and_then(Yaml::scalar_string),
+        config: read_config(item, source, errors),
+        excluded_columns,
+        tests,
+        columns,
+        origin: Origin::of(source, item),
+    })
 }
 
 fn read_columns_and_tests(

@@ -29,7 +29,7 @@ def short(unique_id):
     parts = unique_id.split(".")
     if parts[0] == "source":
         return f"source:{parts[2]}.{parts[3]}"
-    return f"{parts[0]}:{parts[-1]}"
+    return f"{parts[0]}:{'.'.join(parts[2:])}"
 
 
 def dbt_graph(manifest):
