@@ -51,10 +51,21 @@ fn outcome_for(
         &selection.exclude,
         env,
         &BTreeSet::new(),
-        Some(std::sync::Arc::new(
-            strata_engine::compile_queries::EngineQueries::default(),
-        )),
+        Some(std::sync::Arc::new(compile_queries(project, env))),
     )
+}
+
+/// What answers compile-time queries: the engine, over the warehouse the project's runs use
+/// (`STRATA_WAREHOUSE`, else `<project>/warehouse`) when it can be located.
+fn compile_queries(
+    project: &ProjectArgs,
+    env: &BTreeMap<String, String>,
+) -> strata_engine::compile_queries::EngineQueries {
+    let queries = strata_engine::compile_queries::EngineQueries::default();
+    match strata_coordinator::prepare::warehouse_for(None, env, &project.project_dir) {
+        Ok(warehouse) => queries.with_warehouse(warehouse.root()),
+        Err(_) => queries,
+    }
 }
 
 /// Prints the outcome's diagnostics and returns its manifest and selected nodes, or `None`

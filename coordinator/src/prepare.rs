@@ -150,6 +150,8 @@ pub async fn prepare(
             spec.project_dir.display()
         ))
     })?;
+    let warehouse = warehouse_for(spec.warehouse.as_deref(), env, &project_dir)
+        .map_err(|err| PrepareError::Invalid(err.to_string()))?;
     let compile = |incremental: &BTreeSet<String>| {
         compile_for_run(
             &project_dir,
@@ -160,13 +162,12 @@ pub async fn prepare(
             env,
             incremental,
             Some(std::sync::Arc::new(
-                strata_engine::compile_queries::EngineQueries::default(),
+                strata_engine::compile_queries::EngineQueries::default()
+                    .with_warehouse(warehouse.root()),
             )),
         )
     };
     let (manifest, selected, diagnostics) = compiled(compile(&BTreeSet::new()))?;
-    let warehouse = warehouse_for(spec.warehouse.as_deref(), env, &project_dir)
-        .map_err(|err| PrepareError::Invalid(err.to_string()))?;
     // Incremental models whose table exists render with is_incremental() true: compile again.
     let mut incremental_ids = BTreeSet::new();
     let mut incremental_names = BTreeSet::new();

@@ -715,6 +715,7 @@ impl<'a> Compiler<'a> {
                 .base_configs
                 .insert(draft.name.clone(), draft.base_layers.clone());
         }
+        self.inputs.declared_columns = self.declared_columns();
         let first_inputs = Arc::new(self.inputs.clone());
         for draft in &mut self.drafts {
             if !draft.config.enabled {
@@ -803,7 +804,41 @@ impl<'a> Compiler<'a> {
             }
         }
         check_unique_relations(&self.drafts, &self.seeds, &final_inputs, &mut self.errors);
+        final_inputs.declared_columns = self.declared_columns();
         Arc::new(final_inputs)
+    }
+
+    /// The columns known without the warehouse, by relation: seeds' headers, and the
+    /// columns property files declare for sources, models and snapshots.
+    fn declared_columns(&self) -> BTreeMap<Relation, Vec<(String, String)>> {
+        let of_nodes = self
+            .seeds
+            .iter()
+            .chain(&self.source_nodes)
+            .filter_map(|node| {
+                let columns: Vec<(String, String)> = node
+                    .columns
+                    .iter()
+                    .map(|c| (c.name.clone(), c.data_type.clone().unwrap_or_default()))
+                    .collect();
+                Some((node.relation.clone()?, columns))
+            });
+        let of_drafts = self
+            .drafts
+            .iter()
+            .filter(|draft| draft.resource_type.is_built_from_sql())
+            .filter_map(|draft| {
+                let declared = &draft.properties?.columns;
+                let columns = declared
+                    .iter()
+                    .map(|c| (c.name.clone(), c.data_type.clone().unwrap_or_default()))
+                    .collect();
+                Some((node_relation(draft), columns))
+            });
+        of_nodes
+            .chain(of_drafts)
+            .filter(|(_, columns): &(Relation, Vec<_>)| !columns.is_empty())
+            .collect()
     }
 
     /// Second pass, only where a reference (or the model's own relation or incremental state)

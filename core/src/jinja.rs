@@ -152,6 +152,10 @@ pub struct RenderInputs {
     pub base_configs: BTreeMap<String, Vec<ConfigLayer>>,
     /// Versioned models by name: `ref('m')` reaches the latest version, `ref('m', v=1)` one.
     pub versions: BTreeMap<String, ModelVersions>,
+    /// Columns known without the warehouse (name, declared type or empty), by relation: a
+    /// seed's CSV header, the columns a property file declares for a model, snapshot or
+    /// source. `adapter.get_columns_in_relation` answers with them for a table not built yet.
+    pub declared_columns: BTreeMap<Relation, Vec<(String, String)>>,
 }
 
 /// The versions of a versioned model, each by the name (file stem) of its node.
@@ -658,7 +662,7 @@ impl Renderer {
         diagnostics: &mut Vec<ProjectDiagnostic>,
     ) -> Renderer {
         let mut env = builtin_environment();
-        register_queries(&mut env, queries);
+        register_queries(&mut env, queries.clone());
         let dbt_file = SqlFile {
             name: String::from("dbt_macros"),
             folders: Vec::new(),
@@ -709,6 +713,10 @@ impl Renderer {
         }
         let catalog = Arc::new(catalog);
         register_namespaces(&mut env, packages, &catalog);
+        env.add_global(
+            "adapter",
+            Value::from_object(adapter::Adapter::new(&catalog, queries)),
+        );
         Renderer {
             env,
             prelude,

@@ -1,47 +1,181 @@
-//! Compile-time queries (`run_query`, `statement` blocks) answered by DataFusion: the
-//! compiler's [`CompileQueries`] for embedded and cluster runs and `strata compile`.
+//! Compile-time queries (`run_query`, `statement` blocks) and the warehouse's table schemas
+//! (`adapter.get_columns_in_relation`, `get_relation`) answered by DataFusion and delta-rs:
+//! the compiler's [`CompileQueries`] for embedded and cluster runs and `strata compile`.
 //!
-//! Queries run without any table registered: constant queries such as the number of days
-//! between two dates, which is what packages' date spines ask. A query naming a table fails
-//! with DataFusion's error naming the table.
+//! A query sees the warehouse's tables as they are when compiling (`schema.table` names the
+//! Delta table `<warehouse>/schema/table`), and constant queries such as the number of days
+//! between two dates, which is what packages' date spines ask. A query naming a table that
+//! does not exist fails with DataFusion's error naming the table.
+
+use std::future::Future;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::common::ScalarValue;
+use datafusion::prelude::SessionContext;
 use strata_core::jinja::{CompileQueries, QueryTable};
+use strata_proto::v1::{DeltaInput, TaskInput, task_input};
 
+use crate::TaskError;
 use crate::session::{EngineConfig, query};
 
 /// Runs compile-time queries with the engine.
 #[derive(Debug, Clone, Default)]
 pub struct EngineQueries {
     config: EngineConfig,
+    /// The warehouse's root location (`file:///…`, `s3://…`), when there is one.
+    warehouse: Option<String>,
 }
 
 impl EngineQueries {
-    /// Queries under `config` (its memory pool and partitions).
+    /// Queries under `config` (its memory pool and partitions), over no warehouse.
     pub fn new(config: EngineConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            warehouse: None,
+        }
     }
+
+    /// The same, seeing the tables of the warehouse at `root`.
+    pub fn with_warehouse(mut self, root: impl Into<String>) -> Self {
+        self.warehouse = Some(root.into());
+        self
+    }
+
+    fn table_uri(&self, schema: &str, identifier: &str) -> Option<String> {
+        let root = self.warehouse.as_ref()?;
+        Some(format!(
+            "{}/{schema}/{identifier}",
+            root.trim_end_matches('/')
+        ))
+    }
+
+    /// The current version of each warehouse table `sql` names, as inputs.
+    async fn tables_named(&self, sql: &str) -> Result<Vec<TaskInput>, TaskError> {
+        let ctx = SessionContext::new();
+        let statement = ctx
+            .state()
+            .sql_to_statement(sql, &datafusion::config::Dialect::Generic)?;
+        let mut inputs = Vec::new();
+        for reference in ctx.state().resolve_table_references(&statement)? {
+            let (Some(schema), table) = (reference.schema(), reference.table()) else {
+                continue;
+            };
+            let Some(uri) = self.table_uri(schema, table) else {
+                continue;
+            };
+            if let Some(version) = current_version(&uri).await? {
+                inputs.push(TaskInput {
+                    schema: schema.to_string(),
+                    name: table.to_string(),
+                    source: Some(task_input::Source::Delta(DeltaInput {
+                        table_uri: uri,
+                        version,
+                    })),
+                });
+            }
+        }
+        Ok(inputs)
+    }
+}
+
+/// The current version of the Delta table at `uri`, or `None` when there is none.
+async fn current_version(uri: &str) -> Result<Option<i64>, TaskError> {
+    if !strata_storage::delta_table_exists(uri).await? {
+        return Ok(None);
+    }
+    let url = url::Url::parse(uri)
+        .map_err(|err| TaskError::user(format!("invalid table location {uri}: {err}")))?;
+    let table = deltalake::DeltaTableBuilder::from_url(url)?.load().await?;
+    Ok(table
+        .version()
+        .and_then(|version| i64::try_from(version).ok()))
+}
+
+/// Runs `work` on a thread with a runtime of its own: compiling is synchronous and may
+/// happen on a runtime's thread.
+fn blocking<T: Send + 'static>(
+    work: impl Future<Output = Result<T, String>> + Send + 'static,
+) -> Result<T, String> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| err.to_string())?
+            .block_on(work)
+    })
+    .join()
+    .map_err(|_| String::from("the compile-time query's thread panicked"))?
 }
 
 impl CompileQueries for EngineQueries {
     fn query(&self, sql: &str) -> Result<QueryTable, String> {
-        // Compiling is synchronous and may happen on a runtime's thread: the query gets a
-        // thread and a runtime of its own.
-        let config = self.config.clone();
+        let queries = self.clone();
         let sql = sql.to_string();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|err| err.to_string())?;
-            let batches = runtime
-                .block_on(query(&config, &[], &sql))
+        blocking(async move {
+            let inputs = queries
+                .tables_named(&sql)
+                .await
+                .map_err(|e| e.to_string())?;
+            let batches = query(&queries.config, &inputs, &sql)
+                .await
                 .map_err(|err| err.to_string())?;
             table(&batches)
         })
-        .join()
-        .map_err(|_| String::from("the query's thread panicked"))?
+    }
+
+    fn columns(
+        &self,
+        schema: &str,
+        identifier: &str,
+    ) -> Result<Option<Vec<(String, String)>>, String> {
+        let Some(uri) = self.table_uri(schema, identifier) else {
+            return Err(String::from("there is no warehouse to look at"));
+        };
+        blocking(async move {
+            if !strata_storage::delta_table_exists(&uri)
+                .await
+                .map_err(|err| err.to_string())?
+            {
+                return Ok(None);
+            }
+            let url = url::Url::parse(&uri).map_err(|err| err.to_string())?;
+            let table = deltalake::DeltaTableBuilder::from_url(url)
+                .map_err(|err| err.to_string())?
+                .load()
+                .await
+                .map_err(|err| err.to_string())?;
+            let snapshot = table.snapshot().map_err(|err| err.to_string())?;
+            let schema = snapshot.snapshot().arrow_schema();
+            Ok(Some(
+                schema
+                    .fields()
+                    .iter()
+                    .map(|field| (field.name().clone(), sql_type(field.data_type())))
+                    .collect(),
+            ))
+        })
+    }
+}
+
+/// The SQL name of a column type, as `get_columns_in_relation` reports it.
+fn sql_type(data_type: &datafusion::arrow::datatypes::DataType) -> String {
+    use datafusion::arrow::datatypes::DataType;
+    match data_type {
+        DataType::Boolean => String::from("boolean"),
+        DataType::Int8 => String::from("tinyint"),
+        DataType::Int16 => String::from("smallint"),
+        DataType::Int32 => String::from("integer"),
+        DataType::Int64 => String::from("bigint"),
+        DataType::Float32 => String::from("float"),
+        DataType::Float64 => String::from("double"),
+        DataType::Decimal128(precision, scale) | DataType::Decimal256(precision, scale) => {
+            format!("decimal({precision},{scale})")
+        }
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => String::from("varchar"),
+        DataType::Date32 | DataType::Date64 => String::from("date"),
+        DataType::Timestamp(_, None) => String::from("timestamp"),
+        DataType::Timestamp(_, Some(_)) => String::from("timestamp with time zone"),
+        other => other.to_string().to_lowercase(),
     }
 }
 

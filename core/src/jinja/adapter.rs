@@ -1,24 +1,163 @@
-//! `adapter`: what dbt's adapter object answers at compile time.
+//! `adapter`: what dbt's adapter object answers at compile time. `get_relation` and
+//! `get_columns_in_relation` look at the warehouse's tables as they are when compiling.
 
 use std::sync::Arc;
 
-use minijinja::value::{Object, ObjectRepr, from_args};
+use minijinja::value::{Kwargs, Object, ObjectRepr, from_args};
 use minijinja::{Error, ErrorKind, State, Value};
 
+use super::Relation;
 use super::namespaces::{MacroCatalog, dispatch};
+use super::queries::CompileQueries;
 
 /// The `adapter` global.
 #[derive(Debug)]
 pub struct Adapter {
     catalog: Arc<MacroCatalog>,
+    warehouse: Option<Arc<dyn CompileQueries>>,
 }
 
 impl Adapter {
-    /// The adapter of a project whose macros `catalog` describes.
-    pub fn new(catalog: &Arc<MacroCatalog>) -> Adapter {
+    /// The adapter of a project whose macros `catalog` describes, looking at the warehouse
+    /// through `warehouse` (without it, the warehouse methods fail clearly).
+    pub fn new(catalog: &Arc<MacroCatalog>, warehouse: Option<Arc<dyn CompileQueries>>) -> Adapter {
         Adapter {
             catalog: catalog.clone(),
+            warehouse,
         }
+    }
+
+    /// The columns of `relation`'s table, or `None` when it does not exist.
+    fn columns(&self, method: &str, relation: &Relation) -> Result<Option<Vec<Value>>, Error> {
+        let warehouse = self.warehouse.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "adapter.{method}() looks at the warehouse while compiling, which this command cannot do; run it through `strata compile`, `run` or `build`"
+                ),
+            )
+        })?;
+        let columns = warehouse
+            .columns(&relation.schema, &relation.identifier)
+            .map_err(|message| {
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("adapter.{method}({relation}): {message}"),
+                )
+            })?;
+        Ok(columns.map(|columns| {
+            columns
+                .into_iter()
+                .map(|(name, data_type)| Value::from_object(ColumnValue { name, data_type }))
+                .collect()
+        }))
+    }
+
+    /// `adapter.get_columns_in_relation(relation)`: the columns of its table in the
+    /// warehouse; for a table not built yet, its declared columns (a seed's header, a
+    /// property file's `columns:`); otherwise an error saying what to do, as Strata compiles
+    /// before it builds.
+    fn get_columns_in_relation(&self, state: &State, args: &[Value]) -> Result<Value, Error> {
+        let relation = relation_argument(args)?;
+        if let Some(columns) = self.columns("get_columns_in_relation", &relation)? {
+            return Ok(Value::from(columns));
+        }
+        let declared = super::scope(state)?
+            .inputs
+            .declared_columns
+            .get(&relation)
+            .cloned();
+        match declared {
+            Some(columns) => Ok(Value::from(
+                columns
+                    .into_iter()
+                    .map(|(name, data_type)| Value::from_object(ColumnValue { name, data_type }))
+                    .collect::<Vec<_>>(),
+            )),
+            None => Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "adapter.get_columns_in_relation({relation}): the table is not built yet and its columns are not declared; Strata compiles before it builds, so declare the columns in the model's properties (columns: - name: …), or build it first (strata run --select <its model>)"
+                ),
+            )),
+        }
+    }
+
+    /// `adapter.get_relation(database=…, schema=…, identifier=…)`: the relation when its
+    /// table exists, else none.
+    fn get_relation(&self, args: &[Value]) -> Result<Value, Error> {
+        let (kwargs,): (Kwargs,) = from_args(args)?;
+        let _ = kwargs.get::<Option<Value>>("database")?;
+        let schema: String = kwargs.get::<Option<String>>("schema")?.unwrap_or_default();
+        let identifier: String = kwargs.get("identifier")?;
+        kwargs.assert_all_used()?;
+        let relation = Relation::new(schema, identifier);
+        Ok(match self.columns("get_relation", &relation)? {
+            Some(_) => Value::from_object(relation),
+            None => Value::from(()),
+        })
+    }
+}
+
+/// The relation a method is called with (`ref()`, `source()`, `this`, `api.Relation`).
+fn relation_argument(args: &[Value]) -> Result<Relation, Error> {
+    args.first()
+        .and_then(|value| value.downcast_object_ref::<Relation>().cloned())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                "expected a relation, such as ref('model') or source('source', 'table')",
+            )
+        })
+}
+
+/// A column as dbt's `Column` shows it to templates: `name` (and `column`), `data_type`
+/// (and `dtype`), `quoted`, and `is_string()` / `is_number()` / `is_float()` /
+/// `is_integer()` / `is_numeric()`.
+#[derive(Debug)]
+struct ColumnValue {
+    name: String,
+    data_type: String,
+}
+
+impl Object for ColumnValue {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        Some(match key.as_str()? {
+            "name" | "column" => Value::from(self.name.clone()),
+            "data_type" | "dtype" => Value::from(self.data_type.clone()),
+            "quoted" => Value::from(format!("\"{}\"", self.name.replace('"', "\"\""))),
+            _ => return None,
+        })
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &mut State<'_, '_>,
+        method: &str,
+        _args: &[Value],
+    ) -> Result<Value, Error> {
+        let data_type = self.data_type.to_ascii_lowercase();
+        let is = |prefixes: &[&str]| prefixes.iter().any(|p| data_type.starts_with(p));
+        let integer = is(&["int", "bigint", "smallint", "tinyint"]);
+        let float = is(&["double", "float", "real"]);
+        let numeric = is(&["decimal", "numeric"]);
+        Ok(Value::from(match method {
+            "is_string" => is(&["varchar", "string", "text", "char"]),
+            "is_integer" => integer,
+            "is_float" => float,
+            "is_numeric" => numeric,
+            "is_number" => integer || float || numeric,
+            other => {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("column.{other}() is not supported"),
+                ));
+            }
+        }))
+    }
+
+    fn render(self: &Arc<Self>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<Column {} ({})>", self.name, self.data_type)
     }
 }
 
@@ -43,6 +182,8 @@ impl Object for Adapter {
                 )))
             }
             "type" => Ok(Value::from("strata")),
+            "get_columns_in_relation" => self.get_columns_in_relation(state, args),
+            "get_relation" => self.get_relation(args),
             other => Err(Error::new(
                 ErrorKind::InvalidOperation,
                 format!(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use minijinja::value::{Kwargs, Rest, Serde};
 use minijinja::{Environment, State, Value};
 
-use super::adapter::{self, Adapter};
+use super::adapter;
 use super::namespaces::{self, DBT_NAMESPACE, Forward, MacroCatalog, Namespace};
 use super::{
     BUILTIN_FUNCTIONS, CompileQueries, ConfigObject, ExceptionsObject, FUEL_PER_RENDER,
@@ -197,6 +197,5 @@ pub(super) fn register_namespaces(
             Value::from_object(Namespace::new(name, catalog)),
         );
     }
-    env.add_global("adapter", Value::from_object(Adapter::new(catalog)));
     env.add_global("api", Value::from_object(adapter::Api));
 }

@@ -30,6 +30,17 @@ pub trait CompileQueries: Send + Sync + fmt::Debug {
     /// # Errors
     /// Returns the engine's error message.
     fn query(&self, sql: &str) -> Result<QueryTable, String>;
+
+    /// The columns (name and SQL type) of the warehouse table `schema.identifier`, or `None`
+    /// when there is no such table.
+    ///
+    /// # Errors
+    /// Returns the message of a warehouse that cannot be read.
+    fn columns(
+        &self,
+        schema: &str,
+        identifier: &str,
+    ) -> Result<Option<Vec<(String, String)>>, String>;
 }
 
 /// The render-state extension holding the compile-time query runner (if any) and the results
