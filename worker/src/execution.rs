@@ -172,7 +172,22 @@ async fn execute(
     )?;
     register_inputs(&ctx, &task.inputs).await?;
     // Unquoted names of mixed-case source columns, spelled as the columns are.
-    let sql = strata_engine::identifiers::resolve_case(&ctx, &task.sql).await;
+    let mut sql = strata_engine::identifiers::resolve_case(&ctx, &task.sql).await;
+    let kind = TaskKind::try_from(task.kind).unwrap_or(TaskKind::Unspecified);
+    if kind == TaskKind::Seed {
+        let typed: Vec<String> = task
+            .inputs
+            .iter()
+            .filter_map(|input| match &input.source {
+                Some(strata_proto::v1::task_input::Source::Files(files)) => {
+                    Some(files.column_types.keys().cloned().collect::<Vec<_>>())
+                }
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        sql = crate::seeds::seed_sql(&ctx, &sql, &typed).await?;
+    }
     let run = TaskRun {
         config,
         task,
@@ -182,7 +197,6 @@ async fn execute(
         peaks,
         exceeded_at,
     };
-    let kind = TaskKind::try_from(task.kind).unwrap_or(TaskKind::Unspecified);
     if matches!(kind, TaskKind::Model | TaskKind::Seed) {
         // Stops between batches by itself: an upload to the table is never cut short.
         return run.model(result).await;

@@ -13,6 +13,7 @@
 pub mod execution;
 pub mod incremental;
 pub mod process;
+pub mod seeds;
 pub mod service;
 pub mod shuffle;
 pub mod snapshot;
