@@ -1,17 +1,21 @@
 //! DuckDB functions that dbt-duckdb projects commonly call, planned as the DataFusion
-//! expressions they stand for: `strftime(ts, format)` (DataFusion's `to_char` takes the same
-//! chrono formats), `epoch_ms(ms)`, and `date_diff(part, start, end)` / `datediff(...)`
-//! (boundaries crossed, as DuckDB counts them).
+//! expressions they stand for: `strftime(ts, format)` and `strptime(text, format)`
+//! (DataFusion's `to_char` / `to_timestamp` take the same chrono formats), `epoch_ms(ms)`,
+//! `epoch(ts)`, `date_diff(part, start, end)` / `datediff(...)` (boundaries crossed, as
+//! DuckDB counts them), `dayofweek`, `dayofyear`, `last_day`, `regexp_matches(text,
+//! pattern)`, the aggregate `count_if(cond)`, and Snowflake's `iff(cond, a, b)`, which
+//! projects moved from Snowflake keep.
 //!
-//! Each is a scalar function whose `simplify` replaces the call by the expression, so it costs
+//! Each is a function whose `simplify` replaces the call by the expression, so it costs
 //! nothing at run time; the optimizer always simplifies before execution.
 
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
+use datafusion::logical_expr::function::{AccumulatorArgs, AggregateFunctionSimplification};
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, cast,
-    lit,
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, Expr, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature, Volatility, cast, lit,
 };
 
 /// The DuckDB functions Strata adds to every session.
@@ -21,6 +25,13 @@ pub fn duckdb_functions() -> Vec<ScalarUDF> {
         DuckDbFunction::new("epoch_ms", 1, Function::EpochMs),
         DuckDbFunction::new("date_diff", 3, Function::DateDiff),
         DuckDbFunction::new("datediff", 3, Function::DateDiff),
+        DuckDbFunction::new("strptime", 2, Function::Strptime),
+        DuckDbFunction::new("epoch", 1, Function::Epoch),
+        DuckDbFunction::new("dayofweek", 1, Function::DayOfWeek),
+        DuckDbFunction::new("dayofyear", 1, Function::DayOfYear),
+        DuckDbFunction::new("last_day", 1, Function::LastDay),
+        DuckDbFunction::new("iff", 3, Function::Iff),
+        DuckDbFunction::new("regexp_matches", 2, Function::RegexpMatches),
     ]
     .into_iter()
     .map(ScalarUDF::new_from_impl)
@@ -32,6 +43,13 @@ enum Function {
     Strftime,
     EpochMs,
     DateDiff,
+    Strptime,
+    Epoch,
+    DayOfWeek,
+    DayOfYear,
+    LastDay,
+    Iff,
+    RegexpMatches,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -60,11 +78,16 @@ impl ScalarUDFImpl for DuckDbFunction {
         &self.signature
     }
 
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
         Ok(match self.function {
             Function::Strftime => DataType::Utf8,
             Function::EpochMs => DataType::Timestamp(TimeUnit::Millisecond, None),
-            Function::DateDiff => DataType::Int64,
+            Function::DateDiff | Function::DayOfWeek | Function::DayOfYear => DataType::Int64,
+            Function::Strptime => DataType::Timestamp(TimeUnit::Microsecond, None),
+            Function::Epoch => DataType::Float64,
+            Function::LastDay => DataType::Date32,
+            Function::Iff => arg_types.get(1).cloned().unwrap_or(DataType::Null),
+            Function::RegexpMatches => DataType::Boolean,
         })
     }
 
@@ -72,8 +95,40 @@ impl ScalarUDFImpl for DuckDbFunction {
         exec_err!("{}() runs as the expression it is simplified to", self.name)
     }
 
-    fn simplify(&self, args: Vec<Expr>, _info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+    fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        use datafusion::functions::expr_fn::{date_part, date_trunc, regexp_like, to_timestamp};
+        let timestamp =
+            |e: &Expr| cast(e.clone(), DataType::Timestamp(TimeUnit::Microsecond, None));
         let expr = match (self.function, args.as_slice()) {
+            (Function::Strptime, [text, format]) => cast(
+                to_timestamp(vec![text.clone(), format.clone()]),
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+            ),
+            (Function::Epoch, [value]) => {
+                cast(date_part(lit("epoch"), timestamp(value)), DataType::Float64)
+            }
+            (Function::DayOfWeek, [value]) => {
+                cast(date_part(lit("dow"), timestamp(value)), DataType::Int64)
+            }
+            (Function::DayOfYear, [value]) => {
+                cast(date_part(lit("doy"), timestamp(value)), DataType::Int64)
+            }
+            (Function::LastDay, [value]) => {
+                // The first of the month, one month on, one day back.
+                let next_month = ScalarValue::new_interval_mdn(1, -1, 0);
+                cast(
+                    date_trunc(lit("month"), timestamp(value)) + lit(next_month),
+                    DataType::Date32,
+                )
+            }
+            (Function::Iff, [condition, then, otherwise]) => {
+                let data_type = info.get_data_type(then)?;
+                datafusion::logical_expr::when(condition.clone(), then.clone())
+                    .otherwise(cast(otherwise.clone(), data_type))?
+            }
+            (Function::RegexpMatches, [text, pattern]) => {
+                regexp_like(text.clone(), pattern.clone(), None)
+            }
             (Function::Strftime, [value, format]) => {
                 datafusion::functions::expr_fn::to_char(value.clone(), format.clone())
             }
@@ -84,6 +139,66 @@ impl ScalarUDFImpl for DuckDbFunction {
             _ => return plan_err!("{}(): wrong number of arguments", self.name),
         };
         Ok(ExprSimplifyResult::Simplified(expr))
+    }
+}
+
+/// The DuckDB aggregates Strata adds to every session.
+pub fn duckdb_aggregates() -> Vec<AggregateUDF> {
+    vec![AggregateUDF::new_from_impl(CountIf {
+        signature: Signature::any(1, Volatility::Immutable),
+    })]
+}
+
+/// `count_if(condition)`: the rows where the condition is true, planned as
+/// `sum(case when condition then 1 when not condition then 0 end)`: NULL when no row has a
+/// known condition (over no rows too), as DuckDB answers.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CountIf {
+    signature: Signature,
+}
+
+impl AggregateUDFImpl for CountIf {
+    fn name(&self) -> &str {
+        "count_if"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int64)
+    }
+
+    fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        exec_err!("count_if() runs as the sum it is simplified to")
+    }
+
+    fn simplify(&self) -> Option<AggregateFunctionSimplification> {
+        Some(Box::new(|aggregate, _info| {
+            let params = aggregate.params;
+            let [condition] = params.args.as_slice() else {
+                return plan_err!("count_if() takes one condition");
+            };
+            // Arguments are not coerced (any signature): `count_if(null)` is a boolean too.
+            let condition = &cast(condition.clone(), DataType::Boolean);
+            // A FILTER clause leaves its rows out of both branches (NULL: not summed).
+            let (is_true, is_false) = match params.filter {
+                Some(filter) => (
+                    filter.as_ref().clone().and(condition.clone()),
+                    filter
+                        .as_ref()
+                        .clone()
+                        .and(std::ops::Not::not(condition.clone())),
+                ),
+                None => (condition.clone(), std::ops::Not::not(condition.clone())),
+            };
+            Ok(datafusion::functions_aggregate::expr_fn::sum(
+                datafusion::logical_expr::when(is_true, lit(1_i64))
+                    .when(is_false, lit(0_i64))
+                    .end()?,
+            ))
+        }))
     }
 }
 
@@ -145,5 +260,37 @@ mod tests {
         assert!(text.contains("2026/03"), "{text}");
         assert!(text.contains("1970-01-02T00:00:00"), "{text}");
         assert!(text.contains("| 2    | 1      | 2     |"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn more_duckdb_functions_answer_as_duckdb() {
+        let (ctx, _) = session(&EngineConfig::default()).unwrap();
+        let sql = "select strptime('2024-02-03 04:05:06', '%Y-%m-%d %H:%M:%S') as parsed,
+                          epoch(timestamp '1970-01-02 00:00:00') as seconds,
+                          dayofweek(date '2024-01-07') as sunday,
+                          dayofyear(date '2024-02-01') as doy,
+                          last_day(date '2024-02-10') as leap,
+                          iff(1 > 2, 'yes', 'no') as answer,
+                          regexp_matches('dbt-duckdb', 'duck') as found,
+                          count_if(x > 1) as over_one,
+                          count_if(x > 9) as none_over,
+                          count_if(null) as unknown
+                   from (values (1), (2), (3)) as t(x)";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        for expected in [
+            "2024-02-03T04:05:06",
+            "| 86400.0 ",
+            "| 0      ",
+            "| 32  ",
+            "2024-02-29",
+            "| no     ",
+            "| true  ",
+            "| 2        | 0         |         |",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
     }
 }

@@ -5,7 +5,8 @@
 //!   and operators, and a task's inputs registered as tables;
 //! - [`distinct_rewrite`], [`first_row`]: the rules and the deduplication operator;
 //! - [`division`]: fractional integer division, as in DuckDB;
-//! - [`duckdb_functions`]: DuckDB functions dbt-duckdb projects call (`strftime`, `date_diff`);
+//! - [`duckdb_functions`]: DuckDB functions dbt-duckdb projects call (`strftime`, `date_diff`,
+//!   `count_if`); [`duckdb_series`]: `generate_series` / `range` with DuckDB's column names;
 //! - [`identifiers`]: unquoted identifiers resolving to mixed-case columns, as in DuckDB;
 //! - [`compile_queries`]: `run_query` and `statement` blocks answered while compiling;
 //! - [`memory`]: the process's real allocation (jemalloc), beside the pools;
@@ -23,6 +24,7 @@ pub mod compile_queries;
 pub mod distinct_rewrite;
 pub mod division;
 pub mod duckdb_functions;
+pub mod duckdb_series;
 pub mod error;
 pub mod exchange;
 pub mod first_row;

@@ -106,6 +106,15 @@ pub fn session(config: &EngineConfig) -> Result<(SessionContext, Arc<dyn MemoryP
     for function in crate::duckdb_functions::duckdb_functions() {
         ctx.register_udf(function);
     }
+    for function in crate::duckdb_functions::duckdb_aggregates() {
+        ctx.register_udaf(function);
+    }
+    for (name, function) in [
+        crate::duckdb_series::DuckDbSeries::generate_series(),
+        crate::duckdb_series::DuckDbSeries::range(),
+    ] {
+        ctx.register_udtf(name, function);
+    }
     Ok((ctx, pool))
 }
 
