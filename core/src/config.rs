@@ -387,7 +387,7 @@ pub fn rendered_value(text: &str) -> serde_json::Value {
 }
 
 /// Keys that configure a node, as opposed to folder names in the `models:` block.
-pub const CONFIG_KEYS: [&str; 31] = [
+pub const CONFIG_KEYS: [&str; 49] = [
     "enabled",
     "materialized",
     "schema",
@@ -420,6 +420,25 @@ pub const CONFIG_KEYS: [&str; 31] = [
     "invalidate_hard_deletes",
     "snapshot_meta_column_names",
     "dbt_valid_to_current",
+    // Other dbt settings, kept for `config.get` (Strata does not act on them).
+    "quote_columns",
+    "delimiter",
+    "database",
+    "persist_docs",
+    "docs",
+    "grants",
+    "contract",
+    "access",
+    "group",
+    "sql_header",
+    "on_configuration_change",
+    "limit",
+    "fail_calc",
+    "store_failures_as",
+    "event_time",
+    "batch_size",
+    "lookback",
+    "concurrent_batches",
 ];
 
 impl ConfigLayer {

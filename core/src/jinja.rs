@@ -28,6 +28,7 @@ mod literals;
 mod mutable;
 mod namespaces;
 mod queries;
+mod varargs;
 
 use crate::diagnostics::{ProjectDiagnostic, SourceText};
 use crate::project::{SqlFile, is_identifier};
@@ -553,11 +554,13 @@ fn original_offset(passes: &[Edits], rewritten: usize) -> usize {
     })
 }
 
-/// A template's text as Strata renders it: literals made mutable, test blocks made macros.
+/// A template's text as Strata renders it: literals made mutable, test blocks made macros,
+/// macros reading `varargs` given room for extra arguments.
 fn rewrite_template(text: &str) -> (String, Vec<Edits>) {
     let (text, literal_edits) = mutable_literals(text);
     let (text, test_edits) = rewrite_test_blocks(&text);
-    (text, vec![literal_edits, test_edits])
+    let (text, varargs_edits) = varargs::rewrite_varargs(&text);
+    (text, vec![literal_edits, test_edits, varargs_edits])
 }
 
 /// Rewrites dbt's `{% test name(...) %}` / `{% endtest %}` blocks into macros named

@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod blocks;
 pub mod compiler;
 pub mod config;
 pub mod dag;

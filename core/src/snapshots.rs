@@ -158,7 +158,8 @@ pub fn blocks(file: &SqlFile) -> Result<Vec<SqlFile>, (String, u32)> {
     let text: &str = &file.source.text;
     let mut found = Vec::new();
     let mut rest = 0;
-    while let Some((tag_start, body_start, name)) = next_tag(text, rest, "snapshot") {
+    while let Some((tag_start, body_start, name)) = crate::blocks::next_tag(text, rest, "snapshot")
+    {
         let line = line_of(text, tag_start);
         let name = name.ok_or_else(|| {
             (
@@ -166,7 +167,9 @@ pub fn blocks(file: &SqlFile) -> Result<Vec<SqlFile>, (String, u32)> {
                 line,
             )
         })?;
-        let Some((end_start, end_after, _)) = next_tag(text, body_start, "endsnapshot") else {
+        let Some((end_start, end_after, _)) =
+            crate::blocks::next_tag(text, body_start, "endsnapshot")
+        else {
             return Err((
                 format!("the snapshot block '{name}' is not closed; add {{% endsnapshot %}}"),
                 line,
@@ -177,7 +180,7 @@ pub fn blocks(file: &SqlFile) -> Result<Vec<SqlFile>, (String, u32)> {
             folders: file.folders.clone(),
             source: SourceText::new(
                 file.source.path.clone(),
-                blank_outside(text, body_start, end_start),
+                crate::blocks::blank_outside(text, body_start, end_start),
             ),
         });
         rest = end_after;
@@ -199,51 +202,8 @@ pub fn from_relation(name: &str, relation: &str, source: &SourceText, line: u32)
     }
 }
 
-/// The next `{% keyword … %}` tag at or after `from`: where it starts, where its text
-/// ends, and the name that follows the keyword, if any.
-fn next_tag(text: &str, from: usize, keyword: &str) -> Option<(usize, usize, Option<String>)> {
-    let mut at = from;
-    while let Some(offset) = text[at..].find("{%") {
-        let start = at + offset;
-        let close = start + text[start..].find("%}")?;
-        let inner = text[start + 2..close]
-            .trim_start_matches('-')
-            .trim_end_matches('-')
-            .trim();
-        let mut words = inner.split_whitespace();
-        if words.next() == Some(keyword) {
-            let name = words.next().map(str::to_string);
-            return Some((start, close + 2, name));
-        }
-        at = close + 2;
-    }
-    None
-}
-
 fn line_of(text: &str, offset: usize) -> u32 {
     u32::try_from(text[..offset].matches('\n').count() + 1).unwrap_or(u32::MAX)
-}
-
-/// `text` with everything outside `start..end` blanked: each character becomes as many
-/// spaces as it has bytes, newlines stay, so offsets, lines and columns are the file's.
-fn blank_outside(text: &str, start: usize, end: usize) -> String {
-    let blank = |part: &str| -> String {
-        part.chars()
-            .map(|c| {
-                if c == '\n' {
-                    String::from("\n")
-                } else {
-                    " ".repeat(c.len_utf8())
-                }
-            })
-            .collect()
-    };
-    format!(
-        "{}{}{}",
-        blank(&text[..start]),
-        &text[start..end],
-        blank(&text[end..])
-    )
 }
 
 #[cfg(test)]

@@ -40,8 +40,8 @@
 {% macro default__date_trunc(datepart, date) %}date_trunc('{{ datepart }}', {{ date }}){% endmacro %}
 {% macro dateadd(datepart, interval, from_date_or_timestamp) %}{{ return(adapter.dispatch('dateadd', 'dbt')(datepart, interval, from_date_or_timestamp)) }}{% endmacro %}
 {% macro default__dateadd(datepart, interval, from_date_or_timestamp) -%}
-    {#- A literal count becomes an interval literal (any datepart); a computed count is turned
-        into a duration, which only fixed-length dateparts have. -#}
+    {#- A literal count becomes an interval literal (any datepart); a computed count becomes a
+        duration for fixed-length dateparts, and an interval made from text for months. -#}
     {%- set part = datepart | lower | trim -%}
     {%- set count = interval | string | trim -%}
     {%- set months = {'year': 12, 'quarter': 3, 'month': 1} -%}
@@ -55,8 +55,10 @@
     ({{ from_date_or_timestamp }} + interval '{{ count | int * seconds[part] }} second')
     {%- elif part in seconds -%}
     (cast({{ from_date_or_timestamp }} as timestamp) + arrow_cast(cast({{ interval }} as bigint) * {{ seconds[part] }}, 'Duration(Second)'))
+    {%- elif part in months -%}
+    ({{ from_date_or_timestamp }} + cast(concat(cast(cast({{ interval }} as bigint) * {{ months[part] }} as varchar), ' month') as interval))
     {%- else -%}
-    {{ exceptions.raise_compiler_error("dateadd: a computed number of " ~ part ~ "s is not supported by Strata; use a literal count, or days") }}
+    {{ exceptions.raise_compiler_error("dateadd: unknown date part '" ~ part ~ "'; use year, quarter, month, week, day, hour, minute or second") }}
     {%- endif -%}
 {%- endmacro %}
 {% macro datediff(first_date, second_date, datepart) %}{{ return(adapter.dispatch('datediff', 'dbt')(first_date, second_date, datepart)) }}{% endmacro %}

@@ -104,7 +104,11 @@ pub(super) fn combine_macro_files(
     };
     let mut first_definitions: BTreeMap<String, (SourceText, usize)> = BTreeMap::new();
     for file in package.files {
-        let (text, edits) = rewrite_template(&file.source.text);
+        // Custom materializations (`{% materialization %}`) are not run by Strata; the
+        // package's macros around them are still usable.
+        let (without_materializations, _) =
+            crate::blocks::blank_blocks(&file.source.text, "materialization");
+        let (text, edits) = rewrite_template(&without_materializations);
         let span = MacroFileSpan {
             template: template.to_string(),
             start: 0,
