@@ -218,8 +218,7 @@ impl<'a> Compiler<'a> {
             let mut versions = ModelVersions::default();
             for version in &properties.versions {
                 let stem = version.file_stem(name);
-                let layers =
-                    self.rendered_layers([&properties.config, &version.config].into_iter());
+                let layers = self.rendered_layers([&properties.config, &version.config]);
                 let Some(draft) = self
                     .drafts
                     .iter_mut()

@@ -1,6 +1,7 @@
 //! DuckDB functions that dbt-duckdb projects commonly call, planned as the DataFusion
-//! expressions they stand for: `strftime(ts, format)` and `strptime(text, format)`
-//! (DataFusion's `to_char` / `to_timestamp` take the same chrono formats), `epoch_ms(ms)`,
+//! expressions they stand for: `strftime(ts, format)` (or `(format, ts)`, as DuckDB also
+//! takes it) and `strptime(text, format)` (DataFusion's `to_char` / `to_timestamp` take the
+//! same chrono formats), `epoch_ms(ms)`,
 //! `epoch(ts)`, `date_diff(part, start, end)` / `datediff(...)` (boundaries crossed, as
 //! DuckDB counts them), `dayofweek`, `dayofyear`, `last_day`, `regexp_matches(text,
 //! pattern)`, the aggregate `count_if(cond)`, and Snowflake's `iff(cond, a, b)`, which
@@ -129,7 +130,16 @@ impl ScalarUDFImpl for DuckDbFunction {
             (Function::RegexpMatches, [text, pattern]) => {
                 regexp_like(text.clone(), pattern.clone(), None)
             }
-            (Function::Strftime, [value, format]) => {
+            (Function::Strftime, [first, second]) => {
+                // DuckDB takes (value, format) and (format, value).
+                let (value, format) = if matches!(
+                    info.get_data_type(first)?,
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                ) {
+                    (second, first)
+                } else {
+                    (first, second)
+                };
                 datafusion::functions::expr_fn::to_char(value.clone(), format.clone())
             }
             (Function::EpochMs, [millis]) => {
@@ -266,6 +276,7 @@ mod tests {
     async fn more_duckdb_functions_answer_as_duckdb() {
         let (ctx, _) = session(&EngineConfig::default()).unwrap();
         let sql = "select strptime('2024-02-03 04:05:06', '%Y-%m-%d %H:%M:%S') as parsed,
+                          strftime('%B', date '2024-02-03') as month_name,
                           epoch(timestamp '1970-01-02 00:00:00') as seconds,
                           dayofweek(date '2024-01-07') as sunday,
                           dayofyear(date '2024-02-01') as doy,
@@ -282,6 +293,7 @@ mod tests {
             .to_string();
         for expected in [
             "2024-02-03T04:05:06",
+            "| February   ",
             "| 86400.0 ",
             "| 0      ",
             "| 32  ",

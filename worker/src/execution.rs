@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use futures::FutureExt;
+
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -116,6 +118,28 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, TaskE
         .map_err(|err| TaskError::internal(err.to_string()))
 }
 
+/// The outcome of `work`, or an internal error when it panics.
+async fn failing_on_panic(
+    work: impl std::future::Future<Output = Result<(), TaskError>>,
+) -> Result<(), TaskError> {
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(TaskError::internal(panic_message(panic.as_ref()))))
+}
+
+/// What a caught panic says.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| String::from("no message"));
+    format!(
+        "the engine panicked ({text}); this is a bug in Strata or DataFusion — please report it with the model's SQL"
+    )
+}
+
 /// Runs a task and reports its result. Never fails: a failure is reported in the result with
 /// its class, so that the coordinator decides about retries.
 pub async fn run_task(
@@ -136,7 +160,9 @@ pub async fn run_task(
     if task.kind == TaskKind::Noop as i32 {
         return result;
     }
-    match execute(config, task, &mut result, &peaks).await {
+    // A panic in the engine (a bug, or a function given what it cannot take) fails the task
+    // like any internal error instead of taking the worker's slot down without a result.
+    match failing_on_panic(execute(config, task, &mut result, &peaks)).await {
         Ok(()) => {}
         Err(err) => {
             result.failure_class = match err.class() {
@@ -463,4 +489,27 @@ fn writer_properties() -> datafusion::parquet::file::properties::WriterPropertie
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(1 << 20))
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_fails_as_an_internal_error() {
+        let outcome = failing_on_panic(async {
+            let text: Option<&str> = None;
+            // What DataFusion did with to_char over a non-text format.
+            let _ = text.expect("string array");
+            Ok(())
+        })
+        .await;
+        let err = outcome.err().map(|err| (err.class(), err.to_string()));
+        assert!(
+            matches!(&err, Some((strata_engine::Class::Internal, message))
+                if message.contains("the engine panicked (string array)")),
+            "{err:?}"
+        );
+        assert!(failing_on_panic(async { Ok(()) }).await.is_ok());
+    }
 }
