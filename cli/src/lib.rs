@@ -36,7 +36,7 @@ pub struct Cli {
 pub enum Command {
     /// Renders every model and test and writes compiled SQL and target/manifest.json.
     Compile(CompileArgs),
-    /// Installs the packages of packages.yml (local: and git:) into dbt_packages/.
+    /// Installs the packages of packages.yml (local:, git: and dbt Hub) into dbt_packages/.
     Deps(DepsArgs),
     /// Lists the project's nodes (models, seeds, tests, sources).
     Ls(LsArgs),
@@ -121,6 +121,10 @@ pub struct DepsArgs {
     /// The project folder (holding dbt_project.yml and packages.yml).
     #[arg(long, default_value = ".", value_name = "DIR")]
     project_dir: PathBuf,
+    /// The dbt Hub (or a mirror of its API) that resolves `package:` entries; default
+    /// `STRATA_HUB_URL`, else https://hub.getdbt.com.
+    #[arg(long, value_name = "URL")]
+    hub_url: Option<String>,
 }
 
 /// Output formats of listing commands.
@@ -207,7 +211,7 @@ pub fn execute(cli: Cli, env: &BTreeMap<String, String>) -> anyhow::Result<ExitC
     };
     match cli.command {
         Command::Compile(args) => project_commands::compile(&args, env, &mut out),
-        Command::Deps(args) => project_commands::deps(&args, &mut out),
+        Command::Deps(args) => project_commands::deps(&args, env, &mut out),
         Command::Ls(args) => project_commands::ls(&args, env, &mut out),
         Command::Dag(args) => project_commands::dag(&args, env, &mut out),
         Command::Run(args) => execute_commands::execute(&args, "run", env, &mut out),

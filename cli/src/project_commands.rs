@@ -100,8 +100,17 @@ pub(crate) fn report(diagnostics: &Diagnostics, out: &mut Output) -> anyhow::Res
 }
 
 /// `strata deps`: installs the declared packages and lists them.
-pub(crate) fn deps(args: &DepsArgs, out: &mut Output) -> anyhow::Result<ExitCode> {
-    let installed = strata_core::packages::install(&args.project_dir)?;
+pub(crate) fn deps(
+    args: &DepsArgs,
+    env: &BTreeMap<String, String>,
+    out: &mut Output,
+) -> anyhow::Result<ExitCode> {
+    let hub = args
+        .hub_url
+        .clone()
+        .or_else(|| env.get("STRATA_HUB_URL").cloned())
+        .unwrap_or_else(|| strata_core::packages::hub::DEFAULT_HUB_URL.to_string());
+    let installed = strata_core::packages::install(&args.project_dir, &hub)?;
     if installed.is_empty() {
         writeln!(
             out.stdout,

@@ -5,8 +5,9 @@
 //! - `local: path` — linked (a symbolic link), so that edits to the package show at once;
 //! - `git: url` with an optional `revision` (tag, branch or commit) and `subdirectory` — cloned
 //!   with the machine's `git`;
-//! - `package: org/name` with `version` — a dbt Hub package: Hub names its git repository, which
-//!   needs the network; without it, the error says to use a `git:` entry instead.
+//! - `package: org/name` with `version` (one or a range) — a dbt Hub package: the Hub's index
+//!   names the repository and tag of the highest version in range ([`hub`]), which is then
+//!   cloned as a git package; without network, the error says to use a `git:` entry instead.
 //!
 //! Each package is installed under its own project name (the `name:` of its project file).
 
@@ -157,11 +158,12 @@ fn package_spec(entry: &serde_json::Value) -> Result<PackageSpec, String> {
 
 /// Installs every package `root` declares into its install path (the project file's
 /// `packages-install-path`, else `dbt_packages`), replacing earlier installs of the same
-/// packages.
+/// packages; Hub packages are resolved through the Hub at `hub_url`
+/// ([`hub::DEFAULT_HUB_URL`] unless a mirror is given).
 ///
 /// # Errors
 /// Returns the first package that could not be installed, with what to do.
-pub fn install(root: &Path) -> Result<Vec<Installed>, DepsError> {
+pub fn install(root: &Path, hub_url: &str) -> Result<Vec<Installed>, DepsError> {
     let install_dir = root.join(install_path(root));
     let specs = declared_packages(root)?;
     if specs.is_empty() {
@@ -174,7 +176,7 @@ pub fn install(root: &Path) -> Result<Vec<Installed>, DepsError> {
     specs
         .into_iter()
         .map(|spec| {
-            install_one(root, &install_dir, &spec).map_err(|message| DepsError::Install {
+            install_one(root, &install_dir, &spec, hub_url).map_err(|message| DepsError::Install {
                 package: spec.to_string(),
                 message,
             })
@@ -182,7 +184,12 @@ pub fn install(root: &Path) -> Result<Vec<Installed>, DepsError> {
         .collect()
 }
 
-fn install_one(root: &Path, install_dir: &Path, spec: &PackageSpec) -> Result<Installed, String> {
+fn install_one(
+    root: &Path,
+    install_dir: &Path,
+    spec: &PackageSpec,
+    hub_url: &str,
+) -> Result<Installed, String> {
     match spec {
         PackageSpec::Local(path) => {
             let source = root.join(path);
@@ -223,9 +230,19 @@ fn install_one(root: &Path, install_dir: &Path, spec: &PackageSpec) -> Result<In
                 spec: spec.clone(),
             })
         }
-        PackageSpec::Hub { name, .. } => Err(format!(
-            "dbt Hub packages are resolved through hub.getdbt.com, which Strata does not query yet; declare the package by its git repository instead, e.g. `- git: \"https://github.com/{name}.git\"` with `revision: <tag>` (the repository's name may differ from the package's)"
-        )),
+        PackageSpec::Hub { name, version } => {
+            let resolved = hub::resolve(hub_url, name, version)?;
+            let git = PackageSpec::Git {
+                url: resolved.git_url,
+                revision: Some(resolved.revision),
+                subdirectory: None,
+            };
+            let installed = install_one(root, install_dir, &git, hub_url)?;
+            Ok(Installed {
+                spec: spec.clone(),
+                ..installed
+            })
+        }
     }
 }
 
@@ -322,6 +339,8 @@ fn git(args: &[&str], dir: Option<&Path>) -> Result<(), String> {
         stderr.trim()
     ))
 }
+
+pub mod hub;
 
 #[cfg(test)]
 mod tests;

@@ -498,7 +498,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_task_fails_as_an_internal_error() {
         let outcome = failing_on_panic(async {
-            let text: Option<&str> = None;
+            let text: Option<&str> = std::hint::black_box(None);
             // What DataFusion did with to_char over a non-text format.
             let _ = text.expect("string array");
             Ok(())
