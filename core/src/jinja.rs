@@ -25,6 +25,7 @@ mod adapter;
 mod environment;
 mod filters;
 mod literals;
+mod modules;
 mod mutable;
 mod namespaces;
 mod queries;

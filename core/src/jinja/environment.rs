@@ -55,6 +55,7 @@ pub(super) fn builtin_environment() -> Environment<'static> {
     env.add_global("config", Value::from_object(ConfigObject));
     env.add_global("exceptions", Value::from_object(ExceptionsObject));
     env.add_global("execute", Value::from(true));
+    env.add_global("modules", Value::from_object(super::modules::Modules));
     env.add_global(
         "flags",
         Value::from(Serde(BTreeMap::from([("FULL_REFRESH", false)]))),
