@@ -9,7 +9,8 @@
 //!   names the repository and tag of the highest version in range ([`hub`]), which is then
 //!   cloned as a git package; without network, the error says to use a `git:` entry instead.
 //!
-//! Each package is installed under its own project name (the `name:` of its project file).
+//! Each package is installed under its own project name (the `name:` of its project file),
+//! and the packages it declares in turn are installed beside it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -61,6 +62,30 @@ pub enum PackageSpec {
         /// The version or range as written.
         version: String,
     },
+}
+
+impl PackageSpec {
+    /// What makes two declarations the same package: the Hub name (whatever the version),
+    /// the repository (and folder in it), or the resolved local folder.
+    fn identity(&self, declared_in: &Path) -> String {
+        match self {
+            Self::Local(path) => {
+                let folder = declared_in.join(path);
+                format!(
+                    "local:{}",
+                    folder.canonicalize().unwrap_or(folder).display()
+                )
+            }
+            Self::Git {
+                url, subdirectory, ..
+            } => format!(
+                "git:{}/{}",
+                url.trim_end_matches('/').trim_end_matches(".git"),
+                subdirectory.as_deref().unwrap_or_default()
+            ),
+            Self::Hub { name, .. } => format!("hub:{}", name.to_lowercase()),
+        }
+    }
 }
 
 impl std::fmt::Display for PackageSpec {
@@ -173,15 +198,37 @@ pub fn install(root: &Path, hub_url: &str) -> Result<Vec<Installed>, DepsError> 
         package: String::from("(all)"),
         message: format!("cannot create {}: {err}", install_dir.display()),
     })?;
-    specs
+    // The project's packages, then theirs (dbt_expectations needs dbt_date), breadth first;
+    // a package declared twice is installed once, as first declared.
+    let mut pending: std::collections::VecDeque<(PathBuf, PackageSpec)> = specs
         .into_iter()
-        .map(|spec| {
-            install_one(root, &install_dir, &spec, hub_url).map_err(|message| DepsError::Install {
-                package: spec.to_string(),
-                message,
-            })
-        })
-        .collect()
+        .map(|spec| (root.to_path_buf(), spec))
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut installed = Vec::new();
+    while let Some((declared_in, spec)) = pending.pop_front() {
+        if !seen.insert(spec.identity(&declared_in)) {
+            continue;
+        }
+        let package =
+            install_one(&declared_in, &install_dir, &spec, hub_url).map_err(|message| {
+                DepsError::Install {
+                    package: spec.to_string(),
+                    message,
+                }
+            })?;
+        if installed
+            .iter()
+            .any(|other: &Installed| other.name == package.name)
+        {
+            continue;
+        }
+        for dependency in declared_packages(&package.folder)? {
+            pending.push_back((package.folder.clone(), dependency));
+        }
+        installed.push(package);
+    }
+    Ok(installed)
 }
 
 fn install_one(

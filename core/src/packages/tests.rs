@@ -53,7 +53,7 @@ fn repository(dir: &Path) {
 }
 
 #[test]
-fn local_and_git_packages_install_under_their_project_names() {
+fn local_and_git_packages_install_under_their_project_names_with_their_own_packages() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     std::fs::create_dir_all(&repo).unwrap();
@@ -61,6 +61,18 @@ fn local_and_git_packages_install_under_their_project_names() {
     write(
         &dir.path().join("shared/dbt_project.yml"),
         "name: 'shared_macros'\n",
+    );
+    // The shared package needs another (relative to itself) and the project's git package.
+    write(
+        &dir.path().join("deep/dbt_project.yml"),
+        "name: deep_macros\n",
+    );
+    write(
+        &dir.path().join("shared/packages.yml"),
+        &format!(
+            "packages:\n  - local: ../deep\n  - git: \"file://{}.git\"\n    subdirectory: packages/helpers\n",
+            repo.display()
+        ),
     );
     let project = dir.path().join("project");
     write(
@@ -72,7 +84,7 @@ fn local_and_git_packages_install_under_their_project_names() {
     );
     let installed = install(&project, UNREACHABLE_HUB).unwrap();
     let names: Vec<&str> = installed.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["shared_macros", "helpers"]);
+    assert_eq!(names, ["shared_macros", "helpers", "deep_macros"]);
     let linked = project.join("dbt_packages/shared_macros");
     assert!(
         std::fs::symlink_metadata(&linked)
@@ -87,7 +99,7 @@ fn local_and_git_packages_install_under_their_project_names() {
         "the tag's content: {macro_text}"
     );
     // Installing again replaces the packages.
-    assert_eq!(install(&project, UNREACHABLE_HUB).unwrap().len(), 2);
+    assert_eq!(install(&project, UNREACHABLE_HUB).unwrap().len(), 3);
     assert!(!project.join("dbt_packages/.strata-clone").exists());
 }
 
