@@ -327,6 +327,8 @@ fn snapshot_task(
         this_schema: relation.schema.clone(),
         this_name: relation.identifier.clone(),
         snapshot_time_micros: now,
+        column_names: spec.column_names.clone().into_iter().collect(),
+        valid_to_current: spec.valid_to_current.clone().unwrap_or_default(),
     }
 }
 

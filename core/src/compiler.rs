@@ -744,11 +744,10 @@ impl<'a> Compiler<'a> {
                         draft.config.materialized = Materialization::Test;
                     } else if draft.resource_type == ResourceType::Snapshot {
                         draft.config.materialized = Materialization::Snapshot;
-                        let problems = snapshot_problems(draft.file, &draft.config);
-                        if problems.iter().any(ProjectDiagnostic::is_error) {
+                        if let Some(problem) = snapshot_problem(draft.file, &draft.config) {
                             self.failed.insert(draft.unique_id.clone());
+                            self.errors.push(problem);
                         }
-                        self.errors.extend(problems);
                     } else if matches!(
                         draft.config.materialized,
                         Materialization::Seed | Materialization::Test | Materialization::Snapshot
@@ -1297,9 +1296,9 @@ fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
-/// What is wrong with a snapshot's settings, at its `config()` call (else its first SQL):
-/// an error when they cannot be run, a warning for settings Strata ignores.
-fn snapshot_problems(file: &SqlFile, config: &NodeConfig) -> Vec<ProjectDiagnostic> {
+/// What is wrong with a snapshot's settings, at its `config()` call (else its first SQL).
+fn snapshot_problem(file: &SqlFile, config: &NodeConfig) -> Option<ProjectDiagnostic> {
+    let message = SnapshotSpec::from_config(config).err()?;
     let source = &file.source;
     let text = &source.text;
     let start = text
@@ -1309,32 +1308,14 @@ fn snapshot_problems(file: &SqlFile, config: &NodeConfig) -> Vec<ProjectDiagnost
     let end = text[start..]
         .find('\n')
         .map_or(text.len(), |newline| start + newline);
-    let mut problems = Vec::new();
-    if let Err(message) = SnapshotSpec::from_config(config) {
-        problems.push(
-            ProjectDiagnostic::error("strata::snapshot", message)
-                .at_range(source, start, end)
-                .with_hint(format!(
-                    "configure the snapshot '{}' in its config() block, its properties or the snapshots: block of the project file",
-                    file.name
-                )),
-        );
-    }
-    for key in ["snapshot_meta_column_names", "dbt_valid_to_current"] {
-        if config.extra.contains_key(key) {
-            problems.push(
-                ProjectDiagnostic::warning(
-                    "strata::snapshot",
-                    format!("{key} is not supported yet and is ignored"),
-                )
-                .at_range(source, start, end)
-                .with_hint(
-                    "the snapshot keeps dbt's default columns (dbt_valid_from, dbt_valid_to, …) with NULL dbt_valid_to for current rows",
-                ),
-            );
-        }
-    }
-    problems
+    Some(
+        ProjectDiagnostic::error("strata::snapshot", message)
+            .at_range(source, start, end)
+            .with_hint(format!(
+                "configure the snapshot '{}' in its config() block, its properties or the snapshots: block of the project file",
+                file.name
+            )),
+    )
 }
 
 /// The materialization of a kind of SQL node before its settings say otherwise.

@@ -62,6 +62,14 @@ pub struct SnapshotSpec {
     pub check_cols: Option<CheckCols>,
     /// What happens when a key leaves the source.
     pub hard_deletes: HardDeletes,
+    /// `snapshot_meta_column_names`: the added columns' names, by dbt's name
+    /// (`dbt_valid_from`, …), where they differ from dbt's.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub column_names: std::collections::BTreeMap<String, String>,
+    /// `dbt_valid_to_current`: the SQL value of `dbt_valid_to` in current rows (NULL when
+    /// unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_to_current: Option<String>,
 }
 
 impl SnapshotSpec {
@@ -128,8 +136,45 @@ impl SnapshotSpec {
             updated_at,
             check_cols,
             hard_deletes: hard_deletes(config)?,
+            column_names: column_names(config)?,
+            valid_to_current: text("dbt_valid_to_current").map(str::to_string),
         })
     }
+}
+
+/// The names of dbt's columns a snapshot adds.
+const META_COLUMNS: [&str; 5] = [
+    "dbt_scd_id",
+    "dbt_updated_at",
+    "dbt_valid_from",
+    "dbt_valid_to",
+    "dbt_is_deleted",
+];
+
+/// `snapshot_meta_column_names`: a mapping from dbt's names to the table's.
+fn column_names(config: &NodeConfig) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let Some(value) = config.extra.get("snapshot_meta_column_names") else {
+        return Ok(std::collections::BTreeMap::new());
+    };
+    let entries = value.as_object().ok_or_else(|| {
+        String::from("snapshot_meta_column_names must map dbt's column names to yours")
+    })?;
+    entries
+        .iter()
+        .map(|(dbt, name)| {
+            if !META_COLUMNS.contains(&dbt.as_str()) {
+                return Err(format!(
+                    "snapshot_meta_column_names renames '{dbt}', which is not a snapshot column; use {}",
+                    META_COLUMNS.join(", ")
+                ));
+            }
+            let name = name
+                .as_str()
+                .filter(|name| !name.is_empty())
+                .ok_or_else(|| format!("snapshot_meta_column_names: '{dbt}' needs a name"))?;
+            Ok((dbt.clone(), name.to_string()))
+        })
+        .collect()
 }
 
 /// `hard_deletes` (dbt 1.9), else the older `invalidate_hard_deletes: true`.

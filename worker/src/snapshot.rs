@@ -1,8 +1,9 @@
 //! Snapshots: the SQL that folds a snapshot query's rows into its history table (SCD type 2),
 //! with dbt's semantics.
 //!
-//! The first run stores every row as current (`dbt_valid_to` NULL). A later run, against the
-//! table pinned at its current version (an input named as the snapshot's relation):
+//! The first run stores every row as current (`dbt_valid_to` NULL, or the
+//! `dbt_valid_to_current` value). A later run, against the table pinned at its current version
+//! (an input named as the snapshot's relation):
 //!
 //! - a current row whose entity changed (the `timestamp` strategy: its `dbt_valid_from` is
 //!   earlier than the new `updated_at`; `check`: a checked column differs, NULLs compared as
@@ -14,7 +15,8 @@
 //!
 //! The result is the whole table, committed as one Delta transaction that replaces it. Keys
 //! are compared with `=` as dbt does, so a row whose key is NULL never matches. Columns new to
-//! the query are added to the table; columns gone from it become NULL in new rows.
+//! the query are added to the table; columns gone from it become NULL in new rows. The added
+//! columns take the names `snapshot_meta_column_names` gives them.
 
 use std::collections::BTreeSet;
 
@@ -25,15 +27,47 @@ use strata_proto::v1::Snapshot;
 
 use strata_engine::TaskError;
 
-/// The columns a snapshot adds to its query's.
-const SCD_ID: &str = "dbt_scd_id";
-const UPDATED_AT: &str = "dbt_updated_at";
-const VALID_FROM: &str = "dbt_valid_from";
-const VALID_TO: &str = "dbt_valid_to";
-const IS_DELETED: &str = "dbt_is_deleted";
+/// The Arrow type of snapshot times: a Delta timestamp's precision.
+const MICROS: &str = "Timestamp(µs)";
 
 fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The columns a snapshot adds to its query's, as named in its table.
+struct MetaNames {
+    scd_id: String,
+    updated_at: String,
+    valid_from: String,
+    valid_to: String,
+    is_deleted: String,
+}
+
+impl MetaNames {
+    fn of(snapshot: &Snapshot) -> MetaNames {
+        let name = |dbt: &str| {
+            snapshot
+                .column_names
+                .get(dbt)
+                .cloned()
+                .unwrap_or_else(|| dbt.to_string())
+        };
+        MetaNames {
+            scd_id: name("dbt_scd_id"),
+            updated_at: name("dbt_updated_at"),
+            valid_from: name("dbt_valid_from"),
+            valid_to: name("dbt_valid_to"),
+            is_deleted: name("dbt_is_deleted"),
+        }
+    }
+}
+
+/// What an added column of a new row holds.
+enum Meta {
+    ScdId,
+    ChangeTime,
+    ValidTo,
+    IsDeleted,
 }
 
 /// Builds the SQL producing the snapshot's whole table after this run.
@@ -68,6 +102,7 @@ pub async fn snapshot_sql(
 struct SnapshotPlan<'a> {
     query: &'a str,
     snapshot: &'a Snapshot,
+    names: MetaNames,
     /// The query's columns, in order.
     columns: Vec<String>,
     /// The change time of a source row, over `source_data`'s columns.
@@ -95,6 +130,7 @@ impl<'a> SnapshotPlan<'a> {
         SnapshotPlan {
             query,
             snapshot,
+            names: MetaNames::of(snapshot),
             columns: source.fields().iter().map(|f| f.name().clone()).collect(),
             updated_at,
             now,
@@ -106,19 +142,72 @@ impl<'a> SnapshotPlan<'a> {
         self.snapshot.hard_deletes == "new_record"
     }
 
-    fn meta_columns(&self) -> Vec<&'static str> {
-        let mut columns = vec![SCD_ID, UPDATED_AT, VALID_FROM, VALID_TO];
+    fn meta_columns(&self) -> Vec<&str> {
+        let names = &self.names;
+        let mut columns = vec![
+            names.scd_id.as_str(),
+            names.updated_at.as_str(),
+            names.valid_from.as_str(),
+            names.valid_to.as_str(),
+        ];
         if self.new_record() {
-            columns.push(IS_DELETED);
+            columns.push(names.is_deleted.as_str());
         }
         columns
+    }
+
+    /// Which added column `column` of the table is, if any.
+    fn meta(&self, column: &str) -> Option<Meta> {
+        let names = &self.names;
+        Some(if column == names.scd_id {
+            Meta::ScdId
+        } else if column == names.updated_at || column == names.valid_from {
+            Meta::ChangeTime
+        } else if column == names.valid_to {
+            Meta::ValidTo
+        } else if column == names.is_deleted && self.new_record() {
+            Meta::IsDeleted
+        } else {
+            return None;
+        })
+    }
+
+    /// `dbt_valid_to_current` as a value of the change time's type: microseconds for
+    /// timestamps, which (unlike DataFusion's default nanoseconds) reach the year 9999.
+    fn current_value(&self) -> Option<String> {
+        match self.snapshot.valid_to_current.as_str() {
+            "" => None,
+            current if self.timestamp_updated_at => {
+                Some(format!("arrow_cast(({current}), '{MICROS}')"))
+            }
+            current => Some(format!("({current})")),
+        }
+    }
+
+    /// Whether the `dbt_valid_to` column `valid_to` marks a current row.
+    fn is_current(&self, valid_to: &str) -> String {
+        match self.current_value() {
+            None => format!("{valid_to} is null"),
+            Some(current) => format!("({valid_to} is null or {valid_to} = {current})"),
+        }
+    }
+
+    /// `dbt_valid_to` of a current row, typed as the change time `time`.
+    fn open_valid_to(&self, time: &str) -> String {
+        match self.current_value() {
+            None => format!("nullif({time}, {time})"),
+            Some(current) if self.timestamp_updated_at => {
+                format!("coalesce(arrow_cast(nullif({time}, {time}), '{MICROS}'), {current})")
+            }
+            Some(current) => format!("coalesce(nullif({time}, {time}), {current})"),
+        }
     }
 
     /// `md5` of the key and the change time as text, as dbt's `snapshot_hash_arguments`
     /// with DuckDB's text for timestamps (`2024-01-02 03:04:05.5`).
     fn scd_id(&self, updated_at: &str) -> String {
         let time = if self.timestamp_updated_at {
-            format!("regexp_replace(to_char({updated_at}, '%Y-%m-%d %H:%M:%S%.6f'), '\\.?0+$', '')")
+            duckdb_text(updated_at)
         } else {
             format!("cast({updated_at} as varchar)")
         };
@@ -162,28 +251,36 @@ impl<'a> SnapshotPlan<'a> {
 
     /// The first run: every row, current.
     fn first_run(&self) -> String {
+        let names = &self.names;
         let columns: Vec<String> = self.columns.iter().map(|c| quote(c)).collect();
         let deleted = if self.new_record() {
-            format!(", 'False' as {IS_DELETED}")
+            format!(", 'False' as {}", quote(&names.is_deleted))
         } else {
             String::new()
         };
         format!(
             "with {}\n\
-             select {}, {} as {SCD_ID}, __strata_updated_at as {UPDATED_AT}, \
-             __strata_updated_at as {VALID_FROM}, \
-             nullif(__strata_updated_at, __strata_updated_at) as {VALID_TO}{deleted}\n\
+             select {}, {} as {}, __strata_updated_at as {}, __strata_updated_at as {}, \
+             {} as {}{deleted}\n\
              from source_data",
             self.source_data(),
             columns.join(", "),
             self.scd_id("__strata_updated_at"),
+            quote(&names.scd_id),
+            quote(&names.updated_at),
+            quote(&names.valid_from),
+            self.open_valid_to("__strata_updated_at"),
+            quote(&names.valid_to),
         )
     }
 
     /// Whether the current row `current_rows` and the source row `source_data` differ.
     fn row_changed(&self, table: &Schema) -> String {
         let changed = if self.snapshot.strategy == "timestamp" {
-            format!("current_rows.{VALID_FROM} < source_data.__strata_updated_at")
+            format!(
+                "current_rows.{} < source_data.__strata_updated_at",
+                quote(&self.names.valid_from)
+            )
         } else {
             let checked: Vec<String> = if self.snapshot.check_all {
                 if self
@@ -210,7 +307,10 @@ impl<'a> SnapshotPlan<'a> {
                 .join(" or ")
         };
         if self.new_record() {
-            format!("({changed}) or current_rows.{IS_DELETED} = 'True'")
+            format!(
+                "({changed}) or current_rows.{} = 'True'",
+                quote(&self.names.is_deleted)
+            )
         } else {
             format!("({changed})")
         }
@@ -219,51 +319,9 @@ impl<'a> SnapshotPlan<'a> {
     /// A later run: closed rows kept, current rows closed where they changed or left, new
     /// versions and new entities added.
     fn later_run(&self, table: &Schema) -> String {
-        let target = format!(
-            "{}.{}",
-            quote(&self.snapshot.this_schema),
-            quote(&self.snapshot.this_name)
-        );
         let table_columns: Vec<String> = table.fields().iter().map(|f| f.name().clone()).collect();
         let known: BTreeSet<&String> = table_columns.iter().collect();
         let added: Vec<&String> = self.columns.iter().filter(|c| !known.contains(c)).collect();
-        let keys = self.keys_match("source_data", "current_rows");
-        let changed = self.row_changed(table);
-        let invalidates = self.snapshot.hard_deletes != "ignore";
-        let mut ctes = vec![
-            self.source_data(),
-            format!(
-                "current_rows as (select *, {} from {target} where {VALID_TO} is null)",
-                self.keys()
-            ),
-            format!(
-                "inserted as (select source_data.* from source_data left join current_rows \
-                 on {keys} where current_rows.__strata_key_0 is null or {changed})"
-            ),
-            format!(
-                "deleted as (select current_rows.* from current_rows left join source_data \
-                 on {keys} where source_data.__strata_key_0 is null{})",
-                if self.new_record() {
-                    format!(" and not current_rows.{IS_DELETED} = 'True'")
-                } else {
-                    String::new()
-                }
-            ),
-        ];
-        let mut closing = vec![format!(
-            "select current_rows.{SCD_ID} as __strata_closed, \
-             source_data.__strata_updated_at as __strata_valid_to \
-             from source_data join current_rows on {keys} where {changed}"
-        )];
-        if invalidates {
-            closing.push(format!("select {SCD_ID}, {} from deleted", self.now));
-        }
-        ctes.push(format!(
-            "closings as (select __strata_closed, min(__strata_valid_to) as __strata_valid_to \
-             from ({}) as __strata_closing group by __strata_closed)",
-            closing.join(" union all ")
-        ));
-
         let typed = |expression: String, column: &str| -> String {
             match table.field_with_name(column) {
                 Ok(field) => format!(
@@ -274,34 +332,131 @@ impl<'a> SnapshotPlan<'a> {
                 Err(_) => format!("{expression} as {}", quote(column)),
             }
         };
-        let kept: Vec<String> = table_columns
-            .iter()
-            .map(|column| {
-                if column == VALID_TO {
-                    typed(
-                        format!(
-                            "case when closings.__strata_closed is null then __strata_table.{VALID_TO} \
-                             else closings.__strata_valid_to end"
-                        ),
-                        column,
+        let mut selects = vec![
+            self.kept_rows(&table_columns, &added, &typed),
+            self.new_versions(&table_columns, &added, &typed),
+        ];
+        if self.new_record() {
+            selects.push(self.deletion_records(&table_columns, &added, &typed));
+        }
+        format!(
+            "with {}\n{}",
+            self.later_ctes(table).join(",\n"),
+            selects.join("\nunion all\n")
+        )
+    }
+
+    fn target(&self) -> String {
+        format!(
+            "{}.{}",
+            quote(&self.snapshot.this_schema),
+            quote(&self.snapshot.this_name)
+        )
+    }
+
+    /// The source rows, the current rows, what is inserted, what left, and which current
+    /// rows close when.
+    fn later_ctes(&self, table: &Schema) -> Vec<String> {
+        let (target, names) = (self.target(), &self.names);
+        let keys = self.keys_match("source_data", "current_rows");
+        let changed = self.row_changed(table);
+        let scd_id = quote(&names.scd_id);
+        let mut ctes = vec![
+            self.source_data(),
+            format!(
+                "current_rows as (select *, {} from {target} where {})",
+                self.keys(),
+                self.is_current(&quote(&names.valid_to))
+            ),
+            format!(
+                "inserted as (select source_data.* from source_data left join current_rows \
+                 on {keys} where current_rows.__strata_key_0 is null or {changed})"
+            ),
+            format!(
+                "deleted as (select current_rows.* from current_rows left join source_data \
+                 on {keys} where source_data.__strata_key_0 is null{})",
+                if self.new_record() {
+                    format!(
+                        " and not current_rows.{} = 'True'",
+                        quote(&names.is_deleted)
                     )
                 } else {
-                    format!("__strata_table.{}", quote(column))
+                    String::new()
                 }
+            ),
+        ];
+        let mut closing = vec![format!(
+            "select current_rows.{scd_id} as __strata_closed, \
+             source_data.__strata_updated_at as __strata_valid_to \
+             from source_data join current_rows on {keys} where {changed}"
+        )];
+        if self.snapshot.hard_deletes != "ignore" {
+            closing.push(format!("select {scd_id}, {} from deleted", self.now));
+        }
+        ctes.push(format!(
+            "closings as (select __strata_closed, min(__strata_valid_to) as __strata_valid_to \
+             from ({}) as __strata_closing group by __strata_closed)",
+            closing.join(" union all ")
+        ));
+        ctes
+    }
+
+    /// The table's rows, current ones closed where `closings` says.
+    fn kept_rows(
+        &self,
+        table_columns: &[String],
+        added: &[&String],
+        typed: &dyn Fn(String, &str) -> String,
+    ) -> String {
+        let valid_to = format!("__strata_table.{}", quote(&self.names.valid_to));
+        let kept: Vec<String> = table_columns
+            .iter()
+            .map(|column| match self.meta(column) {
+                Some(Meta::ValidTo) => typed(
+                    format!(
+                        "case when closings.__strata_closed is null then {valid_to} \
+                         else closings.__strata_valid_to end"
+                    ),
+                    column,
+                ),
+                _ => format!("__strata_table.{}", quote(column)),
             })
-            .chain(added.iter().map(|column| format!("null as {}", quote(column))))
+            .chain(
+                added
+                    .iter()
+                    .map(|column| format!("null as {}", quote(column))),
+            )
             .collect();
+        format!(
+            "select {} from {} as __strata_table left join closings \
+             on __strata_table.{} = closings.__strata_closed and {}",
+            kept.join(", "),
+            self.target(),
+            quote(&self.names.scd_id),
+            self.is_current(&valid_to)
+        )
+    }
+
+    /// New entities and new versions of changed ones, current.
+    fn new_versions(
+        &self,
+        table_columns: &[String],
+        added: &[&String],
+        typed: &dyn Fn(String, &str) -> String,
+    ) -> String {
         let source_columns: BTreeSet<&String> = self.columns.iter().collect();
-        let new_versions: Vec<String> = table_columns
+        let values: Vec<String> = table_columns
             .iter()
             .map(|column| {
-                let value = match column.as_str() {
-                    SCD_ID => self.scd_id("__strata_updated_at"),
-                    UPDATED_AT | VALID_FROM => String::from("__strata_updated_at"),
-                    VALID_TO => String::from("null"),
-                    IS_DELETED if self.new_record() => String::from("'False'"),
-                    _ if source_columns.contains(column) => format!("inserted.{}", quote(column)),
-                    _ => String::from("null"),
+                let value = match self.meta(column) {
+                    Some(Meta::ScdId) => self.scd_id("__strata_updated_at"),
+                    Some(Meta::ChangeTime) => String::from("__strata_updated_at"),
+                    Some(Meta::ValidTo) => self.open_valid_to("__strata_updated_at"),
+                    Some(Meta::IsDeleted) => String::from("'False'"),
+                    None if source_columns.contains(column) => {
+                        format!("inserted.{}", quote(column))
+                    }
+                    None => String::from("null"),
                 };
                 typed(value, column)
             })
@@ -311,23 +466,7 @@ impl<'a> SnapshotPlan<'a> {
                     .map(|column| format!("inserted.{}", quote(column))),
             )
             .collect();
-        let mut selects = vec![
-            format!(
-                "select {} from {target} as __strata_table left join closings \
-                 on __strata_table.{SCD_ID} = closings.__strata_closed \
-                 and __strata_table.{VALID_TO} is null",
-                kept.join(", ")
-            ),
-            format!("select {} from inserted", new_versions.join(", ")),
-        ];
-        if self.new_record() {
-            selects.push(self.deletion_records(&table_columns, &added, &typed));
-        }
-        format!(
-            "with {}\n{}",
-            ctes.join(",\n"),
-            selects.join("\nunion all\n")
-        )
+        format!("select {} from inserted", values.join(", "))
     }
 
     /// `new_record`: a current row marking each deletion, with the deleted row's values.
@@ -341,22 +480,31 @@ impl<'a> SnapshotPlan<'a> {
         let values: Vec<String> = table_columns
             .iter()
             .map(|column| {
-                let value = match column.as_str() {
-                    SCD_ID => format!(
-                        "md5(coalesce(cast(deleted.{SCD_ID} as varchar), '') || '|' || \
-                         coalesce(regexp_replace(to_char({now}, '%Y-%m-%d %H:%M:%S%.6f'), '\\.?0+$', ''), ''))"
+                let value = match self.meta(column) {
+                    Some(Meta::ScdId) => format!(
+                        "md5(coalesce(cast(deleted.{} as varchar), '') || '|' || coalesce({}, ''))",
+                        quote(column),
+                        duckdb_text(now)
                     ),
-                    UPDATED_AT | VALID_FROM => now.clone(),
-                    VALID_TO => format!("deleted.{VALID_TO}"),
-                    IS_DELETED => String::from("'True'"),
-                    _ => format!("deleted.{}", quote(column)),
+                    Some(Meta::ChangeTime) => now.clone(),
+                    Some(Meta::IsDeleted) => String::from("'True'"),
+                    Some(Meta::ValidTo) | None => format!("deleted.{}", quote(column)),
                 };
                 typed(value, column)
             })
-            .chain(added.iter().map(|column| format!("null as {}", quote(column))))
+            .chain(
+                added
+                    .iter()
+                    .map(|column| format!("null as {}", quote(column))),
+            )
             .collect();
         format!("select {} from deleted", values.join(", "))
     }
+}
+
+/// A timestamp as DuckDB writes it as text (`2024-01-02 03:04:05.5`: no trailing zeros).
+fn duckdb_text(timestamp: &str) -> String {
+    format!("regexp_replace(to_char({timestamp}, '%Y-%m-%d %H:%M:%S%.6f'), '\\.?0+$', '')")
 }
 
 #[cfg(test)]
