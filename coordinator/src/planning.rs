@@ -227,34 +227,9 @@ async fn build_task(
             // `{{ this }}`: the model's (or snapshot's) own table at its current version (the
             // run was planned knowing it exists), even though the node has not run yet.
             add_inputs(request, &node.unique_id, versions, &mut inputs, &mut seen).await?;
-            if node.resource_type == ResourceType::Snapshot {
-                // A snapshot's task says how it folds in (below), not as an incremental model.
-            } else if let Some(strategy) = node
-                .config
-                .extra
-                .get(strata_core::config::UNSUPPORTED_STRATEGY)
-            {
-                return Err(PlanError::Strategy {
-                    node: node.name.clone(),
-                    strategy: strategy.as_str().unwrap_or_default().to_string(),
-                });
-            } else {
-                incremental = Some(Incremental {
-                    // As dbt: merge when a unique key is set, append otherwise.
-                    strategy: match node.config.incremental_strategy {
-                        Some(strategy) => strategy_name(strategy).to_string(),
-                        None if node.config.unique_key.is_empty() => String::from("append"),
-                        None => String::from("merge"),
-                    },
-                    unique_key: node.config.unique_key.clone(),
-                    partition_by: node.config.partition_by.clone(),
-                    on_schema_change: serde_json::to_value(node.config.on_schema_change)
-                        .ok()
-                        .and_then(|value| value.as_str().map(str::to_string))
-                        .unwrap_or_else(|| String::from("ignore")),
-                    this_schema: relation.schema.clone(),
-                    this_name: relation.identifier.clone(),
-                });
+            // A snapshot's task says how it folds in (below), not as an incremental model.
+            if node.resource_type != ResourceType::Snapshot {
+                incremental = Some(incremental_task(node, relation)?);
             }
         }
     }
@@ -289,6 +264,39 @@ async fn build_task(
         truncating_division: node.config.truncating_division(),
         snapshot,
         ..Task::default()
+    })
+}
+
+/// How an incremental model folds into its existing table.
+fn incremental_task(
+    node: &Node,
+    relation: &strata_core::jinja::Relation,
+) -> Result<Incremental, PlanError> {
+    if let Some(strategy) = node
+        .config
+        .extra
+        .get(strata_core::config::UNSUPPORTED_STRATEGY)
+    {
+        return Err(PlanError::Strategy {
+            node: node.name.clone(),
+            strategy: strategy.as_str().unwrap_or_default().to_string(),
+        });
+    }
+    Ok(Incremental {
+        // As dbt: merge when a unique key is set, append otherwise.
+        strategy: match node.config.incremental_strategy {
+            Some(strategy) => strategy_name(strategy).to_string(),
+            None if node.config.unique_key.is_empty() => String::from("append"),
+            None => String::from("merge"),
+        },
+        unique_key: node.config.unique_key.clone(),
+        partition_by: node.config.partition_by.clone(),
+        on_schema_change: serde_json::to_value(node.config.on_schema_change)
+            .ok()
+            .and_then(|value| value.as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from("ignore")),
+        this_schema: relation.schema.clone(),
+        this_name: relation.identifier.clone(),
     })
 }
 

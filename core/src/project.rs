@@ -306,81 +306,75 @@ fn load_project(root: &Path, diagnostics: &mut Diagnostics) -> Option<Project> {
         diagnostics.push(error);
     }
 
-    for folder in project.model_paths.clone() {
-        for path in list_files(root, &folder, diagnostics) {
-            match extension(&path) {
-                "sql" => {
-                    if let Some(file) = sql_file(root, &folder, &path, diagnostics) {
-                        project.models.push(file);
-                    }
-                }
-                "yml" | "yaml" => read_properties(root, &path, &mut project, diagnostics),
-                _ => {}
-            }
-        }
-    }
-    for folder in project.seed_paths.clone() {
-        for path in list_files(root, &folder, diagnostics) {
-            match extension(&path) {
-                "csv" => {
-                    if let Some(seed) = seed_file(root, &folder, &path, diagnostics) {
-                        project.seeds.push(seed);
-                    }
-                }
-                "yml" | "yaml" => read_properties(root, &path, &mut project, diagnostics),
-                _ => {}
-            }
-        }
-    }
-    for folder in project.macro_paths.clone() {
-        for path in list_files(root, &folder, diagnostics) {
-            match extension(&path) {
-                "sql" => {
-                    if let Some(file) = sql_file(root, &folder, &path, diagnostics) {
-                        project.macros.push(file);
-                    }
-                }
-                "yml" | "yaml" => read_properties(root, &path, &mut project, diagnostics),
-                _ => {}
-            }
-        }
-    }
-    for folder in project.test_paths.clone() {
-        for path in list_files(root, &folder, diagnostics) {
-            match extension(&path) {
-                "sql" => {
-                    // Generic test definitions (`{% test %}` blocks, by convention under
-                    // tests/generic/) are macros, not singular tests.
-                    if let Some(file) = sql_file(root, &folder, &path, diagnostics) {
-                        if file.folders.first().is_some_and(|first| first == "generic")
-                            || defines_generic_test(&file.source.text)
-                        {
-                            project.macros.push(file);
-                        } else {
-                            project.singular_tests.push(file);
-                        }
-                    }
-                }
-                "yml" | "yaml" => read_properties(root, &path, &mut project, diagnostics),
-                _ => {}
-            }
-        }
-    }
-    for folder in project.snapshot_paths.clone() {
-        for path in list_files(root, &folder, diagnostics) {
-            match extension(&path) {
-                "sql" => {
-                    if let Some(file) = sql_file(root, &folder, &path, diagnostics) {
-                        snapshot_blocks(&file, &mut project, diagnostics);
-                    }
-                }
-                "yml" | "yaml" => read_properties(root, &path, &mut project, diagnostics),
-                _ => {}
-            }
-        }
-    }
+    read_resource_files(root, &mut project, diagnostics);
     declared_snapshots(&mut project);
     Some(project)
+}
+
+/// What a resource folder (`model-paths`, `seed-paths`, …) holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resource {
+    Model,
+    Seed,
+    Macro,
+    Test,
+    Snapshot,
+}
+
+/// Reads every resource folder: SQL files (CSV files for seeds) and property files.
+fn read_resource_files(root: &Path, project: &mut Project, diagnostics: &mut Diagnostics) {
+    let folders = [
+        (Resource::Model, project.model_paths.clone()),
+        (Resource::Seed, project.seed_paths.clone()),
+        (Resource::Macro, project.macro_paths.clone()),
+        (Resource::Test, project.test_paths.clone()),
+        (Resource::Snapshot, project.snapshot_paths.clone()),
+    ];
+    for (resource, paths) in folders {
+        for folder in paths {
+            for path in list_files(root, &folder, diagnostics) {
+                match (resource, extension(&path)) {
+                    (_, "yml" | "yaml") => read_properties(root, &path, project, diagnostics),
+                    (Resource::Seed, "csv") => {
+                        if let Some(seed) = seed_file(root, &folder, &path, diagnostics) {
+                            project.seeds.push(seed);
+                        }
+                    }
+                    (Resource::Seed, _) => {}
+                    (resource, "sql") => {
+                        if let Some(file) = sql_file(root, &folder, &path, diagnostics) {
+                            add_sql_file(resource, file, project, diagnostics);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Files a SQL file of a resource folder under what it defines.
+fn add_sql_file(
+    resource: Resource,
+    file: SqlFile,
+    project: &mut Project,
+    diagnostics: &mut Diagnostics,
+) {
+    match resource {
+        Resource::Model => project.models.push(file),
+        Resource::Macro => project.macros.push(file),
+        // Generic test definitions (`{% test %}` blocks, by convention under tests/generic/)
+        // are macros, not singular tests.
+        Resource::Test
+            if file.folders.first().is_some_and(|first| first == "generic")
+                || defines_generic_test(&file.source.text) =>
+        {
+            project.macros.push(file);
+        }
+        Resource::Test => project.singular_tests.push(file),
+        Resource::Snapshot => snapshot_blocks(&file, project, diagnostics),
+        Resource::Seed => {}
+    }
 }
 
 /// Adds the `{% snapshot %}` blocks of a file in the snapshot paths.
