@@ -93,6 +93,9 @@ pub fn session(config: &EngineConfig) -> Result<(SessionContext, Arc<dyn MemoryP
         .options_mut()
         .sql_parser
         .map_string_types_to_utf8view = false;
+    // CSV values in quotes may span lines (as DuckDB reads them): such files are scanned
+    // whole, never split at a byte offset that could fall inside a value.
+    session_config.options_mut().catalog.newlines_in_values = true;
     let state = SessionStateBuilder::new()
         .with_config(session_config)
         .with_runtime_env(runtime)
@@ -359,7 +362,16 @@ async fn listing_table(
 ) -> Result<Arc<ListingTable>, TaskError> {
     let (file_format, extension): (Arc<dyn DataFusionFileFormat>, &str) = match format {
         FileFormat::Parquet => (Arc::new(parquet_format()), ".parquet"),
-        FileFormat::Csv => (Arc::new(CsvFormat::default().with_has_header(true)), ""),
+        // Quoted values may span lines (an address with a line break), as DuckDB reads them;
+        // a file is then read whole rather than in byte ranges.
+        FileFormat::Csv => (
+            Arc::new(
+                CsvFormat::default()
+                    .with_has_header(true)
+                    .with_newlines_in_values(true),
+            ),
+            "",
+        ),
         FileFormat::Json => (Arc::new(JsonFormat::default()), ""),
         FileFormat::Unspecified => {
             return Err(TaskError::user(format!("no file format for {location}")));
@@ -380,16 +392,56 @@ async fn listing_table(
             extension
         };
     let options = ListingOptions::new(file_format).with_file_extension(extension);
-    let schema = options
-        .infer_schema(&ctx.state(), &urls[0])
-        .await
-        .map_err(TaskError::from)?;
+    let inferred = match format {
+        FileFormat::Csv => csv_schema(location, only).await?,
+        _ => None,
+    };
+    let schema = match inferred {
+        Some(schema) => Arc::new(schema),
+        None => options
+            .infer_schema(&ctx.state(), &urls[0])
+            .await
+            .map_err(TaskError::from)?,
+    };
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .with_schema(schema);
     Ok(Arc::new(
         ListingTable::try_new(config).map_err(TaskError::from)?,
     ))
+}
+
+/// How many CSV records decide a column's type, as DataFusion's own inference reads.
+const CSV_INFERENCE_RECORDS: usize = 1000;
+
+/// The schema of CSV data, from its first file, inferred by a reader that knows a quoted value
+/// may span lines (DataFusion 55 infers from chunks split at line ends, which cut such a value
+/// in two and fail). `None` when there is no file to read.
+async fn csv_schema(
+    location: &str,
+    only: &[String],
+) -> Result<Option<datafusion::arrow::datatypes::Schema>, TaskError> {
+    let first = match only.first() {
+        Some(file) => file.clone(),
+        None => match strata_storage::list_files(location)
+            .await?
+            .into_iter()
+            .next()
+        {
+            Some(file) => file,
+            None => return Ok(None),
+        },
+    };
+    let bytes = strata_storage::read(&first).await?;
+    let (schema, _) = datafusion::arrow::csv::reader::Format::default()
+        .with_header(true)
+        .infer_schema(std::io::Cursor::new(bytes), Some(CSV_INFERENCE_RECORDS))
+        .map_err(|err| {
+            TaskError::user(format!(
+                "cannot read the CSV header and rows of {first}: {err}"
+            ))
+        })?;
+    Ok(Some(schema))
 }
 
 /// Runs a query over registered inputs and returns its rows (for `strata show`).
@@ -405,4 +457,45 @@ pub async fn query(
     register_inputs(&ctx, inputs).await?;
     let sql = crate::identifiers::resolve_case(&ctx, sql).await;
     Ok(ctx.sql(&sql).await?.collect().await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn csv_values_may_span_lines_in_files_larger_than_a_read_chunk() {
+        let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
+        let path = dir.path().join("customers.csv");
+        let mut text = String::from("id,address,city\n");
+        for id in 0..20_000 {
+            if id % 997 == 3 {
+                text.push_str(&format!(
+                    "{id},\"Studio {id}\nGarden \"\"Row\"\"\",London\n"
+                ));
+            } else {
+                text.push_str(&format!("{id},{id} High Street,Leeds\n"));
+            }
+        }
+        std::fs::write(&path, text).unwrap_or_else(|err| panic!("{err}"));
+        let (ctx, _pool) = session(&EngineConfig::default()).unwrap_or_else(|err| panic!("{err}"));
+        let location = path.display().to_string();
+        let table = listing_table(&ctx, &location, FileFormat::Csv, &[])
+            .await
+            .unwrap_or_else(|err| panic!("{err}"));
+        ctx.register_table("customers", table)
+            .unwrap_or_else(|err| panic!("{err}"));
+        let batches = ctx
+            .sql("select count(*), count(*) filter (where city = 'London'), max(length(address)) from customers")
+            .await
+            .unwrap_or_else(|err| panic!("{err}"))
+            .collect()
+            .await
+            .unwrap_or_else(|err| panic!("{err}"));
+        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap_or_else(|err| panic!("{err}"))
+            .to_string();
+        assert!(shown.contains("| 20000 "), "{shown}");
+        assert!(shown.contains("| 21 "), "{shown}");
+    }
 }
