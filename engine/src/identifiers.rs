@@ -16,9 +16,12 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 /// `sql` with the unquoted identifiers that name a mixed-case column of the tables
-/// registered in `ctx` quoted as that column is spelled. SQL that does not tokenize is
+/// registered in `ctx` quoted as that column is spelled (and DuckDB's syntax rewritten,
+/// [`crate::duckdb_syntax`]): what every query runs through before planning. SQL that does not tokenize is
 /// returned as it is, for the planner to report.
 pub async fn resolve_case(ctx: &SessionContext, sql: &str) -> String {
+    // DuckDB's syntax first, so that what follows sees SQL DataFusion parses.
+    let sql = &crate::duckdb_syntax::rewrite(sql);
     let columns = mixed_case_columns(ctx).await;
     if columns.is_empty() {
         return sql.to_string();

@@ -7,6 +7,7 @@
 //! - [`division`]: fractional integer division, as in DuckDB;
 //! - [`duckdb_functions`]: DuckDB functions dbt-duckdb projects call (`strftime`, `date_diff`,
 //!   `count_if`); [`duckdb_series`]: `generate_series` / `range` with DuckDB's column names;
+//!   [`duckdb_syntax`]: DuckDB syntax rewritten before planning (`interval (n) day`);
 //! - [`identifiers`]: unquoted identifiers resolving to mixed-case columns, as in DuckDB;
 //! - [`compile_queries`]: `run_query` and `statement` blocks answered while compiling;
 //! - [`memory`]: the process's real allocation (jemalloc), beside the pools;
@@ -25,6 +26,7 @@ pub mod distinct_rewrite;
 pub mod division;
 pub mod duckdb_functions;
 pub mod duckdb_series;
+pub mod duckdb_syntax;
 pub mod error;
 pub mod exchange;
 pub mod first_row;
