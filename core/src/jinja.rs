@@ -67,8 +67,13 @@ pub fn quote_identifier(name: &str) -> String {
     if is_identifier(name) && name.chars().all(|c| !c.is_ascii_uppercase()) {
         name.to_string()
     } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
+        double_quoted(name)
     }
+}
+
+/// `name` as a quoted identifier, always.
+fn double_quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 impl fmt::Display for Relation {

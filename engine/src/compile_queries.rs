@@ -78,16 +78,23 @@ impl EngineQueries {
     }
 }
 
-/// The current version of the Delta table at `uri`, or `None` when there is none.
-async fn current_version(uri: &str) -> Result<Option<i64>, TaskError> {
+/// The Delta table at `uri` at its current version, or `None` when there is none.
+async fn open_table(uri: &str) -> Result<Option<deltalake::DeltaTable>, TaskError> {
     if !strata_storage::delta_table_exists(uri).await? {
         return Ok(None);
     }
     let url = url::Url::parse(uri)
         .map_err(|err| TaskError::user(format!("invalid table location {uri}: {err}")))?;
-    let table = deltalake::DeltaTableBuilder::from_url(url)?.load().await?;
-    Ok(table
-        .version()
+    Ok(Some(
+        deltalake::DeltaTableBuilder::from_url(url)?.load().await?,
+    ))
+}
+
+/// The current version of the Delta table at `uri`, or `None` when there is none.
+async fn current_version(uri: &str) -> Result<Option<i64>, TaskError> {
+    Ok(open_table(uri)
+        .await?
+        .and_then(|table| table.version())
         .and_then(|version| i64::try_from(version).ok()))
 }
 
@@ -132,18 +139,9 @@ impl CompileQueries for EngineQueries {
             return Err(String::from("there is no warehouse to look at"));
         };
         blocking(async move {
-            if !strata_storage::delta_table_exists(&uri)
-                .await
-                .map_err(|err| err.to_string())?
-            {
+            let Some(table) = open_table(&uri).await.map_err(|err| err.to_string())? else {
                 return Ok(None);
-            }
-            let url = url::Url::parse(&uri).map_err(|err| err.to_string())?;
-            let table = deltalake::DeltaTableBuilder::from_url(url)
-                .map_err(|err| err.to_string())?
-                .load()
-                .await
-                .map_err(|err| err.to_string())?;
+            };
             let snapshot = table.snapshot().map_err(|err| err.to_string())?;
             let schema = snapshot.snapshot().arrow_schema();
             Ok(Some(

@@ -21,9 +21,10 @@ pub fn rewrite(sql: &str) -> String {
     let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize_with_location() else {
         return sql.to_string();
     };
+    let locations = crate::identifiers::TokenOffsets::new(sql);
     let offsets: Option<Vec<usize>> = tokens
         .iter()
-        .map(|token| offset(sql, token.span.start.line, token.span.start.column))
+        .map(|token| locations.of(token.span.start))
         .collect();
     let Some(offsets) = offsets else {
         return sql.to_string();
@@ -93,24 +94,6 @@ fn interval_at(tokens: &[TokenWithSpan], index: usize) -> Option<(usize, usize, 
         }
         _ => None,
     }
-}
-
-/// The byte offset of a 1-based line and character column.
-fn offset(sql: &str, line: u64, column: u64) -> Option<usize> {
-    let line = usize::try_from(line).ok()?.checked_sub(1)?;
-    let start = if line == 0 {
-        0
-    } else {
-        sql.match_indices('\n').nth(line - 1)?.0 + 1
-    };
-    let skip = usize::try_from(column).ok()?.checked_sub(1)?;
-    Some(
-        start
-            + sql[start..]
-                .char_indices()
-                .nth(skip)
-                .map_or(sql.len() - start, |(at, _)| at),
-    )
 }
 
 #[cfg(test)]

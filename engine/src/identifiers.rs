@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
 
 /// `sql` with the unquoted identifiers that name a mixed-case column of the tables
 /// registered in `ctx` quoted as that column is spelled (and DuckDB's syntax rewritten,
@@ -68,24 +68,45 @@ async fn mixed_case_columns(ctx: &SessionContext) -> HashMap<String, String> {
         .collect()
 }
 
+/// `name` as a quoted SQL identifier, whatever it holds.
+pub fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Byte offsets of the token locations of one SQL text (lines, and characters within a
+/// line, counted from 1).
+pub(crate) struct TokenOffsets<'a> {
+    sql: &'a str,
+    line_starts: Vec<usize>,
+}
+
+impl<'a> TokenOffsets<'a> {
+    pub(crate) fn new(sql: &'a str) -> TokenOffsets<'a> {
+        let line_starts = std::iter::once(0)
+            .chain(sql.match_indices('\n').map(|(at, _)| at + 1))
+            .collect();
+        TokenOffsets { sql, line_starts }
+    }
+
+    /// The byte offset of `location`, when it is in the text.
+    pub(crate) fn of(&self, location: Location) -> Option<usize> {
+        let line = usize::try_from(location.line).ok()?.checked_sub(1)?;
+        let start = *self.line_starts.get(line)?;
+        let skip = usize::try_from(location.column).ok()?.checked_sub(1)?;
+        let within = self.sql[start..]
+            .char_indices()
+            .nth(skip)
+            .map_or(self.sql.len() - start, |(at, _)| at);
+        Some(start + within)
+    }
+}
+
 /// Quotes the unquoted, non-keyword words of `sql` found in `columns`.
 fn quote_columns(sql: &str, columns: &HashMap<String, String>) -> String {
     let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize_with_location() else {
         return sql.to_string();
     };
-    let line_starts: Vec<usize> = std::iter::once(0)
-        .chain(sql.match_indices('\n').map(|(at, _)| at + 1))
-        .collect();
-    // Token locations count characters from 1 on each line.
-    let offset = |line: u64, column: u64| -> Option<usize> {
-        let start = *line_starts.get(usize::try_from(line).ok()?.checked_sub(1)?)?;
-        let skip = usize::try_from(column).ok()?.checked_sub(1)?;
-        let within = sql[start..]
-            .char_indices()
-            .nth(skip)
-            .map_or(sql.len() - start, |(at, _)| at);
-        Some(start + within)
-    };
+    let offsets = TokenOffsets::new(sql);
     let mut replacements = Vec::new();
     for (index, token) in tokens.iter().enumerate() {
         let Token::Word(word) = &token.token else {
@@ -108,17 +129,15 @@ fn quote_columns(sql: &str, columns: &HashMap<String, String>) -> String {
         let Some(spelling) = columns.get(&word.value.to_lowercase()) else {
             continue;
         };
-        let (Some(start), Some(end)) = (
-            offset(token.span.start.line, token.span.start.column),
-            offset(token.span.end.line, token.span.end.column),
-        ) else {
+        let (Some(start), Some(end)) = (offsets.of(token.span.start), offsets.of(token.span.end))
+        else {
             return sql.to_string();
         };
         if sql.get(start..end) != Some(word.value.as_str()) {
             // Locations that do not point at the word: change nothing rather than guess.
             return sql.to_string();
         }
-        replacements.push((start, end, format!("\"{}\"", spelling.replace('"', "\"\""))));
+        replacements.push((start, end, quoted(spelling)));
     }
     let mut resolved = sql.to_string();
     for (start, end, quoted) in replacements.into_iter().rev() {

@@ -332,7 +332,7 @@ async fn casting_view(
         .fields()
         .iter()
         .map(|field| {
-            let quoted = format!("\"{}\"", field.name().replace('"', "\"\""));
+            let quoted = crate::identifiers::quoted(field.name());
             match cast_to(field.name(), field.data_type()) {
                 Some(data_type) => format!("cast({quoted} as {data_type}) as {quoted}"),
                 None => quoted,

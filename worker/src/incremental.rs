@@ -12,10 +12,7 @@ use datafusion::prelude::SessionContext;
 use strata_proto::v1::Incremental;
 
 use strata_engine::TaskError;
-
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+use strata_engine::identifiers::quoted as quote;
 
 /// How the coordinator must commit the output of an incremental task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

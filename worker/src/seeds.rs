@@ -7,10 +7,7 @@ use datafusion::arrow::array::{Array, Int64Array};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::SessionContext;
 use strata_engine::TaskError;
-
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+use strata_engine::identifiers::quoted as quote;
 
 /// The seed's SQL with each 64-bit integer column that fits in 32 bits cast to `int`.
 ///

@@ -26,13 +26,10 @@ use datafusion::prelude::SessionContext;
 use strata_proto::v1::Snapshot;
 
 use strata_engine::TaskError;
+use strata_engine::identifiers::quoted as quote;
 
 /// The Arrow type of snapshot times: a Delta timestamp's precision.
 const MICROS: &str = "Timestamp(µs)";
-
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
 
 /// The columns a snapshot adds to its query's, as named in its table.
 struct MetaNames {

@@ -45,12 +45,7 @@ impl Adapter {
                     format!("adapter.{method}({relation}): {message}"),
                 )
             })?;
-        Ok(columns.map(|columns| {
-            columns
-                .into_iter()
-                .map(|(name, data_type)| Value::from_object(ColumnValue { name, data_type }))
-                .collect()
-        }))
+        Ok(columns.map(column_values))
     }
 
     /// `adapter.get_columns_in_relation(relation)`: the columns of its table in the
@@ -68,12 +63,7 @@ impl Adapter {
             .get(&relation)
             .cloned();
         match declared {
-            Some(columns) => Ok(Value::from(
-                columns
-                    .into_iter()
-                    .map(|(name, data_type)| Value::from_object(ColumnValue { name, data_type }))
-                    .collect::<Vec<_>>(),
-            )),
+            Some(columns) => Ok(Value::from(column_values(columns))),
             None => Err(Error::new(
                 ErrorKind::InvalidOperation,
                 format!(
@@ -97,6 +87,14 @@ impl Adapter {
             None => Value::from(()),
         })
     }
+}
+
+/// Columns (name, SQL type) as templates see them.
+fn column_values(columns: Vec<(String, String)>) -> Vec<Value> {
+    columns
+        .into_iter()
+        .map(|(name, data_type)| Value::from_object(ColumnValue { name, data_type }))
+        .collect()
 }
 
 /// The relation a method is called with (`ref()`, `source()`, `this`, `api.Relation`).
@@ -125,7 +123,7 @@ impl Object for ColumnValue {
         Some(match key.as_str()? {
             "name" | "column" => Value::from(self.name.clone()),
             "data_type" | "dtype" => Value::from(self.data_type.clone()),
-            "quoted" => Value::from(format!("\"{}\"", self.name.replace('"', "\"\""))),
+            "quoted" => Value::from(super::double_quoted(&self.name)),
             _ => return None,
         })
     }
@@ -176,10 +174,7 @@ impl Object for Adapter {
             "dispatch" => dispatch(state, &self.catalog, args),
             "quote" => {
                 let (identifier,): (String,) = from_args(args)?;
-                Ok(Value::from(format!(
-                    "\"{}\"",
-                    identifier.replace('"', "\"\"")
-                )))
+                Ok(Value::from(super::double_quoted(&identifier)))
             }
             "type" => Ok(Value::from("strata")),
             "get_columns_in_relation" => self.get_columns_in_relation(state, args),
