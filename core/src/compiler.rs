@@ -18,7 +18,7 @@ use crate::jinja::{
 use crate::manifest::{
     Column, Manifest, Metadata, Node, ResourceType, SourceInfo, TestInfo, checksum,
 };
-use crate::project::{Project, SqlFile};
+use crate::project::{FolderConfig, Project, SeedFile, SqlFile, path_string};
 use crate::properties::{ColumnDeclaration, NodeProperties, Properties, TestDeclaration};
 use crate::snapshots::SnapshotSpec;
 
@@ -57,6 +57,8 @@ pub struct Compilation {
 /// A model or singular test on its way through the passes.
 struct Draft<'a> {
     unique_id: String,
+    /// The root project, or the installed package the file belongs to.
+    package: &'a Project,
     /// The node's name: its file's stem, or `<model>_v<v>` for a version of a model.
     name: String,
     file: &'a SqlFile,
@@ -117,7 +119,7 @@ struct Compiler<'a> {
 /// Compiles a project. Never panics on user input; every problem becomes a diagnostic.
 pub fn compile(project: &Project, options: &CompileOptions) -> Compilation {
     let mut errors: Vec<ProjectDiagnostic> = Vec::new();
-    let properties = Properties::read(&project.property_files, &mut errors);
+    let properties = Properties::of_project(project, &mut errors);
     let mut compiler = Compiler::new(project, options, &properties, errors);
     compiler.model_drafts();
     compiler.snapshot_drafts();
@@ -194,13 +196,15 @@ impl<'a> Compiler<'a> {
     /// Models become drafts; models and seeds share one namespace, as `ref()` reaches both.
     fn model_drafts(&mut self) {
         let properties = std::mem::take(&mut self.model_properties);
-        let project = self.project;
-        self.sql_drafts(
-            &project.models,
-            ResourceType::Model,
-            &project.models_config,
-            &properties,
-        );
+        for member in members(self.project) {
+            self.sql_drafts(
+                member,
+                &member.models,
+                ResourceType::Model,
+                |project| &project.models_config,
+                &properties,
+            );
+        }
         let (unversioned, versioned): (BTreeMap<_, _>, BTreeMap<_, _>) = properties
             .iter()
             .map(|(name, props)| (*name, *props))
@@ -241,7 +245,7 @@ impl<'a> Compiler<'a> {
                     continue;
                 };
                 draft.unique_id =
-                    format!("model.{}.{name}.v{}", self.project.name, version.version);
+                    format!("model.{}.{name}.v{}", draft.package.name, version.version);
                 draft.name = version.node_name(name);
                 draft.properties = Some(properties);
                 draft.base_layers.extend(layers);
@@ -270,23 +274,27 @@ impl<'a> Compiler<'a> {
     /// Snapshots become drafts too: `ref()` reaches them like models.
     fn snapshot_drafts(&mut self) {
         let properties = std::mem::take(&mut self.snapshot_properties);
-        let project = self.project;
-        self.sql_drafts(
-            &project.snapshots,
-            ResourceType::Snapshot,
-            &project.snapshots_config,
-            &properties,
-        );
+        for member in members(self.project) {
+            self.sql_drafts(
+                member,
+                &member.snapshots,
+                ResourceType::Snapshot,
+                |project| &project.snapshots_config,
+                &properties,
+            );
+        }
         self.orphan_properties(&properties, "snapshot", "snapshots/<name>.sql");
         self.snapshot_properties = properties;
     }
 
-    /// Drafts of SQL files of one kind, configured by their folder block and properties.
+    /// Drafts of SQL files of one kind of the root project or a package, configured by
+    /// their folder blocks and properties.
     fn sql_drafts(
         &mut self,
+        package: &'a Project,
         files: &'a [SqlFile],
         resource_type: ResourceType,
-        folders: &'a crate::project::FolderConfig,
+        block: FolderBlock,
         properties: &BTreeMap<&'a str, &'a NodeProperties>,
     ) {
         let what = resource_type.as_str();
@@ -307,15 +315,18 @@ impl<'a> Compiler<'a> {
             }
             self.names.insert(file.name.clone(), file.source.clone());
             let properties = properties.get(file.name.as_str()).copied();
-            let folder_layers = folders.layers_for(
-                &self.project.name,
+            let folder_layers = folder_layers(
+                self.project,
+                package,
+                block,
                 &path_with_stem(&file.folders, &file.name),
             );
             let property_layer = properties.map(|properties| &properties.config);
             let base_layers = self.rendered_layers(folder_layers.into_iter().chain(property_layer));
             let config = NodeConfig::resolve(default_materialization(resource_type), &base_layers);
             self.drafts.push(Draft {
-                unique_id: format!("{what}.{}.{}", self.project.name, file.name),
+                unique_id: format!("{what}.{}.{}", package.name, file.name),
+                package,
                 name: file.name.clone(),
                 file,
                 resource_type,
@@ -359,99 +370,113 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    /// Seeds become nodes (they need no rendering); their `column_types` must name columns.
+    /// Seeds of the root project and of each package become nodes.
     fn seeds(&mut self) {
-        for seed in &self.project.seeds {
-            if self.names.contains_key(&seed.name) {
-                self.errors.push(
-                    ProjectDiagnostic::error(
-                        "strata::duplicate_name",
-                        format!("a seed and a model are both named '{}'", seed.name),
-                    )
-                    .in_file(&seed.path)
-                    .with_hint("ref() reaches models and seeds by name; rename one"),
-                );
-                continue;
+        for member in members(self.project) {
+            for seed in &member.seeds {
+                self.seed(member, seed);
             }
-            self.names
-                .insert(seed.name.clone(), SourceText::new(&seed.path, ""));
-            let properties = self.seed_properties.get(seed.name.as_str()).copied();
-            let folder_layers = self.project.seeds_config.layers_for(
-                &self.project.name,
-                &path_with_stem(&seed.folders, &seed.name),
+        }
+    }
+
+    /// A seed becomes a node (it needs no rendering); its `column_types` must name columns.
+    fn seed(&mut self, package: &'a Project, seed: &'a SeedFile) {
+        if self.names.contains_key(&seed.name) {
+            self.errors.push(
+                ProjectDiagnostic::error(
+                    "strata::duplicate_name",
+                    format!("a seed and a model are both named '{}'", seed.name),
+                )
+                .in_file(&seed.path)
+                .with_hint("ref() reaches models and seeds by name; rename one"),
             );
-            let property_layer = properties.map(|properties| &properties.config);
-            let layers = self.rendered_layers(folder_layers.into_iter().chain(property_layer));
-            let mut config = NodeConfig::resolve(Materialization::Seed, &layers);
-            config.materialized = Materialization::Seed;
-            for column in config.column_types.keys() {
-                if !seed
-                    .columns
-                    .iter()
-                    .any(|name| name.eq_ignore_ascii_case(column))
-                {
-                    // dbt ignores such a type; so does Strata, with a word.
-                    let diagnostic = ProjectDiagnostic::warning(
-                        "strata::seed",
-                        format!(
-                            "column_types names '{column}', which is not a column of seed '{}'; it is ignored",
-                            seed.name
-                        ),
-                    )
-                    .with_hint(format!("its columns are: {}", seed.columns.join(", ")));
-                    self.errors.push(match properties {
-                        Some(p) => diagnostic.at(&p.origin.source, p.origin.line, p.origin.column),
-                        None => diagnostic.in_file(&self.project.project_file.path),
-                    });
-                }
-            }
-            let relation = Relation::new(
-                config
-                    .schema
-                    .clone()
-                    .unwrap_or_else(|| SEED_SCHEMA.to_string()),
-                config.alias.clone().unwrap_or_else(|| seed.name.clone()),
-            );
-            let mut columns: Vec<Column> = seed
+            return;
+        }
+        self.names
+            .insert(seed.name.clone(), SourceText::new(&seed.path, ""));
+        if !std::ptr::eq(package, self.project) {
+            self.inputs
+                .node_packages
+                .insert(seed.name.clone(), package.name.clone());
+        }
+        let properties = self.seed_properties.get(seed.name.as_str()).copied();
+        let folder_layers = folder_layers(
+            self.project,
+            package,
+            |project| &project.seeds_config,
+            &path_with_stem(&seed.folders, &seed.name),
+        );
+        let property_layer = properties.map(|properties| &properties.config);
+        let layers = self.rendered_layers(folder_layers.into_iter().chain(property_layer));
+        let mut config = NodeConfig::resolve(Materialization::Seed, &layers);
+        config.materialized = Materialization::Seed;
+        for column in config.column_types.keys() {
+            if !seed
                 .columns
                 .iter()
-                .map(|name| Column {
-                    name: name.clone(),
-                    description: String::new(),
-                    data_type: config.column_types.get(name).cloned(),
-                })
-                .collect();
-            if let Some(properties) = properties {
-                merge_column_docs(&mut columns, &properties.columns);
+                .any(|name| name.eq_ignore_ascii_case(column))
+            {
+                // dbt ignores such a type; so does Strata, with a word.
+                let diagnostic = ProjectDiagnostic::warning(
+                    "strata::seed",
+                    format!(
+                        "column_types names '{column}', which is not a column of seed '{}'; it is ignored",
+                        seed.name
+                    ),
+                )
+                .with_hint(format!("its columns are: {}", seed.columns.join(", ")));
+                self.errors.push(match properties {
+                    Some(p) => diagnostic.at(&p.origin.source, p.origin.line, p.origin.column),
+                    None => diagnostic.in_file(&package.project_file.path),
+                });
             }
-            let mut fqn = vec![self.project.name.clone()];
-            fqn.extend(seed.folders.iter().cloned());
-            fqn.push(seed.name.clone());
-            self.seeds.push(Node {
-                unique_id: format!("seed.{}.{}", self.project.name, seed.name),
-                resource_type: ResourceType::Seed,
-                name: seed.name.clone(),
-                package_name: self.project.name.clone(),
-                original_file_path: path_string(&seed.path),
-                layer: None,
-                fqn,
-                relation_name: Some(relation.to_string()),
-                relation: Some(relation),
-                description: properties
-                    .map(|p| p.description.clone())
-                    .unwrap_or_default(),
-                columns,
-                depends_on: Vec::new(),
-                raw_code: String::new(),
-                compiled_code: None,
-                compiled_path: None,
-                checksum: checksum(&seed.columns.join(",")),
-                test: None,
-                source: None,
-                snapshot: None,
-                config,
-            });
         }
+        let relation = Relation::new(
+            config
+                .schema
+                .clone()
+                .unwrap_or_else(|| SEED_SCHEMA.to_string()),
+            config.alias.clone().unwrap_or_else(|| seed.name.clone()),
+        );
+        let mut columns: Vec<Column> = seed
+            .columns
+            .iter()
+            .map(|name| Column {
+                name: name.clone(),
+                description: String::new(),
+                data_type: config.column_types.get(name).cloned(),
+            })
+            .collect();
+        if let Some(properties) = properties {
+            merge_column_docs(&mut columns, &properties.columns);
+        }
+        let mut fqn = vec![package.name.clone()];
+        fqn.extend(seed.folders.iter().cloned());
+        fqn.push(seed.name.clone());
+        self.seeds.push(Node {
+            unique_id: format!("seed.{}.{}", package.name, seed.name),
+            resource_type: ResourceType::Seed,
+            name: seed.name.clone(),
+            package_name: package.name.clone(),
+            original_file_path: path_string(&seed.path),
+            layer: None,
+            fqn,
+            relation_name: Some(relation.to_string()),
+            relation: Some(relation),
+            description: properties
+                .map(|p| p.description.clone())
+                .unwrap_or_default(),
+            columns,
+            depends_on: Vec::new(),
+            raw_code: String::new(),
+            compiled_code: None,
+            compiled_path: None,
+            checksum: checksum(&seed.columns.join(",")),
+            test: None,
+            source: None,
+            snapshot: None,
+            config,
+        });
     }
 
     /// Folder blocks of the project file that apply to nothing are most likely typos.
@@ -593,15 +618,15 @@ impl<'a> Compiler<'a> {
                     self.source_nodes.push(Node {
                         unique_id: format!(
                             "source.{}.{}.{}",
-                            self.project.name, source.name, table.name
+                            source.package, source.name, table.name
                         ),
                         resource_type: ResourceType::Source,
                         name: table.name.clone(),
-                        package_name: self.project.name.clone(),
+                        package_name: source.package.clone(),
                         original_file_path: path_string(&table.origin.source.path),
                         layer: None,
                         fqn: vec![
-                            self.project.name.clone(),
+                            source.package.clone(),
                             source.name.clone(),
                             table.name.clone(),
                         ],
@@ -666,18 +691,25 @@ impl<'a> Compiler<'a> {
             .collect()
     }
 
-    /// Singular tests become drafts: they render like models.
+    /// Singular tests of the root project and of each package become drafts: they render
+    /// like models.
     fn singular_tests(&mut self) {
-        for file in &self.project.singular_tests {
-            let folder_layers = self.project.tests_config.layers_for(
-                &self.project.name,
+        let project = self.project;
+        for (package, file) in members(project)
+            .flat_map(|member| member.singular_tests.iter().map(move |file| (member, file)))
+        {
+            let folder_layers = folder_layers(
+                project,
+                package,
+                |project| &project.tests_config,
                 &path_with_stem(&file.folders, &file.name),
             );
             let layers = self.rendered_layers(folder_layers);
             let mut config = NodeConfig::resolve(Materialization::Test, &layers);
             config.materialized = Materialization::Test;
             self.drafts.push(Draft {
-                unique_id: format!("test.{}.{}", self.project.name, file.name),
+                unique_id: format!("test.{}.{}", package.name, file.name),
+                package,
                 name: file.name.clone(),
                 file,
                 resource_type: ResourceType::Test,
@@ -713,6 +745,11 @@ impl<'a> Compiler<'a> {
             self.inputs
                 .base_configs
                 .insert(draft.name.clone(), draft.base_layers.clone());
+            if !std::ptr::eq(draft.package, self.project) {
+                self.inputs
+                    .node_packages
+                    .insert(draft.name.clone(), draft.package.name.clone());
+            }
         }
         self.inputs.declared_columns = self.declared_columns();
         let first_inputs = Arc::new(self.inputs.clone());
@@ -953,7 +990,7 @@ impl<'a> Compiler<'a> {
                 continue;
             }
             let Some(sql) = &draft.sql else { continue };
-            let mut fqn = vec![self.project.name.clone()];
+            let mut fqn = vec![draft.package.name.clone()];
             fqn.extend(draft.file.folders.iter().cloned());
             fqn.push(draft.name.clone());
             let mut columns = Vec::new();
@@ -974,7 +1011,7 @@ impl<'a> Compiler<'a> {
                     unique_id: draft.unique_id.clone(),
                     resource_type: draft.resource_type,
                     name: draft.name.clone(),
-                    package_name: self.project.name.clone(),
+                    package_name: draft.package.name.clone(),
                     layer: if draft.resource_type == ResourceType::Model {
                         draft.file.layer().map(str::to_string)
                     } else {
@@ -998,7 +1035,7 @@ impl<'a> Compiler<'a> {
                     },
                     compiled_code: Some(tidy_sql(sql)),
                     compiled_path: Some(compiled_path(
-                        &self.project.name,
+                        draft.package,
                         draft.resource_type,
                         &draft.file.source.path,
                         &draft.name,
@@ -1081,9 +1118,13 @@ impl<'a> Compiler<'a> {
             let Some(attached) = nodes.get(&attached_id) else {
                 continue;
             };
+            let package = members(self.project)
+                .find(|member| member.name == attached.package_name)
+                .unwrap_or(self.project);
             for test in tests.iter() {
                 match generic_test(
                     self.project,
+                    package,
                     attached,
                     test,
                     &self.renderer,
@@ -1156,9 +1197,12 @@ impl<'a> Compiler<'a> {
         }
 
         let mut diagnostics = Diagnostics::default();
+        let snapshot_files: Vec<SourceText> = members(self.project)
+            .flat_map(|member| member.snapshot_files.iter().cloned())
+            .collect();
         for error in self.errors {
             // A snapshot renders from its block alone; its problems show the whole file.
-            diagnostics.push(error.with_original_text(&self.project.snapshot_files));
+            diagnostics.push(error.with_original_text(&snapshot_files));
         }
         diagnostics.sort();
         let manifest = (!diagnostics.has_errors()).then_some(manifest);
@@ -1220,6 +1264,30 @@ fn render_templated(
         }
     }
     layer
+}
+
+/// The root project, then each installed package.
+fn members(project: &Project) -> impl Iterator<Item = &Project> {
+    std::iter::once(project).chain(&project.packages)
+}
+
+/// Picks one hierarchical block (`models:`, `seeds:`, …) of a project file.
+type FolderBlock = fn(&Project) -> &FolderConfig;
+
+/// The folder layers of a resource of `package` at `path`, outermost first: the package's own
+/// block, then (for an installed package) the root project's block for the package, which
+/// wins, as in dbt.
+fn folder_layers<'p>(
+    root: &'p Project,
+    package: &'p Project,
+    block: FolderBlock,
+    path: &[String],
+) -> Vec<&'p ConfigLayer> {
+    let mut layers = block(package).layers_for(&package.name, path);
+    if !std::ptr::eq(root, package) {
+        layers.extend(block(root).layers_for(&package.name, path));
+    }
+    layers
 }
 
 /// The vars installed packages declare, global and scoped to the package itself; the first
@@ -1359,14 +1427,17 @@ fn node_relation(draft: &Draft<'_>) -> Relation {
     )
 }
 
-/// Where `strata compile` writes a node's SQL: the file's path, or for snapshots (several
-/// may share a file) the file's folder and the snapshot's name.
+/// Where `strata compile` writes a node's SQL: under the package's name, the file's path in
+/// its package, or for snapshots (several may share a file) the file's folder and the
+/// snapshot's name.
 fn compiled_path(
-    project: &str,
+    package: &Project,
     resource_type: ResourceType,
     path: &std::path::Path,
     name: &str,
 ) -> String {
+    let project = &package.name;
+    let path = path.strip_prefix(&package.folder).unwrap_or(path);
     if resource_type == ResourceType::Snapshot {
         let folder = path.parent().map(path_string).unwrap_or_default();
         return format!("compiled/{project}/{folder}/{name}.sql");
@@ -1378,13 +1449,6 @@ fn path_with_stem(folders: &[String], stem: &str) -> Vec<String> {
     let mut path = folders.to_vec();
     path.push(stem.to_string());
     path
-}
-
-fn path_string(path: &std::path::Path) -> String {
-    path.components()
-        .map(|part| part.as_os_str().to_string_lossy())
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 fn index_properties<'a>(
@@ -1702,6 +1766,7 @@ fn skip_leading_comments(sql: &str) -> usize {
 /// Builds the node of one generic test declared in a property file. `Ok(None)` for a disabled
 /// test.
 fn generic_test(
+    root: &Project,
     project: &Project,
     attached: &Node,
     test: &TestDeclaration,
@@ -1713,6 +1778,8 @@ fn generic_test(
     let folders: Vec<String> = origin
         .source
         .path
+        .strip_prefix(&project.folder)
+        .unwrap_or(&origin.source.path)
         .parent()
         .map(|parent| {
             parent
@@ -1723,13 +1790,14 @@ fn generic_test(
         })
         .unwrap_or_default();
     let mut errors = Vec::new();
-    let layers: Vec<ConfigLayer> = project
-        .tests_config
-        .layers_for(&project.name, &folders)
-        .into_iter()
-        .chain([&test.config])
-        .map(|layer| render_templated(layer, renderer, inputs, &project.project_file, &mut errors))
-        .collect();
+    let layers: Vec<ConfigLayer> =
+        folder_layers(root, project, |project| &project.tests_config, &folders)
+            .into_iter()
+            .chain([&test.config])
+            .map(|layer| {
+                render_templated(layer, renderer, inputs, &project.project_file, &mut errors)
+            })
+            .collect();
     if let Some(error) = errors.into_iter().next() {
         return Err(Box::new(error));
     }
@@ -1796,7 +1864,9 @@ fn generic_test(
         "unique" => data_tests::unique(&relation, &sql_of.needs_column("unique")?, where_clause),
         "accepted_values" => sql_of.accepted_values()?,
         "relationships" => sql_of.relationships(&mut depends_on)?,
-        other if renderer.has_generic_test(other) => sql_of.project_test(other, &mut depends_on)?,
+        other if renderer.has_generic_test(other, &project.name) => {
+            sql_of.project_test(other, &mut depends_on)?
+        }
         other => return Err(unknown_test(origin, other)),
     };
     let name = test
@@ -1820,7 +1890,17 @@ fn generic_test(
         unique_id: format!("test.{}.{name}", project.name),
         resource_type: ResourceType::Test,
         package_name: project.name.clone(),
-        compiled_path: Some(format!("compiled/{}/{file}/{name}.sql", project.name)),
+        compiled_path: Some(format!(
+            "compiled/{}/{}/{name}.sql",
+            project.name,
+            path_string(
+                origin
+                    .source
+                    .path
+                    .strip_prefix(&project.folder)
+                    .unwrap_or(&origin.source.path)
+            )
+        )),
         original_file_path: file,
         layer: None,
         fqn,
@@ -1956,6 +2036,7 @@ impl TestSql<'_> {
             .renderer
             .render_generic_test(
                 other,
+                &self.attached.package_name,
                 relation,
                 self.column.as_deref(),
                 &self.test.arguments,
@@ -2146,3 +2227,6 @@ mod tests {
         assert_eq!(tidy_sql("\nselect 1 ;\n\n"), "select 1\n");
     }
 }
+
+#[cfg(test)]
+mod package_tests;

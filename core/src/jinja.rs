@@ -151,6 +151,10 @@ pub struct RenderInputs {
     pub target_schema: String,
     /// Relations of models and seeds by name.
     pub relations: BTreeMap<String, Relation>,
+    /// The package of each model, seed and snapshot of an installed package, by name (nodes
+    /// of the root project are not listed): `ref('package', 'model')` checks it, and a
+    /// package's nodes call its macros unqualified and see its scoped vars.
+    pub node_packages: BTreeMap<String, String>,
     /// Names of disabled models and seeds, for a precise error.
     pub disabled: BTreeSet<String>,
     /// Relations of source tables by (source, table).
@@ -175,19 +179,24 @@ pub struct ModelVersions {
 }
 
 impl RenderInputs {
-    /// Looks up a variable: `--vars`, then the project's own scope in `vars:`, then global
-    /// project vars.
-    pub fn var(&self, name: &str) -> Option<&serde_json::Value> {
+    /// Looks up a variable for a node of `package`: `--vars`, then the package's scope in
+    /// the project's `vars:`, then global project vars, then what packages declare.
+    pub fn var(&self, package: &str, name: &str) -> Option<&serde_json::Value> {
         self.cli_vars
             .get(name)
             .or_else(|| {
                 self.project_vars
-                    .get(&self.project_name)
+                    .get(package)
                     .and_then(|scoped| scoped.as_object())
                     .and_then(|scoped| scoped.get(name))
             })
             .or_else(|| self.project_vars.get(name))
             .or_else(|| self.package_vars.get(name))
+    }
+
+    /// The package of node `name`: an installed package's, else the root project.
+    pub fn package_of(&self, name: &str) -> &str {
+        self.node_packages.get(name).unwrap_or(&self.project_name)
     }
 }
 
@@ -216,6 +225,8 @@ pub struct Captured {
 pub struct RenderScope {
     inputs: Arc<RenderInputs>,
     node: String,
+    /// The package of the node: its unqualified macro calls and vars are the package's.
+    package: String,
     is_incremental: bool,
     captured: Mutex<Captured>,
 }
@@ -223,13 +234,24 @@ pub struct RenderScope {
 impl Object for RenderScope {}
 
 impl RenderScope {
-    fn new(inputs: &Arc<RenderInputs>, node: &str, is_incremental: bool) -> Arc<RenderScope> {
+    fn new(
+        inputs: &Arc<RenderInputs>,
+        node: &str,
+        package: &str,
+        is_incremental: bool,
+    ) -> Arc<RenderScope> {
         Arc::new(RenderScope {
             inputs: inputs.clone(),
             node: node.to_string(),
+            package: package.to_string(),
             is_incremental,
             captured: Mutex::new(Captured::default()),
         })
+    }
+
+    /// The package of the node being rendered.
+    pub(crate) fn package(&self) -> &str {
+        &self.package
     }
 
     /// What the render recorded so far.
@@ -251,7 +273,7 @@ impl RenderScope {
     }
 }
 
-fn scope(state: &State) -> Result<Arc<RenderScope>, Error> {
+pub(crate) fn scope(state: &State) -> Result<Arc<RenderScope>, Error> {
     state
         .get_extension::<Value>()
         .and_then(|value| value.downcast_object::<RenderScope>())
@@ -274,20 +296,9 @@ fn ref_function(state: &State, args: Rest<String>, kwargs: Kwargs) -> Result<Val
         Some(version) => Some(version),
         None => kwargs.get::<Option<Value>>("v")?,
     };
-    let name = match args.as_slice() {
-        [name] => name.clone(),
-        [package, name] => {
-            if package != &scope.inputs.project_name {
-                return Err(Error::new(
-                    ErrorKind::InvalidOperation,
-                    format!(
-                        "ref('{package}', '{name}') names package '{package}', which is not this project ('{}'); packages are not supported yet",
-                        scope.inputs.project_name
-                    ),
-                ));
-            }
-            name.clone()
-        }
+    let (package, name) = match args.as_slice() {
+        [name] => (None, name.clone()),
+        [package, name] => (Some(package), name.clone()),
         _ => {
             return Err(Error::new(
                 ErrorKind::InvalidOperation,
@@ -296,6 +307,9 @@ fn ref_function(state: &State, args: Rest<String>, kwargs: Kwargs) -> Result<Val
         }
     };
     let name = versioned_node(&scope.inputs, name, version)?;
+    if let Some(package) = package {
+        check_ref_package(&scope.inputs, package, &name)?;
+    }
     if let Some(relation) = scope.inputs.relations.get(&name) {
         scope.record(Dependency::Ref(name));
         return Ok(Value::from_object(relation.clone()));
@@ -310,6 +324,22 @@ fn ref_function(state: &State, args: Rest<String>, kwargs: Kwargs) -> Result<Val
     Err(Error::new(
         ErrorKind::InvalidOperation,
         format!("unknown model or seed '{name}'{hint}"),
+    ))
+}
+
+/// `ref('package', 'name')`: the node must belong to that package.
+fn check_ref_package(inputs: &RenderInputs, package: &str, name: &str) -> Result<(), Error> {
+    let owner = inputs.package_of(name);
+    let known = inputs.relations.contains_key(name) || inputs.disabled.contains(name);
+    if owner == package || !known {
+        // An unknown name is reported below, with the closest names.
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::InvalidOperation,
+        format!(
+            "ref('{package}', '{name}'): '{name}' belongs to package '{owner}', not '{package}'"
+        ),
     ))
 }
 
@@ -385,7 +415,10 @@ fn default_argument(rest: &[Value]) -> Result<Option<Value>, Error> {
 
 fn var_function(state: &State, name: String, rest: Rest<Value>) -> Result<Value, Error> {
     let scope = scope(state)?;
-    match (scope.inputs.var(&name), default_argument(&rest)?) {
+    match (
+        scope.inputs.var(scope.package(), &name),
+        default_argument(&rest)?,
+    ) {
         (Some(value), _) => Ok(Value::from(Serde(value))),
         (None, Some(default)) => Ok(default),
         (None, None) => Err(Error::new(
@@ -766,7 +799,7 @@ impl Renderer {
             .env
             .get_template(&name)
             .map_err(|err| Box::new(self.diagnostic(&err, source, node)))?;
-        let scope = RenderScope::new(inputs, node, is_incremental);
+        let scope = RenderScope::new(inputs, node, inputs.package_of(node), is_incremental);
         let target = BTreeMap::from([
             ("name", inputs.target_name.clone()),
             ("schema", inputs.target_schema.clone()),
@@ -811,7 +844,7 @@ impl Renderer {
         text: &str,
         inputs: &Arc<RenderInputs>,
     ) -> Result<Rendered, String> {
-        let scope = RenderScope::new(inputs, "", false);
+        let scope = RenderScope::new(inputs, "", &inputs.project_name, false);
         let template = format!("{{{{ __strata_enter(__strata_scope) }}}}{text}");
         let sql = self
             .env
@@ -824,23 +857,29 @@ impl Renderer {
         Ok(Rendered { sql, captured })
     }
 
-    /// Returns true when the generic test `name` is defined with `{% test name %}`: in the
-    /// project (or by dbt) when unqualified, in the package when `package.name`.
-    pub fn has_generic_test(&self, name: &str) -> bool {
+    /// Returns true when the generic test `name` is defined with `{% test name %}`: when
+    /// unqualified, in `package` (whose property file declares the test), the root project or
+    /// dbt; in the named package when `namespace.name`.
+    pub fn has_generic_test(&self, name: &str, package: &str) -> bool {
         match name.split_once('.') {
-            Some((package, test)) => self.catalog.defines(package, &format!("test_{test}")),
-            None => self.catalog.unqualified(&format!("test_{name}")).is_some(),
+            Some((namespace, test)) => self.catalog.defines(namespace, &format!("test_{test}")),
+            None => self
+                .catalog
+                .unqualified(package, &format!("test_{name}"))
+                .is_some(),
         }
     }
 
-    /// Renders a project-defined generic test for one model (and column). String arguments
-    /// that start with `ref(` or `source(` are evaluated, as dbt does for `to: ref('x')`.
+    /// Renders a project-defined generic test for one model (and column), declared in a
+    /// property file of `package`. String arguments that start with `ref(` or `source(` are
+    /// evaluated, as dbt does for `to: ref('x')`.
     ///
     /// # Errors
     /// Returns the rendering error's message.
     pub fn render_generic_test(
         &self,
         name: &str,
+        package: &str,
         relation: &Relation,
         column: Option<&str>,
         arguments: &serde_json::Map<String, serde_json::Value>,
@@ -869,7 +908,7 @@ impl Renderer {
             }
         }
         call.push(')');
-        let scope = RenderScope::new(inputs, "", false);
+        let scope = RenderScope::new(inputs, "", package, false);
         let template = format!("{}{{{{ {call} }}}}", self.prelude);
         let context = minijinja::context! {
             __strata_scope => Value::from_dyn_object(scope.clone()),

@@ -176,8 +176,12 @@ pub struct PropertyFile {
 /// Everything read from a project folder, before rendering.
 #[derive(Debug, Clone)]
 pub struct Project {
-    /// The project folder.
+    /// The project folder (for a package, the package's own folder).
     pub root: PathBuf,
+    /// Where the project's files are, relative to the root project's folder: empty for the
+    /// root project, the install folder (`dbt_packages/<name>`) for a package. Every path of
+    /// its files (sources, seeds, diagnostics) starts with it.
+    pub folder: PathBuf,
     /// The project file (`dbt_project.yml` or `strata_project.yml`).
     pub project_file: SourceText,
     /// `name`.
@@ -239,7 +243,7 @@ impl Project {
     /// Reads the project in `root`, collecting every problem instead of stopping at the first.
     pub fn load(root: &Path) -> Loaded {
         let mut diagnostics = Diagnostics::default();
-        let mut project = load_project(root, &mut diagnostics);
+        let mut project = load_project(root, Path::new(""), &mut diagnostics);
         if let Some(project) = &mut project {
             load_packages(project, &mut diagnostics);
         }
@@ -250,15 +254,20 @@ impl Project {
     }
 }
 
-fn load_project(root: &Path, diagnostics: &mut Diagnostics) -> Option<Project> {
-    let Some(file_name) = PROJECT_FILES.iter().find(|name| root.join(name).is_file()) else {
-        let message = if root.is_dir() {
+/// Loads the project in `root.join(folder)`; its files' paths are relative to `root`.
+fn load_project(root: &Path, folder: &Path, diagnostics: &mut Diagnostics) -> Option<Project> {
+    let own_root = root.join(folder);
+    let Some(file_name) = PROJECT_FILES
+        .iter()
+        .find(|name| own_root.join(name).is_file())
+    else {
+        let message = if own_root.is_dir() {
             format!(
                 "no dbt_project.yml or strata_project.yml in {}",
-                root.display()
+                own_root.display()
             )
         } else {
-            format!("project folder {} does not exist", root.display())
+            format!("project folder {} does not exist", own_root.display())
         };
         diagnostics.push(
             ProjectDiagnostic::error("strata::no_project", message).with_hint(
@@ -267,7 +276,7 @@ fn load_project(root: &Path, diagnostics: &mut Diagnostics) -> Option<Project> {
         );
         return None;
     };
-    let project_file = read_source(root, Path::new(file_name), diagnostics)?;
+    let project_file = read_source(root, &folder.join(file_name), diagnostics)?;
     let document = match Yaml::parse(&project_file) {
         Ok(document) => document,
         Err(diagnostic) => {
@@ -277,7 +286,8 @@ fn load_project(root: &Path, diagnostics: &mut Diagnostics) -> Option<Project> {
     };
     let mut errors = Vec::new();
     let mut project = Project {
-        root: root.to_path_buf(),
+        root: own_root,
+        folder: folder.to_path_buf(),
         name: String::new(),
         model_paths: vec![String::from("models")],
         seed_paths: vec![String::from("seeds")],
@@ -332,6 +342,7 @@ fn read_resource_files(root: &Path, project: &mut Project, diagnostics: &mut Dia
     ];
     for (resource, paths) in folders {
         for folder in paths {
+            let folder = path_string(&project.folder.join(folder));
             for path in list_files(root, &folder, diagnostics) {
                 match (resource, extension(&path)) {
                     (_, "yml" | "yaml") => read_properties(root, &path, project, diagnostics),
@@ -418,18 +429,23 @@ pub const DEFAULT_PACKAGES_INSTALL_PATH: &str = "dbt_packages";
 /// Loads every installed package of `project`: each folder of its install path that holds a
 /// project file. Problems in a package are reported like the project's own.
 fn load_packages(project: &mut Project, diagnostics: &mut Diagnostics) {
-    let install = project.root.join(&project.packages_install_path);
-    let Ok(entries) = std::fs::read_dir(&install) else {
+    let root = project.root.clone();
+    let install = Path::new(&project.packages_install_path);
+    let Ok(entries) = std::fs::read_dir(root.join(install)) else {
         return;
     };
     let mut folders: Vec<PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| PROJECT_FILES.iter().any(|name| path.join(name).is_file()))
+        .filter_map(|entry| entry.ok().map(|entry| install.join(entry.file_name())))
+        .filter(|path| {
+            PROJECT_FILES
+                .iter()
+                .any(|name| root.join(path).join(name).is_file())
+        })
         .collect();
     folders.sort();
     for folder in folders {
         let mut package_diagnostics = Diagnostics::default();
-        let Some(package) = load_project(&folder, &mut package_diagnostics) else {
+        let Some(package) = load_project(&root, &folder, &mut package_diagnostics) else {
             diagnostics.extend(package_diagnostics);
             continue;
         };
@@ -445,7 +461,7 @@ fn load_packages(project: &mut Project, diagnostics: &mut Diagnostics) {
                     "strata::duplicate_package",
                     format!("package '{}' is installed twice", package.name),
                 )
-                .in_file(folder.join(PROJECT_FILES[1]))
+                .in_file(&package.project_file.path)
                 .with_hint("remove one of the folders, or run `strata deps` again"),
             );
             continue;
@@ -722,6 +738,14 @@ fn read_source(root: &Path, relative: &Path, diagnostics: &mut Diagnostics) -> O
             None
         }
     }
+}
+
+/// A relative path written with `/` between its parts, whatever the platform.
+pub(crate) fn path_string(path: &Path) -> String {
+    path.components()
+        .map(|part| part.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn folders_between(folder: &str, path: &Path) -> Vec<String> {

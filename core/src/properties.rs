@@ -2,7 +2,7 @@
 
 use crate::config::{ConfigLayer, read_config_mapping};
 use crate::diagnostics::{ProjectDiagnostic, SourceText};
-use crate::project::PropertyFile;
+use crate::project::{Project, PropertyFile};
 use crate::yaml::{Yaml, YamlKey, YamlValue};
 
 /// A position in a property file.
@@ -155,6 +155,8 @@ pub struct SourceDeclaration {
     pub tables: Vec<SourceTable>,
     /// Where it is declared.
     pub origin: Origin,
+    /// The package (the root project or an installed package) whose property file declares it.
+    pub package: String,
 }
 
 /// Everything read from the project's property files.
@@ -179,6 +181,23 @@ impl Properties {
             read_file(file, &mut properties, errors);
         }
         properties
+    }
+
+    /// Reads the property files of the root project and of each installed package; each
+    /// source knows the package that declares it.
+    pub fn of_project(project: &Project, errors: &mut Vec<ProjectDiagnostic>) -> Properties {
+        let mut all = Properties::default();
+        for member in std::iter::once(project).chain(&project.packages) {
+            let mut properties = Properties::read(&member.property_files, errors);
+            for source in &mut properties.sources {
+                source.package = member.name.clone();
+            }
+            all.sources.append(&mut properties.sources);
+            all.models.append(&mut properties.models);
+            all.seeds.append(&mut properties.seeds);
+            all.snapshots.append(&mut properties.snapshots);
+        }
+        all
     }
 }
 
@@ -617,6 +636,7 @@ fn read_source(
         format,
         tables: Vec::new(),
         origin: Origin::of(source, item),
+        package: String::new(),
     };
     if let Some(tables) = item.get("tables") {
         for table in list(tables, source, "tables", errors) {

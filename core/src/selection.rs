@@ -318,7 +318,14 @@ fn matches_name(node: &Node, pattern: &str) -> bool {
         // `--select events` finds a model named events, not the source table.
         return false;
     }
-    glob(pattern, &node.name) || (pattern.contains('.') && matches_fqn(node, pattern))
+    // As in dbt, a bare name is also the start of a fully-qualified name: a package's name
+    // selects every node of the package.
+    glob(pattern, &node.name)
+        || node
+            .fqn
+            .first()
+            .is_some_and(|package| glob(pattern, package))
+        || (pattern.contains('.') && matches_fqn(node, pattern))
 }
 
 /// `fqn:project.folder.name`: every given part matches the start of the node's fqn, or the

@@ -25,11 +25,9 @@ PROFILE = """{name}:
 
 
 def short(unique_id):
-    """model.project.name -> model:name; source.project.src.table -> source:src.table."""
-    parts = unique_id.split(".")
-    if parts[0] == "source":
-        return f"source:{parts[2]}.{parts[3]}"
-    return f"{parts[0]}:{'.'.join(parts[2:])}"
+    """model.project.name -> model:project.name: the package a node belongs to is compared too."""
+    kind, rest = unique_id.split(".", 1)
+    return f"{kind}:{rest}"
 
 
 def dbt_graph(manifest):

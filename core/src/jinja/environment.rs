@@ -175,8 +175,8 @@ fn duplicate_macro(
     ))
 }
 
-/// Makes every package a namespace (`dbt_utils.star(…)`) and the root project's and dbt's
-/// macros callable unqualified, and adds `adapter`.
+/// Makes every package a namespace (`dbt_utils.star(…)`) and macros callable unqualified
+/// (the root project's and dbt's everywhere, a package's from its own nodes), and adds `api`.
 pub(super) fn register_namespaces(
     env: &mut Environment<'static>,
     packages: &[MacroPackage<'_>],
@@ -187,10 +187,22 @@ pub(super) fn register_namespaces(
         .filter_map(|namespace| catalog.names.get(*namespace))
         .flatten()
         .collect();
-    for name in unqualified {
+    for name in &unqualified {
         if !BUILTIN_FUNCTIONS.contains(&name.as_str()) {
             env.add_global(
-                name.clone(),
+                name.to_string(),
+                Value::from_object(Forward::new(name, catalog)),
+            );
+        }
+    }
+    // An installed package's macros are callable unqualified from that package's own nodes
+    // (which one a call reaches is decided per render by the node's package); they never
+    // replace a global of the environment.
+    let package_macros: BTreeSet<&String> = catalog.names.values().flatten().collect();
+    for name in package_macros.difference(&unqualified) {
+        if !env.globals().any(|(global, _)| global == name.as_str()) {
+            env.add_global(
+                name.to_string(),
                 Value::from_object(Forward::new(name, catalog)),
             );
         }

@@ -44,11 +44,21 @@ impl MacroCatalog {
             .is_some_and(|names| names.contains(name))
     }
 
-    /// The namespace an unqualified call of `name` reaches: the root project, then dbt's.
-    pub fn unqualified(&self, name: &str) -> Option<&str> {
-        [self.root.as_str(), DBT_NAMESPACE]
+    /// The namespace an unqualified call of `name` reaches from a node of `package`: the
+    /// package itself, then the root project, then dbt's, as in dbt.
+    pub fn unqualified<'n>(&'n self, package: &'n str, name: &str) -> Option<&'n str> {
+        [package, self.root.as_str(), DBT_NAMESPACE]
             .into_iter()
             .find(|namespace| self.defines(namespace, name))
+    }
+
+    /// The packages that define macro `name`, for a hint.
+    fn packages_defining(&self, name: &str) -> Vec<&str> {
+        self.names
+            .iter()
+            .filter(|(_, names)| names.contains(name))
+            .map(|(package, _)| package.as_str())
+            .collect()
     }
 
     /// The packages `adapter.dispatch(name, namespace)` searches, in order: the project's
@@ -234,17 +244,24 @@ impl Object for Forward {
     }
 
     fn call(self: &Arc<Self>, state: &mut State<'_, '_>, args: &[Value]) -> Result<Value, Error> {
+        let package = super::scope(state).map(|scope| scope.package().to_string());
+        let package = package.as_deref().unwrap_or(&self.catalog.root);
         let found = self
             .catalog
-            .unqualified(&self.name)
+            .unqualified(package, &self.name)
             .and_then(|namespace| find_macro(state, namespace, &self.name));
-        match found {
-            Some(found) => found.call(state, args),
-            None => Err(Error::new(
-                ErrorKind::UnknownFunction,
-                format!("macro '{}' is not available in this render", self.name),
-            )),
+        if let Some(found) = found {
+            return found.call(state, args);
         }
+        let owners = self.catalog.packages_defining(&self.name);
+        let message = match owners.first() {
+            Some(owner) => format!(
+                "macro '{}' belongs to package '{owner}': call it as {owner}.{}(…)",
+                self.name, self.name
+            ),
+            None => format!("macro '{}' is not available in this render", self.name),
+        };
+        Err(Error::new(ErrorKind::UnknownFunction, message))
     }
 
     fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
