@@ -419,6 +419,9 @@ fn var_function(state: &State, name: String, rest: Rest<Value>) -> Result<Value,
         scope.inputs.var(scope.package(), &name),
         default_argument(&rest)?,
     ) {
+        (Some(serde_json::Value::String(text)), _) if is_template(text) => {
+            rendered_var(state, &scope, &name, text)
+        }
         (Some(value), _) => Ok(Value::from(Serde(value))),
         (None, Some(default)) => Ok(default),
         (None, None) => Err(Error::new(
@@ -428,6 +431,39 @@ fn var_function(state: &State, name: String, rest: Rest<Value>) -> Result<Value,
             ),
         )),
     }
+}
+
+fn is_template(text: &str) -> bool {
+    text.contains("{{") || text.contains("{%")
+}
+
+/// A var whose value is Jinja (`"{{ source('crm', 'company') }}"`, as packages declare them)
+/// is rendered where `var()` is called, as dbt does: its `ref()` and `source()` count as
+/// the node's.
+fn rendered_var(
+    state: &State,
+    scope: &Arc<RenderScope>,
+    name: &str,
+    text: &str,
+) -> Result<Value, Error> {
+    let template = format!("{{{{ __strata_enter(__strata_scope) }}}}{text}");
+    let context = minijinja::context! {
+        __strata_scope => Value::from_dyn_object(scope.clone()),
+        target => target(&scope.inputs),
+    };
+    state
+        .env()
+        .render_str(&template, context)
+        .map(Value::from_safe_string)
+        .map_err(|err| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "var '{name}' holds Jinja that does not render: {}",
+                    err.detail().unwrap_or("invalid template")
+                ),
+            )
+        })
 }
 
 fn env_var_function(state: &State, name: String, rest: Rest<Value>) -> Result<Value, Error> {
@@ -800,18 +836,10 @@ impl Renderer {
             .get_template(&name)
             .map_err(|err| Box::new(self.diagnostic(&err, source, node)))?;
         let scope = RenderScope::new(inputs, node, inputs.package_of(node), is_incremental);
-        let target = BTreeMap::from([
-            ("name", inputs.target_name.clone()),
-            ("schema", inputs.target_schema.clone()),
-            ("type", String::from("strata")),
-            ("database", String::from("strata")),
-            ("dbname", String::from("strata")),
-            ("profile_name", String::from("strata")),
-        ]);
         let context = minijinja::context! {
             __strata_scope => Value::from_dyn_object(scope.clone()),
             this => this.map(|relation| Value::from_object(relation.clone())),
-            target => target,
+            target => target(inputs),
             model => BTreeMap::from([("name", node.to_string())]),
         };
         let sql = template
@@ -850,7 +878,10 @@ impl Renderer {
             .env
             .render_str(
                 &template,
-                minijinja::context! { __strata_scope => Value::from_dyn_object(scope.clone()) },
+                minijinja::context! {
+                    __strata_scope => Value::from_dyn_object(scope.clone()),
+                    target => target(inputs),
+                },
             )
             .map_err(|err| err.detail().unwrap_or("invalid template").to_string())?;
         let captured = scope.captured();
@@ -954,6 +985,18 @@ impl Renderer {
 }
 
 /// The template of a node: its file and its name (a file of snapshots holds several nodes).
+/// `target`: the warehouse as dbt's profile target would describe it.
+fn target(inputs: &RenderInputs) -> BTreeMap<&'static str, String> {
+    BTreeMap::from([
+        ("name", inputs.target_name.clone()),
+        ("schema", inputs.target_schema.clone()),
+        ("type", String::from("strata")),
+        ("database", String::from("strata")),
+        ("dbname", String::from("strata")),
+        ("profile_name", String::from("strata")),
+    ])
+}
+
 fn template_name(source: &SourceText, node: &str) -> String {
     format!("{}::{node}", source.path.to_string_lossy())
 }
@@ -1002,6 +1045,14 @@ fn jinja_diagnostic_at(
     }
 }
 
+/// `(name, method)` of minijinja's "undefined has no method named m (`name` is undefined)".
+fn undefined_namespace(detail: &str) -> Option<(&str, &str)> {
+    let rest = detail.strip_prefix("undefined has no method named ")?;
+    let (method, rest) = rest.split_once(" (`")?;
+    let name = rest.strip_suffix("` is undefined)")?;
+    Some((name, method))
+}
+
 fn base_diagnostic(err: &Error) -> ProjectDiagnostic {
     let detail = err.detail().unwrap_or_default().to_string();
     let (code, message, hint) = match err.kind() {
@@ -1017,6 +1068,15 @@ fn base_diagnostic(err: &Error) -> ProjectDiagnostic {
                 detail.trim_end_matches(" is unknown")
             ),
             Some("define it as a macro under macros/, or check the spelling"),
+        ),
+        ErrorKind::UnknownMethod if let Some((name, method)) = undefined_namespace(&detail) => (
+            "strata::jinja",
+            format!(
+                "'{name}' is undefined: no variable, macro or installed package has that name, so {name}.{method}(…) cannot be called"
+            ),
+            Some(
+                "if it is a package, declare it in packages.yml (or dependencies.yml) and run `strata deps`",
+            ),
         ),
         ErrorKind::UnknownTest | ErrorKind::UnknownFilter | ErrorKind::UnknownMethod => {
             ("strata::jinja", detail.clone(), None)
@@ -1099,7 +1159,10 @@ mod tests {
     fn inputs() -> Arc<RenderInputs> {
         Arc::new(RenderInputs {
             project_name: String::from("shop"),
-            project_vars: serde_json::json!({"days": 3}).as_object().unwrap().clone(),
+            project_vars: serde_json::json!({"days": 3, "events": "{{ source('raw', 'events') }}"})
+                .as_object()
+                .unwrap()
+                .clone(),
             cli_vars: serde_json::json!({"region": "eu"})
                 .as_object()
                 .unwrap()
@@ -1139,6 +1202,40 @@ mod tests {
             false,
             Some(&Relation::new("gold", "m")),
         )
+    }
+
+    #[test]
+    fn a_missing_package_says_how_to_install_it() {
+        let error = render(&[], "{{ dbt_utils.star(ref('orders')) }}").unwrap_err();
+        assert!(
+            error.message.contains("'dbt_utils' is undefined"),
+            "{}",
+            error.message
+        );
+        assert!(
+            error
+                .hint
+                .as_deref()
+                .unwrap_or_default()
+                .contains("strata deps")
+        );
+    }
+
+    #[test]
+    fn a_var_holding_jinja_renders_where_it_is_used() {
+        let rendered = render(
+            &[],
+            "select * from {{ var('events') }} where {{ target.type == 'strata' }}",
+        )
+        .unwrap();
+        assert_eq!(rendered.sql, "select * from raw.events where True");
+        assert_eq!(
+            rendered.captured.dependencies,
+            vec![Dependency::Source(
+                String::from("raw"),
+                String::from("events")
+            )]
+        );
     }
 
     #[test]

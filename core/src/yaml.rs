@@ -67,7 +67,11 @@ impl Yaml {
                 column: 1,
             });
         }
-        match serde_saphyr::from_str::<Spanned<YamlValue>>(&source.text) {
+        // A repeated key reaches the visitor, where the later one wins: PyYAML, and so dbt,
+        // accept such files (public projects have them).
+        let mut options = serde_saphyr::Options::default();
+        options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
+        match serde_saphyr::from_str_with_options::<Spanned<YamlValue>>(&source.text, options) {
             Ok(spanned) => Ok(Yaml {
                 value: spanned.value,
                 line: spanned.referenced.line() as u32,
@@ -306,5 +310,17 @@ mod tests {
             doc.get("e").unwrap().scalar_string().as_deref(),
             Some("text")
         );
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_the_later_value_as_pyyaml_does() {
+        let yaml = parse("seeds:\n  a: 1\n  b: 2\n  a: 3\n  c:\n    x: 1\n  c:\n    x: 2\n");
+        let seeds = yaml.get("seeds").unwrap();
+        assert_eq!(seeds.entries().unwrap().len(), 3);
+        assert_eq!(
+            seeds.get("c").unwrap().get("x").unwrap().to_json(),
+            serde_json::json!(2)
+        );
+        assert_eq!(seeds.get("a").unwrap().to_json(), serde_json::json!(3));
     }
 }
