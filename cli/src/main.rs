@@ -7,25 +7,35 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = strata::Cli::parse();
     let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
-    // The long-running processes log to standard error (STRATA_LOG filters, as RUST_LOG does).
-    if matches!(
-        cli.command,
-        strata::Command::Coordinator(_) | strata::Command::Worker(_)
-    ) {
-        let filter = env
-            .get("STRATA_LOG")
-            .map_or("info,lapin=warn,h2=warn,tower=warn", String::as_str);
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
-    match strata::execute(cli, &env) {
+    // The long-running processes log to standard error (STRATA_LOG filters, as RUST_LOG
+    // does); every process exports spans when OTEL_EXPORTER_OTLP_ENDPOINT says where.
+    let (service, log_filter) = match cli.command {
+        strata::Command::Coordinator(_) => ("strata-coordinator", LONG_RUNNING_LOGS),
+        strata::Command::Worker(_) => ("strata-worker", LONG_RUNNING_LOGS),
+        _ => ("strata", ""),
+    };
+    let telemetry = match strata_telemetry::TelemetrySettings::from_env(&env, service, log_filter)
+        .map_err(anyhow::Error::msg)
+        .and_then(|settings| Ok(strata_telemetry::init(&settings)?))
+    {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match strata::execute(cli, &env) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Exports the spans still queued (bounded by the export timeout).
+    telemetry.shutdown();
+    code
 }
+
+/// What the coordinator and workers log unless STRATA_LOG says otherwise.
+const LONG_RUNNING_LOGS: &str =
+    "info,lapin=warn,h2=warn,tower=warn,buoyant_kernel=warn,delta_kernel=warn,deltalake=warn";

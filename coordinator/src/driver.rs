@@ -22,6 +22,8 @@ use crate::run::{
     test_status,
 };
 use crate::scheduler::{Action, Completion, Job, Policy, Scheduler};
+use crate::spans::RunSpans;
+use tracing::Instrument;
 
 /// Executes a run over a job queue on which workers consume [`TASK_QUEUE`] (or the queue set
 /// with [`Coordinator::with_task_queue`]); results come back on a queue of the run's own.
@@ -37,6 +39,8 @@ struct RunContext<'a> {
     request: &'a RunRequest,
     run_id: &'a str,
     trace_id: String,
+    /// The run's open spans.
+    spans: RunSpans,
     /// Versions of the tables this run reads: committed by it, or current at its start.
     versions: HashMap<String, i64>,
     /// The last task number used (task ids stay unique across a resume).
@@ -101,16 +105,20 @@ impl<Q: JobQueue> Coordinator<Q> {
             cancel,
             trace_id,
         } = control;
+        let trace_id = trace_id
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| random_hex(16));
+        let jobs = jobs(request);
+        let spans = RunSpans::new(run_id, &trace_id, jobs.len(), resume.is_some());
         let mut run = RunContext {
             request,
             run_id,
-            trace_id: trace_id
-                .filter(|id| !id.is_empty())
-                .unwrap_or_else(|| random_hex(16)),
+            trace_id,
+            spans,
             versions: HashMap::new(),
             task_counter: resume.as_ref().map_or(0, |resume| resume.first_task_number),
         };
-        let mut scheduler = Scheduler::new(run_id, jobs(request), Policy::from(request));
+        let mut scheduler = Scheduler::new(run_id, jobs, Policy::from(request));
         if let Some(resume) = resume {
             for result in &resume.finished {
                 if let Some(version) = result.version {
@@ -120,32 +128,10 @@ impl<Q: JobQueue> Coordinator<Q> {
             scheduler.resume(resume, Instant::now());
         }
         let reply_to = format!("{RESULT_QUEUE}.{run_id}");
-        let mut consumer = self.queue.consume(&reply_to, 64).await?;
-        scheduler.start();
-        loop {
-            if cancel.as_ref().is_some_and(|cancel| *cancel.borrow()) {
-                scheduler.cancel();
-            }
-            while let Some(action) = scheduler.next_action() {
-                self.perform(action, &mut run, &mut scheduler, &mut on_event)
-                    .await;
-            }
-            if scheduler.is_done() {
-                break;
-            }
-            let wake = tokio::time::Instant::from_std(scheduler.next_wake(Instant::now()));
-            if let Ok(delivery) = tokio::time::timeout_at(wake, consumer.next()).await {
-                match delivery? {
-                    Some(delivery) => receive(delivery, &mut scheduler).await,
-                    None => break,
-                }
-            }
-            // Also after a message: a steady flow of heartbeats must not hold back retries.
-            scheduler.tick(Instant::now());
-        }
-        drop(consumer);
-        // Late duplicates may still arrive there; nobody reads them once the run is over.
-        let _ = self.queue.delete(&reply_to).await;
+        let run_span = run.spans.run().clone();
+        self.drive(&mut run, &mut scheduler, &reply_to, cancel, &mut on_event)
+            .instrument(run_span)
+            .await?;
         for address in scheduler.shuffle_addresses() {
             // A worker that is gone took its outputs with it.
             let _ = strata_engine::exchange::remove_run(address, run_id, &self.fetch).await;
@@ -154,13 +140,53 @@ impl<Q: JobQueue> Coordinator<Q> {
         let success = nodes
             .iter()
             .all(|node| !matches!(node.status, NodeStatus::Error | NodeStatus::Fail));
-        Ok(RunRecord {
+        let record = RunRecord {
             run_id: run_id.to_string(),
             elapsed_ms: elapsed_ms(started),
             success,
             nodes,
-            trace_id: run.trace_id,
-        })
+            trace_id: run.trace_id.clone(),
+        };
+        run.spans.finish(&record);
+        Ok(record)
+    }
+
+    /// Feeds the scheduler until the run is done: its actions performed, the results and
+    /// heartbeats of the run's result queue `reply_to` handed to it.
+    async fn drive(
+        &self,
+        run: &mut RunContext<'_>,
+        scheduler: &mut Scheduler,
+        reply_to: &str,
+        cancel: Option<tokio::sync::watch::Receiver<bool>>,
+        on_event: &mut impl FnMut(RunEvent),
+    ) -> Result<(), RunError> {
+        let mut consumer = self.queue.consume(reply_to, 64).await?;
+        scheduler.start();
+        loop {
+            if cancel.as_ref().is_some_and(|cancel| *cancel.borrow()) {
+                scheduler.cancel();
+            }
+            while let Some(action) = scheduler.next_action() {
+                self.perform(action, run, scheduler, on_event).await;
+            }
+            if scheduler.is_done() {
+                break;
+            }
+            let wake = tokio::time::Instant::from_std(scheduler.next_wake(Instant::now()));
+            if let Ok(delivery) = tokio::time::timeout_at(wake, consumer.next()).await {
+                match delivery? {
+                    Some(delivery) => receive(delivery, scheduler).await,
+                    None => break,
+                }
+            }
+            // Also after a message: a steady flow of heartbeats must not hold back retries.
+            scheduler.tick(Instant::now());
+        }
+        drop(consumer);
+        // Late duplicates may still arrive there; nobody reads them once the run is over.
+        let _ = self.queue.delete(reply_to).await;
+        Ok(())
     }
 
     /// Performs one of the scheduler's actions and reports its outcome back to it.
@@ -172,14 +198,26 @@ impl<Q: JobQueue> Coordinator<Q> {
         on_event: &mut impl FnMut(RunEvent),
     ) {
         match action {
-            Action::Emit(event) => on_event(*event),
+            Action::Emit(event) => {
+                run.spans.observe(&event);
+                if let RunEvent::Finished { result, .. } = event.as_ref() {
+                    run.spans.node_finished(result);
+                }
+                on_event(*event);
+            }
             Action::Plan { node } => {
                 let planned = plan(run, &node).await.map_err(|err| err.to_string());
                 scheduler.planned(&node, planned, Instant::now());
             }
             Action::Publish { task, attempt } => {
                 let message = task_message(&task, attempt);
-                if let Err(err) = self.queue.publish(&self.task_queue, message).await {
+                let span = run.spans.publish(&task, attempt, &self.task_queue);
+                let published = self
+                    .queue
+                    .publish(&self.task_queue, message)
+                    .instrument(span)
+                    .await;
+                if let Err(err) = published {
                     tracing::warn!(task = %task.task_id, attempt, error = %err, "publishing a task failed");
                     scheduler.publish_failed(
                         &task.task_id,
@@ -203,6 +241,7 @@ async fn plan(
     id: &str,
 ) -> Result<crate::planning::Planned, crate::planning::PlanError> {
     let node = &run.request.manifest.nodes[id];
+    let span = run.spans.node(node);
     let (mut tasks, mut later) = crate::planning::build_tasks(
         run.request,
         run.run_id,
@@ -210,9 +249,10 @@ async fn plan(
         &mut run.versions,
         &mut run.task_counter,
     )
+    .instrument(span)
     .await?;
     for task in tasks.iter_mut().chain(later.iter_mut().flatten()) {
-        task.traceparent = format!("00-{}-{}-01", run.trace_id, random_hex(8));
+        task.traceparent = run.spans.task(node, task);
     }
     Ok((tasks, later))
 }
@@ -419,10 +459,22 @@ async fn complete(run: &mut RunContext<'_>, completion: &Completion) -> NodeResu
             retry_conflicts: !request.incremental_models.contains(&node.unique_id),
         };
         let files = &result.files;
+        let span = tracing::info_span!(
+            parent: &run.spans.node(node),
+            "delta_commit",
+            otel.name = %format!("delta commit {}", node.name),
+            strata.table_uri = %location,
+            strata.files = files.len(),
+            strata.append = result.append,
+        );
         let committed = if result.append {
-            commit::append(&location, schema, partition_by, files, &commit_id).await
+            commit::append(&location, schema, partition_by, files, &commit_id)
+                .instrument(span)
+                .await
         } else {
-            commit::overwrite(&location, schema, partition_by, files, &commit_id).await
+            commit::overwrite(&location, schema, partition_by, files, &commit_id)
+                .instrument(span)
+                .await
         };
         match committed {
             Ok(version) => {

@@ -16,6 +16,7 @@ pub mod process;
 pub mod run;
 mod scheduler;
 pub mod service;
+mod spans;
 pub mod store;
 pub mod warehouse;
 pub mod wire;

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use arrow_flight::error::FlightError;
 use arrow_flight::{Action, FlightClient, Ticket};
@@ -402,13 +403,29 @@ pub fn fetch(
     };
     let lost_again = lost.clone();
     let settings = settings.clone();
+    // The client span: the child of the reducer's attempt, the parent of the mapper's server
+    // span through the call's `traceparent`. It lasts as long as the stream.
+    let span = tracing::info_span!(
+        "flight.do_get",
+        otel.name = "arrow.flight.protocol.FlightService/DoGet",
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = "arrow.flight.protocol.FlightService",
+        rpc.method = "DoGet",
+        server.address = %address,
+        strata.shuffle.stage = ticket.stage,
+        strata.shuffle.map = ticket.map,
+        strata.shuffle.partition = ticket.partition,
+    );
+    strata_telemetry::set_remote_parent(&span, &traceparent);
+    let header = strata_telemetry::span_traceparent(&span).unwrap_or(traceparent);
     let stream = async move {
         let mut client = connect(&address, &settings)
             .await
             .map_err(|err| lost(err.to_string()))?;
-        if !traceparent.is_empty() {
+        if !header.is_empty() {
             client
-                .add_header("traceparent", &traceparent)
+                .add_header("traceparent", &header)
                 .map_err(|err| lost(err.to_string()))?;
         }
         let batches = client
@@ -417,7 +434,12 @@ pub fn fetch(
             .map_err(|err| lost(err.to_string()))?;
         Ok::<_, DataFusionError>(batches.map_err(move |err| lost_again(err.to_string())))
     }
-    .try_flatten_stream();
+    .instrument(span.clone())
+    .try_flatten_stream()
+    .map(move |batch| {
+        let _open = &span;
+        batch
+    });
     Box::pin(stream)
 }
 

@@ -24,6 +24,7 @@ use strata_proto::v1::{
     FailureClass, ShuffleLocation, Task, TaskKind, TaskOutput, TaskResult, WrittenFile, task_input,
 };
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::task_memory::{MemorySampler, Peaks, memory_exceeded, memory_over_limit};
 
@@ -142,7 +143,71 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs a task and reports its result. Never fails: a failure is reported in the result with
 /// its class, so that the coordinator decides about retries.
+///
+/// The attempt is one span, the child of the task's span in the coordinator (through the
+/// task's `traceparent`), with what it read, wrote and used.
 pub async fn run_task(
+    config: &ExecutionConfig,
+    task: &Task,
+    attempt: u32,
+    worker_id: &str,
+) -> TaskResult {
+    let span = attempt_span(task, attempt, worker_id);
+    let result = run_attempt(config, task, attempt, worker_id)
+        .instrument(span.clone())
+        .await;
+    record_outcome(&span, &result);
+    result
+}
+
+/// The span of one attempt of `task` on this worker.
+fn attempt_span(task: &Task, attempt: u32, worker_id: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "attempt",
+        otel.name = %format!("attempt {}", task.task_id),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.message.id = %format!("{}#{attempt}", task.task_id),
+        strata.run_id = %task.run_id,
+        strata.task_id = %task.task_id,
+        strata.node_id = %task.node_unique_id,
+        strata.attempt = attempt,
+        strata.worker_id = %worker_id,
+        strata.rows_out = tracing::field::Empty,
+        strata.bytes_written = tracing::field::Empty,
+        strata.files_written = tracing::field::Empty,
+        strata.memory_peak_bytes = tracing::field::Empty,
+        strata.allocated_peak_bytes = tracing::field::Empty,
+        strata.failing_rows = tracing::field::Empty,
+        strata.failure_class = tracing::field::Empty,
+    );
+    strata_telemetry::set_remote_parent(&span, &task.traceparent);
+    span
+}
+
+/// Records what an attempt did on its span; a failure sets the span's status.
+fn record_outcome(span: &tracing::Span, result: &TaskResult) {
+    span.record("strata.rows_out", result.rows);
+    span.record("strata.bytes_written", result.bytes);
+    span.record("strata.files_written", result.files.len() as u64);
+    span.record("strata.memory_peak_bytes", result.peak_memory_bytes);
+    span.record("strata.allocated_peak_bytes", result.peak_allocated_bytes);
+    span.record("strata.failing_rows", result.failing_rows);
+    if result.failure_class != FailureClass::Unspecified as i32 {
+        let class = FailureClass::try_from(result.failure_class)
+            .map(|class| class.as_str_name())
+            .unwrap_or("FAILURE_CLASS_UNSPECIFIED");
+        span.record("strata.failure_class", class);
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_message", result.error.as_str());
+        span.in_scope(|| tracing::warn!(error = %result.error, class, "attempt failed"));
+    }
+}
+
+async fn run_attempt(
     config: &ExecutionConfig,
     task: &Task,
     attempt: u32,
@@ -448,7 +513,9 @@ async fn decode_stage(
         strata_engine::exchange::ReaderContext {
             run: strata_engine::stages::shuffle_name(&task.run_id, &task.node_unique_id),
             locations: task.shuffle_locations.clone(),
-            traceparent: task.traceparent.clone(),
+            // The attempt's span parents the Flight calls of the reducer.
+            traceparent: strata_telemetry::current_traceparent()
+                .unwrap_or_else(|| task.traceparent.clone()),
             fetch,
         },
     )

@@ -314,7 +314,23 @@ impl FlightService for ShuffleFlightService {
             .get("traceparent")
             .and_then(|value| value.to_str().ok())
             .map(str::to_string);
-        tracing::debug!(ticket = %text, traceparent = ?traceparent, "shuffle DoGet");
+        // The server span: the child of the reducer's client span, for as long as the
+        // response streams.
+        let span = tracing::info_span!(
+            "flight.do_get",
+            otel.name = "arrow.flight.protocol.FlightService/DoGet",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = "arrow.flight.protocol.FlightService",
+            rpc.method = "DoGet",
+            strata.shuffle.ticket = %text,
+        );
+        if let Some(parent) = &traceparent {
+            strata_telemetry::set_remote_parent(&span, parent);
+        }
+        span.in_scope(
+            || tracing::debug!(ticket = %text, traceparent = ?traceparent, "shuffle DoGet"),
+        );
         if let Ok(mut served) = self.served.lock() {
             if served.len() == RECENT_REQUESTS {
                 served.pop_front();
@@ -334,7 +350,11 @@ impl FlightService for ShuffleFlightService {
         let data = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(batches)
-            .map_err(|err| tonic::Status::internal(err.to_string()));
+            .map_err(|err| tonic::Status::internal(err.to_string()))
+            .map(move |data| {
+                let _open = &span;
+                data
+            });
         Ok(tonic::Response::new(Box::pin(data)))
     }
 

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod otlp;
+
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::SessionContext;
@@ -30,10 +32,22 @@ impl Workers {
 
     /// [`Workers::start`] with more `strata worker` arguments.
     pub fn start_with_args(count: usize, prefix: &str, queue: &str, extra: &[&str]) -> Workers {
+        Workers::start_with_env(count, prefix, queue, extra, &[])
+    }
+
+    /// [`Workers::start_with_args`] with more environment variables.
+    pub fn start_with_env(
+        count: usize,
+        prefix: &str,
+        queue: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Workers {
         let children = (0..count)
             .map(|index| {
                 Command::new(STRATA)
                     .env("STRATA__CLUSTER__SECRET", CLUSTER_SECRET)
+                    .envs(envs.iter().copied())
                     .args(["worker", "--slots", "2", "--memory-limit-mib", "1024"])
                     .args(["--worker-id", &format!("{prefix}-{index}")])
                     .args(["--amqp-url", &broker_url(), "--task-queue", queue])
@@ -134,6 +148,17 @@ pub fn start_build_with_args(
     cluster: Option<&str>,
     extra: &[&str],
 ) -> Child {
+    start_build_with_env(project, warehouse, cluster, extra, &[])
+}
+
+/// [`start_build_with_args`] with more environment variables.
+pub fn start_build_with_env(
+    project: &Path,
+    warehouse: &Path,
+    cluster: Option<&str>,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Child {
     let mut args = vec![
         "build",
         "--project-dir",
@@ -152,6 +177,7 @@ pub fn start_build_with_args(
     args.extend(extra);
     Command::new(STRATA)
         .env("STRATA__CLUSTER__SECRET", CLUSTER_SECRET)
+        .envs(envs.iter().copied())
         .args(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
