@@ -45,6 +45,9 @@ pub struct CoordinatorArgs {
     /// Runs executing at once (coordinator.max_concurrent_runs).
     #[arg(long, value_name = "N")]
     max_concurrent_runs: Option<usize>,
+    /// Where /metrics, /healthz and /readyz are served (metrics.listen).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
 }
 
 impl CoordinatorArgs {
@@ -70,6 +73,11 @@ impl CoordinatorArgs {
                 "coordinator.max_concurrent_runs",
                 "--max-concurrent-runs",
                 self.max_concurrent_runs,
+            )
+            .set(
+                "metrics.listen",
+                "--metrics-listen",
+                self.metrics_listen.clone(),
             )
     }
 }

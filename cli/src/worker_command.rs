@@ -52,6 +52,9 @@ pub struct WorkerArgs {
     /// How long a shuffle fetch waits for another worker, in s (worker.fetch_timeout_secs).
     #[arg(long, value_name = "SECS")]
     fetch_timeout_secs: Option<u64>,
+    /// Where /metrics, /healthz and /readyz are served (metrics.listen).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
 }
 
 impl WorkerArgs {
@@ -92,6 +95,11 @@ impl WorkerArgs {
                 "worker.fetch_timeout_secs",
                 "--fetch-timeout-secs",
                 self.fetch_timeout_secs,
+            )
+            .set(
+                "metrics.listen",
+                "--metrics-listen",
+                self.metrics_listen.clone(),
             )
     }
 }

@@ -569,3 +569,145 @@ fn with_tls_the_api_speaks_tls_only() {
         .unwrap();
     assert!(!plain.status.success(), "{plain:?}");
 }
+
+/// A free local port (bound and released: another process could take it in between, which
+/// these tests accept).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on `port`, with a bearer token when given: (status code, body).
+fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token.map_or_else(String::new, |token| {
+        format!("Authorization: Bearer {token}\r\n")
+    });
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Samples of a Prometheus exposition, parsed by a real parser: value by metric and labels.
+fn scrape(port: u16, token: &str) -> Vec<prometheus_parse::Sample> {
+    let (status, body) = http_get(port, "/metrics", Some(token));
+    assert_eq!(status, 200, "{body}");
+    // The body may be chunked; the parser needs the exposition's lines only.
+    let lines = body
+        .lines()
+        .filter(|line| line.starts_with('#') || line.starts_with("strata_"))
+        .map(|line| Ok(line.to_string()));
+    prometheus_parse::Scrape::parse(lines).unwrap().samples
+}
+
+fn value(samples: &[prometheus_parse::Sample], metric: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|sample| sample.metric == metric)
+        .filter(|sample| {
+            labels
+                .iter()
+                .all(|(key, value)| sample.labels.get(key) == Some(*value))
+        })
+        .map(|sample| match sample.value {
+            prometheus_parse::Value::Counter(value)
+            | prometheus_parse::Value::Gauge(value)
+            | prometheus_parse::Value::Untyped(value) => value,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_and_probes_follow_a_submitted_run() {
+    let scenario = Scenario::new("20000");
+    let token = "metrics-token-for-tests";
+    let env = [("STRATA__METRICS__TOKEN", token)];
+    let worker_port = free_port();
+    let worker_listen = format!("127.0.0.1:{worker_port}");
+    let _workers = Workers::start_with_env(
+        1,
+        "metrics",
+        &scenario.queue,
+        &["--metrics-listen", &worker_listen],
+        &env,
+    );
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let coordinator = CoordinatorProcess::start_with_env(
+        scenario.dir.path(),
+        &scenario.queue,
+        &["--metrics-listen", &listen],
+        "http",
+        &env,
+    );
+    for probe_port in [port, worker_port] {
+        let started = Instant::now();
+        while http_get(probe_port, "/readyz", None).0 != 200 {
+            assert!(started.elapsed() < Duration::from_secs(30), "never ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(http_get(probe_port, "/healthz", None).0, 200);
+        assert_eq!(http_get(probe_port, "/metrics", None).0, 401);
+        assert_eq!(http_get(probe_port, "/metrics", Some("wrong")).0, 401);
+    }
+    let warehouse = format!("warehouse={}", scenario.clustered.display());
+    let run = coordinator.json(&[&submit_args(&scenario, &warehouse)[..], &["--watch"]].concat());
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+
+    let samples = scrape(port, token);
+    assert_eq!(
+        value(&samples, "strata_runs_total", &[("status", "success")]),
+        1.0
+    );
+    assert_eq!(value(&samples, "strata_runs_active", &[]), 0.0);
+    let nodes = run["nodes"].as_array().unwrap();
+    // Sources and ephemeral models are listed but not executed.
+    let executed = nodes
+        .iter()
+        .filter(|node| node["status"] != "pending")
+        .count();
+    assert_eq!(value(&samples, "strata_nodes_total", &[]), executed as f64);
+    for node in nodes
+        .iter()
+        .filter(|node| node["resource_type"] == "model" && node["status"] == "success")
+    {
+        let name = node["name"].as_str().unwrap();
+        assert_eq!(
+            value(&samples, "strata_rows_written_total", &[("node", name)]),
+            node["rows"].as_f64().unwrap(),
+            "{name}"
+        );
+    }
+    let tasks = value(&samples, "strata_tasks_total", &[("outcome", "success")]);
+    let worker = scrape(worker_port, token);
+    assert_eq!(value(&worker, "strata_worker_slots", &[]), 2.0);
+    assert_eq!(value(&worker, "strata_worker_slots_busy", &[]), 0.0);
+    // One worker ran every task the coordinator counted.
+    assert_eq!(
+        value(
+            &worker,
+            "strata_worker_tasks_total",
+            &[("outcome", "success")]
+        ),
+        tasks
+    );
+    assert!(
+        tasks >= executed as f64,
+        "{tasks} tasks for {executed} nodes"
+    );
+}

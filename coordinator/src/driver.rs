@@ -17,6 +17,7 @@ use strata_core::queue::{
 use strata_proto::v1::{FailureClass, Task, TaskResult};
 
 use crate::commit;
+use crate::metrics::CoordinatorMetrics;
 use crate::run::{
     NodeResult, NodeStatus, RunControl, RunError, RunEvent, RunRecord, RunRequest, random_hex,
     test_status,
@@ -32,6 +33,8 @@ pub struct Coordinator<Q: JobQueue> {
     task_queue: String,
     /// How the coordinator reaches workers' Flight servers (to delete a run's shuffle outputs).
     fetch: strata_engine::exchange::FetchSettings,
+    /// Where runs are counted, when the process serves metrics.
+    metrics: Option<CoordinatorMetrics>,
 }
 
 /// What the driver keeps for one run besides the scheduler.
@@ -54,7 +57,14 @@ impl<Q: JobQueue> Coordinator<Q> {
             queue,
             task_queue: TASK_QUEUE.to_string(),
             fetch: strata_engine::exchange::FetchSettings::default(),
+            metrics: None,
         }
+    }
+
+    /// Counts runs, nodes and tasks in `metrics`.
+    pub fn with_metrics(mut self, metrics: Option<CoordinatorMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Publishes tasks on `task_queue` instead of [`TASK_QUEUE`] (a pool of workers of its own).
@@ -129,6 +139,9 @@ impl<Q: JobQueue> Coordinator<Q> {
         }
         let reply_to = format!("{RESULT_QUEUE}.{run_id}");
         let run_span = run.spans.run().clone();
+        if let Some(metrics) = &self.metrics {
+            metrics.run_started();
+        }
         self.drive(&mut run, &mut scheduler, &reply_to, cancel, &mut on_event)
             .instrument(run_span)
             .await?;
@@ -148,6 +161,9 @@ impl<Q: JobQueue> Coordinator<Q> {
             trace_id: run.trace_id.clone(),
         };
         run.spans.finish(&record);
+        if let Some(metrics) = &self.metrics {
+            metrics.run_finished(&record);
+        }
         Ok(record)
     }
 
@@ -200,8 +216,17 @@ impl<Q: JobQueue> Coordinator<Q> {
         match action {
             Action::Emit(event) => {
                 run.spans.observe(&event);
+                if let Some(metrics) = &self.metrics {
+                    metrics.observe(&event);
+                }
                 if let RunEvent::Finished { result, .. } = event.as_ref() {
                     run.spans.node_finished(result);
+                    if let (Some(metrics), Some(node)) = (
+                        &self.metrics,
+                        run.request.manifest.nodes.get(&result.unique_id),
+                    ) {
+                        metrics.node_finished(node, result);
+                    }
                 }
                 on_event(*event);
             }

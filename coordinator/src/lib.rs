@@ -9,6 +9,7 @@
 
 pub mod commit;
 mod driver;
+pub mod metrics;
 pub mod partitioning;
 pub mod planning;
 pub mod prepare;

@@ -17,9 +17,11 @@ use strata_engine::exchange::ClusterSecret;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::metrics::CoordinatorMetrics;
 use crate::prepare::RunSpec;
 use crate::service::{Pipeline, ServiceConfig, TlsFiles, Tokens, serve};
 use crate::store::RedbStore;
+use strata_telemetry::http::RunningEndpoint;
 
 /// Why a coordinator cannot start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,9 @@ pub enum CoordinatorError {
     /// The gRPC server failed.
     #[error("the gRPC server failed: {0}")]
     Server(String),
+    /// The metrics endpoint's address cannot be bound, or its token file read.
+    #[error("the metrics endpoint: {0}")]
+    Metrics(String),
 }
 
 /// A running coordinator.
@@ -59,6 +64,42 @@ pub struct RunningCoordinator<Q: JobQueue> {
     queue: Arc<Q>,
     shutdown: oneshot::Sender<()>,
     server: JoinHandle<Result<(), String>>,
+    /// The metrics and health endpoint with its queue-depth poller, when configured.
+    endpoint: Option<(RunningEndpoint, JoinHandle<()>)>,
+}
+
+/// How often the depth of the task queue is read for `strata_task_queue_depth`.
+const QUEUE_DEPTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts the endpoint of `settings.metrics`, when it has an address, and a task that keeps
+/// the task queue's depth in `metrics`.
+async fn metrics_endpoint<Q: JobQueue>(
+    settings: &Settings,
+    metrics: &CoordinatorMetrics,
+    queue: Arc<Q>,
+) -> Result<Option<(RunningEndpoint, JoinHandle<()>)>, CoordinatorError> {
+    let Some(listen) = &settings.metrics.listen else {
+        return Ok(None);
+    };
+    let failed =
+        |err: &dyn std::fmt::Display| CoordinatorError::Metrics(format!("{listen}: {err}"));
+    let token = settings.metrics.token().map_err(|err| failed(&err))?;
+    let token = token.map(|token| token.expose().to_string());
+    let endpoint = strata_telemetry::http::start(listen, metrics.registry.clone(), token)
+        .await
+        .map_err(|err| failed(&err))?;
+    let (metrics, task_queue) = (metrics.clone(), settings.broker.task_queue.clone());
+    let poller = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(QUEUE_DEPTH_INTERVAL);
+        loop {
+            ticks.tick().await;
+            match queue.depth(&task_queue).await {
+                Ok(depth) => metrics.queue_depth(&task_queue, depth),
+                Err(err) => tracing::debug!(error = %err, "cannot read the task queue's depth"),
+            }
+        }
+    });
+    Ok(Some((endpoint, poller)))
 }
 
 /// Starts a coordinator on the broker its settings name. `env` is the process environment:
@@ -84,7 +125,10 @@ pub async fn start_on<Q: JobQueue>(
     env: &BTreeMap<String, String>,
 ) -> Result<RunningCoordinator<Q>, CoordinatorError> {
     let coordinator = &settings.coordinator;
-    let config = service_config(settings, env)?;
+    let mut config = service_config(settings, env)?;
+    let metrics = CoordinatorMetrics::new();
+    let endpoint = metrics_endpoint(settings, &metrics, queue.clone()).await?;
+    config.metrics = Some(metrics);
     let tokens = tokens(settings)?;
     let tls = match (&coordinator.tls_cert, &coordinator.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
@@ -124,7 +168,11 @@ pub async fn start_on<Q: JobQueue>(
         .await
         .map_err(|err| err.to_string())
     });
+    if let Some((endpoint, _)) = &endpoint {
+        endpoint.readiness.set(true);
+    }
     Ok(RunningCoordinator {
+        endpoint,
         address,
         tls: has_tls,
         task_queue: settings.broker.task_queue.clone(),
@@ -137,6 +185,11 @@ pub async fn start_on<Q: JobQueue>(
 }
 
 impl<Q: JobQueue> RunningCoordinator<Q> {
+    /// Where the metrics and health endpoint listens, when there is one.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.endpoint.as_ref().map(|(endpoint, _)| endpoint.address)
+    }
+
     /// The address the API listens on.
     pub fn address(&self) -> SocketAddr {
         self.address
@@ -155,7 +208,9 @@ impl<Q: JobQueue> RunningCoordinator<Q> {
             } else {
                 format!(", resuming {}", self.resumed.join(", "))
             }
-        )
+        ) + &self.metrics_address().map_or_else(String::new, |address| {
+            format!(", metrics and health at http://{address}")
+        })
     }
 
     /// Stops serving and waits for the server to end.
@@ -163,6 +218,11 @@ impl<Q: JobQueue> RunningCoordinator<Q> {
     /// # Errors
     /// Returns the server's error, when it failed.
     pub async fn stop(self) -> Result<(), CoordinatorError> {
+        if let Some((endpoint, poller)) = self.endpoint {
+            endpoint.readiness.set(false);
+            poller.abort();
+            endpoint.stop().await;
+        }
         let _ = self.shutdown.send(());
         let outcome = match self.server.await {
             Ok(Ok(())) => Ok(()),
@@ -218,6 +278,7 @@ fn service_config(
         defaults: run_defaults(&coordinator.runs),
         env: allowed,
         cluster_secret: Some(secret),
+        metrics: None,
     })
 }
 

@@ -40,6 +40,8 @@ pub struct ServiceConfig {
     pub env: BTreeMap<String, String>,
     /// The secret the cluster's Flight calls carry (to delete a run's shuffle outputs).
     pub cluster_secret: Option<strata_engine::exchange::ClusterSecret>,
+    /// Where runs are counted, when the process serves metrics.
+    pub metrics: Option<crate::metrics::CoordinatorMetrics>,
 }
 
 /// A run this process is executing (or executed): its events so far, for watchers.
@@ -220,7 +222,8 @@ impl<Q: JobQueue> Pipeline<Q> {
         self.save(&run);
         let coordinator = Coordinator::new(Arc::clone(&self.inner.queue))
             .with_task_queue(&self.inner.config.task_queue)
-            .with_cluster_secret(self.inner.config.cluster_secret.clone());
+            .with_cluster_secret(self.inner.config.cluster_secret.clone())
+            .with_metrics(self.inner.config.metrics.clone());
         let control = RunControl {
             resume,
             cancel: Some(cancelled.clone()),

@@ -8,6 +8,7 @@
 //! no endpoint is configured nothing is exported and spans cost only the `tracing` machinery.
 
 mod context;
+pub mod http;
 mod pipeline;
 mod settings;
 

@@ -12,6 +12,7 @@
 
 pub mod execution;
 pub mod incremental;
+pub mod metrics;
 pub mod process;
 pub mod seeds;
 pub mod service;

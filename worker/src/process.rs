@@ -19,8 +19,10 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::execution::{ExecutionConfig, ShuffleService};
+use crate::metrics::WorkerMetrics;
 use crate::service::{WorkerConfig, serve};
 use crate::shuffle::{ShuffleFlightService, ShuffleStore};
+use strata_telemetry::http::RunningEndpoint;
 
 /// Why a worker cannot start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,9 @@ pub enum WorkerError {
     /// The task loop ended abnormally.
     #[error("the worker's task loop failed: {0}")]
     Crashed(String),
+    /// The metrics endpoint's address cannot be bound, or its token file read.
+    #[error("the metrics endpoint: {0}")]
+    Metrics(String),
 }
 
 /// A running worker.
@@ -57,6 +62,25 @@ pub struct RunningWorker<Q: JobQueue> {
     flight_stop: oneshot::Sender<()>,
     flight: JoinHandle<Result<(), tonic::transport::Error>>,
     shuffle_dir: PathBuf,
+    /// The metrics and health endpoint, when one is configured.
+    endpoint: Option<RunningEndpoint>,
+}
+
+/// Starts the endpoint of `settings.metrics` serving `metrics`, when it has an address.
+async fn metrics_endpoint(
+    settings: &Settings,
+    metrics: &WorkerMetrics,
+) -> Result<Option<RunningEndpoint>, WorkerError> {
+    let Some(listen) = &settings.metrics.listen else {
+        return Ok(None);
+    };
+    let failed = |err: &dyn std::fmt::Display| WorkerError::Metrics(format!("{listen}: {err}"));
+    let token = settings.metrics.token().map_err(|err| failed(&err))?;
+    let token = token.map(|token| token.expose().to_string());
+    strata_telemetry::http::start(listen, metrics.registry.clone(), token)
+        .await
+        .map(Some)
+        .map_err(|err| failed(&err))
 }
 
 /// Starts a worker on the broker its settings name.
@@ -100,6 +124,9 @@ pub async fn start_on<Q: JobQueue>(
         .join(format!("strata-shuffle-{}-{port}", std::process::id()));
     let store = Arc::new(ShuffleStore::new(&shuffle_dir));
     let mut config = worker_config(settings, Some(secret.clone()));
+    let metrics = WorkerMetrics::new(config.slots);
+    let endpoint = metrics_endpoint(settings, &metrics).await?;
+    config.metrics = Some(metrics);
     config.execution.shuffle = Some(ShuffleService {
         store: store.clone(),
         address: address.clone(),
@@ -113,6 +140,9 @@ pub async fn start_on<Q: JobQueue>(
     ));
     let (stop, stopped) = watch::channel(false);
     let tasks = tokio::spawn(serve(queue.clone(), config.clone(), stopped));
+    if let Some(endpoint) = &endpoint {
+        endpoint.readiness.set(true);
+    }
     Ok(RunningWorker {
         id: config.worker_id,
         slots: config.slots,
@@ -125,6 +155,7 @@ pub async fn start_on<Q: JobQueue>(
         flight_stop,
         flight,
         shuffle_dir,
+        endpoint,
     })
 }
 
@@ -141,10 +172,18 @@ impl<Q: JobQueue> RunningWorker<Q> {
 
     /// A line saying what the worker does, for its log.
     pub fn describe(&self) -> String {
+        let endpoint = self.endpoint.as_ref().map_or_else(String::new, |endpoint| {
+            format!(", metrics and health at http://{}", endpoint.address)
+        });
         format!(
-            "worker {}: {} slots, {} MiB per task, taking tasks from {}, shuffle outputs served at {}",
+            "worker {}: {} slots, {} MiB per task, taking tasks from {}, shuffle outputs served at {}{endpoint}",
             self.id, self.slots, self.memory_limit_mib, self.task_queue, self.address
         )
+    }
+
+    /// Where the metrics and health endpoint listens, when there is one.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint.as_ref().map(|endpoint| endpoint.address)
     }
 
     /// Drains the worker: running tasks finish and report, no new task starts; then the
@@ -153,6 +192,10 @@ impl<Q: JobQueue> RunningWorker<Q> {
     /// # Errors
     /// Returns an error when the task loop had failed.
     pub async fn stop(self) -> Result<(), WorkerError> {
+        // Draining: not ready for new work, while the tasks under way finish.
+        if let Some(endpoint) = &self.endpoint {
+            endpoint.readiness.set(false);
+        }
         let _ = self.stop.send(true);
         self.finish().await
     }
@@ -170,6 +213,9 @@ impl<Q: JobQueue> RunningWorker<Q> {
         };
         let _ = self.flight_stop.send(());
         let _ = self.flight.await;
+        if let Some(endpoint) = self.endpoint {
+            endpoint.stop().await;
+        }
         let _ = std::fs::remove_dir_all(&self.shuffle_dir);
         drop(self.queue);
         outcome
@@ -199,6 +245,7 @@ pub(crate) fn worker_config(settings: &Settings, secret: Option<ClusterSecret>) 
         slots,
         task_queue: settings.broker.task_queue.clone(),
         heartbeat_interval: Duration::from_millis(worker.heartbeat_interval_ms.max(10)),
+        metrics: None,
         execution: ExecutionConfig {
             engine: EngineConfig::new(&settings.engine, slots),
             target_file_size: settings.engine.target_file_size_mib.max(1) << 20,

@@ -13,6 +13,7 @@ use strata_proto::v1::Task;
 use tokio::sync::{Semaphore, watch};
 
 use crate::execution::{ExecutionConfig, run_task};
+use crate::metrics::WorkerMetrics;
 
 /// Settings of one worker process (or in-process worker in embedded mode).
 #[derive(Debug, Clone)]
@@ -28,6 +29,8 @@ pub struct WorkerConfig {
     pub execution: ExecutionConfig,
     /// How often a running task tells the coordinator it is alive.
     pub heartbeat_interval: std::time::Duration,
+    /// Where the worker counts its tasks, when it serves metrics.
+    pub metrics: Option<WorkerMetrics>,
 }
 
 /// Serves tasks until `stop` turns true or the queue closes; tasks already started finish.
@@ -88,6 +91,8 @@ async fn handle<Q: JobQueue, S: Settler>(queue: &Q, config: &WorkerConfig, deliv
     // While the task runs, heartbeats tell the coordinator this worker still works on it: a
     // worker that hangs (or is stopped) without losing its connection is noticed by their
     // absence, since the broker would never hand its task to anyone else.
+    let _busy = config.metrics.as_ref().map(WorkerMetrics::busy);
+    let started = std::time::Instant::now();
     let run = run_task(&config.execution, &task, attempt, &config.worker_id);
     tokio::pin!(run);
     // The first beat goes out at once: it tells the coordinator the task was taken.
@@ -118,6 +123,9 @@ async fn handle<Q: JobQueue, S: Settler>(queue: &Q, config: &WorkerConfig, deliv
             }
         }
     };
+    if let Some(metrics) = &config.metrics {
+        metrics.finished(&task, &result, started.elapsed());
+    }
     let mut message = Message::new(result.encode_to_vec());
     for (name, value) in &delivery.message.headers {
         message = message.with_header(name, value.clone());

@@ -42,6 +42,52 @@ pub struct Settings {
     pub worker: WorkerSettings,
     /// The coordinator service.
     pub coordinator: CoordinatorSettings,
+    /// The metrics and health endpoint of the coordinator and of each worker.
+    pub metrics: MetricsSettings,
+}
+
+/// The HTTP endpoint serving `/metrics` (Prometheus), `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Where it listens (`0.0.0.0:9464`, say); no endpoint when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// The bearer token a scrape of `/metrics` must carry (prefer `token_file` or
+    /// `STRATA__METRICS__TOKEN`); without one `/metrics` refuses every scrape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<SecretString>,
+    /// A file holding the token (a mounted Kubernetes Secret, say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl MetricsSettings {
+    /// The token from `token` or, failing that, `token_file`.
+    ///
+    /// # Errors
+    /// When the token file cannot be read.
+    pub fn token(&self) -> Result<Option<SecretString>, SettingsError> {
+        read_secret(self.token.as_ref(), self.token_file.as_ref())
+    }
+}
+
+/// A secret given inline or in a file (trimmed); `None` when neither is set.
+fn read_secret(
+    inline: Option<&SecretString>,
+    file: Option<&PathBuf>,
+) -> Result<Option<SecretString>, SettingsError> {
+    if let Some(secret) = inline {
+        return Ok(Some(secret.clone()));
+    }
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Some(SecretString(text.trim().to_string())))
 }
 
 /// The broker between coordinator and workers.
@@ -117,17 +163,7 @@ impl ClusterSettings {
     /// # Errors
     /// Returns an error when the secret file cannot be read.
     pub fn secret(&self) -> Result<Option<SecretString>, SettingsError> {
-        if let Some(secret) = &self.secret {
-            return Ok(Some(secret.clone()));
-        }
-        let Some(path) = &self.secret_file else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(Some(SecretString(text.trim().to_string())))
+        read_secret(self.secret.as_ref(), self.secret_file.as_ref())
     }
 }
 
@@ -339,8 +375,8 @@ impl Role {
     /// The sections of [`Settings`] the role reads.
     pub fn sections(self) -> &'static [&'static str] {
         match self {
-            Role::Coordinator => &["broker", "cluster", "coordinator"],
-            Role::Worker => &["broker", "cluster", "engine", "worker"],
+            Role::Coordinator => &["broker", "cluster", "coordinator", "metrics"],
+            Role::Worker => &["broker", "cluster", "engine", "worker", "metrics"],
             Role::Embedded => &["engine"],
         }
     }
@@ -433,7 +469,7 @@ fn explained(key: String, value: String) -> Explained {
 }
 
 /// Keys whose whole value is secret.
-const SECRET_KEYS: &[&str] = &["cluster.secret", "coordinator.tokens"];
+const SECRET_KEYS: &[&str] = &["cluster.secret", "coordinator.tokens", "metrics.token"];
 
 /// A value as it may be shown: secrets replaced, a URL's password masked.
 fn redact(key: &str, value: &str) -> String {
