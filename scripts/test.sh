@@ -14,7 +14,8 @@
 #   5. memory-bound: every distinct-aggregate shape and deduplication over events several times
 #      larger than a 64 MiB pool, each `strata run` a child process under an address-space
 #      limit, equal to DuckDB (tests/memory_bound/run.py)
-#   6. the shuffle Flight server of `strata worker`, read with pyarrow.flight
+#   6. the Grafana dashboards under deploy/grafana (valid, and naming only exported metrics);
+#      the shuffle Flight server of `strata worker`, read with pyarrow.flight
 #   7. the coordinator's gRPC API from Python grpcio + grpcio-reflection (a client written by no
 #      one here): services listed through reflection, SubmitRun and GetRun with a bearer token,
 #      the run's tables compared with DuckDB
@@ -137,6 +138,9 @@ step "snapshots vs dbt-duckdb over three source states"
 
 step "memory-bound: distinct aggregates and deduplication in a 64 MiB pool vs DuckDB"
 "$venv/bin/python" tests/memory_bound/run.py --strata "$strata" --python "$venv/bin/python"
+
+step "Grafana dashboards: valid JSON, provisioned datasources, every query names an exported metric"
+"$venv/bin/python" tests/observability/check_dashboards.py
 
 step "a worker's Flight server from pyarrow.flight"
 "$venv/bin/python" tests/reference/flight_interop.py --strata "$strata"

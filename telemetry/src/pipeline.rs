@@ -170,11 +170,22 @@ fn provider(
         )
         .build();
     let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(otlp.sample_ratio)));
-    Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+    let builder = SdkTracerProvider::builder()
         .with_resource(resource)
-        .with_sampler(sampler)
-        .build())
+        .with_sampler(sampler);
+    let builder = match otlp.protocol {
+        // tonic's channel keeps the runtime it was built in: the SDK's batch thread can use it.
+        OtlpProtocol::Grpc => builder.with_batch_exporter(exporter),
+        // hyper needs a runtime wherever it is called: batches are exported on ours.
+        OtlpProtocol::HttpProtobuf => builder.with_span_processor(
+            opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+                exporter,
+                opentelemetry_sdk::runtime::Tokio,
+            )
+            .build(),
+        ),
+    };
+    Ok(builder.build())
 }
 
 /// The traces URL of an OTLP/HTTP endpoint: the signal path is appended to the base, as the
