@@ -82,6 +82,39 @@ async fn assert_run_trace(
     }
 }
 
+/// Prints the trace as an indented tree (run the test with `--nocapture` to see it).
+fn print_tree(trace: &std::collections::HashMap<String, Received>) {
+    fn visit(trace: &std::collections::HashMap<String, Received>, id: &str, depth: usize) {
+        let mut children: Vec<&Received> = trace
+            .values()
+            .filter(|span| span.parent_id() == id)
+            .collect();
+        children.sort_by_key(|span| span.span.start_time_unix_nano);
+        for child in children {
+            let millis =
+                (child.span.end_time_unix_nano - child.span.start_time_unix_nano) / 1_000_000;
+            let rows = child
+                .attribute("strata.rows_out")
+                .map_or_else(String::new, |rows| format!(" rows_out={rows}"));
+            println!(
+                "{}{} [{}] {millis} ms{rows}",
+                "  ".repeat(depth),
+                child.span.name,
+                child.service
+            );
+            visit(trace, &child.span_id(), depth + 1);
+        }
+    }
+    let roots: Vec<&Received> = trace
+        .values()
+        .filter(|span| !trace.contains_key(&span.parent_id()))
+        .collect();
+    for root in roots {
+        println!("{} [{}]", root.span.name, root.service);
+        visit(trace, &root.span_id(), 1);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_build_is_one_trace() {
     let receiver = Receiver::start().await;
@@ -98,6 +131,7 @@ async fn an_embedded_build_is_one_trace() {
         "one trace per run"
     );
     assert!(spans.iter().all(|span| span.service == "strata"));
+    print_tree(&receiver.trace(trace_id));
     assert_run_trace(&receiver, &record, &warehouse).await;
     let commits = spans
         .iter()

@@ -199,13 +199,15 @@ impl RunSpans {
             .map(|(task, _)| task.clone())
             .collect();
         for task in node_tasks {
-            if let Some((_, task_span)) = self.tasks.remove(&task)
-                && failed
-            {
-                task_span.record("otel.status_code", "ERROR");
+            if let Some((_, task_span)) = self.tasks.remove(&task) {
+                if failed {
+                    task_span.record("otel.status_code", "ERROR");
+                }
+                end_now(&task_span);
             }
             self.last_errors.remove(&task);
         }
+        end_now(&span);
     }
 
     /// Records the run's outcome on its span.
@@ -222,5 +224,12 @@ impl RunSpans {
         if !record.success {
             self.run.record("otel.status_code", "ERROR");
         }
+        end_now(&self.run);
     }
+}
+
+/// Makes now the end of `span`: an exported span ends when it was last exited, and a span that
+/// lives across many awaits (a node, a task) is entered only now and then.
+fn end_now(span: &Span) {
+    span.in_scope(|| ());
 }

@@ -437,7 +437,8 @@ pub fn fetch(
     .instrument(span.clone())
     .try_flatten_stream()
     .map(move |batch| {
-        let _open = &span;
+        // The span ends with the last batch (an exported span ends when last exited).
+        span.in_scope(|| ());
         batch
     });
     Box::pin(stream)
