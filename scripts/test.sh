@@ -15,6 +15,9 @@
 #      larger than a 64 MiB pool, each `strata run` a child process under an address-space
 #      limit, equal to DuckDB (tests/memory_bound/run.py)
 #   6. the Grafana dashboards under deploy/grafana (valid, and naming only exported metrics);
+#      deploy/ validated offline (kustomize overlays, Kubernetes, KEDA and compose schemas,
+#      Dockerfiles); queue-driven scaling of worker processes by KEDA's formula, each worker in
+#      its own network namespace;
 #      the shuffle Flight server of `strata worker`, read with pyarrow.flight
 #   7. the coordinator's gRPC API from Python grpcio + grpcio-reflection (a client written by no
 #      one here): services listed through reflection, SubmitRun and GetRun with a bearer token,
@@ -141,6 +144,19 @@ step "memory-bound: distinct aggregates and deduplication in a 64 MiB pool vs Du
 
 step "Grafana dashboards: valid JSON, provisioned datasources, every query names an exported metric"
 "$venv/bin/python" tests/observability/check_dashboards.py
+
+step "deploy/: kustomize overlays, Kubernetes and KEDA schemas, compose schema, Dockerfiles"
+command -v kubectl >/dev/null || { echo "error: kubectl is required to build the kustomize overlays" >&2; exit 1; }
+"$venv/bin/python" tests/deploy/check_deploy.py
+
+step "queue-driven scaling: a KEDA-formula scaler grows and drains strata workers, each in its own network namespace"
+scaling_args=()
+if [[ "$(id -u)" == 0 ]] && command -v ip >/dev/null; then
+    scaling_args+=(--netns)
+else
+    echo "warning: not root or no ip(8): workers share loopback instead of network namespaces" >&2
+fi
+"$venv/bin/python" tests/deploy/scaling.py --strata "$strata" "${scaling_args[@]}"
 
 step "a worker's Flight server from pyarrow.flight"
 "$venv/bin/python" tests/reference/flight_interop.py --strata "$strata"
