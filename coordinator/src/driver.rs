@@ -142,9 +142,16 @@ impl<Q: JobQueue> Coordinator<Q> {
         if let Some(metrics) = &self.metrics {
             metrics.run_started();
         }
-        self.drive(&mut run, &mut scheduler, &reply_to, cancel, &mut on_event)
+        let driven = self
+            .drive(&mut run, &mut scheduler, &reply_to, cancel, &mut on_event)
             .instrument(run_span)
-            .await?;
+            .await;
+        if let Err(err) = driven {
+            if let Some(metrics) = &self.metrics {
+                metrics.run_aborted();
+            }
+            return Err(err);
+        }
         for address in scheduler.shuffle_addresses() {
             // A worker that is gone took its outputs with it.
             let _ = strata_engine::exchange::remove_run(address, run_id, &self.fetch).await;

@@ -58,7 +58,11 @@ impl CoordinatorMetrics {
         };
         let metrics = CoordinatorMetrics {
             registry: Registry::new(),
-            runs: counter("strata_runs_total", "Runs finished, by status", &["status"]),
+            runs: counter(
+                "strata_runs_total",
+                "Runs finished, by status (success, failed, aborted)",
+                &["status"],
+            ),
             runs_active: IntGauge::new("strata_runs_active", "Runs executing").unwrap(),
             run_duration: histogram(
                 "strata_run_duration_seconds",
@@ -138,6 +142,12 @@ impl CoordinatorMetrics {
         self.run_duration
             .with_label_values(&[status])
             .observe(Duration::from_millis(record.elapsed_ms).as_secs_f64());
+    }
+
+    /// A run stopped without a record (its result queue failed).
+    pub fn run_aborted(&self) {
+        self.runs_active.dec();
+        self.runs.with_label_values(&["aborted"]).inc();
     }
 
     /// What a run event tells: task outcomes and retries.
