@@ -209,3 +209,21 @@ async fn a_cluster_run_with_a_killed_worker_is_one_trace_across_processes() {
         retried.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_also_go_over_otlp_http() {
+    let receiver = Receiver::start_http().await;
+    let dir = tempfile::tempdir().unwrap();
+    let project = medallion(dir.path(), "5000");
+    let warehouse = dir.path().join("warehouse");
+    let envs = [
+        (ENDPOINT, receiver.endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_SERVICE_NAME", "strata-http-test"),
+    ];
+    let record = finished(start_build_with_env(&project, &warehouse, None, &[], &envs)).await;
+    let spans = receiver.spans();
+    assert!(!spans.is_empty(), "no span reached the OTLP/HTTP receiver");
+    assert!(spans.iter().all(|span| span.service == "strata-http-test"));
+    assert_run_trace(&receiver, &record, &warehouse).await;
+}

@@ -124,6 +124,39 @@ impl Receiver {
         }
     }
 
+    /// A receiver of OTLP/HTTP (`POST /v1/traces`, protobuf) on a free local port; its
+    /// endpoint is the base URL the exporter appends `/v1/traces` to.
+    pub async fn start_http() -> Receiver {
+        use prost::Message as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let collector = Collector::default();
+        let kept = collector.clone();
+        let router = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let kept = kept.clone();
+                async move {
+                    match ExportTraceServiceRequest::decode(body) {
+                        Ok(request) => {
+                            let _ = kept.export(tonic::Request::new(request)).await;
+                            (axum::http::StatusCode::OK, Vec::new())
+                        }
+                        Err(err) => (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            err.to_string().into_bytes(),
+                        ),
+                    }
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Receiver {
+            endpoint,
+            collector,
+        }
+    }
+
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Received> {
         self.collector.spans.lock().unwrap().clone()
