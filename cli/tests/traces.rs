@@ -82,6 +82,22 @@ async fn assert_run_trace(
     }
 }
 
+/// An embedded build of examples/medallion on `events` generated events into `<dir>/warehouse`,
+/// exporting its spans to `receiver` (with `extra` variables): the folder and the run record.
+async fn traced_embedded_build(
+    receiver: &Receiver,
+    events: &str,
+    extra: &[(&str, &str)],
+) -> (tempfile::TempDir, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let project = medallion(dir.path(), events);
+    let warehouse = dir.path().join("warehouse");
+    let mut envs = vec![(ENDPOINT, receiver.endpoint.as_str())];
+    envs.extend_from_slice(extra);
+    let record = finished(start_build_with_env(&project, &warehouse, None, &[], &envs)).await;
+    (dir, record)
+}
+
 /// Prints the trace as an indented tree (run the test with `--nocapture` to see it).
 fn print_tree(trace: &std::collections::HashMap<String, Received>) {
     fn visit(trace: &std::collections::HashMap<String, Received>, id: &str, depth: usize) {
@@ -118,11 +134,8 @@ fn print_tree(trace: &std::collections::HashMap<String, Received>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_build_is_one_trace() {
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let project = medallion(dir.path(), "20000");
+    let (dir, record) = traced_embedded_build(&receiver, "20000", &[]).await;
     let warehouse = dir.path().join("warehouse");
-    let envs = [(ENDPOINT, receiver.endpoint.as_str())];
-    let record = finished(start_build_with_env(&project, &warehouse, None, &[], &envs)).await;
     let trace_id = record["trace_id"].as_str().unwrap();
     let spans = receiver.spans();
     assert!(!spans.is_empty(), "no span reached the receiver");
@@ -213,15 +226,12 @@ async fn a_cluster_run_with_a_killed_worker_is_one_trace_across_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_also_go_over_otlp_http() {
     let receiver = Receiver::start_http().await;
-    let dir = tempfile::tempdir().unwrap();
-    let project = medallion(dir.path(), "5000");
-    let warehouse = dir.path().join("warehouse");
-    let envs = [
-        (ENDPOINT, receiver.endpoint.as_str()),
+    let extra = [
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
         ("OTEL_SERVICE_NAME", "strata-http-test"),
     ];
-    let record = finished(start_build_with_env(&project, &warehouse, None, &[], &envs)).await;
+    let (dir, record) = traced_embedded_build(&receiver, "5000", &extra).await;
+    let warehouse = dir.path().join("warehouse");
     let spans = receiver.spans();
     assert!(!spans.is_empty(), "no span reached the OTLP/HTTP receiver");
     assert!(spans.iter().all(|span| span.service == "strata-http-test"));

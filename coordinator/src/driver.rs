@@ -41,8 +41,7 @@ pub struct Coordinator<Q: JobQueue> {
 struct RunContext<'a> {
     request: &'a RunRequest,
     run_id: &'a str,
-    trace_id: String,
-    /// The run's open spans.
+    /// The run's open spans (and its trace id).
     spans: RunSpans,
     /// Versions of the tables this run reads: committed by it, or current at its start.
     versions: HashMap<String, i64>,
@@ -123,7 +122,6 @@ impl<Q: JobQueue> Coordinator<Q> {
         let mut run = RunContext {
             request,
             run_id,
-            trace_id,
             spans,
             versions: HashMap::new(),
             task_counter: resume.as_ref().map_or(0, |resume| resume.first_task_number),
@@ -165,7 +163,7 @@ impl<Q: JobQueue> Coordinator<Q> {
             elapsed_ms: elapsed_ms(started),
             success,
             nodes,
-            trace_id: run.trace_id.clone(),
+            trace_id: run.spans.trace_id().to_string(),
         };
         run.spans.finish(&record);
         if let Some(metrics) = &self.metrics {

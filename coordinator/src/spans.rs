@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use strata_core::manifest::Node;
 use strata_proto::v1::Task;
+use strata_telemetry::end_now;
 use tracing::Span;
 use tracing::field::Empty;
 
@@ -47,6 +48,11 @@ impl RunSpans {
             tasks: HashMap::new(),
             last_errors: HashMap::new(),
         }
+    }
+
+    /// The run's W3C trace id.
+    pub(crate) fn trace_id(&self) -> &str {
+        &self.trace_id
     }
 
     /// The run's span.
@@ -226,10 +232,4 @@ impl RunSpans {
         }
         end_now(&self.run);
     }
-}
-
-/// Makes now the end of `span`: an exported span ends when it was last exited, and a span that
-/// lives across many awaits (a node, a task) is entered only now and then.
-fn end_now(span: &Span) {
-    span.in_scope(|| ());
 }

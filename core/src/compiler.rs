@@ -196,15 +196,12 @@ impl<'a> Compiler<'a> {
     /// Models become drafts; models and seeds share one namespace, as `ref()` reaches both.
     fn model_drafts(&mut self) {
         let properties = std::mem::take(&mut self.model_properties);
-        for member in members(self.project) {
-            self.sql_drafts(
-                member,
-                &member.models,
-                ResourceType::Model,
-                |project| &project.models_config,
-                &properties,
-            );
-        }
+        self.sql_drafts(
+            |project| &project.models,
+            ResourceType::Model,
+            |project| &project.models_config,
+            &properties,
+        );
         let (unversioned, versioned): (BTreeMap<_, _>, BTreeMap<_, _>) = properties
             .iter()
             .map(|(name, props)| (*name, *props))
@@ -274,70 +271,71 @@ impl<'a> Compiler<'a> {
     /// Snapshots become drafts too: `ref()` reaches them like models.
     fn snapshot_drafts(&mut self) {
         let properties = std::mem::take(&mut self.snapshot_properties);
-        for member in members(self.project) {
-            self.sql_drafts(
-                member,
-                &member.snapshots,
-                ResourceType::Snapshot,
-                |project| &project.snapshots_config,
-                &properties,
-            );
-        }
+        self.sql_drafts(
+            |project| &project.snapshots,
+            ResourceType::Snapshot,
+            |project| &project.snapshots_config,
+            &properties,
+        );
         self.orphan_properties(&properties, "snapshot", "snapshots/<name>.sql");
         self.snapshot_properties = properties;
     }
 
-    /// Drafts of SQL files of one kind of the root project or a package, configured by
-    /// their folder blocks and properties.
+    /// Drafts of the SQL files of one kind (`files` of each) of the root project and of each
+    /// package, configured by their folder blocks and properties.
     fn sql_drafts(
         &mut self,
-        package: &'a Project,
-        files: &'a [SqlFile],
+        files: fn(&Project) -> &[SqlFile],
         resource_type: ResourceType,
         block: FolderBlock,
         properties: &BTreeMap<&'a str, &'a NodeProperties>,
     ) {
         let what = resource_type.as_str();
-        for file in files {
-            if let Some(first) = self.names.get(&file.name) {
-                self.errors.push(
-                    ProjectDiagnostic::error(
-                        "strata::duplicate_name",
-                        format!("two {what}s are named '{}'", file.name),
-                    )
-                    .in_file(&file.source.path)
-                    .with_hint(format!(
-                        "the other is {}; rename one of the files",
-                        first.path.display()
-                    )),
+        let project = self.project;
+        for package in members(project) {
+            for file in files(package) {
+                if let Some(first) = self.names.get(&file.name) {
+                    self.errors.push(
+                        ProjectDiagnostic::error(
+                            "strata::duplicate_name",
+                            format!("two {what}s are named '{}'", file.name),
+                        )
+                        .in_file(&file.source.path)
+                        .with_hint(format!(
+                            "the other is {}; rename one of the files",
+                            first.path.display()
+                        )),
+                    );
+                    continue;
+                }
+                self.names.insert(file.name.clone(), file.source.clone());
+                let properties = properties.get(file.name.as_str()).copied();
+                let folder_layers = folder_layers(
+                    self.project,
+                    package,
+                    block,
+                    &path_with_stem(&file.folders, &file.name),
                 );
-                continue;
+                let property_layer = properties.map(|properties| &properties.config);
+                let base_layers =
+                    self.rendered_layers(folder_layers.into_iter().chain(property_layer));
+                let config =
+                    NodeConfig::resolve(default_materialization(resource_type), &base_layers);
+                self.drafts.push(Draft {
+                    unique_id: format!("{what}.{}.{}", package.name, file.name),
+                    package,
+                    name: file.name.clone(),
+                    file,
+                    resource_type,
+                    properties,
+                    relation: None,
+                    config,
+                    base_layers,
+                    seen_relations: BTreeMap::new(),
+                    dependencies: Vec::new(),
+                    sql: None,
+                });
             }
-            self.names.insert(file.name.clone(), file.source.clone());
-            let properties = properties.get(file.name.as_str()).copied();
-            let folder_layers = folder_layers(
-                self.project,
-                package,
-                block,
-                &path_with_stem(&file.folders, &file.name),
-            );
-            let property_layer = properties.map(|properties| &properties.config);
-            let base_layers = self.rendered_layers(folder_layers.into_iter().chain(property_layer));
-            let config = NodeConfig::resolve(default_materialization(resource_type), &base_layers);
-            self.drafts.push(Draft {
-                unique_id: format!("{what}.{}.{}", package.name, file.name),
-                package,
-                name: file.name.clone(),
-                file,
-                resource_type,
-                properties,
-                relation: None,
-                config,
-                base_layers,
-                seen_relations: BTreeMap::new(),
-                dependencies: Vec::new(),
-                sql: None,
-            });
         }
     }
 
@@ -1437,12 +1435,17 @@ fn compiled_path(
     name: &str,
 ) -> String {
     let project = &package.name;
-    let path = path.strip_prefix(&package.folder).unwrap_or(path);
+    let path = in_package(package, path);
     if resource_type == ResourceType::Snapshot {
         let folder = path.parent().map(path_string).unwrap_or_default();
         return format!("compiled/{project}/{folder}/{name}.sql");
     }
     format!("compiled/{project}/{}", path_string(path))
+}
+
+/// A path relative to the root project, as relative to the package it belongs to.
+fn in_package<'p>(package: &Project, path: &'p std::path::Path) -> &'p std::path::Path {
+    path.strip_prefix(&package.folder).unwrap_or(path)
 }
 
 fn path_with_stem(folders: &[String], stem: &str) -> Vec<String> {
@@ -1775,11 +1778,8 @@ fn generic_test(
     dependency_id: &dyn Fn(&Dependency) -> Option<String>,
 ) -> Result<Option<Node>, Box<ProjectDiagnostic>> {
     let origin = &test.origin;
-    let folders: Vec<String> = origin
-        .source
-        .path
-        .strip_prefix(&project.folder)
-        .unwrap_or(&origin.source.path)
+    let path_in_package = in_package(project, &origin.source.path);
+    let folders: Vec<String> = path_in_package
         .parent()
         .map(|parent| {
             parent
@@ -1789,62 +1789,13 @@ fn generic_test(
                 .collect()
         })
         .unwrap_or_default();
-    let mut errors = Vec::new();
-    let layers: Vec<ConfigLayer> =
-        folder_layers(root, project, |project| &project.tests_config, &folders)
-            .into_iter()
-            .chain([&test.config])
-            .map(|layer| {
-                render_templated(layer, renderer, inputs, &project.project_file, &mut errors)
-            })
-            .collect();
-    if let Some(error) = errors.into_iter().next() {
-        return Err(Box::new(error));
-    }
-    let mut config = NodeConfig::resolve(Materialization::Test, &layers);
-    config.materialized = Materialization::Test;
+    let config = test_config(root, project, test, &folders, renderer, inputs)?;
     if !config.enabled {
         return Ok(None);
     }
-    if attached.config.materialized == Materialization::Ephemeral {
-        return Err(Box::new(
-            origin
-                .error(
-                    "strata::test_on_ephemeral",
-                    format!(
-                        "'{}' is ephemeral, so it has no table to test",
-                        attached.name
-                    ),
-                )
-                .with_hint("materialize it as a view or a table to test it"),
-        ));
-    }
-    let relation = attached.relation_name.clone().unwrap_or_default();
     let column = test.column.clone();
-    if attached.resource_type == ResourceType::Seed
-        && let Some(column) = &column
-        && !attached
-            .columns
-            .iter()
-            .any(|known| known.name.eq_ignore_ascii_case(column))
-    {
-        return Err(Box::new(
-            origin
-                .error(
-                    "strata::unknown_column",
-                    format!("seed '{}' has no column '{column}'", attached.name),
-                )
-                .with_hint(format!(
-                    "its columns are: {}",
-                    attached
-                        .columns
-                        .iter()
-                        .map(|c| c.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-        ));
-    }
+    check_testable(origin, attached, column.as_deref())?;
+    let relation = attached.relation_name.clone().unwrap_or_default();
     let where_clause = config.where_clause.as_deref();
     let mut depends_on = vec![attached.unique_id.clone()];
     let sql_of = TestSql {
@@ -1893,13 +1844,7 @@ fn generic_test(
         compiled_path: Some(format!(
             "compiled/{}/{}/{name}.sql",
             project.name,
-            path_string(
-                origin
-                    .source
-                    .path
-                    .strip_prefix(&project.folder)
-                    .unwrap_or(&origin.source.path)
-            )
+            path_string(path_in_package)
         )),
         original_file_path: file,
         layer: None,
@@ -2055,6 +2000,79 @@ impl TestSql<'_> {
         }
         Ok(tidy_sql(&rendered.sql))
     }
+}
+
+/// The configuration of a generic test: the tests blocks of its package's and the project's
+/// files, then its own `config:`, with templated settings rendered.
+fn test_config(
+    root: &Project,
+    project: &Project,
+    test: &TestDeclaration,
+    folders: &[String],
+    renderer: &Renderer,
+    inputs: &Arc<RenderInputs>,
+) -> Result<NodeConfig, Box<ProjectDiagnostic>> {
+    let mut errors = Vec::new();
+    let layers: Vec<ConfigLayer> =
+        folder_layers(root, project, |project| &project.tests_config, folders)
+            .into_iter()
+            .chain([&test.config])
+            .map(|layer| {
+                render_templated(layer, renderer, inputs, &project.project_file, &mut errors)
+            })
+            .collect();
+    if let Some(error) = errors.into_iter().next() {
+        return Err(Box::new(error));
+    }
+    let mut config = NodeConfig::resolve(Materialization::Test, &layers);
+    config.materialized = Materialization::Test;
+    Ok(config)
+}
+
+/// A test needs a table to query, and a test of a seed's column a column the seed has.
+fn check_testable(
+    origin: &crate::properties::Origin,
+    attached: &Node,
+    column: Option<&str>,
+) -> Result<(), Box<ProjectDiagnostic>> {
+    if attached.config.materialized == Materialization::Ephemeral {
+        return Err(Box::new(
+            origin
+                .error(
+                    "strata::test_on_ephemeral",
+                    format!(
+                        "'{}' is ephemeral, so it has no table to test",
+                        attached.name
+                    ),
+                )
+                .with_hint("materialize it as a view or a table to test it"),
+        ));
+    }
+    if attached.resource_type == ResourceType::Seed
+        && let Some(column) = column
+        && !attached
+            .columns
+            .iter()
+            .any(|known| known.name.eq_ignore_ascii_case(column))
+    {
+        return Err(Box::new(
+            origin
+                .error(
+                    "strata::unknown_column",
+                    format!("seed '{}' has no column '{column}'", attached.name),
+                )
+                .with_hint(format!(
+                    "its columns are: {}",
+                    attached
+                        .columns
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+        ));
+    }
+    Ok(())
 }
 
 /// The error for a generic test nobody defines, with the closest known one.

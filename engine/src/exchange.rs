@@ -437,8 +437,8 @@ pub fn fetch(
     .instrument(span.clone())
     .try_flatten_stream()
     .map(move |batch| {
-        // The span ends with the last batch (an exported span ends when last exited).
-        span.in_scope(|| ());
+        // The span ends with the last batch.
+        strata_telemetry::end_now(&span);
         batch
     });
     Box::pin(stream)

@@ -91,6 +91,13 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) -> bool {
     span.set_parent(context).is_ok()
 }
 
+/// Makes now the end of `span`. tracing-opentelemetry ends a span when it was last exited, so a
+/// span that lives across many awaits or stream items (a node, a task, a Flight stream) is
+/// entered whenever its work moves on, and once at its end.
+pub fn end_now(span: &tracing::Span) {
+    span.in_scope(|| ());
+}
+
 /// Links `span` to the remote span `traceparent` names (a span it follows from, in another
 /// trace or process). Returns false when `traceparent` is not one.
 pub fn link_to(span: &tracing::Span, traceparent: &str) -> bool {

@@ -12,6 +12,8 @@ pub mod http;
 mod pipeline;
 mod settings;
 
-pub use context::{TraceParent, current_traceparent, link_to, set_remote_parent, span_traceparent};
+pub use context::{
+    TraceParent, current_traceparent, end_now, link_to, set_remote_parent, span_traceparent,
+};
 pub use pipeline::{Telemetry, TelemetryError, init};
 pub use settings::{LogFormat, OtlpProtocol, OtlpSettings, TelemetrySettings};

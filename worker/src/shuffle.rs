@@ -353,7 +353,7 @@ impl FlightService for ShuffleFlightService {
             .map_err(|err| tonic::Status::internal(err.to_string()))
             .map(move |data| {
                 // The span ends with the last message sent.
-                span.in_scope(|| ());
+                strata_telemetry::end_now(&span);
                 data
             });
         Ok(tonic::Response::new(Box::pin(data)))

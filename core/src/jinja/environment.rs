@@ -199,8 +199,9 @@ pub(super) fn register_namespaces(
     // (which one a call reaches is decided per render by the node's package); they never
     // replace a global of the environment.
     let package_macros: BTreeSet<&String> = catalog.names.values().flatten().collect();
+    let globals: BTreeSet<String> = env.globals().map(|(name, _)| name.to_string()).collect();
     for name in package_macros.difference(&unqualified) {
-        if !env.globals().any(|(global, _)| global == name.as_str()) {
+        if !globals.contains(name.as_str()) {
             env.add_global(
                 name.to_string(),
                 Value::from_object(Forward::new(name, catalog)),
