@@ -134,6 +134,19 @@ pub(crate) fn execute(
             warehouse.root()
         )?;
     }
+    // The seed's ingest_bronze >> process_silver: sources land before anything reads them.
+    if matches!(command, "build" | "ingest") {
+        // With --output json, standard output is the run record's alone.
+        let lines: &mut dyn Write = if text { out.stdout } else { out.stderr };
+        let landed = runtime.block_on(crate::ingest_command::ingest_phase(&request, lines))?;
+        if !landed {
+            writeln!(lines, "Not building: a source failed to land (above).")?;
+            return Ok(ExitCode::FAILURE);
+        }
+        if command == "ingest" {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let stdout = &mut out.stdout;
     let on_event = |event: RunEvent| {
         if text {

@@ -9,6 +9,7 @@ mod bench_command;
 mod client_commands;
 mod coordinator_command;
 mod execute_commands;
+mod ingest_command;
 mod inspect_commands;
 mod project_commands;
 pub mod sample_data;
@@ -48,6 +49,9 @@ pub enum Command {
     Build(execute_commands::ExecuteArgs),
     /// Loads the selected seeds.
     Seed(execute_commands::ExecuteArgs),
+    /// Lands the selected sources' `ingest:` blocks (databases, APIs, files) into bronze,
+    /// exactly once; `build` does this first for the sources its models read.
+    Ingest(execute_commands::ExecuteArgs),
     /// Runs the selected data tests.
     Test(execute_commands::ExecuteArgs),
     /// Runs the selected snapshots: each keeps the history of its query's rows (SCD type 2).
@@ -217,6 +221,7 @@ pub fn execute(cli: Cli, env: &BTreeMap<String, String>) -> anyhow::Result<ExitC
         Command::Run(args) => execute_commands::execute(&args, "run", env, &mut out),
         Command::Build(args) => execute_commands::execute(&args, "build", env, &mut out),
         Command::Seed(args) => execute_commands::execute(&args, "seed", env, &mut out),
+        Command::Ingest(args) => execute_commands::execute(&args, "ingest", env, &mut out),
         Command::Test(args) => execute_commands::execute(&args, "test", env, &mut out),
         Command::Snapshot(args) => execute_commands::execute(&args, "snapshot", env, &mut out),
         Command::Show(args) => inspect_commands::show(&args, env, &mut out),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use deltalake::{DeltaTable, DeltaTableError};
 use strata_proto::v1::WrittenFile;
 
 /// Why a commit failed.
@@ -72,29 +72,14 @@ impl CommitId {
 /// # Errors
 /// Returns an error for an invalid location or a storage failure.
 pub async fn open_table(location: &str) -> Result<Option<DeltaTable>, CommitError> {
-    strata_storage::install();
-    let url = url::Url::parse(location).map_err(|err| CommitError::InvalidLocation {
-        location: location.to_string(),
-        reason: err.to_string(),
-    })?;
-    if !strata_storage::delta_table_exists(location)
+    strata_storage::open_delta_table(location)
         .await
-        .map_err(CommitError::Storage)?
-    {
-        return Ok(None);
-    }
-    let builder = DeltaTableBuilder::from_url(url).map_err(|source| CommitError::Delta {
-        location: location.to_string(),
-        source,
-    })?;
-    match builder.load().await {
-        Ok(table) => Ok(Some(table)),
-        Err(DeltaTableError::NotATable(_)) => Ok(None),
-        Err(source) => Err(CommitError::Delta {
-            location: location.to_string(),
-            source,
-        }),
-    }
+        .map_err(|err| match err {
+            strata_storage::StorageError::Delta { location, source } => {
+                CommitError::Delta { location, source }
+            }
+            other => CommitError::Storage(other),
+        })
 }
 
 fn add_action(file: &WrittenFile, now_ms: i64) -> Add {

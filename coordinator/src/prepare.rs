@@ -99,6 +99,8 @@ pub fn resource_types(command: &str) -> Option<BTreeSet<ResourceType>> {
             ResourceType::Test,
         ],
         "run" => &[ResourceType::Model],
+        // Sources land through the ingest agent; the coordinator runs nothing.
+        "ingest" => &[ResourceType::Source],
         _ => return None,
     };
     Some(types.iter().copied().collect())
@@ -137,7 +139,7 @@ pub async fn prepare(
 ) -> Result<Prepared, PrepareError> {
     let resource_types = resource_types(&spec.command).ok_or_else(|| {
         PrepareError::Invalid(format!(
-            "unknown command '{}': use build, run, seed, snapshot or test",
+            "unknown command '{}': use build, run, seed, snapshot, test or ingest",
             spec.command
         ))
     })?;

@@ -16,7 +16,8 @@ use crate::jinja::{
     CompileQueries, Dependency, MacroPackage, ModelVersions, Relation, RenderInputs, Renderer,
 };
 use crate::manifest::{
-    Column, Manifest, Metadata, Node, ResourceType, SourceInfo, TestInfo, checksum,
+    Column, IngestDeclaration, Manifest, Metadata, Node, ResourceType, SourceInfo, TestInfo,
+    checksum,
 };
 use crate::project::{FolderConfig, Project, SeedFile, SqlFile, path_string};
 use crate::properties::{ColumnDeclaration, NodeProperties, Properties, TestDeclaration};
@@ -641,13 +642,24 @@ impl<'a> Compiler<'a> {
                         raw_code: String::new(),
                         compiled_code: None,
                         compiled_path: None,
-                        checksum: checksum(&format!("{:?}{:?}", location, format)),
+                        checksum: checksum(&format!(
+                            "{:?}{:?}{:?}",
+                            location, format, table.ingest
+                        )),
                         test: None,
                         source: Some(SourceInfo {
                             source_name: source.name.clone(),
                             identifier: table.identifier.clone(),
                             location,
                             format,
+                            ingest: table.ingest.clone().map(|spec| IngestDeclaration {
+                                spec,
+                                origin: format!(
+                                    "{}:{}",
+                                    path_string(&table.origin.source.path),
+                                    table.origin.line
+                                ),
+                            }),
                         }),
                         snapshot: None,
                     });

@@ -88,6 +88,20 @@ pub struct SourceInfo {
     /// File format: `parquet`, `csv` or `json`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// How the ingest agent lands this table into bronze, when the table has an `ingest:`
+    /// block.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<IngestDeclaration>,
+}
+
+/// A source table's `ingest:` block as written (secrets are references, never values), and
+/// where it is written, for the ingest agent's errors.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IngestDeclaration {
+    /// The block: the source's keys with the table's over them.
+    pub spec: serde_json::Map<String, serde_json::Value>,
+    /// `file:line` of the table's declaration.
+    pub origin: String,
 }
 
 /// One node of the project.

@@ -134,6 +134,9 @@ pub struct SourceTable {
     pub columns: Vec<ColumnDeclaration>,
     /// Tests on the table and its columns.
     pub tests: Vec<TestDeclaration>,
+    /// The `ingest:` block that lands this table into bronze (the source's block with the
+    /// table's over it), as written; the ingest agent reads it.
+    pub ingest: Option<serde_json::Map<String, serde_json::Value>>,
     /// Where it is declared.
     pub origin: Origin,
 }
@@ -625,6 +628,7 @@ fn read_source(
 ) -> Option<SourceDeclaration> {
     let name = required_name(item, source, "source", errors)?;
     let (location, format) = external_location(item);
+    let source_ingest = ingest_block(item, source, errors);
     let mut declaration = SourceDeclaration {
         schema: item
             .get("schema")
@@ -655,6 +659,7 @@ fn read_source(
                 format,
                 columns: Vec::new(),
                 tests: Vec::new(),
+                ingest: merged_ingest(source_ingest.as_ref(), ingest_block(table, source, errors)),
                 origin: Origin::of(source, table),
             };
             read_columns_and_tests(
@@ -668,6 +673,44 @@ fn read_source(
         }
     }
     Some(declaration)
+}
+
+/// Reads an `ingest:` block: a mapping, or an error naming its line.
+fn ingest_block(
+    item: &Yaml,
+    source: &SourceText,
+    errors: &mut Vec<ProjectDiagnostic>,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let block = item.get("ingest")?;
+    match block.to_json() {
+        serde_json::Value::Object(map) => Some(map),
+        serde_json::Value::Null => None,
+        _ => {
+            errors.push(
+                ProjectDiagnostic::error("strata::ingest", "`ingest:` must be a mapping")
+                    .at(source, block.line, block.column)
+                    .with_hint("write `ingest: {connector: postgres, …}`; see docs/ingest.md"),
+            );
+            None
+        }
+    }
+}
+
+/// A table's ingest block: the source's keys with the table's over them. A table without a
+/// block of its own takes the source's.
+fn merged_ingest(
+    source_block: Option<&serde_json::Map<String, serde_json::Value>>,
+    table_block: Option<serde_json::Map<String, serde_json::Value>>,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    match (source_block, table_block) {
+        (None, table) => table,
+        (Some(source), None) => Some(source.clone()),
+        (Some(source), Some(table)) => {
+            let mut merged = source.clone();
+            merged.extend(table);
+            Some(merged)
+        }
+    }
 }
 
 /// Reads an external location and format, from dbt-duckdb's `meta.external_location` or
@@ -775,6 +818,39 @@ sources:
         assert_eq!(raw.tables[1].location.as_deref(), Some("data/users.csv"));
         assert_eq!(raw.tables[1].format.as_deref(), Some("csv"));
         assert_eq!(raw.tables[2].format.as_deref(), Some("json"));
+    }
+
+    #[test]
+    fn ingest_blocks_merge_the_tables_over_the_sources() {
+        let (properties, errors) = read(
+            "version: 2
+sources:
+  - name: crm
+    ingest: {connector: postgres, connection: {env: CRM_URL}, parallelism: 2}
+    tables:
+      - name: customers
+        ingest: {table: public.customers, parallelism: 4}
+      - name: orders
+  - name: plain
+    tables:
+      - name: t
+  - name: wrong
+    tables:
+      - name: t
+        ingest: [postgres]
+",
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].message.contains("must be a mapping"));
+        assert_eq!(errors[0].line, Some(17));
+        let crm = &properties.sources[0];
+        let customers = crm.tables[0].ingest.as_ref().unwrap();
+        assert_eq!(customers["connector"], "postgres");
+        assert_eq!(customers["table"], "public.customers");
+        assert_eq!(customers["parallelism"], 4);
+        let orders = crm.tables[1].ingest.as_ref().unwrap();
+        assert_eq!(orders["parallelism"], 2);
+        assert!(properties.sources[1].tables[0].ingest.is_none());
     }
 
     #[test]

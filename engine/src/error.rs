@@ -140,6 +140,9 @@ impl From<strata_storage::StorageError> for TaskError {
                 location,
                 source,
             } => classify_object_store(source).context(format!("{operation} {location}")),
+            strata_storage::StorageError::Delta { location, source } => {
+                TaskError::from(source).context(format!("reading {location}"))
+            }
         }
     }
 }

@@ -12,6 +12,8 @@
 //! it would bring a second AWS stack), and [`register`] with a DataFusion session. One client
 //! is kept per bucket so connections are reused across tables and tasks.
 
+pub mod delta_files;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Once, OnceLock};
 
@@ -50,6 +52,14 @@ pub enum StorageError {
         location: String,
         /// The store's error.
         source: object_store::Error,
+    },
+    /// delta-rs could not read the table's log.
+    #[error("reading the Delta table {location} failed: {source}")]
+    Delta {
+        /// The table.
+        location: String,
+        /// delta-rs' error.
+        source: DeltaTableError,
     },
 }
 
@@ -220,20 +230,53 @@ pub fn listing_url(location: &str) -> Result<ListingTableUrl, StorageError> {
 /// # Errors
 /// Returns an error when the location is invalid or cannot be listed.
 pub async fn list_files(location: &str) -> Result<Vec<String>, StorageError> {
+    Ok(list_objects(location)
+        .await?
+        .into_iter()
+        .map(|file| file.location)
+        .collect())
+}
+
+/// A file found by [`list_objects`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedFile {
+    /// Its location, of the same kind as the listed one.
+    pub location: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its last modification, in milliseconds since 1970.
+    pub modified_ms: i64,
+    /// The store's entity tag, when it has one.
+    pub e_tag: Option<String>,
+}
+
+/// The data files of a source location with their size, modification time and entity tag,
+/// in name order (see [`list_files`]).
+///
+/// # Errors
+/// Returns an error when the location is invalid or cannot be listed.
+pub async fn list_objects(location: &str) -> Result<Vec<ListedFile>, StorageError> {
     let listing = listing_url(location)?;
     let url = location_url(location)?;
     let store = store_for(&url)?;
+    let listing_error = |source| StorageError::Store {
+        operation: "listing",
+        location: location.to_string(),
+        source,
+    };
     let listed: Vec<object_store::ObjectMeta> = store
         .list(Some(listing.prefix()))
         .try_collect()
         .await
-        .map_err(|source| StorageError::Store {
-            operation: "listing",
-            location: location.to_string(),
-            source,
-        })?;
+        .map_err(listing_error)?;
     let root = format!("{}://{}", url.scheme(), url.authority());
-    let mut files: Vec<String> = listed
+    let listed_file = |meta: object_store::ObjectMeta, location: String| ListedFile {
+        location,
+        size: meta.size,
+        modified_ms: meta.last_modified.timestamp_millis(),
+        e_tag: meta.e_tag,
+    };
+    let mut files: Vec<ListedFile> = listed
         .into_iter()
         .filter(|meta| listing.contains(&meta.location, true))
         .filter(|meta| {
@@ -241,18 +284,20 @@ pub async fn list_files(location: &str) -> Result<Vec<String>, StorageError> {
                 .filename()
                 .is_some_and(|name| !name.starts_with('.') && !name.starts_with('_'))
         })
-        .map(|meta| match url.scheme() {
-            "file" => format!("/{}", meta.location),
-            _ => format!("{root}/{}", meta.location),
+        .map(|meta| {
+            let location = match url.scheme() {
+                "file" => format!("/{}", meta.location),
+                _ => format!("{root}/{}", meta.location),
+            };
+            listed_file(meta, location)
         })
         .collect();
-    files.sort();
+    files.sort_by(|a, b| a.location.cmp(&b.location));
     // A location naming one object lists nothing under it as a prefix.
-    if files.is_empty()
-        && !location.contains(['*', '?', '['])
-        && store.head(listing.prefix()).await.is_ok()
-    {
-        files.push(location.to_string());
+    if files.is_empty() && !location.contains(['*', '?', '[']) {
+        if let Ok(meta) = store.head(listing.prefix()).await {
+            files.push(listed_file(meta, location.to_string()));
+        }
     }
     Ok(files)
 }
@@ -275,6 +320,34 @@ pub async fn delta_table_exists(table_uri: &str) -> Result<bool, StorageError> {
             source,
         })?;
     Ok(first.is_some())
+}
+
+/// Opens the Delta table at `table_uri` at its latest version, or `None` when there is none
+/// yet.
+///
+/// # Errors
+/// Returns an error for an invalid location, a storage failure or an unreadable log.
+pub async fn open_delta_table(
+    table_uri: &str,
+) -> Result<Option<deltalake::DeltaTable>, StorageError> {
+    install();
+    let url = location_url(table_uri)?;
+    if !delta_table_exists(table_uri).await? {
+        return Ok(None);
+    }
+    let delta_error = |source| StorageError::Delta {
+        location: table_uri.to_string(),
+        source,
+    };
+    match deltalake::DeltaTableBuilder::from_url(url)
+        .map_err(delta_error)?
+        .load()
+        .await
+    {
+        Ok(table) => Ok(Some(table)),
+        Err(DeltaTableError::NotATable(_)) => Ok(None),
+        Err(source) => Err(delta_error(source)),
+    }
 }
 
 /// Writes `bytes` to `location`, replacing what is there.

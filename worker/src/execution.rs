@@ -70,37 +70,6 @@ impl ExecutionConfig {
     }
 }
 
-/// Maps types Delta cannot store onto the closest type it can: nanosecond timestamps to
-/// microseconds, string and binary views to plain arrays, unsigned integers to wider signed
-/// ones, the null type to strings.
-pub fn delta_compatible(schema: &Schema) -> SchemaRef {
-    fn map(data_type: &DataType) -> DataType {
-        match data_type {
-            DataType::Timestamp(_, zone) => {
-                DataType::Timestamp(TimeUnit::Microsecond, zone.clone())
-            }
-            DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
-            DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
-            DataType::UInt8 => DataType::Int16,
-            DataType::UInt16 => DataType::Int32,
-            DataType::UInt32 | DataType::UInt64 => DataType::Int64,
-            DataType::Float16 => DataType::Float32,
-            DataType::Null => DataType::Utf8,
-            DataType::Date64 => DataType::Date32,
-            DataType::Time32(_) | DataType::Time64(_) => DataType::Utf8,
-            DataType::Dictionary(_, value) => map(value),
-            other => other.clone(),
-        }
-    }
-    Arc::new(Schema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|field| Field::new(field.name(), map(field.data_type()), true))
-            .collect::<Vec<_>>(),
-    ))
-}
-
 fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, TaskError> {
     let columns: Vec<ArrayRef> = batch
         .columns()
@@ -386,7 +355,7 @@ impl TaskRun<'_> {
             let stream = plan.execute(self.task.partition as usize, self.ctx.task_ctx())?;
             (plan.schema().as_ref().clone(), stream)
         };
-        let schema = delta_compatible(&plan_schema);
+        let schema = strata_storage::delta_files::delta_compatible(&plan_schema);
         let delta_schema: deltalake::kernel::StructType =
             schema.as_ref().try_into_kernel().map_err(|err| {
                 TaskError::user(format!(
@@ -413,7 +382,7 @@ impl TaskRun<'_> {
             None,
         )
         .map_err(TaskError::from)?
-        .with_writer_properties(writer_properties())
+        .with_writer_properties(strata_storage::delta_files::writer_properties())
         .with_target_file_size(self.config.target_file_size);
         let mut rows = 0i64;
         loop {
@@ -548,14 +517,6 @@ fn attempt_folder(output: &TaskOutput, attempt: u32) -> String {
         output.file_prefix.as_str()
     };
     format!("{prefix}-a{attempt}")
-}
-
-fn writer_properties() -> datafusion::parquet::file::properties::WriterProperties {
-    use datafusion::parquet::basic::{Compression, ZstdLevel};
-    datafusion::parquet::file::properties::WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_max_row_group_row_count(Some(1 << 20))
-        .build()
 }
 
 #[cfg(test)]
