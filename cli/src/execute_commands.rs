@@ -140,7 +140,9 @@ pub(crate) fn execute(
         let lines: &mut dyn Write = if text { out.stdout } else { out.stderr };
         let landed = runtime.block_on(crate::ingest_command::ingest_phase(&request, lines))?;
         if !landed {
-            writeln!(lines, "Not building: a source failed to land (above).")?;
+            if command == "build" {
+                writeln!(lines, "Not building: a source failed to land (above).")?;
+            }
             return Ok(ExitCode::FAILURE);
         }
         if command == "ingest" {

@@ -419,6 +419,8 @@ pub(crate) async fn commit_files(
             .with_location(uri)
             .with_columns(schema.fields().cloned())
             .with_configuration(configuration)
+            // Strata's own property (strata.ingest.state) is not a Delta one.
+            .with_raise_if_key_not_exists(false)
             .with_actions(adds)
             .with_commit_properties(properties)
             .await

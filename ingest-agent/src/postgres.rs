@@ -278,7 +278,9 @@ fn plan_column(name: &str, data_type: &Type, typmod: i32) -> ColumnPlan {
         landed,
         field: name.to_string(),
     };
-    let text = || plan(format!("{column}::text"), DataType::Utf8, DataType::Utf8);
+    // COPY prints a value with its type's output function: PostgreSQL's text (char(n) with
+    // its padding, which a cast to text would strip).
+    let text = || plan(column.clone(), DataType::Utf8, DataType::Utf8);
     match *data_type {
         Type::BOOL => plan(
             format!("{column}::text"),

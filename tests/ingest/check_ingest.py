@@ -1,0 +1,573 @@
+"""The ingest agent against real sources: PostgreSQL tables of every mapped type, an HTTP API
+served here (each kind of pagination, 429 with Retry-After, injected 500s, a malformed page),
+and files (CSV, NDJSON, gzip, Parquet, a corrupt file). Each bronze table is read back with the
+`deltalake` package and compared row for row with its source; then incremental runs after
+inserts and updates, schema drift, an unreachable source, kill -9 trials for each connector,
+and `strata build` landing a model's sources before it.
+
+Usage: check_ingest.py --strata target/debug/strata [--pg postgresql://postgres@127.0.0.1/test]
+"""
+
+import argparse
+import gzip
+import http.server
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import deltalake
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA = "ingest_check"
+TOKEN = "test-api-token-not-a-real-secret"
+
+
+def fail(message):
+    print(f"FAIL: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def check(condition, message):
+    if not condition:
+        fail(message)
+
+
+# ---------------------------------------------------------------------------------------------
+# The API served to the agent.
+
+
+class Api:
+    """Datasets and failure switches of the test server."""
+
+    def __init__(self):
+        self.offset_records = [{"id": i, "name": f"item {i}", "price": i * 1.5} for i in range(30)]
+        self.cursor_records = [{"id": i, "kind": "a" if i % 2 else "b"} for i in range(23)]
+        self.link_records = [
+            {"id": i, "owner": {"name": f"o{i}", "active": i % 3 == 0}, "tags": [f"t{i}", "x"]}
+            for i in range(10)
+        ]
+        self.page_records = [{"id": i, "score": i * 10} for i in range(15)]
+        self.flaky_records = [{"id": i, "note": f"n{i}"} for i in range(12)]
+        self.flaky_records[4] = 42  # not an object: quarantined
+        self.stream_records = [{"id": i, "payload": "x" * 50} for i in range(1000)]
+        self.malformed_page = True
+        self.failures = {}  # path+page -> remaining failures
+        self.rate_limited_once = set()
+        self.requests = []
+        self.lock = threading.Lock()
+
+    def page(self, records, start, size):
+        return records[start:start + size]
+
+
+def make_handler(api):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def reply(self, status, body, headers=()):
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            for name, value in headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            url = urlparse(self.path)
+            query = {k: v[0] for k, v in parse_qs(url.query).items()}
+            with api.lock:
+                api.requests.append((time.monotonic(), self.path))
+            base = f"http://127.0.0.1:{self.server.server_port}"
+            if url.path == "/offset":
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    return self.reply(401, {"error": "no token"})
+                offset, limit = int(query["offset"]), int(query["limit"])
+                return self.reply(200, {"data": api.page(api.offset_records, offset, limit)})
+            if url.path == "/cursor":
+                start = int(query.get("after", "0"))
+                items = api.page(api.cursor_records, start, 5)
+                following = start + 5 if start + 5 < len(api.cursor_records) else None
+                return self.reply(200, {"items": items, "next": str(following) if following else None})
+            if url.path == "/link":
+                page = int(query.get("page", "0"))
+                items = api.page(api.link_records, page * 4, 4)
+                headers = []
+                if (page + 1) * 4 < len(api.link_records):
+                    headers.append(("Link", f'<{base}/link?page={page + 1}>; rel="next"'))
+                return self.reply(200, items, headers)
+            if url.path == "/page":
+                page = int(query["page"])
+                return self.reply(200, {"results": api.page(api.page_records, (page - 1) * 6, 6)})
+            if url.path == "/flaky":
+                page = int(query["page"])
+                key = f"flaky{page}"
+                if page == 1 and key not in api.rate_limited_once:
+                    api.rate_limited_once.add(key)
+                    return self.reply(429, {"error": "slow down"}, [("Retry-After", "1")])
+                if page == 2:
+                    left = api.failures.setdefault(key, 2)
+                    if left > 0:
+                        api.failures[key] = left - 1
+                        return self.reply(500, {"error": "injected"})
+                if page == 3 and api.malformed_page:
+                    return self.reply(200, b'{"results": [ {"id": 99, ')
+                return self.reply(200, {"results": api.page(api.flaky_records, (page - 1) * 4, 4)})
+            if url.path == "/stream":
+                page = int(query["page"])
+                time.sleep(0.01)
+                return self.reply(200, {"results": api.page(api.stream_records, (page - 1) * 25, 25)})
+            return self.reply(404, {"error": "no such endpoint"})
+
+    return Handler
+
+
+def start_api(api):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make_handler(api))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL sources.
+
+EVERY_TYPE = """
+CREATE TABLE {schema}.every_type (
+    id integer PRIMARY KEY, small smallint, big bigint, real_value real, double_value double precision,
+    money_value numeric(12, 2), free_numeric numeric, flag boolean, label text, short_label varchar(10),
+    code char(3), day date, moment timestamp, moment_tz timestamptz, doc json, docb jsonb,
+    numbers integer[], words text[], token uuid, raw bytea, span interval, clock time
+)"""
+
+EVERY_TYPE_ROWS = [
+    (1, 7, 70000000000, 1.5, 2.25, Decimal("1234.50"), Decimal("3.14159265358979323846"), True,
+     "plain", "short", "abc", date(2024, 2, 29), datetime(2024, 1, 2, 3, 4, 5, 123456),
+     datetime(2024, 1, 2, 3, 4, 5, 654321, tzinfo=timezone.utc), '{"a": 1}', '{"b": [1, 2]}',
+     [1, 2, 3], ["x", "y,z"], uuid.UUID("12345678-1234-5678-1234-567812345678"), b"\x00\xffab",
+     "1 day 02:03:04", "12:34:56"),
+    (2,) + (None,) * 21,
+    (3, -32768, -9223372036854775808, -3.4e38, float("nan"), Decimal("-9999999999.99"),
+     Decimal("-0.000001"), False, "", "", "", date(1, 1, 1), datetime(1900, 1, 1),
+     datetime(1970, 1, 1, tzinfo=timezone.utc), "[]", "null", [], [], None, b"", "-1 year", "00:00:00"),
+    (4, 32767, 9223372036854775807, 3.4e38, float("inf"), Decimal("9999999999.99"), Decimal("1e20"),
+     None, 'quote " comma , newline \n tab \t back \\ slash', "ünï😀", "ç", date(9999, 12, 31),
+     datetime(2200, 12, 31, 23, 59, 59, 999999), datetime(2262, 4, 11, tzinfo=timezone.utc),
+     '{"nested": {"deep": [true, null]}}', "{}", [None, 5], [None, "null"], None, None, None, None),
+]
+
+
+def setup_postgres(pg_url):
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        db.execute(f"CREATE SCHEMA {SCHEMA}")
+        db.execute(EVERY_TYPE.format(schema=SCHEMA))
+        with db.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO {SCHEMA}.every_type VALUES ({', '.join(['%s'] * 22)})", EVERY_TYPE_ROWS
+            )
+        db.execute(
+            f"CREATE TABLE {SCHEMA}.customers (id bigint PRIMARY KEY, name text, country text, "
+            "updated_at timestamptz NOT NULL)"
+        )
+        db.execute(
+            f"INSERT INTO {SCHEMA}.customers SELECT i, 'customer ' || i, "
+            "(ARRAY['DE','FR','US'])[1 + i % 3], timestamptz '2026-01-01 00:00:00+00' + i * interval '1 minute' "
+            "FROM generate_series(1, 200) AS i"
+        )
+        db.execute(f"CREATE TABLE {SCHEMA}.strict (id int, value text)")
+        db.execute(f"INSERT INTO {SCHEMA}.strict VALUES (1, 'a'), (2, 'b')")
+        db.execute(f"CREATE TABLE {SCHEMA}.big (id bigint PRIMARY KEY, payload text)")
+        db.execute(
+            f"INSERT INTO {SCHEMA}.big SELECT i, repeat(md5(i::text), 4) FROM generate_series(1, 60000) AS i"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The project.
+
+SOURCES = """
+version: 2
+sources:
+  - name: crm
+    ingest:
+      connector: postgres
+      connection: {{env: INGEST_PG_URL}}
+    tables:
+      - name: customers
+        ingest: {{table: {schema}.customers, cursor: updated_at, split_by: id, parallelism: 3, chunk_rows: 64}}
+      - name: every_type
+        ingest: {{table: {schema}.every_type}}
+      - name: big
+        ingest: {{table: {schema}.big, cursor: id, split_by: id, parallelism: 2, chunk_rows: 4000}}
+      - name: strict
+        ingest: {{table: {schema}.strict, schema_drift: fail}}
+  - name: api
+    ingest: {{connector: http, retries: 4}}
+    tables:
+      - name: by_offset
+        ingest:
+          url: "{base}/offset"
+          records: data
+          pagination: {{kind: offset, limit: 7}}
+          bearer_token: {{env: INGEST_API_TOKEN}}
+      - name: by_cursor
+        ingest: {{url: "{base}/cursor", records: items, pagination: {{kind: cursor, cursor_path: next, param: after}}}}
+      - name: by_link
+        ingest: {{url: "{base}/link", pagination: {{kind: link}}, nested: json}}
+      - name: by_page
+        ingest: {{url: "{base}/page", records: results, pagination: {{kind: page}}, requests_per_second: 20}}
+      - name: flaky
+        ingest: {{url: "{base}/flaky", records: results, pagination: {{kind: page}}, pages_per_commit: 2}}
+      - name: stream
+        ingest: {{url: "{base}/stream", records: results, pagination: {{kind: page}}, pages_per_commit: 1}}
+  - name: down
+    tables:
+      - name: api
+        ingest: {{connector: http, url: "http://127.0.0.1:9/nothing", retries: 1, timeout_secs: 2}}
+  - name: landing
+    ingest: {{connector: files}}
+    tables:
+      - name: events
+        ingest: {{path: "incoming/events-*"}}
+      - name: users
+        ingest: {{path: "incoming/users-*.csv"}}
+      - name: metrics
+        ingest: {{path: "incoming/metrics-*.parquet"}}
+      - name: drops
+        ingest: {{path: "drops/*.ndjson", files_per_commit: 1}}
+"""
+
+
+def write_project(project, base):
+    (project / "models" / "silver").mkdir(parents=True)
+    (project / "dbt_project.yml").write_text(
+        "name: ingest_check\nversion: '1.0.0'\nconfig-version: 2\nmodel-paths: [models]\n"
+    )
+    (project / "models" / "sources.yml").write_text(SOURCES.format(schema=SCHEMA, base=base))
+    (project / "models" / "silver" / "customers_by_country.sql").write_text(
+        "select country, count(*) as customers\n"
+        "from {{ source('crm', 'customers') }}\ngroup by country\n"
+    )
+    incoming = project / "incoming"
+    incoming.mkdir()
+    (incoming / "events-1.ndjson").write_text(
+        '{"id": 1, "type": "click", "at": "2026-01-01T00:00:00"}\n'
+        '{"id": 2, "type": "view", "at": "2026-01-01T00:01:00"}\n'
+        '{"id": 3, "type": broken\n'
+        "\n"
+        '{"id": 4, "type": "click", "at": null}\n'
+    )
+    with gzip.open(incoming / "events-2.ndjson.gz", "wt") as out:
+        out.write('{"id": 5, "type": "buy", "at": "2026-01-02T00:00:00", "channel": "mobile"}\n')
+        out.write('{"id": 6, "type": "view", "at": "2026-01-02T00:00:01"}\n')
+    (incoming / "users-1.csv").write_text(
+        'id,name,email\n1,Ann,ann@example.com\n2,"Bob, Jr.",\n3,Cy,cy@example.com,extra\n4,"Di ""D""",di@x\n'
+    )
+    pq.write_table(
+        pa.table({"metric": [f"m{i}" for i in range(100)], "value": [i / 4 for i in range(100)]}),
+        incoming / "metrics-1.parquet",
+    )
+    (incoming / "metrics-2.parquet").write_bytes(b"PAR1 this is not parquet")
+    drops = project / "drops"
+    drops.mkdir()
+    for index in range(40):
+        lines = [json.dumps({"file": index, "row": row}) for row in range(50)]
+        (drops / f"drop-{index:03}.ndjson").write_text("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running and reading.
+
+
+class Strata:
+    def __init__(self, binary, project, env):
+        self.binary, self.project, self.env = binary, project, env
+
+    def command(self, *args):
+        return [self.binary, *args, "--project-dir", str(self.project), "--warehouse", str(self.warehouse)]
+
+    @property
+    def warehouse(self):
+        return self.project / "warehouse"
+
+    def run(self, *args, expect_ok=True):
+        result = subprocess.run(self.command(*args), env=self.env, capture_output=True, text=True, timeout=600)
+        if expect_ok and result.returncode != 0:
+            fail(f"strata {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def start(self, *args):
+        return subprocess.Popen(self.command(*args), env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def bronze(strata, source, table):
+    path = strata.warehouse / source / table
+    if not (path / "_delta_log").exists():
+        return []
+    return deltalake.DeltaTable(str(path)).to_pyarrow_table().to_pylist()
+
+
+def data_rows(rows):
+    return [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
+
+
+def same_float(a, b):
+    if a is None or b is None:
+        return a is b
+    if a != a or b != b:
+        return a != a and b != b
+    return a == b or abs(a - b) <= 1e-6 * max(abs(a), abs(b))
+
+
+def check_every_type(strata, pg_url):
+    landed = {row["id"]: row for row in bronze(strata, "crm", "every_type")}
+    check(len(landed) == len(EVERY_TYPE_ROWS), f"every_type: {len(landed)} rows landed")
+    with psycopg.connect(pg_url) as db:
+        texts = {
+            row[0]: row[1:]
+            for row in db.execute(
+                f"SELECT id, free_numeric::text, doc::text, docb::text, array_to_json(numbers)::text, "
+                f"array_to_json(words)::text, token::text, encode(raw, 'hex'), span::text, clock::text, "
+                f"label, short_label, code FROM {SCHEMA}.every_type"
+            )
+        }
+        typed = {
+            row[0]: row
+            for row in db.execute(
+                f"SELECT id, small, big, real_value, double_value, money_value, flag, day, moment, "
+                f"moment_tz FROM {SCHEMA}.every_type"
+            )
+        }
+    text_columns = ["free_numeric", "doc", "docb", "numbers", "words", "token", "raw", "span", "clock",
+                    "label", "short_label", "code"]
+    for key, row in landed.items():
+        for column, expected in zip(text_columns, texts[key]):
+            check(row[column] == expected, f"every_type id={key} {column}: {row[column]!r} != {expected!r}")
+        _, small, big, real_value, double_value, money, flag, day, moment, moment_tz = typed[key]
+        check(row["small"] == small and row["big"] == big, f"every_type id={key} integers")
+        check(same_float(row["real_value"], real_value), f"id={key} real {row['real_value']} != {real_value}")
+        check(same_float(row["double_value"], double_value), f"id={key} double {row['double_value']}")
+        check(row["money_value"] == money, f"id={key} numeric(12,2) {row['money_value']!r} != {money!r}")
+        check(row["flag"] == flag and row["day"] == day, f"id={key} flag/day {row['flag']} {row['day']}")
+        check(row["moment"] == moment, f"id={key} timestamp {row['moment']!r} != {moment!r}")
+        landed_tz = row["moment_tz"]
+        check(
+            (landed_tz is None and moment_tz is None)
+            or (landed_tz is not None and landed_tz.astimezone(timezone.utc) == moment_tz.astimezone(timezone.utc)),
+            f"id={key} timestamptz {landed_tz!r} != {moment_tz!r}",
+        )
+    print(f"ok: every mapped PostgreSQL type, NULLs and edge values ({len(landed)} rows)")
+
+
+def source_rows(pg_url, sql):
+    with psycopg.connect(pg_url) as db:
+        return list(db.execute(sql))
+
+
+def check_customers(strata, pg_url, expected_count):
+    rows = bronze(strata, "crm", "customers")
+    check(len(rows) == expected_count, f"customers: {len(rows)} rows, expected {expected_count}")
+    versions = {(row["id"], row["updated_at"]) for row in rows}
+    check(len(versions) == len(rows), "customers: a row version landed twice")
+    current = source_rows(pg_url, f"SELECT id, name, country, updated_at FROM {SCHEMA}.customers")
+    landed = {(row["id"], row["updated_at"]): row for row in rows}
+    for id_, name, country, updated_at in current:
+        row = landed.get((id_, updated_at))
+        check(row is not None, f"customers: id {id_} at {updated_at} did not land")
+        check(row["name"] == name and row["country"] == country, f"customers: id {id_} differs")
+    batches = {row["_batch_id"] for row in rows}
+    check(min(batches) == 1, f"customers: batches {sorted(batches)}")
+    check(all(row["_source_system"] == "postgres:crm.customers" for row in rows), "source system column")
+
+
+def check_api(strata, api):
+    offset = data_rows(bronze(strata, "api", "by_offset"))
+    check(sorted(offset, key=lambda r: r["id"]) == api.offset_records, f"by_offset: {offset[:3]}…")
+    cursor = data_rows(bronze(strata, "api", "by_cursor"))
+    check(sorted(cursor, key=lambda r: r["id"]) == api.cursor_records, "by_cursor differs")
+    link = sorted(data_rows(bronze(strata, "api", "by_link")), key=lambda r: r["id"])
+    check(len(link) == len(api.link_records), f"by_link: {len(link)} rows")
+    for landed, record in zip(link, api.link_records):
+        check(json.loads(landed["owner"]) == record["owner"], f"by_link owner {landed}")
+        check(json.loads(landed["tags"]) == record["tags"], f"by_link tags {landed}")
+    page = data_rows(bronze(strata, "api", "by_page"))
+    check(sorted(page, key=lambda r: r["id"]) == api.page_records, "by_page differs")
+    print("ok: offset, cursor, Link-header and page-number pagination equal the API's records")
+
+
+def check_flaky(strata, api, malformed_fixed):
+    landed = sorted(row["id"] for row in bronze(strata, "api", "flaky"))
+    objects = [r["id"] for r in api.flaky_records if isinstance(r, dict)]
+    expected = objects if malformed_fixed else [i for i in objects if i < 8]
+    check(landed == expected, f"flaky: landed {landed}, expected {expected}")
+    quarantine = bronze(strata, "api", "flaky__quarantine")
+    reasons = " | ".join(row["reason"] for row in quarantine)
+    check("not a JSON object" in reasons, f"flaky: the non-object record is not quarantined: {reasons}")
+    check("not JSON" in reasons, f"flaky: the malformed page is not quarantined: {reasons}")
+    check(any("page=3" in row["position"] for row in quarantine), "flaky: quarantine position names page 3")
+
+
+def check_files(strata, second_round):
+    events = sorted(data_rows(bronze(strata, "landing", "events")), key=lambda r: r["id"])
+    ids = [row["id"] for row in events]
+    expected = [1, 2, 4, 5, 6] + ([7] if second_round else [])
+    check(ids == expected, f"events: {ids}, expected {expected}")
+    check(events[3]["channel"] == "mobile" and events[0]["channel"] is None, "events: drift column channel")
+    quarantine = bronze(strata, "landing", "events__quarantine")
+    check(any(row["position"].endswith("events-1.ndjson:3") for row in quarantine),
+          f"events: the broken line is not quarantined at events-1.ndjson:3: {quarantine}")
+    users = sorted(data_rows(bronze(strata, "landing", "users")), key=lambda r: r["id"])
+    check([u["name"] for u in users] == ["Ann", "Bob, Jr.", 'Di "D"'], f"users: {users}")
+    check(users[1]["email"] == "", f"users: empty field {users[1]}")
+    users_quarantine = bronze(strata, "landing", "users__quarantine")
+    check(any("4 fields where the header has 3" in row["reason"] for row in users_quarantine),
+          f"users: the long row is not quarantined: {users_quarantine}")
+    metrics = bronze(strata, "landing", "metrics")
+    check(len(metrics) == 100 and sum(r["value"] for r in metrics) == sum(i / 4 for i in range(100)), "metrics")
+    metrics_quarantine = bronze(strata, "landing", "metrics__quarantine")
+    check(any("metrics-2.parquet" in row["position"] for row in metrics_quarantine), "corrupt parquet quarantined")
+    print("ok: CSV, NDJSON, gzip and Parquet files land once; bad lines and files go to quarantine")
+
+
+def kill_trials(strata, select, trials, seed, finished):
+    """Starts `strata ingest --select select`, kills it -9 after a seeded random delay, `trials`
+    times; then runs it to the end and calls `finished`."""
+    rng = random.Random(seed)
+    killed = 0
+    for _ in range(trials):
+        process = strata.start("ingest", "--select", select)
+        time.sleep(rng.uniform(0.2, 1.5))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            killed += 1
+        process.wait()
+    strata.run("ingest", "--select", select)
+    finished()
+    print(f"ok: {select}: {killed} of {trials} runs killed -9 mid-way (seed {seed}), every row landed once")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--strata", required=True)
+    parser.add_argument("--pg", default=os.environ.get("STRATA_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--seed", type=int, default=int(os.environ.get("STRATA_INGEST_SEED", "7")))
+    args = parser.parse_args()
+    api = Api()
+    server = start_api(api)
+    base = f"http://127.0.0.1:{server.server_port}"
+    setup_postgres(args.pg)
+    work = Path(tempfile.mkdtemp(prefix="strata-ingest-"))
+    try:
+        project = work / "project"
+        write_project(project, base)
+        env = dict(os.environ, INGEST_PG_URL=args.pg, INGEST_API_TOKEN=TOKEN, STRATA_LOG="warn")
+        strata = Strata(str(Path(args.strata).resolve()), project, env)
+
+        # First run: everything, with one unreachable source.
+        first = strata.run("ingest", "--exclude", "source:crm.big source:api.stream source:landing.drops", expect_ok=False)
+        output = first.stdout + first.stderr
+        if os.environ.get("INGEST_CHECK_VERBOSE"):
+            print(output)
+        check(first.returncode != 0, "a run with an unreachable source must fail")
+        check("cannot reach source down.api" in output, f"the unreachable source is not named:\n{output}")
+        check(TOKEN not in output, "the API token reached the output")
+        check_every_type(strata, args.pg)
+        check_customers(strata, args.pg, 200)
+        check_api(strata, api)
+        check_flaky(strata, api, malformed_fixed=False)
+        check_files(strata, second_round=False)
+        print("ok: an unreachable source fails alone, naming itself; the others land")
+
+        # Second run: nothing new lands twice.
+        excluded = "source:down source:crm.big source:api.stream source:landing.drops"
+        strata.run("ingest", "--exclude", excluded)
+        check_customers(strata, args.pg, 200)
+        check_api(strata, api)
+        check_files(strata, second_round=False)
+        check(len(bronze(strata, "crm", "every_type")) == 2 * len(EVERY_TYPE_ROWS), "full loads append a whole copy")
+        print("ok: a second run lands nothing twice (a table without cursor lands a new full copy)")
+
+        # Changes at the sources: inserts, updates, a new column, new API records, new files.
+        with psycopg.connect(args.pg, autocommit=True) as db:
+            db.execute(f"ALTER TABLE {SCHEMA}.customers ADD COLUMN tier text")
+            db.execute(
+                f"INSERT INTO {SCHEMA}.customers SELECT i, 'customer ' || i, 'NL', "
+                "timestamptz '2027-01-01 00:00:00+00' + i * interval '1 second', 'gold' FROM generate_series(201, 210) AS i"
+            )
+            db.execute(
+                f"UPDATE {SCHEMA}.customers SET country = 'SE', updated_at = timestamptz '2027-06-01 00:00:00+00' + id * interval '1 second' "
+                "WHERE id IN (3, 50, 150)"
+            )
+            db.execute(f"ALTER TABLE {SCHEMA}.strict ADD COLUMN extra int")
+        api.offset_records += [{"id": i, "name": f"item {i}", "price": i * 1.5} for i in range(30, 37)]
+        api.malformed_page = False
+        (project / "incoming" / "events-3.ndjson").write_text('{"id": 7, "type": "click", "at": "2026-01-03T00:00:00"}\n')
+        third = strata.run("ingest", "--exclude", excluded, expect_ok=False)
+        output = third.stdout + third.stderr
+        check(third.returncode != 0 and "new: [extra]" in output, f"schema_drift: fail must name the column:\n{output}")
+        check_customers(strata, args.pg, 213)
+        tiers = [row["tier"] for row in bronze(strata, "crm", "customers")]
+        check(tiers.count("gold") == 10 and tiers.count(None) == 203, "the new column lands; older rows read NULL")
+        check_api(strata, api)
+        check_flaky(strata, api, malformed_fixed=True)
+        check_files(strata, second_round=True)
+        print("ok: inserts, updates, a new column, new API records and new files land once; drift 'fail' names the column")
+
+        # Kill -9 trials, one per connector.
+        def big_complete():
+            ids = [row["id"] for row in bronze(strata, "crm", "big")]
+            check(len(ids) == 60000 and len(set(ids)) == 60000, f"big: {len(ids)} rows, {len(set(ids))} distinct")
+
+        def stream_complete():
+            ids = [row["id"] for row in bronze(strata, "api", "stream")]
+            check(sorted(ids) == list(range(1000)), f"stream: {len(ids)} rows, {len(set(ids))} distinct")
+
+        def drops_complete():
+            rows = bronze(strata, "landing", "drops")
+            keys = {(row["file"], row["row"]) for row in rows}
+            check(len(rows) == 2000 and len(keys) == 2000, f"drops: {len(rows)} rows, {len(keys)} distinct")
+
+        kill_trials(strata, "source:crm.big", 5, args.seed, big_complete)
+        kill_trials(strata, "source:api.stream", 4, args.seed + 1, stream_complete)
+        kill_trials(strata, "source:landing.drops", 4, args.seed + 2, drops_complete)
+
+        # build: the model's source lands first, then the model reads it.
+        with psycopg.connect(args.pg, autocommit=True) as db:
+            db.execute(
+                f"INSERT INTO {SCHEMA}.customers SELECT i, 'c' || i, 'DE', timestamptz '2028-01-01 00:00:00+00' + i * interval '1 second', NULL "
+                "FROM generate_series(211, 215) AS i"
+            )
+        built = strata.run("build", "--select", "customers_by_country")
+        check("source crm.customers" in built.stdout, f"build did not ingest first:\n{built.stdout}")
+        counts = deltalake.DeltaTable(str(strata.warehouse / "ingest_check" / "customers_by_country")).to_pyarrow_table().to_pylist() \
+            if (strata.warehouse / "ingest_check").exists() else None
+        if counts is None:
+            tables = [p for p in strata.warehouse.glob("*/customers_by_country")]
+            check(tables, "build wrote no customers_by_country table")
+            counts = deltalake.DeltaTable(str(tables[0])).to_pyarrow_table().to_pylist()
+        check(sum(row["customers"] for row in counts) == 218, f"customers_by_country: {counts}")
+        print("ok: strata build lands the model's sources first (ingest_bronze >> process_silver)")
+    finally:
+        server.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+    print("ingest: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
