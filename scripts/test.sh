@@ -23,7 +23,11 @@
 #      one here): services listed through reflection, SubmitRun and GetRun with a bearer token,
 #      the run's tables compared with DuckDB
 #   8. s3://: examples/medallion with its sources and warehouse on an S3 server (moto, from the
-#      virtualenv, started here on a free port), compared with DuckDB the same way
+#      virtualenv, started here on a free port), compared with DuckDB the same way; files on
+#      the S3 server ingested into an s3:// warehouse
+#   9. the ingest agent (tests/ingest/check_ingest.py): PostgreSQL (started here when not
+#      running), an HTTP API served by the test and files into bronze, compared row for row with
+#      the sources; incremental runs, drift, quarantine, kill -9 trials for each connector
 #
 # The Rust tests include the distributed mode against the real RabbitMQ: worker processes,
 # shuffles over Flight, SIGKILL and SIGTERM of workers, a broker restart, malformed messages.
@@ -69,8 +73,35 @@ ensure_rabbitmq() {
     echo "RabbitMQ: running"
 }
 
+# PostgreSQL for the ingest agent's tests: the local server unless STRATA_TEST_PG_URL names
+# another; started when not running, and the script stops if it cannot reach it.
+export STRATA_TEST_PG_URL="${STRATA_TEST_PG_URL:-postgresql://postgres@127.0.0.1:5432/test}"
+ensure_postgres() {
+    if ! command -v psql >/dev/null; then
+        echo "psql is not installed: installing postgresql with apt"
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }; then
+            echo "error: cannot install postgresql; install it or set STRATA_TEST_PG_URL" >&2
+            exit 1
+        fi
+    fi
+    if ! psql "$STRATA_TEST_PG_URL" -qtAc 'select 1' >/dev/null 2>&1; then
+        echo "PostgreSQL is not answering at $STRATA_TEST_PG_URL: starting the local cluster"
+        version="$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1)"
+        if [[ -n "$version" ]]; then
+            pg_ctlcluster "$version" main start 2>/dev/null || service postgresql start || true
+        fi
+        for _ in $(seq 60); do psql "$STRATA_TEST_PG_URL" -qtAc 'select 1' >/dev/null 2>&1 && break; sleep 1; done
+        if ! psql "$STRATA_TEST_PG_URL" -qtAc 'select 1' >/dev/null 2>&1; then
+            echo "error: cannot reach PostgreSQL at $STRATA_TEST_PG_URL (a database 'test' the user may create tables in); start it or set STRATA_TEST_PG_URL" >&2
+            exit 1
+        fi
+    fi
+    echo "PostgreSQL: running"
+}
+
 step "services"
 ensure_rabbitmq
+ensure_postgres
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -158,6 +189,9 @@ else
 fi
 "$venv/bin/python" tests/deploy/scaling.py --strata "$strata" "${scaling_args[@]}"
 
+step "ingest agent: PostgreSQL, an HTTP API and files into bronze, exactly once (kill -9 trials)"
+"$venv/bin/python" tests/ingest/check_ingest.py --strata "$strata"
+
 step "a worker's Flight server from pyarrow.flight"
 "$venv/bin/python" tests/reference/flight_interop.py --strata "$strata"
 
@@ -200,4 +234,6 @@ s3_vars='{raw_data_dir: "s3://strata-test/raw"}'
     --warehouse s3://strata-test/lake --vars "$s3_vars"
 "$venv/bin/python" tests/reference/compare_duckdb.py --project "$medallion/project" \
     --warehouse s3://strata-test/lake --mirror "s3://strata-test/raw=$medallion/project/data"
+"$venv/bin/python" tests/ingest/check_ingest.py --strata "$strata" \
+    --s3-files "s3://strata-test/raw/events/*.parquet" --s3-local "$medallion/project/data/events"
 
