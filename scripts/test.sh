@@ -25,8 +25,8 @@
 #   8. s3://: examples/medallion with its sources and warehouse on an S3 server (moto, from the
 #      virtualenv, started here on a free port), compared with DuckDB the same way; files on
 #      the S3 server ingested into an s3:// warehouse
-#   9. the ingest agent (tests/ingest/check_ingest.py): PostgreSQL (started here when not
-#      running), an HTTP API served by the test and files into bronze, compared row for row with
+#   9. the ingest agent (tests/ingest/check_ingest.py): PostgreSQL and MariaDB (started here when
+#      not running), an HTTP API served by the test and files into bronze, compared row for row with
 #      the sources; incremental runs, drift, quarantine, kill -9 trials for each connector
 #
 # The Rust tests include the distributed mode against the real RabbitMQ: worker processes,
@@ -99,9 +99,37 @@ ensure_postgres() {
     echo "PostgreSQL: running"
 }
 
+# MariaDB (or MySQL) for the ingest agent's MySQL connector: the local server unless
+# STRATA_TEST_MYSQL_URL names another; started when not running.
+export STRATA_TEST_MYSQL_URL="${STRATA_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/test}"
+ensure_mariadb() {
+    if ! command -v mariadb >/dev/null && ! command -v mysql >/dev/null; then
+        echo "mariadb is not installed: installing mariadb-server with apt"
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server; }; then
+            echo "error: cannot install mariadb-server; install it or set STRATA_TEST_MYSQL_URL" >&2
+            exit 1
+        fi
+    fi
+    local client
+    client="$(command -v mariadb || command -v mysql)"
+    local ping=("$client" -h 127.0.0.1 -u root -e "select 1")
+    if [[ "$STRATA_TEST_MYSQL_URL" == "mysql://root@127.0.0.1:3306/test" ]] && ! "${ping[@]}" >/dev/null 2>&1; then
+        echo "MariaDB is not answering: starting it"
+        service mariadb start 2>/dev/null || service mysql start 2>/dev/null || (mysqld_safe >/dev/null 2>&1 &)
+        for _ in $(seq 60); do "${ping[@]}" >/dev/null 2>&1 && break; sleep 1; done
+        if ! "${ping[@]}" >/dev/null 2>&1; then
+            echo "error: cannot reach MariaDB at 127.0.0.1:3306 as root; start it or set STRATA_TEST_MYSQL_URL" >&2
+            exit 1
+        fi
+        "$client" -h 127.0.0.1 -u root -e "create database if not exists test"
+    fi
+    echo "MariaDB: running"
+}
+
 step "services"
 ensure_rabbitmq
 ensure_postgres
+ensure_mariadb
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -189,7 +217,7 @@ else
 fi
 "$venv/bin/python" tests/deploy/scaling.py --strata "$strata" "${scaling_args[@]}"
 
-step "ingest agent: PostgreSQL, an HTTP API and files into bronze, exactly once (kill -9 trials)"
+step "ingest agent: PostgreSQL, MySQL/MariaDB, an HTTP API and files into bronze, exactly once (kill -9 trials)"
 "$venv/bin/python" tests/ingest/check_ingest.py --strata "$strata"
 
 step "a worker's Flight server from pyarrow.flight"

@@ -75,9 +75,10 @@ pub async fn open_table(location: &str) -> Result<Option<DeltaTable>, CommitErro
     strata_storage::open_delta_table(location)
         .await
         .map_err(|err| match err {
-            strata_storage::StorageError::Delta { location, source } => {
-                CommitError::Delta { location, source }
-            }
+            strata_storage::StorageError::Delta { location, source } => CommitError::Delta {
+                location,
+                source: *source,
+            },
             other => CommitError::Storage(other),
         })
 }

@@ -141,7 +141,7 @@ impl From<strata_storage::StorageError> for TaskError {
                 source,
             } => classify_object_store(source).context(format!("{operation} {location}")),
             strata_storage::StorageError::Delta { location, source } => {
-                TaskError::from(source).context(format!("reading {location}"))
+                TaskError::from(*source).context(format!("reading {location}"))
             }
         }
     }

@@ -1,5 +1,5 @@
-//! Strata ingest agent: lands PostgreSQL tables, HTTP JSON APIs and files into bronze Delta
-//! tables, exactly once.
+//! Strata ingest agent: lands PostgreSQL and MySQL/MariaDB tables, HTTP JSON APIs and files
+//! into bronze Delta tables, exactly once.
 //!
 //! A source table with an `ingest:` block in the project's YAML is read by its connector in
 //! chunks; each chunk lands as one Delta commit that also records the source's new position
@@ -11,10 +11,12 @@
 #![warn(missing_docs)]
 
 pub mod connector;
+pub mod database;
 pub mod drift;
 pub mod files;
 pub mod http;
 pub mod landing;
+pub mod mysql;
 pub mod postgres;
 pub mod quarantine;
 pub mod run;

@@ -12,47 +12,40 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use futures::{StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio_postgres::types::Type;
 
 use crate::IngestError;
-use crate::connector::{Chunk, Connector};
+use crate::database::SqlSource;
 use crate::landing::ChunkWriter;
-use crate::spec::DatabaseSpec;
-use crate::state::SourceState;
+use crate::secrets::SecretRef;
 
 /// Rows per Arrow batch decoded from the COPY stream.
 const BATCH_ROWS: usize = 8192;
 
-/// The last landed cursor value, as PostgreSQL prints it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct PgPosition {
-    watermark: Option<String>,
-}
-
 /// One column: how it is selected, how its text is parsed, how it lands.
 #[derive(Debug, Clone)]
-struct ColumnPlan {
+pub struct ColumnPlan {
     select: String,
     parsed: DataType,
     landed: DataType,
     field: String,
 }
 
-/// Reads one table or query.
-pub struct PostgresConnector {
-    spec: DatabaseSpec,
+/// A PostgreSQL database and the connections open to it.
+pub struct Postgres {
+    connection: SecretRef,
     retries: u32,
     source_name: String,
     pool: Vec<Arc<tokio_postgres::Client>>,
 }
 
-impl PostgresConnector {
-    /// A connector for `spec` (no connection is made before the first chunk).
-    pub fn new(spec: DatabaseSpec, retries: u32, source_name: &str) -> Self {
-        PostgresConnector {
-            spec,
+impl Postgres {
+    /// The database at `connection` (no connection is made before the first chunk).
+    pub fn new(connection: SecretRef, retries: u32, source_name: &str) -> Self {
+        Postgres {
+            connection,
             retries,
             source_name: source_name.to_string(),
             pool: Vec::new(),
@@ -74,21 +67,8 @@ impl PostgresConnector {
         }
     }
 
-    /// Opens connections up to `count` (kept for the next chunks: a small pool).
-    async fn connections(
-        &mut self,
-        count: usize,
-    ) -> Result<Vec<Arc<tokio_postgres::Client>>, IngestError> {
-        self.pool.retain(|client| !client.is_closed());
-        while self.pool.len() < count {
-            let client = self.connect().await?;
-            self.pool.push(Arc::new(client));
-        }
-        Ok(self.pool[..count].to_vec())
-    }
-
     async fn connect(&self) -> Result<tokio_postgres::Client, IngestError> {
-        let url = self.spec.connection.resolve()?;
+        let url = self.connection.resolve()?;
         let config: tokio_postgres::Config = url.expose().parse().map_err(|_| {
             self.connect_error(
                 "the connection URL is not valid (its text is not shown: it may hold a secret)",
@@ -134,32 +114,23 @@ impl PostgresConnector {
         }
     }
 
-    /// What is read: the table, or the query as a subquery.
-    fn relation(&self) -> String {
-        match (&self.spec.table, &self.spec.query) {
-            (Some(table), _) => table.clone(),
-            (None, Some(query)) => {
-                format!("({}) AS strata_source", query.trim().trim_end_matches(';'))
-            }
-            (None, None) => unreachable!("checked when the spec was parsed"),
-        }
-    }
-
     /// The columns and how each is read.
     async fn plan_columns(
         &self,
         client: &tokio_postgres::Client,
+        relation: &str,
     ) -> Result<Vec<ColumnPlan>, IngestError> {
-        let relation = self.relation();
         let statement = client
             .prepare(&format!("SELECT * FROM {relation} LIMIT 0"))
             .await
-            .map_err(|err| self.read_error(&relation, &err))?;
-        let typmods = match &self.spec.table {
+            .map_err(|err| self.read_error(relation, &err))?;
+        // A table's numeric columns have their declared precision in pg_attribute.
+        let table = (!relation.starts_with('(')).then_some(relation);
+        let typmods = match table {
             Some(table) => client
                 .query(
                     "SELECT attname::text, atttypmod FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
-                    &[table],
+                    &[&table],
                 )
                 .await
                 .map_err(|err| self.read_error(table, &err))?
@@ -177,96 +148,6 @@ impl PostgresConnector {
             })
             .collect())
     }
-
-    /// The filter of the rows after `watermark` up to `upper` on the cursor column.
-    fn cursor_filter(&self, watermark: Option<&str>, upper: Option<&str>) -> String {
-        let Some(cursor) = &self.spec.cursor else {
-            return "TRUE".into();
-        };
-        let cursor = quote_ident(cursor);
-        let mut parts = vec![format!("{cursor} IS NOT NULL")];
-        if let Some(watermark) = watermark {
-            parts.push(format!("{cursor} > {}", quote_literal(watermark)));
-        }
-        if let Some(upper) = upper {
-            parts.push(format!("{cursor} <= {}", quote_literal(upper)));
-        }
-        parts.join(" AND ")
-    }
-
-    /// The cursor value closing the next chunk: the `chunk_rows`-th value past the watermark
-    /// (a chunk holds every row of its last value), or `None` when nothing is new.
-    async fn chunk_upper(
-        &self,
-        client: &tokio_postgres::Client,
-        watermark: Option<&str>,
-    ) -> Result<Option<String>, IngestError> {
-        let Some(cursor) = &self.spec.cursor else {
-            return Ok(None);
-        };
-        let cursor = quote_ident(cursor);
-        let sql = format!(
-            "SELECT max(c)::text FROM (SELECT {cursor} AS c FROM {} WHERE {} ORDER BY {cursor} LIMIT {}) AS chunk",
-            self.relation(),
-            self.cursor_filter(watermark, None),
-            self.spec.chunk_rows
-        );
-        let row = client
-            .query_one(&sql, &[])
-            .await
-            .map_err(|err| self.read_error(&format!("the chunk after {watermark:?}"), &err))?;
-        Ok(row.get(0))
-    }
-
-    /// Splits `filter`'s rows into key ranges of `split_by`, at most `parallelism`.
-    async fn key_ranges(
-        &self,
-        client: &tokio_postgres::Client,
-        filter: &str,
-    ) -> Result<Vec<String>, IngestError> {
-        let (Some(key), true) = (&self.spec.split_by, self.spec.parallelism > 1) else {
-            return Ok(vec![filter.to_string()]);
-        };
-        let key = quote_ident(key);
-        let sql = format!(
-            "SELECT min({key})::bigint, max({key})::bigint FROM {} WHERE {filter}",
-            self.relation()
-        );
-        let row = client
-            .query_one(&sql, &[])
-            .await
-            .map_err(|err| self.read_error(&format!("the key range of {key}"), &err))?;
-        let (Some(low), Some(high)): (Option<i64>, Option<i64>) = (row.get(0), row.get(1)) else {
-            return Ok(vec![filter.to_string()]);
-        };
-        Ok(split_range(low, high, self.spec.parallelism)
-            .into_iter()
-            .enumerate()
-            .map(|(index, (from, to))| {
-                let nulls = if index == 0 {
-                    format!(" OR {key} IS NULL")
-                } else {
-                    String::new()
-                };
-                format!("{filter} AND ({key} BETWEEN {from} AND {to}{nulls})")
-            })
-            .collect())
-    }
-}
-
-/// `[low, high]` cut into at most `parts` contiguous inclusive ranges.
-fn split_range(low: i64, high: i64, parts: usize) -> Vec<(i64, i64)> {
-    let span = i128::from(high) - i128::from(low) + 1;
-    let parts = i128::try_from(parts).unwrap_or(1).clamp(1, span.max(1));
-    let step = (span + parts - 1) / parts;
-    let mut ranges = Vec::new();
-    let mut from = i128::from(low);
-    while from <= i128::from(high) {
-        let to = (from + step - 1).min(i128::from(high));
-        ranges.push((from as i64, to as i64));
-        from = to + 1;
-    }
-    ranges
 }
 
 /// How a column of type `data_type` (with type modifier `typmod`) is selected and landed.
@@ -344,10 +225,6 @@ fn numeric_precision(typmod: i32) -> Option<(u8, i8)> {
 
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
 }
 
 /// The server's message (never the connection string).
@@ -442,71 +319,65 @@ async fn write_decoded(
 }
 
 #[async_trait::async_trait]
-impl Connector for PostgresConnector {
-    async fn read_chunk(
-        &mut self,
-        state: &SourceState,
-        chunk: ChunkWriter,
-    ) -> Result<Option<Chunk>, IngestError> {
-        let position: PgPosition = state
-            .position_as()
-            .map_err(|reason| IngestError::State {
-                table: self.source_name.clone(),
-                reason,
-            })?
-            .unwrap_or_default();
-        let clients = self.connections(self.spec.parallelism).await?;
-        let first = Arc::clone(&clients[0]);
-        let watermark = position.watermark.as_deref();
-        let upper = match self.chunk_upper(&first, watermark).await? {
-            Some(upper) => Some(upper),
-            None if self.spec.cursor.is_some() => return Ok(None),
-            None => None,
-        };
-        let filter = self.cursor_filter(watermark, upper.as_deref());
-        let ranges = self.key_ranges(&first, &filter).await?;
-        let columns = Arc::new(self.plan_columns(&first).await?);
-        let relation = self.relation();
-        let mut tasks = Vec::with_capacity(ranges.len());
-        for (index, range) in ranges.into_iter().enumerate() {
-            let part = chunk.part();
-            tasks.push(tokio::spawn(copy_part(
-                Arc::clone(&clients[index % clients.len()]),
-                Arc::clone(&columns),
-                relation.clone(),
-                range,
-                part,
-                self.source_name.clone(),
-            )));
+impl SqlSource for Postgres {
+    type Columns = Vec<ColumnPlan>;
+
+    fn quote_ident(&self, name: &str) -> String {
+        quote_ident(name)
+    }
+
+    fn quote_literal(&self, value: &str) -> String {
+        format!("'{}'", value.replace('\'', "''"))
+    }
+
+    fn as_text(&self, expr: &str) -> String {
+        format!("({expr})::text")
+    }
+
+    async fn open(&mut self, count: usize) -> Result<(), IngestError> {
+        self.pool.retain(|client| !client.is_closed());
+        while self.pool.len() < count {
+            let client = self.connect().await?;
+            self.pool.push(Arc::new(client));
         }
-        let mut parts = Vec::with_capacity(tasks.len());
-        for task in futures::future::join_all(tasks).await {
-            parts.push(task.map_err(|err| IngestError::Internal(err.to_string()))??);
-        }
-        // Without a cursor, every run lands the whole table as one batch.
-        let last = self.spec.cursor.is_none();
-        let position = PgPosition {
-            watermark: upper.or(position.watermark),
-        };
-        Ok(Some(Chunk {
-            parts,
-            position: serde_json::to_value(&position)
-                .map_err(|err| IngestError::Internal(err.to_string()))?,
-            last,
-        }))
+        Ok(())
+    }
+
+    async fn first_row(&self, sql: &str) -> Result<Vec<Option<String>>, IngestError> {
+        let row = self.pool[0]
+            .query_one(sql, &[])
+            .await
+            .map_err(|err| self.read_error(sql, &err))?;
+        Ok((0..row.len()).map(|index| row.get(index)).collect())
+    }
+
+    async fn columns(&self, relation: &str) -> Result<Arc<Vec<ColumnPlan>>, IngestError> {
+        Ok(Arc::new(self.plan_columns(&self.pool[0], relation).await?))
+    }
+
+    fn read_part(
+        &self,
+        index: usize,
+        columns: Arc<Vec<ColumnPlan>>,
+        relation: String,
+        filter: String,
+        part: ChunkWriter,
+    ) -> BoxFuture<'static, Result<ChunkWriter, IngestError>> {
+        copy_part(
+            Arc::clone(&self.pool[index % self.pool.len()]),
+            columns,
+            relation,
+            filter,
+            part,
+            self.source_name.clone(),
+        )
+        .boxed()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn key_ranges_cover_the_keys_once() {
-        assert_eq!(split_range(1, 10, 3), [(1, 4), (5, 8), (9, 10)]);
-        assert_eq!(split_range(5, 5, 4), [(5, 5)]);
-        assert_eq!(split_range(i64::MIN, i64::MAX, 2).len(), 2);
-    }
 
     #[test]
     fn numerics_keep_their_declared_precision() {

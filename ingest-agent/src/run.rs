@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::IngestError;
 use crate::connector::Connector;
+use crate::database::DatabaseConnector;
 use crate::landing::{BronzeTable, Landing};
 use crate::spec::{ConnectorSpec, IngestSpec};
 
@@ -203,9 +204,14 @@ fn connector_for(
 ) -> Result<Box<dyn Connector>, IngestError> {
     let retries = target.spec.policies.retries;
     Ok(match &target.spec.connector {
-        ConnectorSpec::Postgres(spec) => Box::new(crate::postgres::PostgresConnector::new(
+        ConnectorSpec::Postgres(spec) => Box::new(DatabaseConnector::new(
             spec.clone(),
-            retries,
+            crate::postgres::Postgres::new(spec.connection.clone(), retries, &target.name),
+            &target.name,
+        )),
+        ConnectorSpec::Mysql(spec) => Box::new(DatabaseConnector::new(
+            spec.clone(),
+            crate::mysql::Mysql::new(spec.connection.clone(), retries, &target.name),
             &target.name,
         )),
         ConnectorSpec::Http(spec) => Box::new(crate::http::HttpConnector::new(

@@ -56,6 +56,9 @@ fn default_retries() -> u32 {
 pub enum ConnectorSpec {
     /// A PostgreSQL table or query.
     Postgres(DatabaseSpec),
+    /// A MySQL or MariaDB table or query (`connector: mariadb` is the same).
+    #[serde(alias = "mariadb")]
+    Mysql(DatabaseSpec),
     /// An HTTP JSON API.
     Http(HttpSpec),
     /// Files on the local disk or in object storage.
@@ -67,6 +70,7 @@ impl ConnectorSpec {
     pub fn name(&self) -> &'static str {
         match self {
             ConnectorSpec::Postgres(_) => "postgres",
+            ConnectorSpec::Mysql(_) => "mysql",
             ConnectorSpec::Http(_) => "http",
             ConnectorSpec::Files(_) => "files",
         }
@@ -77,8 +81,8 @@ impl ConnectorSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSpec {
-    /// The connection URL (`postgres://user@host:5432/db`): a reference to a secret, or a
-    /// literal without a password.
+    /// The connection URL (`postgres://user@host:5432/db`, `mysql://user@host:3306/db`): a
+    /// reference to a secret, or a literal without a password.
     pub connection: SecretRef,
     /// The table to read (`schema.table`); or `query`.
     #[serde(default)]
@@ -337,7 +341,7 @@ impl IngestSpec {
 
     fn check(&self) -> Result<(), String> {
         match &self.connector {
-            ConnectorSpec::Postgres(database) => {
+            ConnectorSpec::Postgres(database) | ConnectorSpec::Mysql(database) => {
                 database
                     .connection
                     .check_no_literal_password("connection")?;

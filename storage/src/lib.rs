@@ -58,8 +58,8 @@ pub enum StorageError {
     Delta {
         /// The table.
         location: String,
-        /// delta-rs' error.
-        source: DeltaTableError,
+        /// delta-rs' error (boxed: it is large).
+        source: Box<DeltaTableError>,
     },
 }
 
@@ -294,10 +294,11 @@ pub async fn list_objects(location: &str) -> Result<Vec<ListedFile>, StorageErro
         .collect();
     files.sort_by(|a, b| a.location.cmp(&b.location));
     // A location naming one object lists nothing under it as a prefix.
-    if files.is_empty() && !location.contains(['*', '?', '[']) {
-        if let Ok(meta) = store.head(listing.prefix()).await {
-            files.push(listed_file(meta, location.to_string()));
-        }
+    if files.is_empty()
+        && !location.contains(['*', '?', '['])
+        && let Ok(meta) = store.head(listing.prefix()).await
+    {
+        files.push(listed_file(meta, location.to_string()));
     }
     Ok(files)
 }
@@ -337,7 +338,7 @@ pub async fn open_delta_table(
     }
     let delta_error = |source| StorageError::Delta {
         location: table_uri.to_string(),
-        source,
+        source: Box::new(source),
     };
     match deltalake::DeltaTableBuilder::from_url(url)
         .map_err(delta_error)?

@@ -5,7 +5,10 @@ and files (CSV, NDJSON, gzip, Parquet, a corrupt file). Each bronze table is rea
 inserts and updates, schema drift, an unreachable source, kill -9 trials for each connector,
 and `strata build` landing a model's sources before it.
 
+MySQL/MariaDB tables of every mapped type and an incremental table are checked the same way.
+
 Usage: check_ingest.py --strata target/debug/strata [--pg postgresql://postgres@127.0.0.1/test]
+                       [--mysql mysql://root@127.0.0.1:3306/test]
 """
 
 import argparse
@@ -29,6 +32,7 @@ from urllib.parse import parse_qs, urlparse
 
 import deltalake
 import psycopg
+import pymysql
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -198,6 +202,88 @@ def setup_postgres(pg_url):
         )
 
 
+MYSQL_EVERY_TYPE = """
+CREATE TABLE ingest_check_every_type (
+    id int PRIMARY KEY, tiny tinyint, small smallint, big bigint, ubig bigint unsigned,
+    real_value float, double_value double, money_value decimal(12, 2), wide decimal(50, 10),
+    label varchar(100), code char(3), body text, day date, moment datetime(6), stamp timestamp(6) NULL,
+    clock time, doc json, kind enum('a', 'b'), raw varbinary(10), flags bit(8), year_value year
+) CHARACTER SET utf8mb4"""
+
+MYSQL_EVERY_TYPE_ROWS = [
+    (1, 7, 300, 70000000000, 18446744073709551615, 1.5, 2.25, Decimal("1234.50"),
+     Decimal("12345678901234567890123456789012345678.0123456789"), "plain", "abc", "long text",
+     date(2024, 2, 29), datetime(2024, 1, 2, 3, 4, 5, 123456), datetime(2024, 1, 2, 3, 4, 5, 654321),
+     "12:34:56", '{"a": [1, 2]}', "a", b"\x00\xffab", 5, 2024),
+    (2,) + (None,) * 20,
+    (3, -128, -32768, -9223372036854775808, 0, -3.0e38, -1.7e308, Decimal("-9999999999.99"),
+     Decimal("-0.0000000001"), "", "", "quote ' \" comma , newline \n tab \t back \\ slash ünï😀",
+     date(1000, 1, 1), datetime(1000, 1, 1, 0, 0, 0), datetime(1970, 1, 2, 0, 0, 0),
+     "-838:59:59", "[]", "b", b"", 255, 1901),
+]
+
+
+def mysql_connect(url):
+    parsed = urlparse(url)
+    return pymysql.connect(host=parsed.hostname, port=parsed.port or 3306, user=parsed.username or "root",
+                           password=parsed.password or "", database=parsed.path.lstrip("/"),
+                           autocommit=True, charset="utf8mb4")
+
+
+def setup_mysql(url):
+    with mysql_connect(url) as db, db.cursor() as cursor:
+        for table in ["ingest_check_every_type", "ingest_check_orders"]:
+            cursor.execute(f"DROP TABLE IF EXISTS {table}")
+        cursor.execute("SET time_zone = '+00:00'")
+        cursor.execute(MYSQL_EVERY_TYPE)
+        cursor.executemany(
+            f"INSERT INTO ingest_check_every_type VALUES ({', '.join(['%s'] * 21)})", MYSQL_EVERY_TYPE_ROWS
+        )
+        cursor.execute(
+            "CREATE TABLE ingest_check_orders (id bigint PRIMARY KEY, amount decimal(10, 2), "
+            "updated_at datetime(6) NOT NULL, KEY (updated_at))"
+        )
+        cursor.execute("SET SESSION max_recursive_iterations = 100000")
+        cursor.execute(
+            "INSERT INTO ingest_check_orders WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+            "WHERE i < 30000) SELECT i, i / 100, TIMESTAMP '2026-01-01 00:00:00' + INTERVAL i SECOND FROM n"
+        )
+
+
+def check_mysql_every_type(strata, url):
+    landed = {row["id"]: row for row in bronze(strata, "shop", "every_type")}
+    check(len(landed) == len(MYSQL_EVERY_TYPE_ROWS), f"mysql every_type: {len(landed)} rows landed")
+    with mysql_connect(url) as db, db.cursor() as cursor:
+        cursor.execute("SET time_zone = '+00:00'")
+        cursor.execute(
+            "SELECT id, tiny, small, big, ubig, real_value, double_value, money_value, wide, label, code, body, "
+            "day, moment, stamp, CAST(clock AS CHAR), CAST(doc AS CHAR), kind, HEX(raw), flags + 0, year_value "
+            "FROM ingest_check_every_type"
+        )
+        names = ["id", "tiny", "small", "big", "ubig", "real_value", "double_value", "money_value", "wide",
+                 "label", "code", "body", "day", "moment", "stamp", "clock", "doc", "kind", "raw", "flags",
+                 "year_value"]
+        for source in cursor.fetchall():
+            row = landed[source[0]]
+            for name, expected in zip(names, source):
+                value = row[name]
+                if name == "stamp" and value is not None:
+                    value = value.astimezone(timezone.utc).replace(tzinfo=None)
+                if name in ("real_value", "double_value"):
+                    ok = same_float(value, expected) or (value is not None and abs(value - expected) <= 1e-6 * abs(expected))
+                elif name == "wide":
+                    ok = (value is None and expected is None) or (value is not None and Decimal(value) == expected)
+                else:
+                    ok = value == expected
+                check(ok, f"mysql every_type id={source[0]} {name}: {value!r} != {expected!r}")
+    print(f"ok: every mapped MySQL/MariaDB type, NULLs and edge values ({len(landed)} rows)")
+
+
+def check_mysql_orders(strata, expected):
+    ids = [row["id"] for row in bronze(strata, "shop", "orders")]
+    check(len(ids) == expected and len(set(ids)) == expected, f"mysql orders: {len(ids)} rows, {len(set(ids))} distinct")
+
+
 # ---------------------------------------------------------------------------------------------
 # The project.
 
@@ -236,6 +322,15 @@ sources:
         ingest: {{url: "{base}/flaky", records: results, pagination: {{kind: page}}, pages_per_commit: 2}}
       - name: stream
         ingest: {{url: "{base}/stream", records: results, pagination: {{kind: page}}, pages_per_commit: 1}}
+  - name: shop
+    ingest:
+      connector: mysql
+      connection: {{env: INGEST_MYSQL_URL}}
+    tables:
+      - name: every_type
+        ingest: {{table: ingest_check_every_type}}
+      - name: orders
+        ingest: {{table: ingest_check_orders, cursor: updated_at, split_by: id, parallelism: 2, chunk_rows: 2500}}
   - name: down
     tables:
       - name: api
@@ -502,6 +597,7 @@ def main():
     parser.add_argument("--s3-files", help="an s3:// glob of Parquet files; checks only them")
     parser.add_argument("--s3-local", help="the folder holding the same files on disk")
     parser.add_argument("--pg", default=os.environ.get("STRATA_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--mysql", default=os.environ.get("STRATA_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"))
     parser.add_argument("--seed", type=int, default=int(os.environ.get("STRATA_INGEST_SEED", "7")))
     args = parser.parse_args()
     if args.s3_files:
@@ -511,15 +607,18 @@ def main():
     server = start_api(api)
     base = f"http://127.0.0.1:{server.server_port}"
     setup_postgres(args.pg)
+    setup_mysql(args.mysql)
     work = Path(tempfile.mkdtemp(prefix="strata-ingest-"))
     try:
         project = work / "project"
         write_project(project, base)
-        env = dict(os.environ, INGEST_PG_URL=args.pg, INGEST_API_TOKEN=TOKEN, STRATA_LOG="warn")
+        env = dict(os.environ, INGEST_PG_URL=args.pg, INGEST_MYSQL_URL=args.mysql, INGEST_API_TOKEN=TOKEN,
+                   STRATA_LOG="warn")
         strata = Strata(str(Path(args.strata).resolve()), project, env)
 
         # First run: everything, with one unreachable source.
-        first = strata.run("ingest", "--exclude", "source:crm.big source:api.stream source:landing.drops", expect_ok=False)
+        first = strata.run("ingest", "--exclude", "source:crm.big source:api.stream source:landing.drops source:shop.orders",
+                           expect_ok=False)
         output = first.stdout + first.stderr
         if os.environ.get("INGEST_CHECK_VERBOSE"):
             print(output)
@@ -527,6 +626,7 @@ def main():
         check("cannot reach source down.api" in output, f"the unreachable source is not named:\n{output}")
         check(TOKEN not in output, "the API token reached the output")
         check_every_type(strata, args.pg)
+        check_mysql_every_type(strata, args.mysql)
         check_customers(strata, args.pg, 200)
         check_api(strata, api)
         check_flaky(strata, api, malformed_fixed=False)
@@ -534,7 +634,7 @@ def main():
         print("ok: an unreachable source fails alone, naming itself; the others land")
 
         # Second run: nothing new lands twice.
-        excluded = "source:down source:crm.big source:api.stream source:landing.drops"
+        excluded = "source:down source:crm.big source:api.stream source:landing.drops source:shop"
         strata.run("ingest", "--exclude", excluded)
         check_customers(strata, args.pg, 200)
         check_api(strata, api)
@@ -583,6 +683,15 @@ def main():
             check(len(rows) == 2000 and len(keys) == 2000, f"drops: {len(rows)} rows, {len(keys)} distinct")
 
         kill_trials(strata, "source:crm.big", 5, args.seed, big_complete)
+        kill_trials(strata, "source:shop.orders", 4, args.seed + 3, lambda: check_mysql_orders(strata, 30000))
+        with mysql_connect(args.mysql) as db, db.cursor() as cursor:
+            cursor.execute("INSERT INTO ingest_check_orders VALUES (30001, 1.00, '2027-01-01 00:00:00'), "
+                           "(30002, 2.00, '2027-01-01 00:00:00')")
+            cursor.execute("UPDATE ingest_check_orders SET updated_at = '2027-02-01' WHERE id = 7")
+        strata.run("ingest", "--select", "source:shop.orders")
+        ids = [row["id"] for row in bronze(strata, "shop", "orders")]
+        check(len(ids) == 30003 and ids.count(7) == 2, f"mysql orders after changes: {len(ids)} rows")
+        print("ok: MySQL incremental load after inserts and an update")
         kill_trials(strata, "source:api.stream", 4, args.seed + 1, stream_complete)
         kill_trials(strata, "source:landing.drops", 4, args.seed + 2, drops_complete)
 
