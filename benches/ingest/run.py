@@ -56,7 +56,7 @@ def ensure_table(pg_url, rows):
             "CASE WHEN i % 10 = 0 THEN NULL ELSE (i % 7) / 10.0 END, "
             "timestamptz '2026-01-01 00:00:00+00' + i * interval '1 second', "
             "CASE WHEN i % 3 = 0 THEN NULL ELSE 'order note ' || i END "
-            f"FROM generate_series(1, {rows}) AS i"
+            f"FROM generate_series(1::bigint, {rows}::bigint) AS i"
         )
         db.execute(f"VACUUM ANALYZE {SCHEMA}.orders")
 

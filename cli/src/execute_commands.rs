@@ -56,7 +56,8 @@ pub struct ExecuteArgs {
     /// workers have their own).
     #[arg(long, value_name = "MIB")]
     pub(crate) memory_limit_mib: Option<usize>,
-    /// Rebuild incremental models from scratch (except those with `full_refresh: false`).
+    /// Rebuild incremental models from scratch (except those with `full_refresh: false`); for
+    /// `ingest` (and build's ingest phase), empty each bronze table and land its source again.
     #[arg(long)]
     pub(crate) full_refresh: bool,
     /// Print the run record as JSON instead of the summary.
@@ -138,7 +139,11 @@ pub(crate) fn execute(
     if matches!(command, "build" | "ingest") {
         // With --output json, standard output is the run record's alone.
         let lines: &mut dyn Write = if text { out.stdout } else { out.stderr };
-        let landed = runtime.block_on(crate::ingest_command::ingest_phase(&request, lines))?;
+        let landed = runtime.block_on(crate::ingest_command::ingest_phase(
+            &request,
+            args.full_refresh,
+            lines,
+        ))?;
         if !landed {
             if command == "build" {
                 writeln!(lines, "Not building: a source failed to land (above).")?;

@@ -7,12 +7,14 @@ use std::io::Write;
 use strata_coordinator::RunRequest;
 use strata_ingest_agent::{IngestRequest, TableOutcome, ingest, targets};
 
-/// Lands the sources `request` selects. Returns whether every source landed.
+/// Lands the sources `request` selects (after emptying their bronze tables when
+/// `full_refresh`). Returns whether every source landed.
 ///
 /// # Errors
 /// Only when standard output cannot be written.
 pub(crate) async fn ingest_phase(
     request: &RunRequest,
+    full_refresh: bool,
     out: &mut dyn Write,
 ) -> std::io::Result<bool> {
     let ingest_request = IngestRequest {
@@ -20,6 +22,7 @@ pub(crate) async fn ingest_phase(
         selected: request.selected.clone(),
         warehouse: request.warehouse.clone(),
         project_dir: request.project_dir.clone(),
+        full_refresh,
     };
     let targets = match targets(&ingest_request) {
         Ok(targets) => targets,

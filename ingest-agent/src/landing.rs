@@ -105,6 +105,50 @@ impl BronzeTable {
         Ok(())
     }
 
+    /// Empties the table and forgets the source's position in one commit (`--full-refresh`):
+    /// the next chunk lands from the start, with the source's columns as they are now. Batch
+    /// numbers go on counting.
+    ///
+    /// # Errors
+    /// A storage or Delta failure.
+    pub async fn reset(&mut self) -> Result<(), IngestError> {
+        let Some(table) = &self.table else {
+            return Ok(());
+        };
+        let snapshot = table.snapshot().map_err(|err| self.delta_error(err))?;
+        let mut actions: Vec<Action> = snapshot
+            .log_data()
+            .into_iter()
+            .map(|file| Action::Remove(file.remove_action(true)))
+            .collect();
+        let state = SourceState {
+            batch: self.state.batch,
+            position: serde_json::Value::Null,
+        };
+        let state_json =
+            serde_json::to_string(&state).map_err(|err| IngestError::Internal(err.to_string()))?;
+        let metadata = snapshot
+            .metadata()
+            .clone()
+            .add_config_key(STATE_PROPERTY.to_string(), state_json)
+            .map_err(|err| self.delta_error(DeltaTableError::from(err)))?;
+        actions.push(Action::Metadata(metadata));
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Overwrite,
+            partition_by: None,
+            predicate: None,
+        };
+        CommitBuilder::default()
+            .with_actions(actions)
+            .build(Some(snapshot), table.log_store(), operation)
+            .await
+            .map_err(|err| self.delta_error(err))?;
+        self.reload().await?;
+        // The source's columns now are the table's: nothing to drift from.
+        self.data_schema = None;
+        Ok(())
+    }
+
     /// Where the source's ingestion stands.
     pub fn state(&self) -> &SourceState {
         &self.state
@@ -465,4 +509,141 @@ pub(crate) async fn commit_files(
         .await
         .map_err(delta_error)?;
     Ok(i64::try_from(committed.version()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quarantine::Reject;
+    use crate::spec::{BadRecordPolicy, DriftPolicy, MetadataColumns};
+
+    fn landing(bad_records: BadRecordPolicy) -> Landing {
+        Landing {
+            source_name: "src.t".into(),
+            drift: DriftPolicy::AppendNewColumns,
+            bad_records,
+            columns: MetadataColumns::default(),
+            source_system: "test".into(),
+        }
+    }
+
+    fn ids(values: &[i64]) -> RecordBatch {
+        RecordBatch::try_from_iter([(
+            "id",
+            Arc::new(Int64Array::from(values.to_vec())) as ArrayRef,
+        )])
+        .unwrap()
+    }
+
+    /// Rows of the Delta table at `uri`, from its log's file statistics.
+    async fn count(uri: &str) -> usize {
+        let Some(table) = strata_storage::open_delta_table(uri).await.unwrap() else {
+            return 0;
+        };
+        let snapshot = table.snapshot().unwrap();
+        snapshot
+            .log_data()
+            .into_iter()
+            .map(|file| file.num_records().unwrap())
+            .sum()
+    }
+
+    /// A bronze table in a new folder (kept alive by the returned guard).
+    async fn fresh_table(policy: BadRecordPolicy) -> (tempfile::TempDir, String, BronzeTable) {
+        let folder = tempfile::tempdir().unwrap();
+        let uri = url::Url::from_directory_path(folder.path().join("bronze"))
+            .unwrap()
+            .to_string()
+            .trim_end_matches('/')
+            .to_string();
+        let table = BronzeTable::open(&uri, "src.t", landing(policy))
+            .await
+            .unwrap();
+        (folder, uri, table)
+    }
+
+    #[tokio::test]
+    async fn a_chunk_lands_with_its_position_or_not_at_all() {
+        let (_folder, uri, mut table) = fresh_table(BadRecordPolicy::Quarantine).await;
+        let uri = uri.as_str();
+        let mut chunk = table.begin_chunk();
+        chunk.write(ids(&[1, 2, 3])).await.unwrap();
+        let committed = table
+            .commit(vec![chunk], serde_json::json!({"after": 3}))
+            .await
+            .unwrap();
+        assert_eq!((committed.batch, committed.rows), (1, 3));
+
+        // A chunk written but never committed (the agent died) leaves no trace.
+        let mut lost = table.begin_chunk();
+        lost.write(ids(&[4, 5])).await.unwrap();
+        lost.flush().await.unwrap();
+        drop(lost);
+        let reopened = BronzeTable::open(uri, "src.t", landing(BadRecordPolicy::Quarantine))
+            .await
+            .unwrap();
+        assert_eq!(reopened.state().batch, 1);
+        assert_eq!(reopened.state().position, serde_json::json!({"after": 3}));
+        assert_eq!(count(uri).await, 3);
+
+        // The redone chunk lands once, in parts, with a new column in one of them.
+        let mut table = reopened;
+        let first = table.begin_chunk();
+        let mut second = first.part();
+        let mut first = first;
+        first.write(ids(&[4])).await.unwrap();
+        let wider = RecordBatch::try_from_iter([
+            ("id", Arc::new(Int64Array::from(vec![5])) as ArrayRef),
+            (
+                "name",
+                Arc::new(StringArray::from(vec!["five"])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        second.write(wider).await.unwrap();
+        let committed = table
+            .commit(vec![first, second], serde_json::json!({"after": 5}))
+            .await
+            .unwrap();
+        assert_eq!((committed.batch, committed.rows), (2, 2));
+        assert_eq!(count(uri).await, 5);
+        let schema = table.data_schema.clone().unwrap();
+        assert!(schema.field_with_name("name").is_ok());
+
+        // A full refresh empties the table and forgets the position; batches go on counting.
+        table.reset().await.unwrap();
+        assert_eq!(count(uri).await, 0);
+        assert_eq!(table.state().position, serde_json::Value::Null);
+        assert_eq!(table.begin_chunk().batch(), 3);
+    }
+
+    #[tokio::test]
+    async fn bad_records_are_quarantined_or_fail_the_load() {
+        let (_folder, uri, mut table) = fresh_table(BadRecordPolicy::Quarantine).await;
+        let uri = uri.as_str();
+        let mut chunk = table.begin_chunk();
+        chunk
+            .reject(Reject::new("f.csv:2".into(), "bad", Some("x,y")))
+            .unwrap();
+        chunk.write(ids(&[1])).await.unwrap();
+        let committed = table
+            .commit(vec![chunk], serde_json::json!(1))
+            .await
+            .unwrap();
+        assert_eq!(committed.quarantined, 1);
+        assert_eq!(count(&crate::quarantine::uri(uri)).await, 1);
+
+        let strict = BronzeTable::open(uri, "src.t", landing(BadRecordPolicy::Fail))
+            .await
+            .unwrap();
+        let mut chunk = strict.begin_chunk();
+        let error = chunk
+            .reject(Reject::new("f.csv:3".into(), "bad", None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("f.csv:3") && error.contains("on_bad_record"),
+            "{error}"
+        );
+    }
 }

@@ -27,6 +27,8 @@ pub struct IngestRequest {
     pub warehouse: Warehouse,
     /// The project folder (relative file paths are under it).
     pub project_dir: PathBuf,
+    /// Empty each bronze table and land its source from the start.
+    pub full_refresh: bool,
 }
 
 /// One source table to land.
@@ -177,6 +179,9 @@ async fn land(request: &IngestRequest, target: &IngestTarget) -> Result<TableRep
             .unwrap_or_else(|| format!("{}:{}", target.spec.connector.name(), target.name)),
     };
     let mut table = BronzeTable::open(&target.table_uri, &target.name, landing).await?;
+    if request.full_refresh {
+        table.reset().await?;
+    }
     let mut connector = connector_for(request, target)?;
     let mut report = TableReport::default();
     loop {

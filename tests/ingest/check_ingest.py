@@ -667,6 +667,11 @@ def main():
         check_flaky(strata, api, malformed_fixed=True)
         check_files(strata, second_round=True)
         print("ok: inserts, updates, a new column, new API records and new files land once; drift 'fail' names the column")
+        strata.run("ingest", "--select", "source:crm.strict", "--full-refresh")
+        strict = bronze(strata, "crm", "strict")
+        check(len(strict) == 2 and all("extra" in row for row in strict) and {r["_batch_id"] for r in strict} == {3},
+              f"--full-refresh lands the source again with its new columns: {strict}")
+        print("ok: --full-refresh empties a bronze table and lands its source again")
 
         # Kill -9 trials, one per connector.
         def big_complete():
