@@ -842,7 +842,7 @@ sources:
         );
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].message.contains("must be a mapping"));
-        assert_eq!(errors[0].line, Some(17));
+        assert_eq!(errors[0].line, Some(15));
         let crm = &properties.sources[0];
         let customers = crm.tables[0].ingest.as_ref().unwrap();
         assert_eq!(customers["connector"], "postgres");

@@ -280,7 +280,8 @@ impl Connector for HttpConnector {
                 land_records(&records, |index| format!("{url}#{index}"), &mut chunk).await?;
                 landed_any = true;
             }
-            match page.next {
+            // A server that names the same page as the next one has no more pages.
+            match page.next.filter(|next| *next != url) {
                 Some(next) => {
                     position = HttpPosition { url: next, skip: 0 };
                 }

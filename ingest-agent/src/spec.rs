@@ -356,6 +356,9 @@ impl IngestSpec {
                 if let Some(token) = &http.bearer_token {
                     token.check_not_literal("bearer_token")?;
                 }
+                if matches!(http.pagination, Pagination::Offset { limit: 0, .. }) {
+                    return Err("offset pagination needs `limit` of at least 1".into());
+                }
                 if http.pages_per_commit == 0 {
                     return Err("`pages_per_commit` must be at least 1".into());
                 }
@@ -363,6 +366,9 @@ impl IngestSpec {
             ConnectorSpec::Files(files) => {
                 if files.files_per_commit == 0 {
                     return Err("`files_per_commit` must be at least 1".into());
+                }
+                if !files.delimiter.is_ascii() {
+                    return Err("`delimiter` must be one ASCII character".into());
                 }
             }
         }
