@@ -580,6 +580,13 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// True when the endpoint on `port` answers `/readyz` with 200; false while it is not
+/// listening yet or not ready.
+fn ready(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        && http_get(port, "/readyz", None).0 == 200
+}
+
 /// `GET path` on `port`, with a bearer token when given: (status code, body).
 fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
     use std::io::{Read, Write};
@@ -657,7 +664,7 @@ async fn metrics_and_probes_follow_a_submitted_run() {
     );
     for probe_port in [port, worker_port] {
         let started = Instant::now();
-        while http_get(probe_port, "/readyz", None).0 != 200 {
+        while !ready(probe_port) {
             assert!(started.elapsed() < Duration::from_secs(30), "never ready");
             std::thread::sleep(Duration::from_millis(100));
         }
