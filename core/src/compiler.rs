@@ -642,10 +642,11 @@ impl<'a> Compiler<'a> {
                         raw_code: String::new(),
                         compiled_code: None,
                         compiled_path: None,
-                        checksum: checksum(&format!(
-                            "{:?}{:?}{:?}",
-                            location, format, table.ingest
-                        )),
+                        // Sources without an ingest block keep the checksum they had.
+                        checksum: checksum(&match &table.ingest {
+                            None => format!("{location:?}{format:?}"),
+                            Some(ingest) => format!("{location:?}{format:?}{ingest:?}"),
+                        }),
                         test: None,
                         source: Some(SourceInfo {
                             source_name: source.name.clone(),
