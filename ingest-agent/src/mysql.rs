@@ -193,42 +193,37 @@ async fn read_rows(
         .map_err(|err| read_error(&source_name, &position, err))?;
     let mut builders: Vec<StringBuilder> = columns.iter().map(|_| StringBuilder::new()).collect();
     let mut rows = 0;
-    while let Some(row) = result
-        .next()
-        .await
-        .map_err(|err| read_error(&source_name, &position, err))?
-    {
-        for (builder, value) in builders.iter_mut().zip(row.unwrap()) {
-            match value {
-                mysql_async::Value::NULL => builder.append_null(),
-                mysql_async::Value::Bytes(bytes) => {
-                    builder.append_value(String::from_utf8_lossy(&bytes))
-                }
-                other => builder.append_value(other.as_sql(true).trim_matches('\'')),
+    loop {
+        let row = result
+            .next()
+            .await
+            .map_err(|err| read_error(&source_name, &position, err))?;
+        let done = row.is_none();
+        if let Some(row) = row {
+            for (builder, value) in builders.iter_mut().zip(row.unwrap()) {
+                builder.append_option(text_of(value));
             }
+            rows += 1;
         }
-        rows += 1;
-        if rows == BATCH_ROWS {
-            part.write(typed_batch(
-                &mut builders,
-                &landed,
-                &source_name,
-                &position,
-            )?)
-            .await?;
+        if rows == BATCH_ROWS || (done && rows > 0) {
+            let batch = typed_batch(&mut builders, &landed, &source_name, &position)?;
+            part.write(batch).await?;
             rows = 0;
         }
-    }
-    if rows > 0 {
-        part.write(typed_batch(
-            &mut builders,
-            &landed,
-            &source_name,
-            &position,
-        )?)
-        .await?;
+        if done {
+            break;
+        }
     }
     Ok(part)
+}
+
+/// A value of the text protocol as text (`None` for NULL).
+fn text_of(value: mysql_async::Value) -> Option<String> {
+    match value {
+        mysql_async::Value::NULL => None,
+        mysql_async::Value::Bytes(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+        other => Some(other.as_sql(true).trim_matches('\'').to_string()),
+    }
 }
 
 /// The text columns cast to the landed types; MySQL's zero dates (`0000-00-00`) are NULL.
@@ -319,16 +314,7 @@ impl SqlSource for Mysql {
             .await
             .map_err(|err| read_error(&self.source_name, sql, err))?;
         Ok(row.map_or_else(Vec::new, |row| {
-            row.unwrap()
-                .into_iter()
-                .map(|value| match value {
-                    mysql_async::Value::NULL => None,
-                    mysql_async::Value::Bytes(bytes) => {
-                        Some(String::from_utf8_lossy(&bytes).into_owned())
-                    }
-                    other => Some(other.as_sql(true).trim_matches('\'').to_string()),
-                })
-                .collect()
+            row.unwrap().into_iter().map(text_of).collect()
         }))
     }
 
