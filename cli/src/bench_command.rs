@@ -19,7 +19,6 @@ use prost::Message as _;
 use strata_amqp::AmqpQueue;
 use strata_core::queue::{Consumer, JobQueue, MemoryQueue, Message};
 use strata_proto::v1::{Task, TaskKind, TaskResult};
-use strata_worker::WorkerConfig;
 
 use crate::project_commands::Output;
 
@@ -206,18 +205,13 @@ pub(crate) fn bench(
     let (memory_burst, memory_loop) = runtime.block_on(async {
         let queue = Arc::new(MemoryQueue::new());
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let worker = tokio::spawn(strata_worker::serve(
-            queue.clone(),
-            WorkerConfig {
-                task_queue: task_queue.clone(),
-                ..strata_worker::process::embedded_config(
-                    &strata_core::settings::Settings::default(),
-                    "bench-memory",
-                    args.slots * args.workers,
-                )
-            },
-            stopped,
-        ));
+        let mut config = strata_worker::process::embedded_config(
+            &strata_core::settings::Settings::default(),
+            "bench-memory",
+            args.slots * args.workers,
+        );
+        config.tasks.task_queue = task_queue.clone();
+        let worker = tokio::spawn(strata_worker::serve(queue.clone(), config, stopped));
         let burst = measure(&queue, &task_queue, "memory-burst", args.tasks, false).await?;
         let closed_loop =
             measure(&queue, &task_queue, "memory-loop", args.sequential, true).await?;

@@ -319,6 +319,7 @@ fn node_result(node: &pb::NodeState) -> Option<NodeResult> {
         peak_allocated_bytes: 0,
         workers: node.workers.clone(),
         stages: Vec::new(),
+        quarantined: None,
     })
 }
 

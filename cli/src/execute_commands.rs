@@ -1,7 +1,12 @@
-//! `strata run`, `strata build`, `strata seed`, `strata test`: execute a compiled project and
-//! print progress and a summary like dbt's. In embedded mode the coordinator and an in-process
-//! worker talk over the in-memory job queue; with `--cluster amqp://…` this process is the
-//! coordinator and `strata worker` processes anywhere do the work — the same code either way.
+//! `strata run`, `strata build`, `strata seed`, `strata test`, `strata ingest`: execute a
+//! compiled project and print progress and a summary like dbt's. Sources with an `ingest:`
+//! block are nodes of `build` and `ingest` runs, landed by an ingest agent (in this process,
+//! or `strata ingest-agent` processes with `--cluster`) before anything reads them.
+//!
+//! In embedded mode the coordinator, an in-process worker and an in-process ingest agent talk
+//! over the in-memory job queue; with `--cluster amqp://…` this process is the coordinator and
+//! `strata worker` and `strata ingest-agent` processes anywhere do the work — the same code
+//! either way.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -52,12 +57,16 @@ pub struct ExecuteArgs {
     /// The queue the cluster's workers take tasks from (their `--task-queue`; broker.task_queue).
     #[arg(long, value_name = "NAME")]
     pub(crate) task_queue: Option<String>,
+    /// The queue the cluster's ingest agents take ingest tasks from (their `--ingest-queue`;
+    /// broker.ingest_queue).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) ingest_queue: Option<String>,
     /// Memory pool of each task, in MiB (embedded mode, engine.memory_limit_mib; cluster
     /// workers have their own).
     #[arg(long, value_name = "MIB")]
     pub(crate) memory_limit_mib: Option<usize>,
-    /// Rebuild incremental models from scratch (except those with `full_refresh: false`); for
-    /// `ingest` (and build's ingest phase), empty each bronze table and land its source again.
+    /// Rebuild incremental models from scratch (except those with `full_refresh: false`), and
+    /// empty the bronze table of each source the run lands and land it again.
     #[arg(long)]
     pub(crate) full_refresh: bool,
     /// Print the run record as JSON instead of the summary.
@@ -135,25 +144,6 @@ pub(crate) fn execute(
             warehouse.root()
         )?;
     }
-    // The seed's ingest_bronze >> process_silver: sources land before anything reads them.
-    if matches!(command, "build" | "ingest") {
-        // With --output json, standard output is the run record's alone.
-        let lines: &mut dyn Write = if text { out.stdout } else { out.stderr };
-        let landed = runtime.block_on(crate::ingest_command::ingest_phase(
-            &request,
-            args.full_refresh,
-            lines,
-        ))?;
-        if !landed {
-            if command == "build" {
-                writeln!(lines, "Not building: a source failed to land (above).")?;
-            }
-            return Ok(ExitCode::FAILURE);
-        }
-        if command == "ingest" {
-            return Ok(ExitCode::SUCCESS);
-        }
-    }
     let stdout = &mut out.stdout;
     let on_event = |event: RunEvent| {
         if text {
@@ -192,6 +182,11 @@ fn execute_flags(args: &ExecuteArgs) -> Flags {
         )
         .set("broker.url", "--cluster", args.cluster.clone())
         .set("broker.task_queue", "--task-queue", args.task_queue.clone())
+        .set(
+            "broker.ingest_queue",
+            "--ingest-queue",
+            args.ingest_queue.clone(),
+        )
 }
 
 /// The project folder, resolved, and the warehouse of the command.
@@ -220,12 +215,20 @@ pub(crate) fn progress(out: &mut dyn Write, event: &RunEvent) -> std::io::Result
     let kind = result.resource_type.as_str();
     let what = match (result.resource_type, &result.relation) {
         (ResourceType::Test, _) => format!("test {}", result.name),
+        // `source.table`, as the project names it (the relation is its bronze table).
+        (ResourceType::Source, _) => format!("source {}", source_name(&result.unique_id)),
         (_, Some(relation)) => format!("{kind} {relation}"),
         _ => format!("{kind} {}", result.name),
     };
     let seconds = result.duration_ms as f64 / 1000.0;
     let detail = match result.status {
-        NodeStatus::Success => format!("OK {} rows in {seconds:.2}s", result.rows),
+        NodeStatus::Success => match result.quarantined {
+            Some(quarantined) => format!(
+                "OK {} rows, {quarantined} quarantined in {seconds:.2}s",
+                result.rows
+            ),
+            None => format!("OK {} rows in {seconds:.2}s", result.rows),
+        },
         NodeStatus::Pass => format!("PASS in {seconds:.2}s"),
         NodeStatus::Warn => format!("WARN {} in {seconds:.2}s", result.failures.unwrap_or(0)),
         NodeStatus::Fail => format!(
@@ -247,6 +250,11 @@ pub(crate) fn progress(out: &mut dyn Write, event: &RunEvent) -> std::io::Result
         out,
         "{done:>4} of {total:<4} {what:.<70} [{detail}{retries}]"
     )
+}
+
+/// `source.table` of a source's unique id (`source.<project>.<source>.<table>`).
+fn source_name(unique_id: &str) -> &str {
+    unique_id.splitn(3, '.').nth(2).unwrap_or(unique_id)
 }
 
 pub(crate) fn summary(out: &mut dyn Write, record: &RunRecord) -> std::io::Result<()> {

@@ -60,6 +60,7 @@ fn request_for(
         task_timeout: std::time::Duration::from_secs(
             strata_core::settings::RunDefaults::default().task_timeout_secs,
         ),
+        full_refresh: false,
     }
 }
 

@@ -9,7 +9,7 @@ mod bench_command;
 mod client_commands;
 mod coordinator_command;
 mod execute_commands;
-mod ingest_command;
+mod ingest_agent_command;
 mod inspect_commands;
 mod project_commands;
 pub mod sample_data;
@@ -50,7 +50,8 @@ pub enum Command {
     /// Loads the selected seeds.
     Seed(execute_commands::ExecuteArgs),
     /// Lands the selected sources' `ingest:` blocks (databases, APIs, files) into bronze,
-    /// exactly once; `build` does this first for the sources its models read.
+    /// exactly once; `build` does this first for the sources its models read. With
+    /// `--cluster`, `strata ingest-agent` processes do the landing.
     Ingest(execute_commands::ExecuteArgs),
     /// Runs the selected data tests.
     Test(execute_commands::ExecuteArgs),
@@ -64,6 +65,9 @@ pub enum Command {
     GenerateSampleData(sample_data::SampleDataArgs),
     /// Serves tasks from RabbitMQ as a worker of the distributed mode, until SIGTERM drains it.
     Worker(worker_command::WorkerArgs),
+    /// Serves ingest tasks from RabbitMQ (sources into bronze) in the distributed mode, until
+    /// SIGTERM drains it: the one role that reaches the sources.
+    IngestAgent(ingest_agent_command::IngestAgentArgs),
     /// Benchmarks of Strata's own machinery (`strata bench dispatch`).
     Bench(bench_command::BenchArgs),
     /// Serves the gRPC API: runs submitted to it execute on RabbitMQ workers; state survives
@@ -227,6 +231,7 @@ pub fn execute(cli: Cli, env: &BTreeMap<String, String>) -> anyhow::Result<ExitC
         Command::Show(args) => inspect_commands::show(&args, env, &mut out),
         Command::Debug(args) => inspect_commands::debug(&args, env, &mut out),
         Command::Worker(args) => worker_command::worker(&args, env, &mut out),
+        Command::IngestAgent(args) => ingest_agent_command::ingest_agent(&args, env, &mut out),
         Command::Bench(args) => bench_command::bench(&args, env, &mut out),
         Command::Coordinator(args) => coordinator_command::coordinator(&args, env, &mut out),
         Command::Submit(args) => client_commands::submit(&args, env, &mut out),

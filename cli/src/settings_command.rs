@@ -64,6 +64,7 @@ struct ShowArgs {
 enum RoleArg {
     Coordinator,
     Worker,
+    IngestAgent,
     Embedded,
 }
 
@@ -76,6 +77,7 @@ pub(crate) fn config(
     let (role, flags) = match show.role {
         RoleArg::Worker => (Role::Worker, show.worker.flags()),
         RoleArg::Coordinator => (Role::Coordinator, Flags::default()),
+        RoleArg::IngestAgent => (Role::IngestAgent, Flags::default()),
         RoleArg::Embedded => (Role::Embedded, Flags::default()),
     };
     let resolved = resolve(&show.worker.settings, env, flags)?;

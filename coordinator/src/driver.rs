@@ -11,10 +11,10 @@ use strata_core::config::Materialization;
 use strata_core::dag::Dag;
 use strata_core::manifest::{Manifest, ResourceType};
 use strata_core::queue::{
-    ATTEMPT_HEADER, Consumer, Delivery, HEARTBEAT, JobQueue, KIND_HEADER, Message, RESULT_QUEUE,
-    Settler, TASK_HEADER, TASK_QUEUE,
+    ATTEMPT_HEADER, Consumer, Delivery, HEARTBEAT, INGEST_QUEUE, JobQueue, KIND_HEADER, Message,
+    RESULT_QUEUE, Settler, TASK_HEADER, TASK_QUEUE,
 };
-use strata_proto::v1::{FailureClass, Task, TaskResult};
+use strata_proto::v1::{FailureClass, Task, TaskKind, TaskResult};
 
 use crate::commit;
 use crate::metrics::CoordinatorMetrics;
@@ -27,10 +27,12 @@ use crate::spans::RunSpans;
 use tracing::Instrument;
 
 /// Executes a run over a job queue on which workers consume [`TASK_QUEUE`] (or the queue set
-/// with [`Coordinator::with_task_queue`]); results come back on a queue of the run's own.
+/// with [`Coordinator::with_task_queue`]) and ingest agents [`INGEST_QUEUE`] (or
+/// [`Coordinator::with_ingest_queue`]'s); results come back on a queue of the run's own.
 pub struct Coordinator<Q: JobQueue> {
     queue: Arc<Q>,
     task_queue: String,
+    ingest_queue: String,
     /// How the coordinator reaches workers' Flight servers (to delete a run's shuffle outputs).
     fetch: strata_engine::exchange::FetchSettings,
     /// Where runs are counted, when the process serves metrics.
@@ -55,6 +57,7 @@ impl<Q: JobQueue> Coordinator<Q> {
         Self {
             queue,
             task_queue: TASK_QUEUE.to_string(),
+            ingest_queue: INGEST_QUEUE.to_string(),
             fetch: strata_engine::exchange::FetchSettings::default(),
             metrics: None,
         }
@@ -70,6 +73,21 @@ impl<Q: JobQueue> Coordinator<Q> {
     pub fn with_task_queue(mut self, task_queue: &str) -> Self {
         self.task_queue = task_queue.to_string();
         self
+    }
+
+    /// Publishes ingest tasks on `ingest_queue` instead of [`INGEST_QUEUE`].
+    pub fn with_ingest_queue(mut self, ingest_queue: &str) -> Self {
+        self.ingest_queue = ingest_queue.to_string();
+        self
+    }
+
+    /// The queue a task goes to: ingest tasks to the ingest agents', the others to workers'.
+    fn queue_of(&self, task: &Task) -> &str {
+        if task.kind == TaskKind::Ingest as i32 {
+            &self.ingest_queue
+        } else {
+            &self.task_queue
+        }
     }
 
     /// Calls workers' Flight servers with the cluster's secret.
@@ -241,12 +259,9 @@ impl<Q: JobQueue> Coordinator<Q> {
             }
             Action::Publish { task, attempt } => {
                 let message = task_message(&task, attempt);
-                let span = run.spans.publish(&task, attempt, &self.task_queue);
-                let published = self
-                    .queue
-                    .publish(&self.task_queue, message)
-                    .instrument(span)
-                    .await;
+                let queue = self.queue_of(&task);
+                let span = run.spans.publish(&task, attempt, queue);
+                let published = self.queue.publish(queue, message).instrument(span).await;
                 if let Err(err) = published {
                     tracing::warn!(task = %task.task_id, attempt, error = %err, "publishing a task failed");
                     scheduler.publish_failed(
@@ -337,10 +352,11 @@ impl From<&RunRequest> for Policy {
 }
 
 /// The run's nodes as the scheduler sees them: every selected node the command executes
-/// (not ephemeral models or sources), with what each waits for.
+/// (not ephemeral models; sources only when they are landed, see [`landed_sources`]), with
+/// what each waits for.
 fn jobs(request: &RunRequest) -> Vec<Job> {
     let manifest = &request.manifest;
-    let to_run: BTreeSet<String> = request
+    let mut to_run: BTreeSet<String> = request
         .selected
         .iter()
         .filter(|id| {
@@ -352,7 +368,9 @@ fn jobs(request: &RunRequest) -> Vec<Job> {
         })
         .cloned()
         .collect();
-    let mut waits = waits_for(manifest, &manifest.dag(), &to_run);
+    let dag = manifest.dag();
+    to_run.extend(landed_sources(request, &dag, &to_run));
+    let mut waits = waits_for(manifest, &dag, &to_run);
     to_run
         .iter()
         .map(|id| {
@@ -367,6 +385,39 @@ fn jobs(request: &RunRequest) -> Vec<Job> {
             }
         })
         .collect()
+}
+
+/// The sources with an `ingest:` block the run lands before anything reads them (the seed's
+/// `ingest_bronze >> process_silver`): the selected ones, and — for `build` — those upstream
+/// of a node it runs, so that `strata build --select model` lands what the model reads.
+fn landed_sources(request: &RunRequest, dag: &Dag, to_run: &BTreeSet<String>) -> BTreeSet<String> {
+    if !request.resource_types.contains(&ResourceType::Source) {
+        return BTreeSet::new();
+    }
+    let manifest = &request.manifest;
+    let lands = |id: &str| {
+        manifest.nodes.get(id).is_some_and(|node| {
+            node.resource_type == ResourceType::Source
+                && node
+                    .source
+                    .as_ref()
+                    .is_some_and(|source| source.ingest.is_some())
+        })
+    };
+    let mut sources: BTreeSet<String> = request
+        .selected
+        .iter()
+        .filter(|id| lands(id.as_str()))
+        .cloned()
+        .collect();
+    for id in to_run {
+        sources.extend(
+            dag.ancestors(id, None)
+                .into_iter()
+                .filter(|ancestor| lands(ancestor.as_str())),
+        );
+    }
+    sources
 }
 
 /// The nodes each node waits for: its selected parents (through ephemeral models, and sources
@@ -466,6 +517,7 @@ async fn complete(run: &mut RunContext<'_>, completion: &Completion) -> NodeResu
         peak_allocated_bytes: result.peak_allocated_bytes,
         workers: progress.workers.iter().cloned().collect(),
         stages: progress.stages.clone(),
+        quarantined: None,
     };
     if class != FailureClass::Unspecified {
         record.status = if node.resource_type == ResourceType::Test {
@@ -474,6 +526,14 @@ async fn complete(run: &mut RunContext<'_>, completion: &Completion) -> NodeResu
             NodeStatus::Error
         };
         record.error = Some(result.error.clone());
+    } else if node.resource_type == ResourceType::Source {
+        // The ingest agent committed each chunk itself, with the source's position.
+        if result.table_version >= 0 {
+            run.versions
+                .insert(node.unique_id.clone(), result.table_version);
+            record.version = Some(result.table_version);
+        }
+        record.quarantined = (result.quarantined_rows > 0).then_some(result.quarantined_rows);
     } else if node.resource_type == ResourceType::Test {
         record.failures = Some(result.failing_rows);
         record.status = test_status(node, result.failing_rows);
@@ -527,9 +587,138 @@ fn elapsed_ms(since: Instant) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
 
-    use super::waits_for;
+    use strata_core::manifest::Manifest;
+
+    use super::{jobs, waits_for};
+    use crate::RunRequest;
+
+    /// Compiles a project of `files` (path, text) and selects with `select`.
+    fn compiled(files: &[(&str, &str)], select: &[&str]) -> (Manifest, BTreeSet<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let select: Vec<String> = select.iter().map(|term| term.to_string()).collect();
+        let outcome = strata_core::invocation::run_compile(
+            dir.path(),
+            None,
+            "dev",
+            &select,
+            &[],
+            &BTreeMap::new(),
+        );
+        (outcome.manifest.expect("compiles"), outcome.selected)
+    }
+
+    /// What `command` runs of the project, each node with what it waits for.
+    fn planned(
+        manifest: &Manifest,
+        selected: &BTreeSet<String>,
+        command: &str,
+    ) -> BTreeMap<String, Vec<String>> {
+        let request = RunRequest {
+            manifest: Arc::new(manifest.clone()),
+            selected: selected.clone(),
+            resource_types: crate::prepare::resource_types(command).unwrap(),
+            project_dir: std::path::PathBuf::from("/project"),
+            warehouse: crate::Warehouse::parse("memory:///lake", std::path::Path::new("/"))
+                .unwrap(),
+            threads: 1,
+            fail_fast: false,
+            retries: 0,
+            retry_backoff: std::time::Duration::ZERO,
+            incremental_models: BTreeSet::new(),
+            shuffle_partitions: 0,
+            task_timeout: std::time::Duration::from_secs(1),
+            full_refresh: false,
+        };
+        jobs(&request)
+            .into_iter()
+            .map(|job| (job.unique_id, job.waits_for.into_iter().collect()))
+            .collect()
+    }
+
+    const LANDED_PROJECT: &[(&str, &str)] = &[
+        ("dbt_project.yml", "name: shop\n"),
+        (
+            "models/sources.yml",
+            "version: 2\nsources:\n  - name: crm\n    tables:\n      - name: customers\n        ingest: {connector: files, path: 'in/*.csv'}\n      - name: orders\n        ingest: {connector: files, path: 'in/o*.csv'}\n  - name: lake\n    tables:\n      - name: events\n",
+        ),
+        (
+            "models/by_country.sql",
+            "select country, count(*) as n from {{ source('crm', 'customers') }} group by country",
+        ),
+        (
+            "models/events.sql",
+            "select * from {{ source('lake', 'events') }}",
+        ),
+    ];
+
+    #[test]
+    fn build_lands_the_sources_of_what_it_builds_before_the_models_that_read_them() {
+        let (manifest, everything) = compiled(LANDED_PROJECT, &[]);
+        let build = planned(&manifest, &everything, "build");
+        assert_eq!(
+            build.keys().collect::<Vec<_>>(),
+            [
+                "model.shop.by_country",
+                "model.shop.events",
+                "source.shop.crm.customers",
+                "source.shop.crm.orders",
+            ],
+            "sources without an ingest block are not run"
+        );
+        assert_eq!(
+            build["model.shop.by_country"],
+            ["source.shop.crm.customers"]
+        );
+        assert!(build["model.shop.events"].is_empty());
+
+        let (manifest, one_model) = compiled(LANDED_PROJECT, &["by_country"]);
+        let build = planned(&manifest, &one_model, "build");
+        assert_eq!(
+            build.keys().collect::<Vec<_>>(),
+            ["model.shop.by_country", "source.shop.crm.customers"],
+            "build --select model lands the sources it reads"
+        );
+        assert_eq!(
+            planned(&manifest, &one_model, "run")
+                .keys()
+                .collect::<Vec<_>>(),
+            ["model.shop.by_country"],
+            "run lands nothing"
+        );
+    }
+
+    #[test]
+    fn ingest_lands_only_the_selected_sources_with_an_ingest_block() {
+        let (manifest, everything) = compiled(LANDED_PROJECT, &[]);
+        assert_eq!(
+            planned(&manifest, &everything, "ingest")
+                .keys()
+                .collect::<Vec<_>>(),
+            ["source.shop.crm.customers", "source.shop.crm.orders"]
+        );
+        let (manifest, one) = compiled(LANDED_PROJECT, &["source:crm.orders"]);
+        assert_eq!(
+            planned(&manifest, &one, "ingest")
+                .keys()
+                .collect::<Vec<_>>(),
+            ["source.shop.crm.orders"]
+        );
+        let (manifest, upstream) = compiled(LANDED_PROJECT, &["+by_country"]);
+        assert_eq!(
+            planned(&manifest, &upstream, "ingest")
+                .keys()
+                .collect::<Vec<_>>(),
+            ["source.shop.crm.customers"]
+        );
+    }
 
     /// `orders` and `customers`; `order_totals` reads orders, `customer_orders` reads both; a
     /// `not_null` test on orders and a `relationships` test from orders to customers.

@@ -8,7 +8,7 @@ use strata_core::config::Materialization;
 use strata_core::manifest::{Node, ResourceType};
 use strata_core::queue::RESULT_QUEUE;
 use strata_proto::v1::{
-    DeltaInput, FileFormat, FileInput, Incremental, Snapshot, Task, TaskInput, TaskKind,
+    DeltaInput, FileFormat, FileInput, Incremental, Ingest, Snapshot, Task, TaskInput, TaskKind,
     TaskOutput, task_input,
 };
 
@@ -183,6 +183,9 @@ async fn build_task(
 ) -> Result<Task, PlanError> {
     *counter += 1;
     let task_id = format!("{}-{counter:05}", node.name);
+    if node.resource_type == ResourceType::Source {
+        return ingest_task(request, run_id, node, task_id);
+    }
     let mut inputs = Vec::new();
     let (kind, sql) = match node.resource_type {
         ResourceType::Seed => {
@@ -263,6 +266,37 @@ async fn build_task(
         reply_to: format!("{RESULT_QUEUE}.{run_id}"),
         truncating_division: node.config.truncating_division(),
         snapshot,
+        ..Task::default()
+    })
+}
+
+/// A source's one task: land it into its bronze table (an ingest agent's work).
+fn ingest_task(
+    request: &RunRequest,
+    run_id: &str,
+    node: &Node,
+    task_id: String,
+) -> Result<Task, PlanError> {
+    let no_relation = || PlanError::NoRelation {
+        node: node.name.clone(),
+    };
+    let relation = node.relation.as_ref().ok_or_else(no_relation)?;
+    let info = node.source.as_ref().ok_or_else(no_relation)?;
+    let declaration = info.ingest.as_ref().ok_or_else(no_relation)?;
+    Ok(Task {
+        run_id: run_id.to_string(),
+        task_id,
+        kind: TaskKind::Ingest as i32,
+        node_unique_id: node.unique_id.clone(),
+        reply_to: format!("{RESULT_QUEUE}.{run_id}"),
+        ingest: Some(Ingest {
+            source_name: format!("{}.{}", info.source_name, node.name),
+            table_uri: request.warehouse.table_uri(relation),
+            spec_json: serde_json::Value::Object(declaration.spec.clone()).to_string(),
+            origin: declaration.origin.clone(),
+            project_dir: request.project_dir.display().to_string(),
+            full_refresh: request.full_refresh,
+        }),
         ..Task::default()
     })
 }
@@ -388,9 +422,20 @@ fn add_inputs<'a>(
                 };
                 let info = node.source.as_ref().ok_or_else(no_location)?;
                 let Some(location) = info.location.as_deref() else {
-                    // No files of its own: the source is a table of the warehouse.
+                    // No files of its own: the source is a table of the warehouse (a bronze
+                    // table when it is landed, pinned at the version this run landed).
                     let table_uri = request.warehouse.table_uri(relation);
-                    let version = current_version(&table_uri).await?.ok_or_else(no_location)?;
+                    let version = match versions.get(id) {
+                        Some(version) => *version,
+                        None if info.ingest.is_some() => current_version(&table_uri)
+                            .await?
+                            .ok_or_else(|| PlanError::NotBuilt {
+                                node: format!("source:{}.{}", info.source_name, node.name),
+                                table_uri: table_uri.clone(),
+                                command: "strata ingest",
+                            })?,
+                        None => current_version(&table_uri).await?.ok_or_else(no_location)?,
+                    };
                     inputs.push(TaskInput {
                         schema: relation.schema.clone(),
                         name: relation.identifier.clone(),

@@ -92,14 +92,16 @@ pub fn resource_types(command: &str) -> Option<BTreeSet<ResourceType>> {
         "seed" => &[ResourceType::Seed],
         "test" => &[ResourceType::Test],
         "snapshot" => &[ResourceType::Snapshot],
+        // Sources with an `ingest:` block land first (through the ingest agents).
         "build" => &[
+            ResourceType::Source,
             ResourceType::Seed,
             ResourceType::Model,
             ResourceType::Snapshot,
             ResourceType::Test,
         ],
         "run" => &[ResourceType::Model],
-        // Sources land through the ingest agent; the coordinator runs nothing.
+        // Sources with an `ingest:` block, landed by the ingest agents.
         "ingest" => &[ResourceType::Source],
         _ => return None,
     };
@@ -225,6 +227,7 @@ pub async fn prepare(
             incremental_models: incremental_ids,
             shuffle_partitions: spec.shuffle_partitions,
             task_timeout: Duration::from_secs(spec.task_timeout_secs.max(1)),
+            full_refresh: spec.full_refresh,
         },
         diagnostics,
     })

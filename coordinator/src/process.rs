@@ -68,7 +68,7 @@ pub struct RunningCoordinator<Q: JobQueue> {
     endpoint: Option<(RunningEndpoint, JoinHandle<()>)>,
 }
 
-/// How often the depth of the task queue is read for `strata_task_queue_depth`.
+/// How often the depths of the task and ingest queues are read for `strata_task_queue_depth`.
 const QUEUE_DEPTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Starts the endpoint of `settings.metrics`, when it has an address, and a task that keeps
@@ -88,14 +88,22 @@ async fn metrics_endpoint<Q: JobQueue>(
     let endpoint = strata_telemetry::http::start(listen, metrics.registry.clone(), token)
         .await
         .map_err(|err| failed(&err))?;
-    let (metrics, task_queue) = (metrics.clone(), settings.broker.task_queue.clone());
+    let metrics = metrics.clone();
+    let queues = [
+        settings.broker.task_queue.clone(),
+        settings.broker.ingest_queue.clone(),
+    ];
     let poller = tokio::spawn(async move {
         let mut ticks = tokio::time::interval(QUEUE_DEPTH_INTERVAL);
         loop {
             ticks.tick().await;
-            match queue.depth(&task_queue).await {
-                Ok(depth) => metrics.queue_depth(&task_queue, depth),
-                Err(err) => tracing::debug!(error = %err, "cannot read the task queue's depth"),
+            for name in &queues {
+                match queue.depth(name).await {
+                    Ok(depth) => metrics.queue_depth(name, depth),
+                    Err(err) => {
+                        tracing::debug!(queue = %name, error = %err, "cannot read a queue's depth")
+                    }
+                }
             }
         }
     });
@@ -251,6 +259,7 @@ pub async fn run_on_broker(
     let queue = Arc::new(AmqpQueue::connect(&settings.broker.url).await?);
     let record = crate::Coordinator::new(queue.clone())
         .with_task_queue(&settings.broker.task_queue)
+        .with_ingest_queue(&settings.broker.ingest_queue)
         .with_cluster_secret(Some(secret))
         .run(request, run_id, on_event)
         .await;
@@ -274,6 +283,7 @@ fn service_config(
     Ok(ServiceConfig {
         data_dir: coordinator.data_dir.clone(),
         task_queue: settings.broker.task_queue.clone(),
+        ingest_queue: settings.broker.ingest_queue.clone(),
         max_concurrent_runs: coordinator.max_concurrent_runs.max(1),
         defaults: run_defaults(&coordinator.runs),
         env: allowed,

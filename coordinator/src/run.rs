@@ -49,6 +49,9 @@ pub struct RunRequest {
     /// A running task that sends neither a heartbeat nor a result for this long is taken for
     /// lost (its worker hung, or stopped with its connection open) and retried elsewhere.
     pub task_timeout: Duration,
+    /// `--full-refresh`: besides rebuilding incremental models, empty the bronze tables of the
+    /// sources the run lands and land them from the start.
+    pub full_refresh: bool,
 }
 
 /// One stage of a shuffled model in the run record.
@@ -150,6 +153,9 @@ pub struct NodeResult {
     /// The stages of a shuffled model, in order (empty for single-stage nodes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<StageRecord>,
+    /// Records of a landed source set aside in its quarantine table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<i64>,
 }
 
 /// The record of a run, saved as JSON under `target/` and in the warehouse.

@@ -31,6 +31,8 @@ pub struct ServiceConfig {
     pub data_dir: PathBuf,
     /// The queue workers take tasks from.
     pub task_queue: String,
+    /// The queue ingest agents take ingest tasks from.
+    pub ingest_queue: String,
     /// Runs executing at once; later submissions wait in `queued`.
     pub max_concurrent_runs: usize,
     /// Settings of a run that its submission does not override.
@@ -222,6 +224,7 @@ impl<Q: JobQueue> Pipeline<Q> {
         self.save(&run);
         let coordinator = Coordinator::new(Arc::clone(&self.inner.queue))
             .with_task_queue(&self.inner.config.task_queue)
+            .with_ingest_queue(&self.inner.config.ingest_queue)
             .with_cluster_secret(self.inner.config.cluster_secret.clone())
             .with_metrics(self.inner.config.metrics.clone());
         let control = RunControl {

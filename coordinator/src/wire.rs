@@ -106,7 +106,7 @@ pub(crate) struct Submission<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum SubmissionError {
     /// The command is not one Strata runs.
-    #[error("unknown command '{command}': use build, run, seed or test")]
+    #[error("unknown command '{command}': use build, run, seed, snapshot, test or ingest")]
     UnknownCommand {
         /// The command asked for.
         command: String,

@@ -21,6 +21,8 @@ use tokio::sync::Notify;
 
 /// Queue of tasks for workers.
 pub const TASK_QUEUE: &str = "strata.tasks";
+/// Queue of ingest tasks for ingest agents.
+pub const INGEST_QUEUE: &str = "strata.ingest";
 /// Queue of results and heartbeats for the coordinator.
 pub const RESULT_QUEUE: &str = "strata.results";
 /// Where messages that cannot be processed end, with the reason in [`REASON_HEADER`].

@@ -1,8 +1,8 @@
 //! Strata in one process.
 //!
-//! [`run`] is embedded mode — `strata run` / `build` on a laptop: the coordinator and one
-//! in-process worker talking over the in-memory queue, the distributed mode's code with
-//! nothing installed. [`InProcessCluster`] is the whole distributed mode in one process — a
+//! [`run`] is embedded mode — `strata run` / `build` / `ingest` on a laptop: the coordinator,
+//! one in-process worker and one in-process ingest agent talking over the in-memory queue,
+//! the distributed mode's code with nothing installed. [`InProcessCluster`] is the whole distributed mode in one process — a
 //! coordinator service and N workers with their Flight servers over one queue — so that tests
 //! can drive a cluster without starting processes.
 
@@ -17,8 +17,9 @@ use strata_core::queue::{JobQueue, MemoryQueue};
 use strata_core::settings::Settings;
 use strata_worker::{RunningWorker, WorkerError};
 
-/// Runs `request` in this process: the coordinator and a worker with `request.threads` slots
-/// over the in-memory queue, under the engine settings of `settings`.
+/// Runs `request` in this process: the coordinator, a worker with `request.threads` slots and
+/// an ingest agent with `ingest_agent.slots` over the in-memory queue, under the engine
+/// settings of `settings`.
 ///
 /// # Errors
 /// Returns an error when the in-memory queue fails (it does not, short of a bug).
@@ -32,14 +33,25 @@ pub async fn run(
     let task_queue = settings.broker.task_queue.clone();
     let config = strata_worker::process::embedded_config(settings, "embedded-0", request.threads);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(strata_worker::serve(queue.clone(), config, stopped));
+    let worker = tokio::spawn(strata_worker::serve(queue.clone(), config, stopped.clone()));
+    let mut agent = strata_ingest_agent::agent::agent_loop(settings);
+    agent.worker_id = String::from("embedded-ingest-0");
+    let ingest_queue = agent.task_queue.clone();
+    let agent = tokio::spawn(strata_worker::serve_with(
+        queue.clone(),
+        agent,
+        Arc::new(strata_ingest_agent::IngestRunner),
+        stopped,
+    ));
     let record = Coordinator::new(queue.clone())
         .with_task_queue(&task_queue)
+        .with_ingest_queue(&ingest_queue)
         .run(request, run_id, on_event)
         .await;
     let _ = stop.send(true);
     queue.close();
     let _ = worker.await;
+    let _ = agent.await;
     record
 }
 
@@ -52,14 +64,18 @@ pub enum ClusterError {
     /// The coordinator failed.
     #[error(transparent)]
     Coordinator(#[from] strata_coordinator::CoordinatorError),
+    /// The ingest agent failed.
+    #[error(transparent)]
+    Agent(#[from] strata_ingest_agent::AgentError),
 }
 
-/// A coordinator service and workers in this process, over one queue.
+/// A coordinator service, workers and an ingest agent in this process, over one queue.
 pub struct InProcessCluster<Q: JobQueue> {
     queue: Arc<Q>,
     settings: Settings,
     coordinator: strata_coordinator::RunningCoordinator<Q>,
     workers: Vec<RunningWorker<Q>>,
+    agent: strata_ingest_agent::RunningAgent<Q>,
 }
 
 impl InProcessCluster<MemoryQueue> {
@@ -73,8 +89,9 @@ impl InProcessCluster<MemoryQueue> {
 }
 
 impl<Q: JobQueue> InProcessCluster<Q> {
-    /// Starts a coordinator and `workers` workers over `queue`, each from `settings` (workers
-    /// are named `<worker.id or "worker">-<n>`; listen addresses should use port 0).
+    /// Starts a coordinator, `workers` workers and one ingest agent over `queue`, each from
+    /// `settings` (workers are named `<worker.id or "worker">-<n>`; listen addresses should
+    /// use port 0).
     ///
     /// # Errors
     /// Returns an error when a role cannot start: no cluster secret, an address in use, an
@@ -91,6 +108,7 @@ impl<Q: JobQueue> InProcessCluster<Q> {
             own.worker.id = Some(format!("{prefix}-{index}"));
             running.push(strata_worker::start_on(queue.clone(), &own).await?);
         }
+        let agent = strata_ingest_agent::start_on(queue.clone(), settings).await?;
         let coordinator =
             strata_coordinator::start_on(queue.clone(), settings, &BTreeMap::new()).await?;
         Ok(InProcessCluster {
@@ -98,6 +116,7 @@ impl<Q: JobQueue> InProcessCluster<Q> {
             settings: settings.clone(),
             coordinator,
             workers: running,
+            agent,
         })
     }
 
@@ -121,10 +140,11 @@ impl<Q: JobQueue> InProcessCluster<Q> {
             strata_engine::exchange::ClusterSecret::from_settings(&self.settings.cluster).ok();
         Coordinator::new(self.queue.clone())
             .with_task_queue(&self.settings.broker.task_queue)
+            .with_ingest_queue(&self.settings.broker.ingest_queue)
             .with_cluster_secret(secret)
     }
 
-    /// Stops the coordinator, then drains every worker.
+    /// Stops the coordinator, then drains every worker and the ingest agent.
     ///
     /// # Errors
     /// Returns the first role's error.
@@ -133,6 +153,7 @@ impl<Q: JobQueue> InProcessCluster<Q> {
         for worker in self.workers {
             worker.stop().await?;
         }
+        self.agent.stop().await?;
         Ok(())
     }
 }

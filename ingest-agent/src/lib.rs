@@ -7,9 +7,15 @@
 //! again lands every row once. Rows get metadata columns (`_batch_id`, `_ingested_at`,
 //! `_source_system`); records that cannot be read go to a quarantine table beside the bronze
 //! table. See docs/ingest.md.
+//!
+//! The role (`strata ingest-agent`, [`start`]) takes ingest tasks from the ingest queue — the
+//! coordinator plans one per landed source, before the models that read it — with the same
+//! task loop, heartbeats, drain and metrics as a worker; it is the only role that needs
+//! network access to the sources and their credentials.
 
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod connector;
 pub mod database;
 pub mod drift;
@@ -23,8 +29,11 @@ pub mod run;
 pub mod secrets;
 pub mod spec;
 pub mod state;
+pub mod task;
 
-pub use run::{IngestRequest, TableOutcome, TableReport, ingest, targets};
+pub use agent::{AgentError, RunningAgent, start, start_on};
+pub use run::{IngestTarget, TableReport, land};
+pub use task::{IngestRunner, run_ingest_task};
 
 /// Why a source could not be landed; each says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +111,14 @@ pub enum IngestError {
         location: String,
         /// delta-rs' error.
         source: deltalake::DeltaTableError,
+    },
+    /// A task that is not an ingest task reached the ingest queue.
+    #[error(
+        "task {task} is not an ingest task: only ingest tasks belong on the ingest queue (broker.ingest_queue); model, seed and test tasks go to `strata worker` processes on broker.task_queue"
+    )]
+    Misrouted {
+        /// The task's id.
+        task: String,
     },
     /// A bug in the agent.
     #[error("internal error in the ingest agent: {0}")]

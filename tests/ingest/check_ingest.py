@@ -3,12 +3,14 @@ served here (each kind of pagination, 429 with Retry-After, injected 500s, a mal
 and files (CSV, NDJSON, gzip, Parquet, a corrupt file). Each bronze table is read back with the
 `deltalake` package and compared row for row with its source; then incremental runs after
 inserts and updates, schema drift, an unreachable source, kill -9 trials for each connector,
-and `strata build` landing a model's sources before it.
+`strata build` landing a model's sources before it, and the cluster: `strata ingest-agent`
+processes on RabbitMQ, one of them killed -9 mid-way.
 
 MySQL/MariaDB tables of every mapped type and an incremental table are checked the same way.
 
 Usage: check_ingest.py --strata target/debug/strata [--pg postgresql://postgres@127.0.0.1/test]
                        [--mysql mysql://root@127.0.0.1:3306/test]
+                       [--amqp amqp://guest:guest@127.0.0.1:5672/%2f]
 """
 
 import argparse
@@ -303,6 +305,8 @@ sources:
         ingest: {{table: {schema}.big, cursor: id, split_by: id, parallelism: 2, chunk_rows: 4000}}
       - name: strict
         ingest: {{table: {schema}.strict, schema_drift: fail}}
+      - name: cluster_big
+        ingest: {{table: {schema}.big, cursor: id, split_by: id, parallelism: 2, chunk_rows: 1000}}
   - name: api
     ingest: {{connector: http, retries: 4}}
     tables:
@@ -557,6 +561,98 @@ def kill_trials(strata, select, trials, seed, finished):
     print(f"ok: {select}: {killed} of {trials} runs killed -9 mid-way (seed {seed}), every row landed once")
 
 
+def run_results(strata):
+    """The nodes of the last run's record, by unique id."""
+    record = json.loads((strata.project / "target" / "run_results.json").read_text())
+    return {node["unique_id"]: node for node in record["nodes"]}
+
+
+def check_cluster(strata, pg_url, amqp_url, seed):
+    """The cluster: `strata ingest --cluster` plans one ingest task per source on the ingest
+    queue and `strata ingest-agent` processes land them. The agent landing crm.cluster_big is
+    killed -9 mid-way; a second agent takes the task over (the broker delivers it again) and
+    the bronze table holds every row once. Then `strata build --cluster` lands the model's
+    source through the agent and builds the model on a `strata worker`; SIGTERM drains both."""
+    suffix = uuid.uuid4().hex[:8]
+    env = dict(strata.env, STRATA__BROKER__URL=amqp_url, STRATA__CLUSTER__SECRET=f"ingest-check-{suffix}",
+               STRATA__BROKER__TASK_QUEUE=f"strata.tasks.ingest-check-{suffix}",
+               STRATA__BROKER__INGEST_QUEUE=f"strata.ingest.ingest-check-{suffix}")
+    logs = strata.project / "cluster-logs"
+    logs.mkdir(exist_ok=True)
+    processes = []
+
+    def start(name, *args):
+        log = open(logs / f"{name}.log", "w")
+        process = subprocess.Popen([strata.binary, *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+        processes.append((name, process))
+        return process
+
+    def log_of(name):
+        return (logs / f"{name}.log").read_text()
+
+    try:
+        agent_a = start("agent-a", "ingest-agent", "--agent-id", "agent-a", "--slots", "1")
+        landing = subprocess.Popen(
+            strata.command("ingest", "--cluster", amqp_url, "--select", "source:crm.cluster_big",
+                           "--task-timeout-secs", "20"),
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        delta_log = strata.warehouse / "crm" / "cluster_big" / "_delta_log"
+        rng = random.Random(seed)
+        wanted_commits = rng.randint(3, 12)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and landing.poll() is None:
+            if delta_log.exists() and len(list(delta_log.glob("*.json"))) >= wanted_commits:
+                break
+            time.sleep(0.05)
+        commits_before_kill = len(list(delta_log.glob("*.json"))) if delta_log.exists() else 0
+        agent_a.send_signal(signal.SIGKILL)
+        agent_a.wait()
+        start("agent-b", "ingest-agent", "--agent-id", "agent-b", "--slots", "1")
+        output, _ = landing.communicate(timeout=600)
+        check(landing.returncode == 0, f"strata ingest --cluster failed:\n{output}\nagent-b:\n{log_of('agent-b')}")
+        check("source crm.cluster_big" in output, f"no progress line for the source:\n{output}")
+        ids = [row["id"] for row in bronze(strata, "crm", "cluster_big")]
+        check(len(ids) == 60000 and len(set(ids)) == 60000,
+              f"cluster_big after an agent was killed: {len(ids)} rows, {len(set(ids))} distinct")
+        node = run_results(strata)["source.ingest_check.crm.cluster_big"]
+        check(node["status"] == "success" and node["workers"] == ["agent-b"], f"the source's record: {node}")
+        print(f"ok: cluster ingest: agent-a killed -9 after {commits_before_kill} commits, agent-b took the task "
+              "over, every row landed once")
+
+        worker = start("worker", "worker", "--worker-id", "worker-1", "--slots", "2")
+        with psycopg.connect(pg_url, autocommit=True) as db:
+            db.execute(
+                f"INSERT INTO {SCHEMA}.customers SELECT i, 'c' || i, 'FR', timestamptz '2029-01-01 00:00:00+00' + i * interval '1 second', NULL "
+                "FROM generate_series(216, 218) AS i"
+            )
+        built = subprocess.run(strata.command("build", "--cluster", amqp_url, "--select", "customers_by_country"),
+                               env=env, capture_output=True, text=True, timeout=600)
+        check(built.returncode == 0, f"strata build --cluster failed:\n{built.stdout}\n{built.stderr}")
+        nodes = run_results(strata)
+        source = nodes["source.ingest_check.crm.customers"]
+        model = nodes["model.ingest_check.customers_by_country"]
+        check(source["workers"] == ["agent-b"] and source["rows"] == 3, f"the source's record: {source}")
+        check(model["workers"] == ["worker-1"] and model["status"] == "success", f"the model's record: {model}")
+        tables = list(strata.warehouse.glob("*/customers_by_country"))
+        counts = deltalake.DeltaTable(str(tables[0])).to_pyarrow_table().to_pylist()
+        check(sum(row["customers"] for row in counts) == 221, f"customers_by_country after the cluster build: {counts}")
+        print("ok: strata build --cluster lands the source on an ingest agent, then builds the model on a worker")
+
+        for name, process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for name, process in processes:
+            process.wait(timeout=60)
+        check("drained" in log_of("agent-b") and "drained" in log_of("worker"),
+              f"SIGTERM must drain the agent and the worker:\n{log_of('agent-b')}\n{log_of('worker')}")
+        print("ok: SIGTERM drains the ingest agent and the worker")
+    finally:
+        for _, process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
 def check_s3_files(binary, s3_glob, local_dir):
     """Parquet files on the S3 server land into a warehouse on S3, equal to the same files on
     disk; a second run finds every file landed (by its ETag) and lands nothing."""
@@ -598,6 +694,7 @@ def main():
     parser.add_argument("--s3-local", help="the folder holding the same files on disk")
     parser.add_argument("--pg", default=os.environ.get("STRATA_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--mysql", default=os.environ.get("STRATA_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"))
+    parser.add_argument("--amqp", default=os.environ.get("STRATA_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"))
     parser.add_argument("--seed", type=int, default=int(os.environ.get("STRATA_INGEST_SEED", "7")))
     args = parser.parse_args()
     if args.s3_files:
@@ -617,7 +714,7 @@ def main():
         strata = Strata(str(Path(args.strata).resolve()), project, env)
 
         # First run: everything, with one unreachable source.
-        first = strata.run("ingest", "--exclude", "source:crm.big source:api.stream source:landing.drops source:shop.orders",
+        first = strata.run("ingest", "--exclude", "source:crm.big source:crm.cluster_big source:api.stream source:landing.drops source:shop.orders",
                            expect_ok=False)
         output = first.stdout + first.stderr
         if os.environ.get("INGEST_CHECK_VERBOSE"):
@@ -634,7 +731,7 @@ def main():
         print("ok: an unreachable source fails alone, naming itself; the others land")
 
         # Second run: nothing new lands twice.
-        excluded = "source:down source:crm.big source:api.stream source:landing.drops source:shop"
+        excluded = "source:down source:crm.big source:crm.cluster_big source:api.stream source:landing.drops source:shop"
         strata.run("ingest", "--exclude", excluded)
         check_customers(strata, args.pg, 200)
         check_api(strata, api)
@@ -716,6 +813,8 @@ def main():
             counts = deltalake.DeltaTable(str(tables[0])).to_pyarrow_table().to_pylist()
         check(sum(row["customers"] for row in counts) == 218, f"customers_by_country: {counts}")
         print("ok: strata build lands the model's sources first (ingest_bronze >> process_silver)")
+
+        check_cluster(strata, args.pg, args.amqp, args.seed)
     finally:
         server.shutdown()
         shutil.rmtree(work, ignore_errors=True)

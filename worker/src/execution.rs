@@ -266,6 +266,10 @@ async fn execute(
             TaskKind::Test => run.test(result).await,
             TaskKind::ShuffleMap => run.map(result).await,
             TaskKind::Noop | TaskKind::Model | TaskKind::Seed => Ok(()),
+            TaskKind::Ingest => Err(TaskError::user(
+                "an ingest task reached a worker: ingest tasks go on the ingest queue \
+                 (broker.ingest_queue), served by `strata ingest-agent`",
+            )),
             TaskKind::Unspecified => Err(TaskError::internal("a task of unknown kind")),
         }
     };

@@ -22,5 +22,5 @@ mod task_memory;
 
 pub use execution::{ExecutionConfig, ShuffleService, run_task};
 pub use process::{RunningWorker, WorkerError, start, start_on};
-pub use service::{WorkerConfig, serve};
+pub use service::{TaskLoop, TaskRunner, WorkerConfig, serve, serve_with};
 pub use strata_engine::{Class, TaskError};

@@ -124,6 +124,7 @@ impl WorkerMetrics {
             TaskKind::Test => "test",
             TaskKind::ShuffleMap => "shuffle_map",
             TaskKind::Noop => "noop",
+            TaskKind::Ingest => "ingest",
             TaskKind::Unspecified => "unknown",
         };
         let outcome = match FailureClass::try_from(result.failure_class) {

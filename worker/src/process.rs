@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::execution::{ExecutionConfig, ShuffleService};
 use crate::metrics::WorkerMetrics;
-use crate::service::{WorkerConfig, serve};
+use crate::service::{TaskLoop, WorkerConfig, serve};
 use crate::shuffle::{ShuffleFlightService, ShuffleStore};
 use strata_telemetry::http::RunningEndpoint;
 
@@ -66,16 +66,20 @@ pub struct RunningWorker<Q: JobQueue> {
     endpoint: Option<RunningEndpoint>,
 }
 
-/// Starts the endpoint of `settings.metrics` serving `metrics`, when it has an address.
-async fn metrics_endpoint(
-    settings: &Settings,
+/// Starts the endpoint of `settings` serving `metrics`, when it has an address (the worker's
+/// and the ingest agent's).
+///
+/// # Errors
+/// When the address cannot be bound or the token file read.
+pub async fn metrics_endpoint(
+    settings: &strata_core::settings::MetricsSettings,
     metrics: &WorkerMetrics,
 ) -> Result<Option<RunningEndpoint>, WorkerError> {
-    let Some(listen) = &settings.metrics.listen else {
+    let Some(listen) = &settings.listen else {
         return Ok(None);
     };
     let failed = |err: &dyn std::fmt::Display| WorkerError::Metrics(format!("{listen}: {err}"));
-    let token = settings.metrics.token().map_err(|err| failed(&err))?;
+    let token = settings.token().map_err(|err| failed(&err))?;
     let token = token.map(|token| token.expose().to_string());
     strata_telemetry::http::start(listen, metrics.registry.clone(), token)
         .await
@@ -124,9 +128,9 @@ pub async fn start_on<Q: JobQueue>(
         .join(format!("strata-shuffle-{}-{port}", std::process::id()));
     let store = Arc::new(ShuffleStore::new(&shuffle_dir));
     let mut config = worker_config(settings, Some(secret.clone()));
-    let metrics = WorkerMetrics::new(config.slots);
-    let endpoint = metrics_endpoint(settings, &metrics).await?;
-    config.metrics = Some(metrics);
+    let metrics = WorkerMetrics::new(config.tasks.slots);
+    let endpoint = metrics_endpoint(&settings.metrics, &metrics).await?;
+    config.tasks.metrics = Some(metrics);
     config.execution.shuffle = Some(ShuffleService {
         store: store.clone(),
         address: address.clone(),
@@ -144,9 +148,9 @@ pub async fn start_on<Q: JobQueue>(
         endpoint.readiness.set(true);
     }
     Ok(RunningWorker {
-        id: config.worker_id,
-        slots: config.slots,
-        task_queue: config.task_queue,
+        id: config.tasks.worker_id,
+        slots: config.tasks.slots,
+        task_queue: config.tasks.task_queue,
         memory_limit_mib: config.execution.engine.memory_limit_bytes >> 20,
         address,
         queue,
@@ -227,10 +231,9 @@ impl<Q: JobQueue> RunningWorker<Q> {
 pub fn embedded_config(settings: &Settings, id: &str, slots: usize) -> WorkerConfig {
     let mut settings = settings.clone();
     settings.worker.slots = slots;
-    WorkerConfig {
-        worker_id: id.to_string(),
-        ..worker_config(&settings, None)
-    }
+    let mut config = worker_config(&settings, None);
+    config.tasks.worker_id = id.to_string();
+    config
 }
 
 /// The task loop's settings from the process settings.
@@ -238,14 +241,13 @@ pub(crate) fn worker_config(settings: &Settings, secret: Option<ClusterSecret>) 
     let worker = &settings.worker;
     let slots = worker.slots.max(1);
     WorkerConfig {
-        worker_id: worker
-            .id
-            .clone()
-            .unwrap_or_else(|| format!("{}-{}", host_name(), std::process::id())),
-        slots,
-        task_queue: settings.broker.task_queue.clone(),
-        heartbeat_interval: Duration::from_millis(worker.heartbeat_interval_ms.max(10)),
-        metrics: None,
+        tasks: TaskLoop {
+            worker_id: worker.id.clone().unwrap_or_else(default_process_id),
+            slots,
+            task_queue: settings.broker.task_queue.clone(),
+            heartbeat_interval: Duration::from_millis(worker.heartbeat_interval_ms.max(10)),
+            metrics: None,
+        },
         execution: ExecutionConfig {
             engine: EngineConfig::new(&settings.engine, slots),
             target_file_size: settings.engine.target_file_size_mib.max(1) << 20,
@@ -254,6 +256,11 @@ pub(crate) fn worker_config(settings: &Settings, secret: Option<ClusterSecret>) 
             cluster_secret: secret,
         },
     }
+}
+
+/// A process's id when its settings name none: the host name and the process id.
+pub fn default_process_id() -> String {
+    format!("{}-{}", host_name(), std::process::id())
 }
 
 /// This machine's name: `HOSTNAME`, else `/etc/hostname`, else `localhost`.

@@ -1,6 +1,6 @@
-//! The worker's main loop: take tasks from the queue (at most `slots` at a time), run them,
-//! publish each result, and acknowledge the task only after the result was accepted — so a
-//! worker that dies at any point leaves its task to be delivered again.
+//! The task loop of workers and ingest agents: take tasks from the queue (at most `slots` at a
+//! time), run them, publish each result, and acknowledge the task only after the result was
+//! accepted — so a process that dies at any point leaves its task to be delivered again.
 
 use std::sync::Arc;
 
@@ -9,37 +9,84 @@ use strata_core::queue::{
     ATTEMPT_HEADER, Consumer, Delivery, HEARTBEAT, JobQueue, KIND_HEADER, Message, RESULT_QUEUE,
     Settler, TASK_HEADER,
 };
-use strata_proto::v1::Task;
+use strata_proto::v1::{Task, TaskResult};
 use tokio::sync::{Semaphore, watch};
 
 use crate::execution::{ExecutionConfig, run_task};
 use crate::metrics::WorkerMetrics;
 
-/// Settings of one worker process (or in-process worker in embedded mode).
+/// What a task loop does with each task it takes: a worker runs it on the engine, an ingest
+/// agent lands a source. The loop around it (slots, heartbeats, results, acknowledgement,
+/// draining) is the same for every role.
+pub trait TaskRunner: Send + Sync + 'static {
+    /// Runs one attempt of `task` on `worker_id` and reports its result; a failure is a
+    /// result too, with its class and message.
+    fn run(
+        &self,
+        task: &Task,
+        attempt: u32,
+        worker_id: &str,
+    ) -> impl std::future::Future<Output = TaskResult> + Send;
+}
+
+impl TaskRunner for ExecutionConfig {
+    fn run(
+        &self,
+        task: &Task,
+        attempt: u32,
+        worker_id: &str,
+    ) -> impl std::future::Future<Output = TaskResult> + Send {
+        run_task(self, task, attempt, worker_id)
+    }
+}
+
+/// How a process takes tasks from its queue, whatever it does with them.
 #[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    /// Identifies the worker in results and logs.
+pub struct TaskLoop {
+    /// Identifies the process in results and logs.
     pub worker_id: String,
     /// Tasks run at the same time.
     pub slots: usize,
-    /// The queue tasks come from ([`TASK_QUEUE`](strata_core::queue::TASK_QUEUE) unless a
-    /// pool of workers has its own).
+    /// The queue tasks come from ([`TASK_QUEUE`](strata_core::queue::TASK_QUEUE) for
+    /// workers unless a pool of workers has its own; the ingest queue for ingest agents).
     pub task_queue: String,
-    /// The execution engine's settings.
-    pub execution: ExecutionConfig,
     /// How often a running task tells the coordinator it is alive.
     pub heartbeat_interval: std::time::Duration,
-    /// Where the worker counts its tasks, when it serves metrics.
+    /// Where the process counts its tasks, when it serves metrics.
     pub metrics: Option<WorkerMetrics>,
 }
 
-/// Serves tasks until `stop` turns true or the queue closes; tasks already started finish.
+/// Settings of one worker process (or in-process worker in embedded mode).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// How it takes tasks.
+    pub tasks: TaskLoop,
+    /// The execution engine's settings.
+    pub execution: ExecutionConfig,
+}
+
+/// Serves tasks on the engine until `stop` turns true or the queue closes; tasks already
+/// started finish.
 ///
 /// # Errors
 /// Returns the queue's error when consuming fails.
 pub async fn serve<Q: JobQueue>(
     queue: Arc<Q>,
     config: WorkerConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<(), strata_core::queue::QueueError> {
+    serve_with(queue, config.tasks, Arc::new(config.execution), stop).await
+}
+
+/// Serves tasks with `runner` until `stop` turns true or the queue closes; tasks already
+/// started finish (the drain of `strata worker` and `strata ingest-agent`).
+///
+/// # Errors
+/// Returns the queue's error when consuming fails.
+pub async fn serve_with<Q: JobQueue, R: TaskRunner>(
+    queue: Arc<Q>,
+    config: TaskLoop,
+    runner: Arc<R>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), strata_core::queue::QueueError> {
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
@@ -58,8 +105,9 @@ pub async fn serve<Q: JobQueue>(
         };
         let queue = queue.clone();
         let config = config.clone();
+        let runner = runner.clone();
         running.spawn(async move {
-            handle(queue.as_ref(), &config, delivery).await;
+            handle(queue.as_ref(), &config, runner.as_ref(), delivery).await;
             drop(permit);
         });
         while running.try_join_next().is_some() {}
@@ -68,7 +116,12 @@ pub async fn serve<Q: JobQueue>(
     Ok(())
 }
 
-async fn handle<Q: JobQueue, S: Settler>(queue: &Q, config: &WorkerConfig, delivery: Delivery<S>) {
+async fn handle<Q: JobQueue, R: TaskRunner, S: Settler>(
+    queue: &Q,
+    config: &TaskLoop,
+    runner: &R,
+    delivery: Delivery<S>,
+) {
     let task = match Task::decode(delivery.message.body.as_slice()) {
         Ok(task) if !task.task_id.is_empty() => task,
         Ok(_) => {
@@ -93,7 +146,7 @@ async fn handle<Q: JobQueue, S: Settler>(queue: &Q, config: &WorkerConfig, deliv
     // absence, since the broker would never hand its task to anyone else.
     let _busy = config.metrics.as_ref().map(WorkerMetrics::busy);
     let started = std::time::Instant::now();
-    let run = run_task(&config.execution, &task, attempt, &config.worker_id);
+    let run = runner.run(&task, attempt, &config.worker_id);
     tokio::pin!(run);
     // The first beat goes out at once: it tells the coordinator the task was taken.
     let mut beats = tokio::time::interval(

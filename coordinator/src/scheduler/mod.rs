@@ -753,5 +753,6 @@ pub(crate) fn skipped(job: &Job, reason: String) -> NodeResult {
         peak_allocated_bytes: 0,
         workers: Vec::new(),
         stages: Vec::new(),
+        quarantined: None,
     }
 }

@@ -136,7 +136,10 @@ pub(crate) struct SchemaMismatch;
 
 /// Combines the results of a node's tasks: all their files, summed counts.
 pub(crate) fn merge_results(results: Vec<TaskResult>) -> Result<TaskResult, SchemaMismatch> {
-    let mut merged = TaskResult::default();
+    let mut merged = TaskResult {
+        table_version: -1,
+        ..TaskResult::default()
+    };
     for result in results {
         if merged.delta_schema_json.is_empty() {
             merged.delta_schema_json = result.delta_schema_json.clone();
@@ -152,6 +155,9 @@ pub(crate) fn merge_results(results: Vec<TaskResult>) -> Result<TaskResult, Sche
         merged.peak_memory_bytes = merged.peak_memory_bytes.max(result.peak_memory_bytes);
         merged.peak_allocated_bytes = merged.peak_allocated_bytes.max(result.peak_allocated_bytes);
         merged.append = result.append;
+        // Tasks that commit themselves (ingest): the latest version any of them made.
+        merged.table_version = merged.table_version.max(result.table_version);
+        merged.quarantined_rows += result.quarantined_rows;
         merged.task_id = result.task_id;
         merged.attempt = result.attempt;
     }

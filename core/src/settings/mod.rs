@@ -40,9 +40,11 @@ pub struct Settings {
     pub engine: EngineSettings,
     /// A worker process.
     pub worker: WorkerSettings,
+    /// An ingest agent process.
+    pub ingest_agent: IngestAgentSettings,
     /// The coordinator service.
     pub coordinator: CoordinatorSettings,
-    /// The metrics and health endpoint of the coordinator and of each worker.
+    /// The metrics and health endpoint of the coordinator, of each worker and ingest agent.
     pub metrics: MetricsSettings,
 }
 
@@ -98,6 +100,9 @@ pub struct BrokerSettings {
     pub url: String,
     /// The queue workers take tasks from (one per pool of workers).
     pub task_queue: String,
+    /// The queue ingest agents take ingest tasks from (kept apart: only agents reach the
+    /// sources).
+    pub ingest_queue: String,
 }
 
 impl fmt::Debug for BrokerSettings {
@@ -105,6 +110,7 @@ impl fmt::Debug for BrokerSettings {
         f.debug_struct("BrokerSettings")
             .field("url", &redact_url_password(&self.url))
             .field("task_queue", &self.task_queue)
+            .field("ingest_queue", &self.ingest_queue)
             .finish()
     }
 }
@@ -114,6 +120,7 @@ impl Default for BrokerSettings {
         BrokerSettings {
             url: LOCAL_BROKER.to_string(),
             task_queue: crate::queue::TASK_QUEUE.to_string(),
+            ingest_queue: crate::queue::INGEST_QUEUE.to_string(),
         }
     }
 }
@@ -280,8 +287,35 @@ impl Default for WorkerSettings {
             flight_listen: String::from("0.0.0.0:0"),
             flight_advertise: None,
             shuffle_dir: None,
-            heartbeat_interval_ms: 5000,
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
             fetch_timeout_secs: 30,
+        }
+    }
+}
+
+/// How often a running task tells its coordinator it is alive, in milliseconds, unless set.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 5000;
+
+/// An ingest agent process (`strata ingest-agent`): it takes ingest tasks from
+/// `broker.ingest_queue` and lands sources into bronze.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestAgentSettings {
+    /// Name in run records and logs (default: the host name and the process id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Source tables landed at the same time (each may read in parallel parts of its own).
+    pub slots: usize,
+    /// How often a running ingest task tells its coordinator it is alive, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+}
+
+impl Default for IngestAgentSettings {
+    fn default() -> Self {
+        IngestAgentSettings {
+            id: None,
+            slots: 2,
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
         }
     }
 }
@@ -367,6 +401,8 @@ pub enum Role {
     Coordinator,
     /// `strata worker`.
     Worker,
+    /// `strata ingest-agent`.
+    IngestAgent,
     /// `strata run` / `build` in one process.
     Embedded,
 }
@@ -377,6 +413,7 @@ impl Role {
         match self {
             Role::Coordinator => &["broker", "cluster", "coordinator", "metrics"],
             Role::Worker => &["broker", "cluster", "engine", "worker", "metrics"],
+            Role::IngestAgent => &["broker", "ingest_agent", "metrics"],
             Role::Embedded => &["engine"],
         }
     }
