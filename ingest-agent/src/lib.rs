@@ -24,6 +24,7 @@ pub mod http;
 pub mod landing;
 pub mod mysql;
 pub mod postgres;
+pub mod postgres_tls;
 pub mod quarantine;
 pub mod run;
 pub mod secrets;

@@ -19,6 +19,7 @@ use tokio_postgres::types::Type;
 use crate::IngestError;
 use crate::database::SqlSource;
 use crate::landing::ChunkWriter;
+use crate::postgres_tls::{RustlsConnect, TlsOptions};
 use crate::secrets::SecretRef;
 
 /// Rows per Arrow batch decoded from the COPY stream.
@@ -31,6 +32,36 @@ pub struct ColumnPlan {
     parsed: DataType,
     landed: DataType,
     field: String,
+}
+
+/// A connection to `config`, over TLS when `tls` is given (the server may still refuse it
+/// under `sslmode=prefer`); its I/O runs on a task of its own.
+async fn open(
+    config: &tokio_postgres::Config,
+    tls: Option<RustlsConnect>,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    fn drive<F>(connection: F)
+    where
+        F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+    {
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::warn!(error = %err, "postgres connection closed");
+            }
+        });
+    }
+    match tls {
+        Some(tls) => {
+            let (client, connection) = config.connect(tls).await?;
+            drive(connection);
+            Ok(client)
+        }
+        None => {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            drive(connection);
+            Ok(client)
+        }
+    }
 }
 
 /// A PostgreSQL database and the connections open to it.
@@ -69,29 +100,24 @@ impl Postgres {
 
     async fn connect(&self) -> Result<tokio_postgres::Client, IngestError> {
         let url = self.connection.resolve()?;
-        let config: tokio_postgres::Config = url.expose().parse().map_err(|_| {
+        let (url, tls) = TlsOptions::from_url(url.expose());
+        let config: tokio_postgres::Config = url.parse().map_err(|_| {
             self.connect_error(
                 "the connection URL is not valid (its text is not shown: it may hold a secret)",
             )
         })?;
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(self.connect_error(
-                "sslmode=require: TLS connections are not supported yet; connect through a TLS proxy or a trusted network",
-            ));
-        }
+        let tls = match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Disable => None,
+            _ => Some(tls.connector().map_err(|err| self.connect_error(err))?),
+        };
         let backoff = strata_core::retry::Backoff::new(
             std::time::Duration::from_millis(200),
             std::time::Duration::from_secs(10),
         );
         let mut attempt = 0;
         loop {
-            match config.connect(tokio_postgres::NoTls).await {
-                Ok((client, connection)) => {
-                    tokio::spawn(async move {
-                        if let Err(err) = connection.await {
-                            tracing::warn!(error = %err, "postgres connection closed");
-                        }
-                    });
+            match open(&config, tls.clone()).await {
+                Ok(client) => {
                     client
                         .batch_execute("SET TIME ZONE 'UTC'; SET extra_float_digits = 3")
                         .await
@@ -228,11 +254,19 @@ fn quote_ident(name: &str) -> String {
 }
 
 /// The server's message (never the connection string).
+/// What the server said, or the error with its causes (a TLS handshake names why the
+/// certificate was refused).
 fn database_message(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => error.to_string(),
+    if let Some(db) = error.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
     }
+    let mut message = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        message = format!("{message}: {inner}");
+        cause = inner.source();
+    }
+    message
 }
 
 /// Streams the rows of `filter` into `part` with one COPY.

@@ -335,6 +335,13 @@ sources:
         ingest: {{table: ingest_check_every_type}}
       - name: orders
         ingest: {{table: ingest_check_orders, cursor: updated_at, split_by: id, parallelism: 2, chunk_rows: 2500}}
+  - name: secure
+    ingest: {{connector: postgres, table: {schema}.customers}}
+    tables:
+      - name: customers
+        ingest: {{connection: {{env: INGEST_PG_TLS_URL}}}}
+      - name: wrong_host
+        ingest: {{connection: {{env: INGEST_PG_TLS_WRONG_HOST_URL}}, retries: 0}}
   - name: down
     tables:
       - name: api
@@ -477,6 +484,33 @@ def check_every_type(strata, pg_url):
 def source_rows(pg_url, sql):
     with psycopg.connect(pg_url) as db:
         return list(db.execute(sql))
+
+
+def tls_urls(pg_url):
+    """Connection URLs that verify the server's certificate against its own file (the server's
+    certificate is self-signed for `localhost`): one naming `localhost`, one naming 127.0.0.1."""
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        ssl, cert_file = db.execute("SELECT current_setting('ssl'), current_setting('ssl_cert_file')").fetchone()
+    if ssl != "on" or not os.access(cert_file, os.R_OK):
+        fail(f"PostgreSQL must serve TLS with a readable certificate for the TLS checks (ssl={ssl}, "
+             f"ssl_cert_file={cert_file}); Debian's server does with its snakeoil certificate")
+    parsed = urlparse(pg_url)
+    user = parsed.username or "postgres"
+    database = parsed.path.lstrip("/") or "postgres"
+    port = parsed.port or 5432
+    query = f"sslmode=verify-full&sslrootcert={cert_file}"
+    return (f"postgresql://{user}@localhost:{port}/{database}?{query}",
+            f"postgresql://{user}@127.0.0.1:{port}/{database}?{query}")
+
+
+def check_tls(strata, output):
+    """A source read over TLS with `sslmode=verify-full` lands like the plain one; the same
+    certificate presented for another host name fails the source, naming the certificate."""
+    rows = bronze(strata, "secure", "customers")
+    check(len(rows) == 200, f"secure.customers over TLS: {len(rows)} rows")
+    check("secure.wrong_host" in output and "certificate" in output.lower(),
+          f"a certificate for another host must fail the source, naming the certificate:\n{output}")
+    print("ok: PostgreSQL over TLS (verify-full against the server's certificate); a wrong host name fails")
 
 
 def check_customers(strata, pg_url, expected_count):
@@ -709,8 +743,9 @@ def main():
     try:
         project = work / "project"
         write_project(project, base)
+        tls_url, tls_wrong_host_url = tls_urls(args.pg)
         env = dict(os.environ, INGEST_PG_URL=args.pg, INGEST_MYSQL_URL=args.mysql, INGEST_API_TOKEN=TOKEN,
-                   STRATA_LOG="warn")
+                   INGEST_PG_TLS_URL=tls_url, INGEST_PG_TLS_WRONG_HOST_URL=tls_wrong_host_url, STRATA_LOG="warn")
         strata = Strata(str(Path(args.strata).resolve()), project, env)
 
         # First run: everything, with one unreachable source.
@@ -728,10 +763,11 @@ def main():
         check_api(strata, api)
         check_flaky(strata, api, malformed_fixed=False)
         check_files(strata, second_round=False)
+        check_tls(strata, output)
         print("ok: an unreachable source fails alone, naming itself; the others land")
 
         # Second run: nothing new lands twice.
-        excluded = "source:down source:crm.big source:crm.cluster_big source:api.stream source:landing.drops source:shop"
+        excluded = "source:down source:secure source:crm.big source:crm.cluster_big source:api.stream source:landing.drops source:shop"
         strata.run("ingest", "--exclude", excluded)
         check_customers(strata, args.pg, 200)
         check_api(strata, api)
