@@ -40,7 +40,7 @@ pub async fn run(
     let agent = tokio::spawn(strata_worker::serve_with(
         queue.clone(),
         agent,
-        Arc::new(strata_ingest_agent::IngestRunner),
+        Arc::new(strata_ingest_agent::IngestRunner::default()),
         stopped,
     ));
     let record = Coordinator::new(queue.clone())

@@ -1,7 +1,8 @@
 //! The ingest agent role: everything a `strata ingest-agent` process is, started from one
 //! [`Settings`] value — the task loop over the ingest queue (a worker's loop, with
 //! [`IngestRunner`] in place of the engine) and the metrics and health endpoint — and stopped
-//! by draining: the sources being landed finish, no new one starts.
+//! by draining: no new landing starts, and those under way stop after the chunk they are
+//! committing, reporting a transient failure so that another agent lands the rest.
 //!
 //! `strata ingest-agent` is [`start`] and a signal handler; embedded runs and tests start
 //! agents in-process with [`start_on`] over any [`JobQueue`].
@@ -18,6 +19,7 @@ use strata_worker::{TaskLoop, WorkerError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::run::Draining;
 use crate::task::IngestRunner;
 
 /// Why an ingest agent cannot start or stopped with an error.
@@ -78,10 +80,13 @@ pub async fn start_on<Q: JobQueue>(
     );
     let (stop, stopped) = watch::channel(false);
     let loop_queue = queue.clone();
+    let runner = IngestRunner {
+        draining: Draining::on(stopped.clone()),
+    };
     let handle = tokio::spawn(strata_worker::serve_with(
         loop_queue,
         tasks,
-        Arc::new(IngestRunner),
+        Arc::new(runner),
         stopped,
     ));
     if let Some(endpoint) = &endpoint {
@@ -135,7 +140,8 @@ impl<Q: JobQueue> RunningAgent<Q> {
         )
     }
 
-    /// Drains the agent: the sources being landed finish and report, no new one starts.
+    /// Drains the agent: no new landing starts; those under way stop after their current chunk
+    /// and report, so that the coordinator hands the rest to another agent.
     ///
     /// # Errors
     /// Returns an error when the task loop had failed.

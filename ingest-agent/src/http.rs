@@ -448,17 +448,33 @@ fn next_link(headers: &reqwest::header::HeaderMap) -> Option<String> {
         })
 }
 
-/// `Retry-After` in seconds, when the server sent it.
+/// The longest `Retry-After` honoured: a server asking for more is asked again sooner.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// `Retry-After`, when the server sent it.
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    response
+    let value = response
         .headers()
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+        .ok()?;
+    retry_after_delay(value, chrono::Utc::now())
+}
+
+/// The wait a `Retry-After` value asks for at `now`: seconds, or an HTTP date (a date in the
+/// past asks for none); at most [`MAX_RETRY_AFTER`].
+fn retry_after_delay(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+            (date.with_timezone(&chrono::Utc) - now)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// A request error without its URL (which may carry a token in its query).
@@ -473,6 +489,24 @@ fn without_url(error: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date_and_is_bounded() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-03T10:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(retry_after_delay(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            retry_after_delay("Thu, 03 Dec 2026 10:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            retry_after_delay("Thu, 03 Dec 2026 09:59:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after_delay("86400", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(retry_after_delay("soon", now), None);
+    }
 
     #[test]
     fn the_link_header_gives_the_next_page() {

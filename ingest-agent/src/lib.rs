@@ -33,7 +33,7 @@ pub mod state;
 pub mod task;
 
 pub use agent::{AgentError, RunningAgent, start, start_on};
-pub use run::{IngestTarget, TableReport, land};
+pub use run::{Draining, IngestTarget, TableReport, land};
 pub use task::{IngestRunner, run_ingest_task};
 
 /// Why a source could not be landed; each says what to do.
@@ -112,6 +112,16 @@ pub enum IngestError {
         location: String,
         /// delta-rs' error.
         source: deltalake::DeltaTableError,
+    },
+    /// The agent is draining: the landing stopped after a committed chunk.
+    #[error(
+        "landing {source_name} stopped after {batches} batches: the ingest agent is draining; the rest lands on the next attempt, from the last commit"
+    )]
+    Interrupted {
+        /// The source table.
+        source_name: String,
+        /// Batches landed by this attempt.
+        batches: u32,
     },
     /// A task that is not an ingest task reached the ingest queue.
     #[error(

@@ -22,6 +22,23 @@ pub struct IngestTarget {
     pub spec: IngestSpec,
 }
 
+/// Tells a landing to stop after the chunk it is committing: its agent is draining. The rest
+/// lands on the task's next attempt, on another agent, from the last commit.
+#[derive(Debug, Clone, Default)]
+pub struct Draining(Option<tokio::sync::watch::Receiver<bool>>);
+
+impl Draining {
+    /// Stops landings once `stop` turns true.
+    pub fn on(stop: tokio::sync::watch::Receiver<bool>) -> Draining {
+        Draining(Some(stop))
+    }
+
+    /// True once the agent asked its landings to stop.
+    pub fn asked(&self) -> bool {
+        self.0.as_ref().is_some_and(|stop| *stop.borrow())
+    }
+}
+
 /// What landing one source table did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableReport {
@@ -37,17 +54,19 @@ pub struct TableReport {
     pub elapsed: Duration,
 }
 
-/// Lands one source table: chunk after chunk until the source has nothing new. With
-/// `full_refresh`, the bronze table is emptied first and the source landed from the start;
-/// relative file paths are under `project_dir`.
+/// Lands one source table: chunk after chunk until the source has nothing new, or until
+/// `draining` asks it to stop. With `full_refresh`, the bronze table is emptied first and the
+/// source landed from the start; relative file paths are under `project_dir`.
 ///
 /// # Errors
-/// When the source cannot be read, a chunk cannot be committed, or a policy refuses what the
-/// source holds; chunks committed before stay, with the position they reached.
+/// When the source cannot be read, a chunk cannot be committed, a policy refuses what the
+/// source holds, or the landing stopped for a drain; chunks committed before stay, with the
+/// position they reached.
 pub async fn land(
     target: &IngestTarget,
     project_dir: &Path,
     full_refresh: bool,
+    draining: &Draining,
 ) -> Result<TableReport, IngestError> {
     let started = Instant::now();
     let policies = &target.spec.policies;
@@ -80,6 +99,12 @@ pub async fn land(
         report.version = Some(committed.version);
         if read.last {
             break;
+        }
+        if draining.asked() {
+            return Err(IngestError::Interrupted {
+                source_name: target.name.clone(),
+                batches: report.batches,
+            });
         }
     }
     report.elapsed = started.elapsed();

@@ -12,12 +12,15 @@ use strata_worker::TaskRunner;
 use tracing::Instrument as _;
 
 use crate::IngestError;
-use crate::run::{IngestTarget, TableReport, land};
+use crate::run::{Draining, IngestTarget, TableReport, land};
 use crate::spec::IngestSpec;
 
 /// Runs the ingest tasks an agent takes (see [`run_ingest_task`]).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct IngestRunner;
+#[derive(Debug, Clone, Default)]
+pub struct IngestRunner {
+    /// Stops landings between chunks when the agent drains.
+    pub draining: Draining,
+}
 
 impl TaskRunner for IngestRunner {
     fn run(
@@ -26,17 +29,24 @@ impl TaskRunner for IngestRunner {
         attempt: u32,
         worker_id: &str,
     ) -> impl std::future::Future<Output = TaskResult> + Send {
-        run_ingest_task(task, attempt, worker_id)
+        run_ingest_task(task, attempt, worker_id, &self.draining)
     }
 }
 
 /// Lands the source of an ingest task and reports the outcome. Never fails: a failure is in
 /// the result with its class, and a panic is an internal failure. The attempt is one span,
-/// the child of the task's span in the coordinator (through the task's `traceparent`).
-pub async fn run_ingest_task(task: &Task, attempt: u32, agent_id: &str) -> TaskResult {
+/// the child of the task's span in the coordinator (through the task's `traceparent`). When
+/// `draining` asks, the landing stops after its current chunk with a transient failure, so
+/// that the coordinator hands the rest to another agent.
+pub async fn run_ingest_task(
+    task: &Task,
+    attempt: u32,
+    agent_id: &str,
+    draining: &Draining,
+) -> TaskResult {
     let started = Instant::now();
     let span = attempt_span(task, attempt, agent_id);
-    let outcome = std::panic::AssertUnwindSafe(land_task(task))
+    let outcome = std::panic::AssertUnwindSafe(land_task(task, draining))
         .catch_unwind()
         .instrument(span.clone())
         .await
@@ -103,7 +113,7 @@ fn attempt_span(task: &Task, attempt: u32, agent_id: &str) -> tracing::Span {
 }
 
 /// The source of the task, landed.
-async fn land_task(task: &Task) -> Result<TableReport, IngestError> {
+async fn land_task(task: &Task, draining: &Draining) -> Result<TableReport, IngestError> {
     let ingest = match (&task.ingest, TaskKind::try_from(task.kind)) {
         (Some(ingest), Ok(TaskKind::Ingest)) => ingest,
         _ => {
@@ -125,7 +135,13 @@ async fn land_task(task: &Task) -> Result<TableReport, IngestError> {
         table_uri: ingest.table_uri.clone(),
         spec: IngestSpec::parse(&declaration)?,
     };
-    land(&target, Path::new(&ingest.project_dir), ingest.full_refresh).await
+    land(
+        &target,
+        Path::new(&ingest.project_dir),
+        ingest.full_refresh,
+        draining,
+    )
+    .await
 }
 
 /// Whether retrying can help: not for a wrong block, a missing secret, a policy's refusal or a
@@ -140,9 +156,10 @@ pub fn failure_class(error: &IngestError) -> FailureClass {
         | IngestError::Drift { .. }
         | IngestError::State { .. }
         | IngestError::Misrouted { .. } => FailureClass::User,
-        IngestError::Read { .. } | IngestError::Storage(_) | IngestError::Delta { .. } => {
-            FailureClass::Transient
-        }
+        IngestError::Read { .. }
+        | IngestError::Interrupted { .. }
+        | IngestError::Storage(_)
+        | IngestError::Delta { .. } => FailureClass::Transient,
         IngestError::Internal(_) => FailureClass::Internal,
     }
 }
@@ -181,7 +198,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_wrong_ingest_block_fails_as_a_user_error_naming_its_file_and_line() {
-        let result = run_ingest_task(&ingest_task(r#"{"connector": "ftp"}"#), 1, "a1").await;
+        let result = run_ingest_task(
+            &ingest_task(r#"{"connector": "ftp"}"#),
+            1,
+            "a1",
+            &Draining::default(),
+        )
+        .await;
         assert_eq!(result.failure_class, FailureClass::User as i32);
         assert!(
             result.error.contains("models/sources.yml:7"),
@@ -196,7 +219,7 @@ mod tests {
     async fn a_task_that_is_not_an_ingest_task_is_refused_without_landing_anything() {
         let mut task = ingest_task("{}");
         task.kind = TaskKind::Model as i32;
-        let result = run_ingest_task(&task, 2, "a1").await;
+        let result = run_ingest_task(&task, 2, "a1", &Draining::default()).await;
         assert_eq!(result.failure_class, FailureClass::User as i32);
         assert!(result.error.contains("strata worker"), "{}", result.error);
         assert_eq!(result.attempt, 2);
@@ -211,11 +234,11 @@ mod tests {
         let ingest = task.ingest.as_mut().unwrap();
         ingest.project_dir = dir.path().display().to_string();
         ingest.table_uri = format!("file://{}", warehouse.display());
-        let result = run_ingest_task(&task, 1, "a1").await;
+        let result = run_ingest_task(&task, 1, "a1", &Draining::default()).await;
         assert_eq!(result.error, "");
         assert_eq!(result.rows, 2);
         assert_eq!(result.table_version, 0);
-        let again = run_ingest_task(&task, 1, "a1").await;
+        let again = run_ingest_task(&task, 1, "a1", &Draining::default()).await;
         assert_eq!((again.rows, again.table_version), (0, -1));
     }
 }

@@ -604,9 +604,11 @@ def run_results(strata):
 def check_cluster(strata, pg_url, amqp_url, seed):
     """The cluster: `strata ingest --cluster` plans one ingest task per source on the ingest
     queue and `strata ingest-agent` processes land them. The agent landing crm.cluster_big is
-    killed -9 mid-way; a second agent takes the task over (the broker delivers it again) and
-    the bronze table holds every row once. Then `strata build --cluster` lands the model's
-    source through the agent and builds the model on a `strata worker`; SIGTERM drains both."""
+    killed -9 mid-way; a second agent takes the task over (the broker delivers it again) and is
+    drained with SIGTERM mid-way in turn (it stops after its current chunk and exits); a third
+    agent lands the rest, and the bronze table holds every row once. Then `strata build
+    --cluster` lands the model's source through the agent and builds the model on a `strata
+    worker`; SIGTERM drains both."""
     suffix = uuid.uuid4().hex[:8]
     env = dict(strata.env, STRATA__BROKER__URL=amqp_url, STRATA__CLUSTER__SECRET=f"ingest-check-{suffix}",
                STRATA__BROKER__TASK_QUEUE=f"strata.tasks.ingest-check-{suffix}",
@@ -632,26 +634,39 @@ def check_cluster(strata, pg_url, amqp_url, seed):
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         delta_log = strata.warehouse / "crm" / "cluster_big" / "_delta_log"
         rng = random.Random(seed)
-        wanted_commits = rng.randint(3, 12)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and landing.poll() is None:
-            if delta_log.exists() and len(list(delta_log.glob("*.json"))) >= wanted_commits:
-                break
-            time.sleep(0.05)
-        commits_before_kill = len(list(delta_log.glob("*.json"))) if delta_log.exists() else 0
+
+        def commits():
+            return len(list(delta_log.glob("*.json"))) if delta_log.exists() else 0
+
+        def wait_for_commits(wanted):
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and landing.poll() is None and commits() < wanted:
+                time.sleep(0.05)
+            return commits()
+
+        killed_at = wait_for_commits(rng.randint(3, 12))
         agent_a.send_signal(signal.SIGKILL)
         agent_a.wait()
-        start("agent-b", "ingest-agent", "--agent-id", "agent-b", "--slots", "1")
+        agent_b = start("agent-b", "ingest-agent", "--agent-id", "agent-b", "--slots", "1")
+        drained_at = wait_for_commits(killed_at + rng.randint(5, 15))
+        agent_b.send_signal(signal.SIGTERM)
+        agent_b.wait(timeout=60)
+        check("drained" in log_of("agent-b"), f"agent-b did not drain:\n{log_of('agent-b')}")
+        after_drain = commits()
+        start("agent-c", "ingest-agent", "--agent-id", "agent-c", "--slots", "1")
         output, _ = landing.communicate(timeout=600)
-        check(landing.returncode == 0, f"strata ingest --cluster failed:\n{output}\nagent-b:\n{log_of('agent-b')}")
+        check(landing.returncode == 0, f"strata ingest --cluster failed:\n{output}\nagent-c:\n{log_of('agent-c')}")
         check("source crm.cluster_big" in output, f"no progress line for the source:\n{output}")
         ids = [row["id"] for row in bronze(strata, "crm", "cluster_big")]
         check(len(ids) == 60000 and len(set(ids)) == 60000,
-              f"cluster_big after an agent was killed: {len(ids)} rows, {len(set(ids))} distinct")
+              f"cluster_big after an agent was killed and one drained: {len(ids)} rows, {len(set(ids))} distinct")
+        check(after_drain < commits(), f"agent-b drained at commit {after_drain}: nothing was left for agent-c")
         node = run_results(strata)["source.ingest_check.crm.cluster_big"]
-        check(node["status"] == "success" and node["workers"] == ["agent-b"], f"the source's record: {node}")
-        print(f"ok: cluster ingest: agent-a killed -9 after {commits_before_kill} commits, agent-b took the task "
-              "over, every row landed once")
+        check(node["status"] == "success" and node["workers"] == ["agent-c"] and node["attempts"] >= 2,
+              f"the source's record: {node}")
+        print(f"ok: cluster ingest: agent-a killed -9 after {killed_at} commits, agent-b took the task over and "
+              f"drained after its chunk at commit {after_drain} (SIGTERM at {drained_at}), agent-c landed the rest "
+              "(another attempt); every row landed once")
 
         worker = start("worker", "worker", "--worker-id", "worker-1", "--slots", "2")
         with psycopg.connect(pg_url, autocommit=True) as db:
@@ -665,7 +680,7 @@ def check_cluster(strata, pg_url, amqp_url, seed):
         nodes = run_results(strata)
         source = nodes["source.ingest_check.crm.customers"]
         model = nodes["model.ingest_check.customers_by_country"]
-        check(source["workers"] == ["agent-b"] and source["rows"] == 3, f"the source's record: {source}")
+        check(source["workers"] == ["agent-c"] and source["rows"] == 3, f"the source's record: {source}")
         check(model["workers"] == ["worker-1"] and model["status"] == "success", f"the model's record: {model}")
         tables = list(strata.warehouse.glob("*/customers_by_country"))
         counts = deltalake.DeltaTable(str(tables[0])).to_pyarrow_table().to_pylist()
@@ -677,8 +692,8 @@ def check_cluster(strata, pg_url, amqp_url, seed):
                 process.send_signal(signal.SIGTERM)
         for name, process in processes:
             process.wait(timeout=60)
-        check("drained" in log_of("agent-b") and "drained" in log_of("worker"),
-              f"SIGTERM must drain the agent and the worker:\n{log_of('agent-b')}\n{log_of('worker')}")
+        check("drained" in log_of("agent-c") and "drained" in log_of("worker"),
+              f"SIGTERM must drain the agent and the worker:\n{log_of('agent-c')}\n{log_of('worker')}")
         print("ok: SIGTERM drains the ingest agent and the worker")
     finally:
         for _, process in processes:
