@@ -111,6 +111,15 @@ def main():
         results[f"strata ingest to Delta ({args.parallelism} key ranges)"] = measure(
             [str(Path(args.strata).resolve()), "ingest", "--project-dir", str(project)], env=env
         )
+        # psql and strata use TLS when the server offers it (sslmode=prefer), connectorx does
+        # not: the same landing in clear shows what TLS costs.
+        if "sslmode" not in args.pg:
+            clear = args.pg + ("&" if "?" in args.pg else "?") + "sslmode=disable"
+            shutil.rmtree(project / "warehouse", ignore_errors=True)
+            results["strata ingest, sslmode=disable"] = measure(
+                [str(Path(args.strata).resolve()), "ingest", "--project-dir", str(project)],
+                env=dict(env, BENCH_PG_URL=clear),
+            )
         floor = results["psql \\copy to CSV (floor)"][0]
         cx = results[f"connectorx to Arrow ({args.parallelism} partitions)"][0]
         print(f"\ningest benchmark: {args.rows} rows, {os.cpu_count()} cores")
