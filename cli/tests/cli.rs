@@ -349,6 +349,21 @@ fn config_show_names_the_source_of_every_setting_and_rejects_unknown_keys() {
             && text(&table.stdout).contains("default")
     );
 
+    // The ingest agent's own sections, and nothing of the worker's.
+    let agent = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["config", "show", "--role", "ingest-agent", "--json"])
+        .env("STRATA__INGEST_AGENT__SLOTS", "3")
+        .output()
+        .unwrap();
+    assert!(agent.status.success(), "{}", text(&agent.stderr));
+    let agent = text(&agent.stdout);
+    assert!(
+        agent.contains(r#""key":"ingest_agent.slots","value":"3","source":"env STRATA__INGEST_AGENT__SLOTS""#)
+            && agent.contains(r#""key":"broker.ingest_queue","value":"strata.ingest","source":"default""#)
+            && !agent.contains("worker."),
+        "{agent}"
+    );
+
     std::fs::write(&file, "worker:\n  slotz: 2\n").unwrap();
     let unknown = Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(["config", "show", "--config"])
