@@ -274,6 +274,13 @@ pub(crate) fn summary(out: &mut dyn Write, record: &RunRecord) -> std::io::Resul
         .iter()
         .map(|(kind, n)| format!("{n} {kind}{}", if *n == 1 { "" } else { "s" }))
         .collect();
+    if kinds.is_empty() {
+        // As dbt says it: a selection of nothing this command runs is not an error.
+        return writeln!(
+            out,
+            "\nNothing to do: the selection has no node this command runs (try `strata ls`)."
+        );
+    }
     writeln!(out)?;
     writeln!(
         out,

@@ -358,8 +358,10 @@ fn config_show_names_the_source_of_every_setting_and_rejects_unknown_keys() {
     assert!(agent.status.success(), "{}", text(&agent.stderr));
     let agent = text(&agent.stdout);
     assert!(
-        agent.contains(r#""key":"ingest_agent.slots","value":"3","source":"env STRATA__INGEST_AGENT__SLOTS""#)
-            && agent.contains(r#""key":"broker.ingest_queue","value":"strata.ingest","source":"default""#)
+        agent.contains(
+            r#""key":"ingest_agent.slots","value":"3","source":"env STRATA__INGEST_AGENT__SLOTS""#
+        ) && agent
+            .contains(r#""key":"broker.ingest_queue","value":"strata.ingest","source":"default""#)
             && !agent.contains("worker."),
         "{agent}"
     );
