@@ -35,6 +35,7 @@ pub struct WorkerMetrics {
     tasks: IntCounterVec,
     durations: HistogramVec,
     rows: IntCounter,
+    quarantined: IntCounter,
     bytes: IntCounter,
     memory: Histogram,
 }
@@ -77,7 +78,12 @@ impl WorkerMetrics {
             .unwrap(),
             rows: IntCounter::new(
                 "strata_worker_rows_written_total",
-                "Rows written by model, seed and map tasks",
+                "Rows written by model, seed, map and ingest tasks",
+            )
+            .unwrap(),
+            quarantined: IntCounter::new(
+                "strata_worker_rows_quarantined_total",
+                "Records ingest tasks set aside in quarantine tables",
             )
             .unwrap(),
             bytes: IntCounter::new(
@@ -101,6 +107,7 @@ impl WorkerMetrics {
             Box::new(metrics.tasks.clone()),
             Box::new(metrics.durations.clone()),
             Box::new(metrics.rows.clone()),
+            Box::new(metrics.quarantined.clone()),
             Box::new(metrics.bytes.clone()),
             Box::new(metrics.memory.clone()),
         ] {
@@ -141,8 +148,45 @@ impl WorkerMetrics {
             self.rows
                 .inc_by(u64::try_from(result.rows).unwrap_or_default());
         }
+        self.quarantined
+            .inc_by(u64::try_from(result.quarantined_rows).unwrap_or_default());
         self.bytes
             .inc_by(u64::try_from(result.bytes).unwrap_or_default());
         self.memory.observe(result.peak_memory_bytes.max(0) as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ingest_attempt_counts_its_kind_rows_and_quarantined_records() {
+        let metrics = WorkerMetrics::new(2);
+        let task = Task {
+            kind: TaskKind::Ingest as i32,
+            ..Task::default()
+        };
+        let result = TaskResult {
+            rows: 40,
+            quarantined_rows: 3,
+            ..TaskResult::default()
+        };
+        metrics.finished(&task, &result, Duration::from_millis(5));
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&metrics.registry.gather())
+            .unwrap();
+        assert!(
+            text.contains(r#"strata_worker_tasks_total{kind="ingest",outcome="success"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("strata_worker_rows_written_total 40"),
+            "{text}"
+        );
+        assert!(
+            text.contains("strata_worker_rows_quarantined_total 3"),
+            "{text}"
+        );
     }
 }
