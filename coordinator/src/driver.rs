@@ -404,20 +404,25 @@ fn landed_sources(request: &RunRequest, dag: &Dag, to_run: &BTreeSet<String>) ->
                     .is_some_and(|source| source.ingest.is_some())
         })
     };
-    let mut sources: BTreeSet<String> = request
+    // One walk up from every node to run: a node's ancestors are visited once, however many
+    // nodes share them.
+    let mut upstream: BTreeSet<&str> = BTreeSet::new();
+    let mut stack: Vec<&str> = to_run.iter().map(String::as_str).collect();
+    while let Some(id) = stack.pop() {
+        for parent in dag.parents(id) {
+            if upstream.insert(parent) {
+                stack.push(parent);
+            }
+        }
+    }
+    request
         .selected
         .iter()
-        .filter(|id| lands(id.as_str()))
-        .cloned()
-        .collect();
-    for id in to_run {
-        sources.extend(
-            dag.ancestors(id, None)
-                .into_iter()
-                .filter(|ancestor| lands(ancestor.as_str())),
-        );
-    }
-    sources
+        .map(String::as_str)
+        .chain(upstream)
+        .filter(|id| lands(id))
+        .map(str::to_string)
+        .collect()
 }
 
 /// The nodes each node waits for: its selected parents (through ephemeral models, and sources

@@ -2,9 +2,10 @@
 //!
 //! [`run`] is embedded mode — `strata run` / `build` / `ingest` on a laptop: the coordinator,
 //! one in-process worker and one in-process ingest agent talking over the in-memory queue,
-//! the distributed mode's code with nothing installed. [`InProcessCluster`] is the whole distributed mode in one process — a
-//! coordinator service and N workers with their Flight servers over one queue — so that tests
-//! can drive a cluster without starting processes.
+//! the distributed mode's code with nothing installed. [`InProcessCluster`] is the whole
+//! distributed mode in one process — a coordinator service, N workers with their Flight
+//! servers and an ingest agent over one queue — so that tests can drive a cluster without
+//! starting processes.
 
 #![warn(missing_docs)]
 

@@ -31,16 +31,16 @@ pub enum AgentError {
     /// The task loop ended abnormally.
     #[error("the ingest agent's task loop failed: {0}")]
     Crashed(String),
-    /// The metrics endpoint's address cannot be bound, or its token file read.
-    #[error("the metrics endpoint: {0}")]
-    Metrics(String),
+    /// The metrics endpoint's address cannot be bound, or its token file read (the
+    /// worker's endpoint, which the agent shares).
+    #[error(transparent)]
+    Metrics(#[from] WorkerError),
 }
 
 /// A running ingest agent.
 pub struct RunningAgent<Q: JobQueue> {
-    id: String,
-    slots: usize,
-    ingest_queue: String,
+    /// Its id, slots and queue (for [`RunningAgent::describe`]).
+    config: TaskLoop,
     queue: Arc<Q>,
     stop: watch::Sender<bool>,
     tasks: JoinHandle<Result<(), QueueError>>,
@@ -66,25 +66,15 @@ pub async fn start_on<Q: JobQueue>(
 ) -> Result<RunningAgent<Q>, AgentError> {
     let mut tasks = agent_loop(settings);
     let metrics = WorkerMetrics::new(tasks.slots);
-    let endpoint = strata_worker::process::metrics_endpoint(&settings.metrics, &metrics)
-        .await
-        .map_err(|err| match err {
-            WorkerError::Metrics(reason) => AgentError::Metrics(reason),
-            other => AgentError::Metrics(other.to_string()),
-        })?;
+    let endpoint = strata_worker::process::metrics_endpoint(&settings.metrics, &metrics).await?;
+    let config = tasks.clone();
     tasks.metrics = Some(metrics);
-    let (id, slots, ingest_queue) = (
-        tasks.worker_id.clone(),
-        tasks.slots,
-        tasks.task_queue.clone(),
-    );
     let (stop, stopped) = watch::channel(false);
-    let loop_queue = queue.clone();
     let runner = IngestRunner {
         draining: Draining::on(stopped.clone()),
     };
     let handle = tokio::spawn(strata_worker::serve_with(
-        loop_queue,
+        queue.clone(),
         tasks,
         Arc::new(runner),
         stopped,
@@ -93,9 +83,7 @@ pub async fn start_on<Q: JobQueue>(
         endpoint.readiness.set(true);
     }
     Ok(RunningAgent {
-        id,
-        slots,
-        ingest_queue,
+        config,
         queue,
         stop,
         tasks: handle,
@@ -121,7 +109,7 @@ pub fn agent_loop(settings: &Settings) -> TaskLoop {
 impl<Q: JobQueue> RunningAgent<Q> {
     /// The agent's id in run records and logs.
     pub fn id(&self) -> &str {
-        &self.id
+        &self.config.worker_id
     }
 
     /// Where the metrics and health endpoint listens, when there is one.
@@ -136,7 +124,7 @@ impl<Q: JobQueue> RunningAgent<Q> {
         });
         format!(
             "ingest agent {}: {} slots, taking ingest tasks from {}{endpoint}",
-            self.id, self.slots, self.ingest_queue
+            self.config.worker_id, self.config.slots, self.config.task_queue
         )
     }
 

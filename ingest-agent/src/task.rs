@@ -50,7 +50,7 @@ pub async fn run_ingest_task(
         .catch_unwind()
         .instrument(span.clone())
         .await
-        .unwrap_or_else(|panic| Err(IngestError::Internal(panic_text(panic.as_ref()))));
+        .unwrap_or_else(|panic| Err(IngestError::Internal(panic_message(panic.as_ref()))));
     let mut result = TaskResult {
         run_id: task.run_id.clone(),
         task_id: task.task_id.clone(),
@@ -164,13 +164,9 @@ pub fn failure_class(error: &IngestError) -> FailureClass {
     }
 }
 
-/// What a caught panic says.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    let text = panic
-        .downcast_ref::<&str>()
-        .map(|text| (*text).to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| String::from("no message"));
+/// What a caught panic in a landing says.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = strata_worker::execution::panic_text(panic);
     format!("the ingest agent panicked ({text}); this is a bug in Strata — please report it")
 }
 

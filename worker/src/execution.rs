@@ -98,13 +98,18 @@ async fn failing_on_panic(
         .unwrap_or_else(|panic| Err(TaskError::internal(panic_message(panic.as_ref()))))
 }
 
-/// What a caught panic says.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    let text = panic
+/// The message a caught panic carries (the ingest agent's task runner reports it too).
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
         .downcast_ref::<&str>()
         .map(|text| (*text).to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| String::from("no message"));
+        .unwrap_or_else(|| String::from("no message"))
+}
+
+/// What a caught panic in the engine says.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic_text(panic);
     format!(
         "the engine panicked ({text}); this is a bug in Strata or DataFusion — please report it with the model's SQL"
     )
