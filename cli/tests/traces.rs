@@ -59,6 +59,7 @@ async fn assert_run_trace(
             .values()
             .find(|span| {
                 span.attribute("strata.node_id").as_deref() == Some(id)
+                    && span.attribute("strata.resource_type").is_some()
                     && span.span.name.contains(' ')
                     && !span.span.name.starts_with("attempt")
                     && !span.span.name.starts_with("task")
@@ -187,6 +188,32 @@ async fn a_cluster_run_with_a_killed_worker_is_one_trace_across_processes() {
         "{services:?}"
     );
     assert_run_trace(&receiver, &record, &scenario.clustered).await;
+    // Tasks hang from their stage, a stage from its node: map stages then a reduce stage for
+    // the shuffled models.
+    let stage_of = |task: &Received| {
+        trace
+            .get(&task.parent_id())
+            .filter(|stage| stage.attribute("strata.stage").is_some())
+            .unwrap_or_else(|| panic!("{} has no stage span as its parent", task.span.name))
+    };
+    let mut stage_names = std::collections::BTreeSet::new();
+    for task in trace
+        .values()
+        .filter(|span| span.span.name.starts_with("task "))
+    {
+        let stage = stage_of(task);
+        let node = trace.get(&stage.parent_id()).expect("the stage's node");
+        assert!(
+            node.attribute("strata.resource_type").is_some(),
+            "{}",
+            stage.span.name
+        );
+        stage_names.insert(stage.attribute("strata.stage").unwrap());
+    }
+    assert!(
+        stage_names.contains("map stage 0") && stage_names.contains("reduce stage"),
+        "{stage_names:?}"
+    );
     // Each Flight server span is the child of a reducer's client span.
     let servers: Vec<&Received> = trace
         .values()

@@ -1,5 +1,6 @@
-//! The coordinator's spans of a run: `run` → `node` → `task` → `publish`, and the Delta
-//! commit of each node. A worker's `attempt` span is the child of its task's span through the
+//! The coordinator's spans of a run: `run` → `node` → `stage` → `task` → `publish`, and the
+//! Delta commit of each node. A node runs as one stage, or as map stages and a reduce stage
+//! when it is shuffled; a stage's span ends when the next one starts. A worker's `attempt` span is the child of its task's span through the
 //! `traceparent` the task carries, so one trace holds the whole run across processes.
 //!
 //! Without an exporting pipeline the spans cost little, and tasks still carry the run's trace
@@ -20,6 +21,8 @@ pub(crate) struct RunSpans {
     run: Span,
     trace_id: String,
     nodes: HashMap<String, Span>,
+    /// The open stage of each node: its label and span.
+    stages: HashMap<String, (String, Span)>,
     /// Each task's span, with its node's id.
     tasks: HashMap<String, (String, Span)>,
     /// The last failure a worker reported for each task: the reason of its retry.
@@ -45,6 +48,7 @@ impl RunSpans {
             run,
             trace_id: trace_id.to_string(),
             nodes: HashMap::new(),
+            stages: HashMap::new(),
             tasks: HashMap::new(),
             last_errors: HashMap::new(),
         }
@@ -95,7 +99,7 @@ impl RunSpans {
     /// Opens the span of a task of `node` and returns the `traceparent` the task carries: the
     /// task span's, or (when nothing is exported) one in the run's trace.
     pub(crate) fn task(&mut self, node: &Node, task: &Task) -> String {
-        let parent = self.node(node);
+        let parent = self.stage(node, task);
         let span = tracing::info_span!(
             parent: &parent,
             "task",
@@ -111,6 +115,29 @@ impl RunSpans {
         self.tasks
             .insert(task.task_id.clone(), (node.unique_id.clone(), span));
         traceparent
+    }
+
+    /// The span of the stage `task` belongs to; opening a node's next stage ends the one
+    /// before it.
+    fn stage(&mut self, node: &Node, task: &Task) -> Span {
+        let label = stage_label(task);
+        if let Some((open, span)) = self.stages.get(&node.unique_id) {
+            if *open == label {
+                return span.clone();
+            }
+            end_now(span);
+        }
+        let parent = self.node(node);
+        let span = tracing::info_span!(
+            parent: &parent,
+            "stage",
+            otel.name = %format!("{label} {}", node.name),
+            strata.node_id = %node.unique_id,
+            strata.stage = %label,
+        );
+        self.stages
+            .insert(node.unique_id.clone(), (label, span.clone()));
+        span
     }
 
     /// The span of publishing attempt `attempt` of a task on `queue`; a retry is an event on
@@ -213,12 +240,16 @@ impl RunSpans {
             }
             self.last_errors.remove(&task);
         }
+        if let Some((_, stage)) = self.stages.remove(&result.unique_id) {
+            end_now(&stage);
+        }
         end_now(&span);
     }
 
     /// Records the run's outcome on its span.
     pub(crate) fn finish(&mut self, record: &RunRecord) {
         self.nodes.clear();
+        self.stages.clear();
         self.tasks.clear();
         self.run.record("strata.success", record.success);
         let failed = record
@@ -231,5 +262,17 @@ impl RunSpans {
             self.run.record("otel.status_code", "ERROR");
         }
         end_now(&self.run);
+    }
+}
+
+/// What a task's stage is called: `map stage N` for the map tasks of a shuffle, `reduce stage`
+/// for the tasks that read the shuffle and write the table, `stage` for a node run whole.
+fn stage_label(task: &Task) -> String {
+    if task.kind == strata_proto::v1::TaskKind::ShuffleMap as i32 {
+        format!("map stage {}", task.stage)
+    } else if !task.plan.is_empty() {
+        String::from("reduce stage")
+    } else {
+        String::from("stage")
     }
 }

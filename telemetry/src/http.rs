@@ -138,8 +138,10 @@ async fn metrics(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap) -> R
         )
             .into_response();
     }
+    let mut families = endpoint.registry.gather();
+    families.extend(dropped_spans_families());
     let mut body = Vec::new();
-    if let Err(err) = TextEncoder::new().encode(&endpoint.registry.gather(), &mut body) {
+    if let Err(err) = TextEncoder::new().encode(&families, &mut body) {
         return (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response();
     }
     (
@@ -150,6 +152,28 @@ async fn metrics(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap) -> R
         body,
     )
         .into_response()
+}
+
+/// `strata_spans_dropped_total{reason}`: the spans this process ended but did not deliver
+/// to the collector (see [`crate::dropped_spans`]); served by every role's endpoint.
+fn dropped_spans_families() -> Vec<prometheus::proto::MetricFamily> {
+    let Ok(counter) = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "strata_spans_dropped_total",
+            "Spans ended but not delivered to the OTLP collector, by reason (queue_full, export_failed).",
+        ),
+        &["reason"],
+    ) else {
+        return Vec::new();
+    };
+    let dropped = crate::dropped_spans();
+    counter
+        .with_label_values(&["queue_full"])
+        .inc_by(dropped.queue_full);
+    counter
+        .with_label_values(&["export_failed"])
+        .inc_by(dropped.export_failed);
+    prometheus::core::Collector::collect(&counter)
 }
 
 /// Compares two secrets in time independent of where they differ.
@@ -204,5 +228,9 @@ mod tests {
         let scraped = get("/metrics", Some("s3cret")).await;
         assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
         assert!(scraped.contains("strata_test_total 3"), "{scraped}");
+        assert!(
+            scraped.contains("strata_spans_dropped_total{reason=\"queue_full\"}"),
+            "{scraped}"
+        );
     }
 }

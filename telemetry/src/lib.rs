@@ -8,6 +8,7 @@
 //! no endpoint is configured nothing is exported and spans cost only the `tracing` machinery.
 
 mod context;
+mod export;
 pub mod http;
 mod pipeline;
 mod settings;
@@ -15,5 +16,6 @@ mod settings;
 pub use context::{
     TraceParent, current_traceparent, end_now, link_to, set_remote_parent, span_traceparent,
 };
+pub use export::{DroppedSpans, QueueSettings, dropped_spans};
 pub use pipeline::{Telemetry, TelemetryError, init};
 pub use settings::{LogFormat, OtlpProtocol, OtlpSettings, TelemetrySettings};

@@ -8,7 +8,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanExporter as _};
 use tracing::Subscriber;
 use tracing_subscriber::fmt::format::{Format, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -17,6 +17,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+use crate::export::CountingBatchProcessor;
 use crate::settings::{LogFormat, OtlpProtocol, OtlpSettings, TelemetrySettings};
 
 /// What can go wrong installing telemetry.
@@ -169,22 +170,21 @@ fn provider(
                 .map(|(key, value)| KeyValue::new(key.clone(), value.clone())),
         )
         .build();
+    let mut exporter = exporter;
+    // The processor below does not pass the provider's resource on: the exporter gets it here.
+    exporter.set_resource(&resource);
     let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(otlp.sample_ratio)));
     let builder = SdkTracerProvider::builder()
         .with_resource(resource)
-        .with_sampler(sampler);
-    let builder = match otlp.protocol {
-        // tonic's channel keeps the runtime it was built in: the SDK's batch thread can use it.
-        OtlpProtocol::Grpc => builder.with_batch_exporter(exporter),
-        // hyper needs a runtime wherever it is called: batches are exported on ours.
-        OtlpProtocol::HttpProtobuf => builder.with_span_processor(
-            opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
-                exporter,
-                opentelemetry_sdk::runtime::Tokio,
-            )
-            .build(),
-        ),
-    };
+        .with_sampler(sampler)
+        // Both transports export on the telemetry runtime: tonic's channel was built there and
+        // hyper needs a runtime wherever it is called.
+        .with_span_processor(CountingBatchProcessor::start(
+            exporter,
+            otlp.queue,
+            otlp.timeout,
+            &tokio::runtime::Handle::current(),
+        ));
     Ok(builder.build())
 }
 

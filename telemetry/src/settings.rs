@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::export::QueueSettings;
+
 /// How log lines are written to standard error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
@@ -40,6 +42,9 @@ pub struct OtlpSettings {
     /// 1 for `always_on` (the default), 0 for `always_off`, the argument for the ratio
     /// samplers. A span whose parent was sampled is always sampled.
     pub sample_ratio: f64,
+    /// How ended spans queue for export (`OTEL_BSP_MAX_QUEUE_SIZE`,
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` in ms).
+    pub queue: QueueSettings,
 }
 
 /// Everything a process's telemetry needs.
@@ -103,6 +108,7 @@ impl TelemetrySettings {
                     get("OTEL_TRACES_SAMPLER"),
                     get("OTEL_TRACES_SAMPLER_ARG"),
                 )?,
+                queue: queue_settings(&get)?,
             }),
             _ => None,
         };
@@ -113,6 +119,29 @@ impl TelemetrySettings {
             otlp,
         })
     }
+}
+
+fn queue_settings<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<QueueSettings, String> {
+    let number = |name: &str, default: usize| match get(name) {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|number| *number > 0)
+            .ok_or_else(|| format!("{name} is '{text}': give a positive whole number")),
+    };
+    let defaults = QueueSettings::default();
+    Ok(QueueSettings {
+        max_queue_size: number("OTEL_BSP_MAX_QUEUE_SIZE", defaults.max_queue_size)?,
+        max_export_batch_size: number(
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+            defaults.max_export_batch_size,
+        )?,
+        schedule_delay: Duration::from_millis(number(
+            "OTEL_BSP_SCHEDULE_DELAY",
+            defaults.schedule_delay.as_millis() as usize,
+        )? as u64),
+    })
 }
 
 fn protocol(value: Option<&str>) -> Result<OtlpProtocol, String> {
@@ -206,6 +235,7 @@ mod tests {
         assert_eq!(otlp.endpoint, "http://collector:4317");
         assert_eq!(otlp.protocol, OtlpProtocol::Grpc);
         assert_eq!(otlp.sample_ratio, 0.25);
+        assert_eq!(otlp.queue, QueueSettings::default());
         assert_eq!(otlp.resource_attributes[1], ("team".into(), "data".into()));
         assert_eq!(settings.service_name, "etl");
         assert_eq!(settings.log_format, LogFormat::Json);
@@ -218,6 +248,8 @@ mod tests {
             ("OTEL_TRACES_SAMPLER", "sometimes"),
             ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "1s"),
         ] {
             let error = TelemetrySettings::from_env(
                 &env(&[

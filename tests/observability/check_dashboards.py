@@ -2,8 +2,8 @@
 """The Grafana dashboards and provisioning under deploy/grafana are valid, and every query
 names a metric Strata exports.
 
-Exported metrics are the names given to the metric constructors in coordinator/src/metrics.rs
-and worker/src/metrics.rs (a histogram, whose name ends in its unit, also exports _bucket, _sum
+Exported metrics are the names given to the metric constructors in coordinator/src/metrics.rs,
+worker/src/metrics.rs and telemetry/src/http.rs (a histogram, whose name ends in its unit, also exports _bucket, _sum
 and _count). Every panel's
 PromQL expression may only name those; every panel points at a provisioned datasource; every
 dashboard has a unique uid.
@@ -14,7 +14,7 @@ import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SOURCES = [ROOT / "coordinator/src/metrics.rs", ROOT / "worker/src/metrics.rs"]
+SOURCES = [ROOT / "coordinator/src/metrics.rs", ROOT / "worker/src/metrics.rs", ROOT / "telemetry/src/http.rs"]
 GRAFANA = ROOT / "deploy/grafana"
 
 
