@@ -61,6 +61,7 @@ fn request_for(
             strata_core::settings::RunDefaults::default().task_timeout_secs,
         ),
         full_refresh: false,
+        recompile: None,
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 use prost::Message as _;
 use strata_core::config::Materialization;
 use strata_core::dag::Dag;
-use strata_core::manifest::{Manifest, ResourceType};
+use strata_core::manifest::{Manifest, Node, ResourceType};
 use strata_core::queue::{
     ATTEMPT_HEADER, Consumer, Delivery, HEARTBEAT, INGEST_QUEUE, JobQueue, KIND_HEADER, Message,
     RESULT_QUEUE, Settler, TASK_HEADER, TASK_QUEUE,
@@ -285,8 +285,13 @@ async fn plan(
     run: &mut RunContext<'_>,
     id: &str,
 ) -> Result<crate::planning::Planned, crate::planning::PlanError> {
-    let node = &run.request.manifest.nodes[id];
+    let recompiled;
+    let mut node = &run.request.manifest.nodes[id];
     let span = run.spans.node(node);
+    if node.deferred_compile.is_some() {
+        recompiled = recompile(run.request, id).instrument(span.clone()).await?;
+        node = &recompiled;
+    }
     let (mut tasks, mut later) = crate::planning::build_tasks(
         run.request,
         run.run_id,
@@ -300,6 +305,28 @@ async fn plan(
         task.traceparent = run.spans.task(node, task);
     }
     Ok((tasks, later))
+}
+
+/// The node `id` compiled again now that its parents are built (off the driver's thread: a
+/// compile takes as long as the project's).
+async fn recompile(request: &RunRequest, id: &str) -> Result<Node, crate::planning::PlanError> {
+    let failed = |message: String| crate::planning::PlanError::Recompile {
+        node: request.manifest.nodes[id].name.clone(),
+        message,
+    };
+    let recompiler = request.recompile.clone().ok_or_else(|| {
+        failed(
+            request.manifest.nodes[id]
+                .deferred_compile
+                .clone()
+                .unwrap_or_default(),
+        )
+    })?;
+    let unique_id = id.to_string();
+    tokio::task::spawn_blocking(move || recompiler.node(&unique_id))
+        .await
+        .map_err(|err| failed(format!("the compile stopped: {err}")))?
+        .map_err(failed)
 }
 
 /// Hands one message of the run's result queue to the scheduler: a heartbeat, a task's
@@ -641,6 +668,7 @@ mod tests {
             shuffle_partitions: 0,
             task_timeout: std::time::Duration::from_secs(1),
             full_refresh: false,
+            recompile: None,
         };
         jobs(&request)
             .into_iter()

@@ -61,6 +61,14 @@ pub enum PlanError {
         /// The strategy as configured.
         strategy: String,
     },
+    /// A node compiled before its parents were built could not be compiled again.
+    #[error("'{node}' could not be compiled again now that its parents are built: {message}")]
+    Recompile {
+        /// The node.
+        node: String,
+        /// Why.
+        message: String,
+    },
     /// A table the node reads cannot be opened.
     #[error(transparent)]
     Table(#[from] Box<commit::CommitError>),

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use strata_core::config::Materialization;
 use strata_core::diagnostics::Diagnostics;
 use strata_core::invocation::{CommandOutcome, compile_for_run};
-use strata_core::manifest::{Manifest, ResourceType};
+use strata_core::manifest::{Manifest, Node, ResourceType};
 
 use crate::run::RunRequest;
 use crate::warehouse::Warehouse;
@@ -108,6 +108,48 @@ pub fn resource_types(command: &str) -> Option<BTreeSet<ResourceType>> {
     Some(types.iter().copied().collect())
 }
 
+/// Compiles a run's project again, as the run was prepared, for a node whose SQL asked the
+/// warehouse about a table built during the run ([`Node::deferred_compile`]). dbt compiles
+/// every node just before running it; Strata compiles once, and again only for such nodes,
+/// when their parents are built.
+#[derive(Clone)]
+pub struct Recompiler(Arc<dyn Fn() -> CommandOutcome + Send + Sync>);
+
+impl std::fmt::Debug for Recompiler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Recompiler")
+    }
+}
+
+impl Recompiler {
+    /// A recompiler that compiles the project with `compile`.
+    pub fn new(compile: impl Fn() -> CommandOutcome + Send + Sync + 'static) -> Recompiler {
+        Recompiler(Arc::new(compile))
+    }
+
+    /// The node `unique_id` compiled again against the warehouse as it is now.
+    ///
+    /// # Errors
+    /// The compile's diagnostics, or why the node still cannot be compiled.
+    pub fn node(&self, unique_id: &str) -> Result<Node, String> {
+        let outcome = (self.0)();
+        let mut manifest = match outcome.manifest {
+            Some(manifest) if !outcome.diagnostics.has_errors() => manifest,
+            _ => return Err(outcome.diagnostics.render(false)),
+        };
+        let node = manifest
+            .nodes
+            .remove(unique_id)
+            .ok_or_else(|| format!("'{unique_id}' is no longer in the project"))?;
+        match &node.deferred_compile {
+            None => Ok(node),
+            Some(reason) => Err(format!(
+                "{reason}, and still is after the node's parents were built: ref() the table in the model so that it is built first, or build it before this run"
+            )),
+        }
+    }
+}
+
 /// Why a run could not be prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
@@ -156,6 +198,9 @@ pub async fn prepare(
     })?;
     let warehouse = warehouse_for(spec.warehouse.as_deref(), env, &project_dir)
         .map_err(|err| PrepareError::Invalid(err.to_string()))?;
+    let queries = Arc::new(
+        strata_engine::compile_queries::EngineQueries::default().with_warehouse(warehouse.root()),
+    );
     let compile = |incremental: &BTreeSet<String>| {
         compile_for_run(
             &project_dir,
@@ -165,10 +210,7 @@ pub async fn prepare(
             &spec.exclude,
             env,
             incremental,
-            Some(std::sync::Arc::new(
-                strata_engine::compile_queries::EngineQueries::default()
-                    .with_warehouse(warehouse.root()),
-            )),
+            Some(queries.clone()),
         )
     };
     let (manifest, selected, diagnostics) = compiled(compile(&BTreeSet::new()))?;
@@ -213,6 +255,25 @@ pub async fn prepare(
     } else {
         compiled(compile(&incremental_names))?
     };
+    let recompile = manifest
+        .nodes
+        .values()
+        .any(|node| node.deferred_compile.is_some())
+        .then(|| {
+            let (project_dir, spec, env) = (project_dir.clone(), spec.clone(), env.clone());
+            Recompiler::new(move || {
+                compile_for_run(
+                    &project_dir,
+                    spec.vars.as_deref(),
+                    &spec.target,
+                    &[],
+                    &[],
+                    &env,
+                    &incremental_names,
+                    Some(queries.clone()),
+                )
+            })
+        });
     Ok(Prepared {
         request: RunRequest {
             manifest: Arc::new(manifest),
@@ -228,6 +289,7 @@ pub async fn prepare(
             shuffle_partitions: spec.shuffle_partitions,
             task_timeout: Duration::from_secs(spec.task_timeout_secs.max(1)),
             full_refresh: spec.full_refresh,
+            recompile,
         },
         diagnostics,
     })

@@ -52,6 +52,9 @@ pub struct RunRequest {
     /// `--full-refresh`: besides rebuilding incremental models, empty the bronze tables of the
     /// sources the run lands and land them from the start.
     pub full_refresh: bool,
+    /// Compiles nodes marked [`strata_core::manifest::Node::deferred_compile`] again when
+    /// their parents are built; without it such a node fails with the reason.
+    pub recompile: Option<crate::prepare::Recompiler>,
 }
 
 /// One stage of a shuffled model in the run record.

@@ -72,6 +72,8 @@ struct Draft<'a> {
     seen_relations: BTreeMap<Dependency, Option<Relation>>,
     dependencies: Vec<Dependency>,
     sql: Option<String>,
+    /// Why the SQL is provisional (it asked about a table not built yet).
+    deferred: Option<String>,
 }
 
 /// The unique ids references resolve to.
@@ -335,6 +337,7 @@ impl<'a> Compiler<'a> {
                     seen_relations: BTreeMap::new(),
                     dependencies: Vec::new(),
                     sql: None,
+                    deferred: None,
                 });
             }
         }
@@ -474,6 +477,7 @@ impl<'a> Compiler<'a> {
             test: None,
             source: None,
             snapshot: None,
+            deferred_compile: None,
             config,
         });
     }
@@ -663,6 +667,7 @@ impl<'a> Compiler<'a> {
                             }),
                         }),
                         snapshot: None,
+                        deferred_compile: None,
                     });
                 }
             }
@@ -731,6 +736,7 @@ impl<'a> Compiler<'a> {
                 seen_relations: BTreeMap::new(),
                 dependencies: Vec::new(),
                 sql: None,
+                deferred: None,
             });
         }
     }
@@ -822,6 +828,7 @@ impl<'a> Compiler<'a> {
                         })
                         .collect();
                     draft.dependencies = rendered.captured.dependencies;
+                    draft.deferred = rendered.captured.deferred;
                     draft.sql = Some(rendered.sql);
                 }
                 Err(diagnostic) => {
@@ -951,6 +958,7 @@ impl<'a> Compiler<'a> {
                 ) {
                     Ok(rendered) => {
                         draft.dependencies = rendered.captured.dependencies;
+                        draft.deferred = rendered.captured.deferred;
                         draft.sql = Some(rendered.sql);
                     }
                     Err(diagnostic) => {
@@ -1016,6 +1024,20 @@ impl<'a> Compiler<'a> {
             depends_on.sort();
             depends_on.dedup();
             let original = path_string(&draft.file.source.path);
+            if let Some(reason) = &draft.deferred {
+                self.errors.push(
+                    ProjectDiagnostic::warning(
+                        "strata::deferred_compile",
+                        format!(
+                            "{} '{}' is compiled again when its parents are built: {reason}",
+                            draft.resource_type.as_str(),
+                            draft.name
+                        ),
+                    )
+                    .in_file(&draft.file.source.path)
+                    .with_hint("until then its compiled SQL sees no columns for that table (as dbt's compile does)"),
+                );
+            }
             nodes.insert(
                 draft.unique_id.clone(),
                 Node {
@@ -1062,6 +1084,7 @@ impl<'a> Compiler<'a> {
                     snapshot: (draft.resource_type == ResourceType::Snapshot)
                         .then(|| SnapshotSpec::from_config(&draft.config).ok())
                         .flatten(),
+                    deferred_compile: draft.deferred.clone(),
                     original_file_path: original,
                 },
             );
@@ -1690,6 +1713,12 @@ fn inline_ephemeral_models(nodes: &mut BTreeMap<String, Node>) {
                 .map(|sql| (node.unique_id.clone(), (sql, node.depends_on.clone())))
         })
         .collect();
+    // A node that inlines a provisional ephemeral model is provisional too.
+    let deferred: BTreeMap<String, String> = nodes
+        .values()
+        .filter(|node| ephemeral.contains_key(&node.unique_id))
+        .filter_map(|node| Some((node.unique_id.clone(), node.deferred_compile.clone()?)))
+        .collect();
     if ephemeral.is_empty() {
         return;
     }
@@ -1739,6 +1768,9 @@ fn inline_ephemeral_models(nodes: &mut BTreeMap<String, Node>) {
             .collect();
         if let Some(sql) = &node.compiled_code {
             node.compiled_code = Some(inject_ctes(sql, &ctes.join(",\n")));
+        }
+        if node.deferred_compile.is_none() {
+            node.deferred_compile = ordered.iter().find_map(|id| deferred.get(id).cloned());
         }
     }
 }
@@ -1879,6 +1911,7 @@ fn generic_test(
         }),
         source: None,
         snapshot: None,
+        deferred_compile: None,
         name,
     }))
 }

@@ -218,6 +218,9 @@ pub struct Captured {
     pub config: ConfigLayer,
     /// Messages from `log()` and `exceptions.warn()`.
     pub messages: Vec<String>,
+    /// Why the node must be compiled again once its parents are built: it asked the warehouse
+    /// about a table that does not exist yet (the first such question).
+    pub deferred: Option<String>,
 }
 
 /// Per-render state of one node, reachable from every function through the render state.
@@ -260,6 +263,16 @@ impl RenderScope {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .clone()
+    }
+
+    /// Notes that the render asked about a table not built yet, and why (the first reason
+    /// is kept).
+    pub(crate) fn defer(&self, reason: String) {
+        let mut captured = self
+            .captured
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        captured.deferred.get_or_insert(reason);
     }
 
     fn record(&self, dependency: Dependency) {

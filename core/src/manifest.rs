@@ -159,6 +159,10 @@ pub struct Node {
     /// For snapshots: how their history is kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<crate::snapshots::SnapshotSpec>,
+    /// Why `compiled_code` is provisional: compiling asked the warehouse about a table not
+    /// built yet, so a run compiles the node again once its parents are built.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferred_compile: Option<String>,
 }
 
 /// Facts about the compile, without timestamps so the file is reproducible.

@@ -185,3 +185,82 @@ fn a_failed_model_leaves_the_previous_version_readable() {
         "the failed run must not commit"
     );
 }
+
+/// A model that lists the columns of a table built in the same run
+/// (`adapter.get_columns_in_relation(ref(…))`, as `dbt_utils.star` and fivetran's staging
+/// models do) is compiled again once that table is built; a table that is never built is a
+/// clear error naming the question.
+#[test]
+fn a_model_asking_for_columns_of_a_table_built_in_the_run_is_compiled_when_it_is_built() {
+    let (_dir, project) = medallion_with_data("2000");
+    let dir = project.to_str().unwrap();
+    // Its columns are declared nowhere: only the built table knows them.
+    std::fs::write(
+        project.join("models/gold/events_per_type.sql"),
+        "select event_type, count(*) as events, sum(amount) as amount\nfrom {{ ref('silver_events') }}\ngroup by event_type\n",
+    )
+    .unwrap();
+    std::fs::write(
+        project.join("models/gold/events_per_type_listed.sql"),
+        "{%- set columns = adapter.get_columns_in_relation(ref('events_per_type')) -%}\n\
+         select {% for column in columns %}{{ column.name }} as listed_{{ column.name }}{% if not loop.last %}, {% endif %}{% endfor %}\n\
+         from {{ ref('events_per_type') }}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        strata(&[
+            "run",
+            "--project-dir",
+            dir,
+            "--select",
+            "+events_per_type_listed"
+        ]),
+        std::process::ExitCode::SUCCESS
+    );
+    let built = record(&project);
+    let parent_rows = node(&built, "events_per_type")["rows"].as_i64().unwrap();
+    let listed = node(&built, "events_per_type_listed");
+    assert_eq!(listed["status"], "success", "{listed}");
+    assert_eq!(listed["rows"].as_i64().unwrap(), parent_rows);
+    // Every listed column is there: a test over them passes.
+    std::fs::write(
+        project.join("tests/listed_columns_match.sql"),
+        "select * from {{ ref('events_per_type_listed') }} as l\n\
+         left join {{ ref('events_per_type') }} as e on l.listed_event_type = e.event_type\n\
+         where (e.events is distinct from l.listed_events) or (e.amount is distinct from l.listed_amount)\n",
+    )
+    .unwrap();
+    assert_eq!(
+        strata(&[
+            "test",
+            "--project-dir",
+            dir,
+            "--select",
+            "listed_columns_match"
+        ]),
+        std::process::ExitCode::SUCCESS
+    );
+
+    // A table no node builds: still unknown after the parents are built.
+    std::fs::write(
+        project.join("models/gold/listing_nowhere.sql"),
+        "{%- set columns = adapter.get_columns_in_relation(api.Relation.create(schema='gold', identifier='nowhere')) -%}\n\
+         select {{ columns | length }} as listed from {{ ref('events_per_type') }}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        strata(&["run", "--project-dir", dir, "--select", "listing_nowhere"]),
+        std::process::ExitCode::FAILURE
+    );
+    let failed = record(&project);
+    let error = node(&failed, "listing_nowhere")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("get_columns_in_relation(")
+            && error.contains("nowhere")
+            && error.contains("still is after the node's parents were built"),
+        "{error}"
+    );
+}

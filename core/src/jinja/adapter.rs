@@ -50,27 +50,22 @@ impl Adapter {
 
     /// `adapter.get_columns_in_relation(relation)`: the columns of its table in the
     /// warehouse; for a table not built yet, its declared columns (a seed's header, a
-    /// property file's `columns:`); otherwise an error saying what to do, as Strata compiles
-    /// before it builds.
+    /// property file's `columns:`); otherwise no columns for now, and the node is marked to
+    /// be compiled again when its parents are built (as dbt compiles each node just before
+    /// running it).
     fn get_columns_in_relation(&self, state: &State, args: &[Value]) -> Result<Value, Error> {
         let relation = relation_argument(args)?;
         if let Some(columns) = self.columns("get_columns_in_relation", &relation)? {
             return Ok(Value::from(columns));
         }
-        let declared = super::scope(state)?
-            .inputs
-            .declared_columns
-            .get(&relation)
-            .cloned();
-        match declared {
-            Some(columns) => Ok(Value::from(column_values(columns))),
-            None => Err(Error::new(
-                ErrorKind::InvalidOperation,
-                format!(
-                    "adapter.get_columns_in_relation({relation}): the table is not built yet and its columns are not declared; Strata compiles before it builds, so declare the columns in the model's properties (columns: - name: …), or build it first (strata run --select <its model>)"
-                ),
-            )),
+        let scope = super::scope(state)?;
+        if let Some(columns) = scope.inputs.declared_columns.get(&relation) {
+            return Ok(Value::from(column_values(columns.clone())));
         }
+        scope.defer(format!(
+            "adapter.get_columns_in_relation({relation}) asks for the columns of a table not built yet"
+        ));
+        Ok(Value::from(Vec::<Value>::new()))
     }
 
     /// `adapter.get_relation(database=…, schema=…, identifier=…)`: the relation when its
