@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::config::{ConfigLayer, Materialization, NodeConfig, closest, rendered_value};
+use crate::config::{
+    ConfigLayer, Materialization, NodeConfig, closest, holds_template, rendered_value,
+};
 use crate::data_tests::{self, BUILT_IN_TESTS};
 use crate::diagnostics::{Diagnostics, ProjectDiagnostic, SourceText};
 use crate::jinja::{
@@ -552,25 +554,44 @@ impl<'a> Compiler<'a> {
                         continue;
                     }
                     let pattern = table.location.clone().or_else(|| source.location.clone());
-                    let location = match pattern {
-                        Some(pattern) => {
-                            match self.renderer.render_string(&pattern, &string_inputs) {
-                                Ok(text) => Some(
-                                    text.replace("{name}", &table.identifier)
-                                        .replace("{identifier}", &table.identifier),
-                                ),
-                                Err(message) => {
-                                    self.errors.push(table.origin.error(
-                                        "strata::source_location",
-                                        format!(
-                                            "cannot render the location of '{}.{}': {message}",
-                                            source.name, table.name
-                                        ),
-                                    ));
-                                    None
-                                }
+                    let render = |text: &str| {
+                        self.renderer
+                            .render_string_in(text, &string_inputs, &source.package)
+                    };
+                    // `schema:` and `identifier:` may be templates (`{{ var('x_schema', 'x') }}`).
+                    let (schema, identifier) =
+                        match (render(&source.schema), render(&table.identifier)) {
+                            (Ok(schema), Ok(identifier)) => {
+                                (schema.trim().to_string(), identifier.trim().to_string())
                             }
-                        }
+                            (Err(message), _) | (_, Err(message)) => {
+                                self.errors.push(table.origin.error(
+                                "strata::source_relation",
+                                format!(
+                                    "cannot render the schema or identifier of '{}.{}': {message}",
+                                    source.name, table.name
+                                ),
+                            ));
+                                (source.schema.clone(), table.identifier.clone())
+                            }
+                        };
+                    let location = match pattern {
+                        Some(pattern) => match render(&pattern) {
+                            Ok(text) => Some(
+                                text.replace("{name}", &identifier)
+                                    .replace("{identifier}", &identifier),
+                            ),
+                            Err(message) => {
+                                self.errors.push(table.origin.error(
+                                    "strata::source_location",
+                                    format!(
+                                        "cannot render the location of '{}.{}': {message}",
+                                        source.name, table.name
+                                    ),
+                                ));
+                                None
+                            }
+                        },
                         None => None,
                     };
                     let (location, inferred) = match location {
@@ -614,7 +635,7 @@ impl<'a> Compiler<'a> {
                                 ),
                         );
                     }
-                    let relation = Relation::new(source.schema.clone(), table.identifier.clone());
+                    let relation = Relation::new(schema, identifier.clone());
                     self.inputs.sources.insert(key, relation.clone());
                     let mut columns = Vec::new();
                     merge_column_docs(&mut columns, &table.columns);
@@ -654,7 +675,7 @@ impl<'a> Compiler<'a> {
                         test: None,
                         source: Some(SourceInfo {
                             source_name: source.name.clone(),
-                            identifier: table.identifier.clone(),
+                            identifier: identifier.clone(),
                             location,
                             format,
                             ingest: table.ingest.clone().map(|spec| IngestDeclaration {
@@ -1284,20 +1305,48 @@ fn render_templated(
 ) -> ConfigLayer {
     let mut layer = layer.clone();
     for (key, template) in std::mem::take(&mut layer.templated) {
-        let outcome = renderer
-            .render_string(&template, inputs)
-            .and_then(|text| layer.set(&key, &rendered_value(&text)));
+        let outcome =
+            render_json(&template, renderer, inputs).and_then(|value| layer.set(&key, &value));
         if let Err(message) = outcome {
+            let shown = template
+                .as_str()
+                .map_or_else(|| template.to_string(), str::to_string);
             errors.push(
                 ProjectDiagnostic::error(
                     "strata::config",
-                    format!("setting '{key}: {template}': {message}"),
+                    format!("setting '{key}: {shown}': {message}"),
                 )
                 .in_file(&project_file.path),
             );
         }
     }
     layer
+}
+
+/// `json` with each string that is a template rendered into its typed value.
+fn render_json(
+    json: &serde_json::Value,
+    renderer: &Renderer,
+    inputs: &Arc<RenderInputs>,
+) -> Result<serde_json::Value, String> {
+    Ok(match json {
+        serde_json::Value::String(text) if holds_template(json) => {
+            rendered_value(&renderer.render_string(text, inputs)?)
+        }
+        serde_json::Value::Array(items) => serde_json::Value::Array(
+            items
+                .iter()
+                .map(|item| render_json(item, renderer, inputs))
+                .collect::<Result<_, _>>()?,
+        ),
+        serde_json::Value::Object(fields) => serde_json::Value::Object(
+            fields
+                .iter()
+                .map(|(name, value)| Ok((name.clone(), render_json(value, renderer, inputs)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
 }
 
 /// The root project, then each installed package.

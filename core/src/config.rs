@@ -140,10 +140,11 @@ pub enum TestSeverity {
 /// A layer of configuration as written in one place; `None` means "not set here".
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ConfigLayer {
-    /// Settings whose YAML value is a Jinja template (`+enabled: "{{ var('x') }}"`), by key:
-    /// rendered by the compiler, which knows vars and target, then set like any other value.
+    /// Settings whose YAML value is or holds a Jinja template (`+enabled: "{{ var('x') }}"`,
+    /// `+column_types: {id: "{{ 'int64' if … }}"}`), by key: rendered by the compiler, which
+    /// knows vars and target, then set like any other value.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub templated: BTreeMap<String, String>,
+    pub templated: BTreeMap<String, serde_json::Value>,
     /// `enabled`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
@@ -371,6 +372,16 @@ const INTEGER_DIVISION: &str = "integer_division";
 /// Hook keys: their Jinja is rendered when the hook runs, not when the config is read.
 const HOOK_KEYS: [&str; 4] = ["pre_hook", "post_hook", "pre-hook", "post-hook"];
 
+/// Whether a string of `json`, at any depth, is a Jinja template.
+pub fn holds_template(json: &serde_json::Value) -> bool {
+    match json {
+        serde_json::Value::String(text) => text.contains("{{") || text.contains("{%"),
+        serde_json::Value::Array(items) => items.iter().any(holds_template),
+        serde_json::Value::Object(fields) => fields.values().any(holds_template),
+        _ => false,
+    }
+}
+
 /// The typed value of a rendered template: `true`/`false` (any case), a number, or the text.
 pub fn rendered_value(text: &str) -> serde_json::Value {
     let trimmed = text.trim();
@@ -447,11 +458,8 @@ impl ConfigLayer {
     /// Unknown keys are kept in `extra` so existing dbt projects with adapter-specific settings
     /// keep compiling.
     pub fn set(&mut self, key: &str, json: &serde_json::Value) -> Result<(), String> {
-        if let Some(text) = json.as_str()
-            && (text.contains("{{") || text.contains("{%"))
-            && !HOOK_KEYS.contains(&key)
-        {
-            self.templated.insert(key.to_string(), text.to_string());
+        if holds_template(json) && !HOOK_KEYS.contains(&key) {
+            self.templated.insert(key.to_string(), json.clone());
             return Ok(());
         }
         let json = json.clone();
@@ -779,6 +787,13 @@ mod tests {
             .set("enabled", &"{{ var('x', true) }}".into())
             .unwrap();
         assert_eq!(layer.templated["enabled"], "{{ var('x', true) }}");
+        layer
+            .set(
+                "column_types",
+                &serde_json::json!({"id": "{{ 'bigint' }}", "name": "varchar"}),
+            )
+            .unwrap();
+        assert!(layer.templated.contains_key("column_types"));
         assert_eq!(layer.enabled, None);
         let err = layer.set("integer_division", &"floor".into()).unwrap_err();
         assert!(err.contains("'fractional'"), "{err}");

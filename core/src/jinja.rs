@@ -99,21 +99,31 @@ impl Object for Relation {
             "database" => Some(Value::from("strata")),
             "is_table" => Some(Value::from(true)),
             "is_view" | "is_cte" => Some(Value::from(false)),
+            // What dbt_utils' `_is_relation` checks: the type's name ends in `Relation`.
+            "metadata" => Some(Value::from(BTreeMap::from([(
+                "type",
+                Value::from("StrataRelation"),
+            )]))),
             _ => None,
         }
     }
 
     /// dbt's relation methods that packages call: `render()` gives the rendered name;
     /// `include(…)`, `quote(…)` and `incorporate(…)` give the relation back (a warehouse has one
-    /// database and Strata quotes what needs quoting).
+    /// database and Strata quotes what needs quoting); `get(key, default)` reads it as the
+    /// mapping dbt's relations also are.
     fn call_method(
         self: &Arc<Self>,
         _state: &mut State<'_, '_>,
         method: &str,
-        _args: &[Value],
+        args: &[Value],
     ) -> Result<Value, Error> {
         match method {
             "render" => Ok(Value::from(self.to_string())),
+            "get" => {
+                let (key, default): (Value, Option<Value>) = minijinja::value::from_args(args)?;
+                Ok(self.get_value(&key).or(default).unwrap_or(Value::from(())))
+            }
             "include" | "quote" | "incorporate" => Ok(Value::from_object(self.as_ref().clone())),
             other => Err(Error::new(
                 ErrorKind::InvalidOperation,
@@ -783,6 +793,10 @@ impl Renderer {
             let mut text = combined.text;
             for name in &combined.names {
                 text.push_str(&format!("{{% set {name} = __strata_wrap({name}) %}}"));
+                let exported = namespaces::exported_name(name);
+                if exported != *name {
+                    text.push_str(&format!("{{% set {exported} = {name} %}}"));
+                }
             }
             if let Err(err) = env.add_template_owned(template.clone(), text) {
                 // Files parsed alone but not together (e.g. an unclosed raw block); report once.
@@ -868,10 +882,24 @@ impl Renderer {
     /// # Errors
     /// Returns the rendering error's message.
     pub fn render_string(&self, text: &str, inputs: &Arc<RenderInputs>) -> Result<String, String> {
+        self.render_string_in(text, inputs, &inputs.project_name)
+    }
+
+    /// [`Renderer::render_string`] as `package` sees it: its scoped vars and macros (a
+    /// package's property files render in their package).
+    ///
+    /// # Errors
+    /// Returns the rendering error's message.
+    pub fn render_string_in(
+        &self,
+        text: &str,
+        inputs: &Arc<RenderInputs>,
+        package: &str,
+    ) -> Result<String, String> {
         if !text.contains("{{") && !text.contains("{%") {
             return Ok(text.to_string());
         }
-        self.render_expression(text, inputs)
+        self.render_in(text, inputs, package)
             .map(|rendered| rendered.sql)
     }
 
@@ -885,7 +913,16 @@ impl Renderer {
         text: &str,
         inputs: &Arc<RenderInputs>,
     ) -> Result<Rendered, String> {
-        let scope = RenderScope::new(inputs, "", &inputs.project_name, false);
+        self.render_in(text, inputs, &inputs.project_name)
+    }
+
+    fn render_in(
+        &self,
+        text: &str,
+        inputs: &Arc<RenderInputs>,
+        package: &str,
+    ) -> Result<Rendered, String> {
+        let scope = RenderScope::new(inputs, "", package, false);
         let template = format!("{{{{ __strata_enter(__strata_scope) }}}}{text}");
         let sql = self
             .env

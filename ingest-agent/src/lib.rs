@@ -122,6 +122,10 @@ pub enum IngestError {
         source_name: String,
         /// Batches landed by this attempt.
         batches: u32,
+        /// Rows landed by this attempt.
+        rows: u64,
+        /// Records this attempt quarantined.
+        quarantined: u64,
     },
     /// A task that is not an ingest task reached the ingest queue.
     #[error(

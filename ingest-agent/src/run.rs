@@ -104,6 +104,8 @@ pub async fn land(
             return Err(IngestError::Interrupted {
                 source_name: target.name.clone(),
                 batches: report.batches,
+                rows: report.rows,
+                quarantined: report.quarantined,
             });
         }
     }

@@ -36,8 +36,8 @@ impl TaskRunner for IngestRunner {
 /// Lands the source of an ingest task and reports the outcome. Never fails: a failure is in
 /// the result with its class, and a panic is an internal failure. The attempt is one span,
 /// the child of the task's span in the coordinator (through the task's `traceparent`). When
-/// `draining` asks, the landing stops after its current chunk with a transient failure, so
-/// that the coordinator hands the rest to another agent.
+/// `draining` asks, the landing stops after its current chunk with an interrupted failure
+/// carrying what it committed, so that the coordinator hands the rest to another agent.
 pub async fn run_ingest_task(
     task: &Task,
     attempt: u32,
@@ -69,6 +69,14 @@ pub async fn run_ingest_task(
             span.record("strata.batches", report.batches);
         }
         Err(err) => {
+            if let IngestError::Interrupted {
+                rows, quarantined, ..
+            } = &err
+            {
+                // Committed: the coordinator adds them to the next attempt's.
+                result.rows = i64::try_from(*rows).unwrap_or(i64::MAX);
+                result.quarantined_rows = i64::try_from(*quarantined).unwrap_or(i64::MAX);
+            }
             let class = failure_class(&err);
             result.failure_class = class as i32;
             result.error = err.to_string();
@@ -146,7 +154,8 @@ async fn land_task(task: &Task, draining: &Draining) -> Result<TableReport, Inge
 
 /// Whether retrying can help: not for a wrong block, a missing secret, a policy's refusal or a
 /// source that stayed unreachable through its own retries; yes for a read or a commit cut
-/// short (landing again goes on from the last commit).
+/// short (landing again goes on from the last commit). A landing stopped by a drain is handed
+/// on without using a retry.
 pub fn failure_class(error: &IngestError) -> FailureClass {
     match error {
         IngestError::Spec { .. }
@@ -156,10 +165,10 @@ pub fn failure_class(error: &IngestError) -> FailureClass {
         | IngestError::Drift { .. }
         | IngestError::State { .. }
         | IngestError::Misrouted { .. } => FailureClass::User,
-        IngestError::Read { .. }
-        | IngestError::Interrupted { .. }
-        | IngestError::Storage(_)
-        | IngestError::Delta { .. } => FailureClass::Transient,
+        IngestError::Interrupted { .. } => FailureClass::Interrupted,
+        IngestError::Read { .. } | IngestError::Storage(_) | IngestError::Delta { .. } => {
+            FailureClass::Transient
+        }
         IngestError::Internal(_) => FailureClass::Internal,
     }
 }

@@ -664,6 +664,12 @@ def check_cluster(strata, pg_url, amqp_url, seed):
         node = run_results(strata)["source.ingest_check.crm.cluster_big"]
         check(node["status"] == "success" and node["workers"] == ["agent-c"] and node["attempts"] >= 2,
               f"the source's record: {node}")
+        # The drained attempt's rows count (it handed the task on, not failed it); only the
+        # rows of agent-a, killed -9 before it could report, are not in the record.
+        landed_before_c = deltalake.DeltaTable(str(delta_log.parent), version=after_drain - 1).to_pyarrow_table().num_rows
+        check(node["rows"] > 60000 - landed_before_c,
+              f"the record's rows ({node['rows']}) leave out agent-b's drained attempt "
+              f"(agent-c landed {60000 - landed_before_c})")
         print(f"ok: cluster ingest: agent-a killed -9 after {killed_at} commits, agent-b took the task over and "
               f"drained after its chunk at commit {after_drain} (SIGTERM at {drained_at}), agent-c landed the rest "
               "(another attempt); every row landed once")

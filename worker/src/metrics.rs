@@ -138,6 +138,7 @@ impl WorkerMetrics {
             Ok(FailureClass::Unspecified) => "success",
             Ok(FailureClass::User) => "user_error",
             Ok(FailureClass::Transient) => "transient_error",
+            Ok(FailureClass::Interrupted) => "interrupted",
             _ => "internal_error",
         };
         self.tasks.with_label_values(&[kind, outcome]).inc();

@@ -124,7 +124,15 @@ struct InFlight {
     due: Option<Instant>,
     /// Failed publishes of this attempt.
     publish_failures: u32,
+    /// Attempts its process stopped to shut down (not retries), at most [`MAX_HANDOFFS`].
+    handoffs: u32,
+    /// Rows and quarantined records the handed-off attempts committed.
+    carried: (i64, i64),
 }
+
+/// Handoffs of one task after which a further interruption counts as a transient failure: a
+/// task whose every process drains is not handed on forever.
+const MAX_HANDOFFS: u32 = 16;
 
 /// Where a node stands.
 #[derive(Debug)]
@@ -422,10 +430,13 @@ impl Scheduler {
         }
     }
 
-    fn task_succeeded(&mut self, result: TaskResult, now: Instant) {
+    fn task_succeeded(&mut self, mut result: TaskResult, now: Instant) {
         let Some(flight) = self.tasks.remove(&result.task_id) else {
             return;
         };
+        // What attempts stopped by a drain committed is part of the task's work.
+        result.rows += flight.carried.0;
+        result.quarantined_rows += flight.carried.1;
         let Some(Phase::Running(progress)) = self.active.get_mut(&flight.node) else {
             return;
         };
@@ -473,12 +484,19 @@ impl Scheduler {
         let Some(flight) = self.tasks.get(&result.task_id) else {
             return;
         };
+        if class == FailureClass::Interrupted && flight.handoffs < MAX_HANDOFFS {
+            self.hand_off(&result, now);
+            return;
+        }
         let job = &self.jobs[&flight.node];
-        let allowed = match class {
-            FailureClass::Transient => job.retries.unwrap_or(self.policy.retries),
-            FailureClass::Internal => 1,
-            _ => 0,
-        };
+        let allowed = flight.handoffs
+            + match class {
+                FailureClass::Transient | FailureClass::Interrupted => {
+                    job.retries.unwrap_or(self.policy.retries)
+                }
+                FailureClass::Internal => 1,
+                _ => 0,
+            };
         // Shuffle outputs lost with their worker: run their map tasks again, then this task
         // (lost outputs are not the task's fault: a few more tries are allowed).
         if !result.lost_shuffle_outputs.is_empty()
@@ -488,7 +506,7 @@ impl Scheduler {
             return;
         }
         if flight.attempt <= allowed {
-            let delay = self.policy.backoff(flight.attempt);
+            let delay = self.policy.backoff(flight.attempt - flight.handoffs);
             if let Some(flight) = self.tasks.get_mut(&result.task_id) {
                 flight.attempt += 1;
                 flight.due = Some(now + delay);
@@ -500,6 +518,20 @@ impl Scheduler {
         let node = flight.node.clone();
         self.tasks.remove(&result.task_id);
         self.fail_node(&node, result, class);
+    }
+
+    /// The task's process stopped it to shut down after committing part of its work: the
+    /// next attempt goes out at once and does not count as a retry.
+    fn hand_off(&mut self, result: &TaskResult, now: Instant) {
+        if let Some(flight) = self.tasks.get_mut(&result.task_id) {
+            flight.handoffs += 1;
+            flight.carried.0 += result.rows;
+            flight.carried.1 += result.quarantined_rows;
+            flight.attempt += 1;
+            flight.due = Some(now);
+            flight.started = false;
+            flight.publish_failures = 0;
+        }
     }
 
     /// The task read shuffle outputs whose workers are gone: their map tasks run again, and
@@ -720,6 +752,8 @@ impl InFlight {
             started: false,
             due: None,
             publish_failures: 0,
+            handoffs: 0,
+            carried: (0, 0),
         }
     }
 }

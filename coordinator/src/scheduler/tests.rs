@@ -232,6 +232,49 @@ fn exhausted_retries_fail_the_node_and_skip_its_dependants() {
 }
 
 #[test]
+fn an_interrupted_attempt_is_handed_on_at_once_without_using_a_retry() {
+    let mut script = Script::new(vec![job("m", &[])], policy());
+    script.asked();
+    script.plan("m", vec![task("t1", "m")], vec![]);
+    script.asked();
+    // Three drains in a row: more than the two retries the policy allows.
+    for attempt in 1..=3 {
+        script.report(TaskResult {
+            rows: 7,
+            quarantined_rows: 1,
+            ..failed("t1", attempt, FailureClass::Interrupted)
+        });
+        script.advance(Duration::ZERO);
+        assert_eq!(
+            script.asked().published(),
+            [("t1".to_string(), attempt + 1)],
+            "handed on without a backoff"
+        );
+    }
+    // The retries are all still there.
+    for attempt in 4..=5 {
+        script.report(failed("t1", attempt, FailureClass::Transient));
+        script.advance(BACKOFF * 8);
+        assert_eq!(
+            script.asked().published(),
+            [("t1".to_string(), attempt + 1)]
+        );
+    }
+    script.report(ok("t1", 6));
+    let asked = script.asked();
+    let [completion] = asked.completions.as_slice() else {
+        panic!("one completion expected, got {asked:?}");
+    };
+    assert_eq!(completion.class, FailureClass::Unspecified);
+    assert_eq!(
+        completion.result.rows,
+        10 + 3 * 7,
+        "the drained attempts' rows count"
+    );
+    assert_eq!(completion.result.quarantined_rows, 3);
+}
+
+#[test]
 fn a_user_error_is_not_retried() {
     let mut script = Script::new(vec![job("m", &[])], policy());
     script.asked();

@@ -98,11 +98,22 @@ pub fn register_module(state: &mut State, namespace: String, module: Value) -> S
     String::new()
 }
 
+/// The name macro `name` is exported under from its package's template: its own, but for
+/// names starting with `_`, which Jinja keeps private to a template while dbt lets
+/// `package._macro(…)` reach them (dbt_utils' `_is_relation`).
+pub(crate) fn exported_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.starts_with('_') {
+        std::borrow::Cow::Owned(format!("strata_private{name}"))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
 /// Macro `name` of `namespace` in this render, if it defines one.
 fn find_macro(state: &State, namespace: &str, name: &str) -> Option<Value> {
     let module = state.get_extension::<Modules>()?.0.get(namespace)?;
     module
-        .get_attr(name)
+        .get_attr(&exported_name(name))
         .ok()
         .filter(|value| !value.is_undefined())
 }

@@ -30,6 +30,8 @@ fn render_with(
          {% macro surrogate(fields) %}{{ return(adapter.dispatch('surrogate', 'helpers')(fields)) }}{% endmacro %}
          {% macro default__surrogate(fields) %}md5({{ dbt.concat(fields) }}){% endmacro %}
          {% macro early(flag) %}{% if flag %}{{ return('early') }}{% endif %}{{ exceptions.raise_compiler_error('not reached when flag') }}{% endmacro %}
+         {% macro _checked(value) %}{% if value < 0 %}{{ exceptions.raise_compiler_error('negative') }}{% endif %}{{ return(value * 2) }}{% endmacro %}
+         {% macro doubled(value) %}{{ helpers._checked(value) }}{% endmacro %}
          {% test positive(model, column_name) %}select * from {{ model }} where {{ column_name }} <= 0{% endtest %}",
     )];
     let packages = [
@@ -128,6 +130,14 @@ fn dbt_macros_and_project_macros_are_callable_unqualified_and_qualified() {
 }
 
 #[test]
+fn macros_whose_names_start_with_an_underscore_are_reachable_through_their_package() {
+    // Jinja keeps such names private to their template; dbt_utils calls its own
+    // `dbt_utils._is_relation(…)`.
+    assert_eq!(render("{{ helpers.doubled(4) }}"), "8");
+    assert_eq!(render("{{ helpers._checked(5) }}"), "10");
+}
+
+#[test]
 fn unknown_package_macros_are_named_with_a_suggestion() {
     let error = render_with("", BTreeMap::new(), "{{ helpers.select_lst(['a']) }}").unwrap_err();
     assert!(
@@ -160,5 +170,13 @@ fn python_jinja_that_dbt_accepts() {
             "{% set r = api.Relation.create(schema='s', identifier='t') %}{{ r.include(database=false).render() }} {{ r.is_table }} {{ target.profile_name }}"
         ),
         "s.t True strata"
+    );
+    // dbt_utils' `_is_relation` check: a relation is a mapping whose metadata type ends in
+    // `Relation`.
+    assert_eq!(
+        render(
+            "{% set r = api.Relation.create(schema='s', identifier='t') %}{{ r is mapping and r.get('metadata', {}).get('type', '').endswith('Relation') }} {{ r.get('nope', 'd') }}"
+        ),
+        "True d"
     );
 }
