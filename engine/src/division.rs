@@ -21,7 +21,7 @@ pub struct FractionalIntegerDivision;
 
 impl AnalyzerRule for FractionalIntegerDivision {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
-        plan.transform_up_with_subqueries(rewrite_plan)
+        plan.transform_up_with_subqueries(|plan| rewrite_plan(plan, fractional))
             .map(|t| t.data)
     }
 
@@ -30,8 +30,12 @@ impl AnalyzerRule for FractionalIntegerDivision {
     }
 }
 
-/// Rewrites the divisions of one plan node, whose expressions read its inputs' columns.
-fn rewrite_plan(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+/// Rewrites the expressions of one plan node with `rule`, which sees the types of the node's
+/// inputs' columns; output column names stay what the SQL wrote.
+pub(crate) fn rewrite_plan(
+    plan: LogicalPlan,
+    rule: fn(Expr, &DFSchema) -> Result<Transformed<Expr>>,
+) -> Result<Transformed<LogicalPlan>> {
     let mut schema = merge_schema(&plan.inputs());
     if let LogicalPlan::TableScan(scan) = &plan {
         schema.merge(&DFSchema::try_from_qualified_schema(
@@ -42,7 +46,7 @@ fn rewrite_plan(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
     let names = NamePreserver::new(&plan);
     let rewritten = plan.map_expressions(|expr| {
         let original_name = names.save(&expr);
-        expr.transform_up(|expr| fractional(expr, &schema))
+        expr.transform_up(|expr| rule(expr, &schema))
             .map(|transformed| transformed.update_data(|e| original_name.restore(e)))
     })?;
     if rewritten.transformed {

@@ -31,6 +31,7 @@ pub mod error;
 pub mod exchange;
 pub mod first_row;
 pub mod identifiers;
+pub mod lenient_casts;
 pub mod memory;
 pub mod session;
 pub mod stages;

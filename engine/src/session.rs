@@ -26,6 +26,7 @@ use crate::distinct_rewrite::DistinctAggregatesToGroupBy;
 use crate::division::FractionalIntegerDivision;
 use crate::error::TaskError;
 use crate::first_row::{FirstRowPerKeyRule, StrataQueryPlanner};
+use crate::lenient_casts::LenientTemporalCasts;
 use datafusion::optimizer::{Analyzer, AnalyzerRule};
 
 /// Settings of the execution engine, the same for every task of a process.
@@ -106,7 +107,10 @@ pub fn session(config: &EngineConfig) -> Result<(SessionContext, Arc<dyn MemoryP
         .with_query_planner(Arc::new(StrataQueryPlanner))
         .build();
     let ctx = SessionContext::new_with_state(state);
-    for function in crate::duckdb_functions::duckdb_functions() {
+    for function in crate::duckdb_functions::duckdb_functions()
+        .into_iter()
+        .chain(crate::lenient_casts::lenient_cast_functions())
+    {
         ctx.register_udf(function);
     }
     for function in crate::duckdb_functions::duckdb_aggregates() {
@@ -125,13 +129,19 @@ pub fn session(config: &EngineConfig) -> Result<(SessionContext, Arc<dyn MemoryP
 /// type coercion, so that coercion sees the new types everywhere they flow.
 fn analyzer_rules(config: &EngineConfig) -> Vec<Arc<dyn AnalyzerRule + Send + Sync>> {
     let mut rules = Analyzer::new().rules;
-    if !config.truncating_division {
-        let coercion = rules
+    let coercion = |rules: &[Arc<dyn AnalyzerRule + Send + Sync>]| {
+        rules
             .iter()
             .position(|rule| rule.name() == "type_coercion")
-            .unwrap_or(0);
-        rules.insert(coercion, Arc::new(FractionalIntegerDivision));
+            .unwrap_or(0)
+    };
+    if !config.truncating_division {
+        let at = coercion(&rules);
+        rules.insert(at, Arc::new(FractionalIntegerDivision));
     }
+    // After coercion, so that the casts it adds (`ts > '2024-1-5'`) are lenient too.
+    let at = coercion(&rules) + 1;
+    rules.insert(at.min(rules.len()), Arc::new(LenientTemporalCasts));
     rules
 }
 

@@ -115,6 +115,7 @@ impl Deduplication {
             let at = level.level;
             level.winners.drain_partitioned(
                 FAN_OUT,
+                self.batch_size,
                 |hash| partition_of(hash, at),
                 |partition, rows| partitions.write(partition, &rows),
             )?;

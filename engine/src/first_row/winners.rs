@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{cast, interleave_record_batch, take_record_batch};
+use datafusion::arrow::compute::{
+    cast, concat_batches, interleave_record_batch, take_record_batch,
+};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::utils::memory::get_record_batch_memory_size;
@@ -299,33 +301,39 @@ impl Winners {
     }
 
     /// Empties the contest, handing its winners to `sink` partitioned by key hash through
-    /// `partition_of`; the reservation is freed.
+    /// `partition_of`, in batches of about `batch_size` rows; the reservation is freed.
+    ///
+    /// Buffered batch by buffered batch, each released once its winners are handed on, so
+    /// that spilling never holds a second copy of the winners: the peak is the buffered input
+    /// plus one batch per partition.
     pub(super) fn drain_partitioned(
         &mut self,
         partitions: usize,
+        batch_size: usize,
         partition_of: impl Fn(u64) -> usize,
         mut sink: impl FnMut(usize, RecordBatch) -> Result<()>,
     ) -> Result<()> {
-        if !self.winners.is_empty() {
-            let rows = self.winning_rows()?;
+        let mut winners = std::mem::take(&mut self.winners);
+        self.table = hashbrown::HashTable::new();
+        winners.sort_unstable_by_key(|winner| (winner.batch, winner.row));
+        let mut pending = PendingPartitions::new(partitions, batch_size);
+        let mut start = 0;
+        for (index, held) in std::mem::take(&mut self.buffered).into_iter().enumerate() {
+            let count = winners[start..].partition_point(|winner| winner.batch as usize <= index);
             let mut indices: Vec<Vec<u32>> = vec![Vec::new(); partitions];
-            for (row, winner) in self.winners.iter().enumerate() {
-                indices[partition_of(winner.hash)].push(row as u32);
+            for winner in &winners[start..start + count] {
+                indices[partition_of(winner.hash)].push(winner.row);
             }
-            for (partition, rows_of) in indices.into_iter().enumerate() {
-                if !rows_of.is_empty() {
-                    sink(
-                        partition,
-                        take_record_batch(&rows, &UInt32Array::from(rows_of))?,
-                    )?;
+            start += count;
+            for (partition, rows) in indices.into_iter().enumerate() {
+                if !rows.is_empty() {
+                    let taken = take_record_batch(&held.batch, &UInt32Array::from(rows))?;
+                    pending.push(partition, taken, &mut sink)?;
                 }
             }
         }
-        self.buffered.clear();
-        self.buffered.shrink_to_fit();
+        pending.flush(&mut sink)?;
         self.buffered_rows = 0;
-        self.winners = Vec::new();
-        self.table = hashbrown::HashTable::new();
         self.reservation.free();
         Ok(())
     }
@@ -358,5 +366,54 @@ impl Winners {
             columns.push(rank);
             Ok(RecordBatch::try_new(Arc::clone(&schema), columns)?)
         })
+    }
+}
+
+/// Rows on their way to each spill partition, handed on once a partition has a batch's worth.
+struct PendingPartitions {
+    batches: Vec<Vec<RecordBatch>>,
+    rows: Vec<usize>,
+    batch_size: usize,
+}
+
+impl PendingPartitions {
+    fn new(partitions: usize, batch_size: usize) -> Self {
+        Self {
+            batches: vec![Vec::new(); partitions],
+            rows: vec![0; partitions],
+            batch_size: batch_size.max(1),
+        }
+    }
+
+    fn push(
+        &mut self,
+        partition: usize,
+        batch: RecordBatch,
+        sink: &mut impl FnMut(usize, RecordBatch) -> Result<()>,
+    ) -> Result<()> {
+        self.rows[partition] += batch.num_rows();
+        self.batches[partition].push(batch);
+        if self.rows[partition] >= self.batch_size {
+            self.hand_on(partition, sink)?;
+        }
+        Ok(())
+    }
+
+    fn hand_on(
+        &mut self,
+        partition: usize,
+        sink: &mut impl FnMut(usize, RecordBatch) -> Result<()>,
+    ) -> Result<()> {
+        let batches = std::mem::take(&mut self.batches[partition]);
+        self.rows[partition] = 0;
+        if let Some(first) = batches.first() {
+            let joined = concat_batches(&first.schema(), &batches)?;
+            sink(partition, joined)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, sink: &mut impl FnMut(usize, RecordBatch) -> Result<()>) -> Result<()> {
+        (0..self.batches.len()).try_for_each(|partition| self.hand_on(partition, sink))
     }
 }
