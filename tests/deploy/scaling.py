@@ -120,7 +120,7 @@ def rows(path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--strata", required=True)
-    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--events", type=int, default=400_000)
     parser.add_argument("--target", type=int, default=1, help="waiting tasks per replica (a worker's slots)")
     parser.add_argument("--min", type=int, default=1)
     parser.add_argument("--max", type=int, default=4)
