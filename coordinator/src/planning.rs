@@ -395,7 +395,8 @@ fn add_inputs<'a>(
         if !seen.insert(id.to_string()) {
             return Ok(());
         }
-        let Some(node) = request.manifest.nodes.get(id) else {
+        // A view compiled again during the run is read with its new SQL.
+        let Some(node) = request.node(id) else {
             return Ok(());
         };
         let materialized = node.config.materialized;

@@ -113,7 +113,12 @@ pub fn resource_types(command: &str) -> Option<BTreeSet<ResourceType>> {
 /// every node just before running it; Strata compiles once, and again only for such nodes,
 /// when their parents are built.
 #[derive(Clone)]
-pub struct Recompiler(Arc<dyn Fn() -> CommandOutcome + Send + Sync>);
+pub struct Recompiler {
+    compile: Arc<dyn Fn() -> CommandOutcome + Send + Sync>,
+    /// The nodes compiled again so far, by unique id: later nodes that read them (a view's
+    /// SQL is inlined into its readers) see the new SQL.
+    compiled: Arc<std::sync::Mutex<BTreeMap<String, Node>>>,
+}
 
 impl std::fmt::Debug for Recompiler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -124,7 +129,19 @@ impl std::fmt::Debug for Recompiler {
 impl Recompiler {
     /// A recompiler that compiles the project with `compile`.
     pub fn new(compile: impl Fn() -> CommandOutcome + Send + Sync + 'static) -> Recompiler {
-        Recompiler(Arc::new(compile))
+        Recompiler {
+            compile: Arc::new(compile),
+            compiled: Arc::default(),
+        }
+    }
+
+    /// The node `unique_id` as last compiled again, if it was.
+    pub fn compiled(&self, unique_id: &str) -> Option<Node> {
+        self.compiled
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(unique_id)
+            .cloned()
     }
 
     /// The node `unique_id` compiled again against the warehouse as it is now.
@@ -132,7 +149,7 @@ impl Recompiler {
     /// # Errors
     /// The compile's diagnostics, or why the node still cannot be compiled.
     pub fn node(&self, unique_id: &str) -> Result<Node, String> {
-        let outcome = (self.0)();
+        let outcome = (self.compile)();
         let mut manifest = match outcome.manifest {
             Some(manifest) if !outcome.diagnostics.has_errors() => manifest,
             _ => return Err(outcome.diagnostics.render(false)),
@@ -142,7 +159,13 @@ impl Recompiler {
             .remove(unique_id)
             .ok_or_else(|| format!("'{unique_id}' is no longer in the project"))?;
         match &node.deferred_compile {
-            None => Ok(node),
+            None => {
+                self.compiled
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .insert(unique_id.to_string(), node.clone());
+                Ok(node)
+            }
             Some(reason) => Err(format!(
                 "{reason}, and still is after the node's parents were built: ref() the table in the model so that it is built first, or build it before this run"
             )),

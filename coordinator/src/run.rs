@@ -57,6 +57,24 @@ pub struct RunRequest {
     pub recompile: Option<crate::prepare::Recompiler>,
 }
 
+impl RunRequest {
+    /// Node `unique_id` as the run sees it now: compiled again during the run when it was
+    /// (see [`crate::prepare::Recompiler`]), else as the manifest has it.
+    pub fn node(&self, unique_id: &str) -> Option<std::borrow::Cow<'_, Node>> {
+        if let Some(node) = self
+            .recompile
+            .as_ref()
+            .and_then(|recompiler| recompiler.compiled(unique_id))
+        {
+            return Some(std::borrow::Cow::Owned(node));
+        }
+        self.manifest
+            .nodes
+            .get(unique_id)
+            .map(std::borrow::Cow::Borrowed)
+    }
+}
+
 /// One stage of a shuffled model in the run record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageRecord {
