@@ -126,7 +126,8 @@ pub fn session(config: &EngineConfig) -> Result<(SessionContext, Arc<dyn MemoryP
 }
 
 /// DataFusion's analyzer rules, with fractional integer division (unless truncating) before
-/// type coercion, so that coercion sees the new types everywhere they flow.
+/// type coercion, so that coercion sees the new types everywhere they flow, and DuckDB's
+/// lenient casts of text to timestamps and dates after it (see [`crate::lenient_casts`]).
 fn analyzer_rules(config: &EngineConfig) -> Vec<Arc<dyn AnalyzerRule + Send + Sync>> {
     let mut rules = Analyzer::new().rules;
     let coercion = |rules: &[Arc<dyn AnalyzerRule + Send + Sync>]| {
