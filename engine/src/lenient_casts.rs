@@ -5,14 +5,15 @@
 //!
 //! An analyzer rule after type coercion turns `cast(text as timestamp|date)` into
 //! `strata_cast_temporal(text, <typed null>)` (`strata_try_cast_temporal` for `try_cast`). The
-//! function casts with Arrow first; only when that fails does it pad the one-digit fields of
-//! each value and cast again, so well-formed text costs what it did. The typed null carries the
+//! function casts with Arrow first; only the values Arrow refuses are padded and cast again,
+//! so well-formed text costs what it did and messy text little more. The typed null carries the
 //! target type, so the functions are stateless and travel in shuffled plans by name.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, StringArray};
-use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray};
+use datafusion::arrow::compute::kernels::zip::zip;
+use datafusion::arrow::compute::{CastOptions, cast_with_options, is_not_null};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::Transformed;
@@ -114,31 +115,36 @@ impl ScalarUDFImpl for TemporalCast {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let target = args.return_field.data_type().clone();
         let values = args.args[0].to_array(args.number_rows)?;
-        let strict = CastOptions {
-            safe: false,
-            ..CastOptions::default()
-        };
-        if let Ok(cast) = cast_with_options(&values, &target, &strict) {
-            return Ok(ColumnarValue::Array(cast));
+        let safe = CastOptions::default();
+        let first = cast_with_options(&values, &target, &safe)?;
+        if first.null_count() == values.null_count() {
+            return Ok(ColumnarValue::Array(first));
         }
-        let padded = padded(&values)?;
-        let options = CastOptions {
-            safe: self.name == TRY_CAST_TEMPORAL,
-            ..CastOptions::default()
-        };
-        Ok(ColumnarValue::Array(cast_with_options(
-            &padded, &target, &options,
-        )?))
+        // Only the values Arrow refused (present, yet NULL after the cast) are padded and
+        // tried again.
+        let retried = cast_with_options(&padded_where_refused(&values, &first)?, &target, &safe)?;
+        let merged = zip(&is_not_null(&first)?, &first, &retried)?;
+        if self.name == CAST_TEMPORAL && merged.null_count() != values.null_count() {
+            // A cast fails on text that is no timestamp: Arrow's own error for the first.
+            let refused = (0..values.len())
+                .find(|&row| values.is_valid(row) && merged.is_null(row))
+                .unwrap_or_default();
+            let strict = CastOptions {
+                safe: false,
+                ..CastOptions::default()
+            };
+            cast_with_options(&values.slice(refused, 1), &target, &strict)?;
+        }
+        Ok(ColumnarValue::Array(merged))
     }
 }
 
-/// The text values with their one-digit date and time fields padded.
-fn padded(values: &ArrayRef) -> Result<ArrayRef> {
+/// The values `cast` refused with their one-digit date and time fields padded; NULL elsewhere.
+fn padded_where_refused(values: &ArrayRef, cast: &ArrayRef) -> Result<ArrayRef> {
     let text = cast_with_options(values, &DataType::Utf8, &CastOptions::default())?;
-    let padded: StringArray = text
-        .as_string::<i32>()
-        .iter()
-        .map(|value| value.map(pad_fields))
+    let text = text.as_string::<i32>();
+    let padded: StringArray = (0..text.len())
+        .map(|row| (text.is_valid(row) && cast.is_null(row)).then(|| pad_fields(text.value(row))))
         .collect();
     Ok(Arc::new(padded) as ArrayRef)
 }
@@ -221,6 +227,35 @@ mod tests {
         assert!(out.contains("2024-12-30T13:15:52"), "{out}");
         // The column keeps the name the SQL gives it.
         assert!(out.contains("| ts "), "{out}");
+    }
+
+    #[tokio::test]
+    async fn only_refused_values_are_retried_in_a_mixed_column() {
+        let out = rows(
+            "select try_cast(t as timestamp) as ts from (values ('2024-12-30 13:15:52'),
+                    ('2024-12-30 3:15:52'), ('never'), (null)) as v(t) order by ts nulls last",
+        )
+        .await;
+        assert!(out.contains("2024-12-30T03:15:52"), "{out}");
+        assert!(out.contains("2024-12-30T13:15:52"), "{out}");
+        let counted = rows(
+            "select count(try_cast(t as timestamp)) as n from (values ('2024-12-30 13:15:52'),
+                    ('2024-12-30 3:15:52'), ('never'), (null)) as v(t)",
+        )
+        .await;
+        assert!(
+            counted.contains("| 2 "),
+            "the bad value and the NULL stay NULL: {counted}"
+        );
+        let (ctx, _) = session(&EngineConfig::default()).unwrap();
+        let failed = ctx
+            .sql("select cast(t as timestamp) as ts from (values ('2024-12-30 3:15:52'), ('never')) as v(t)")
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        let message = failed.unwrap_err().to_string();
+        assert!(message.contains("never"), "{message}");
     }
 
     #[tokio::test]
