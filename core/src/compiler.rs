@@ -22,7 +22,9 @@ use crate::manifest::{
     checksum,
 };
 use crate::project::{FolderConfig, Project, SeedFile, SqlFile, path_string};
-use crate::properties::{ColumnDeclaration, NodeProperties, Properties, TestDeclaration};
+use crate::properties::{
+    ColumnDeclaration, NodeProperties, Properties, SourceDeclaration, SourceTable, TestDeclaration,
+};
 use crate::snapshots::SnapshotSpec;
 
 /// Schema of seeds without a `schema` setting.
@@ -553,88 +555,18 @@ impl<'a> Compiler<'a> {
                         ));
                         continue;
                     }
-                    let pattern = table.location.clone().or_else(|| source.location.clone());
-                    let render = |text: &str| {
-                        self.renderer
-                            .render_string_in(text, &string_inputs, &source.package)
-                    };
-                    // `schema:` and `identifier:` may be templates (`{{ var('x_schema', 'x') }}`).
-                    let (schema, identifier) =
-                        match (render(&source.schema), render(&table.identifier)) {
-                            (Ok(schema), Ok(identifier)) => {
-                                (schema.trim().to_string(), identifier.trim().to_string())
-                            }
-                            (Err(message), _) | (_, Err(message)) => {
-                                self.errors.push(table.origin.error(
-                                "strata::source_relation",
-                                format!(
-                                    "cannot render the schema or identifier of '{}.{}': {message}",
-                                    source.name, table.name
-                                ),
-                            ));
-                                (source.schema.clone(), table.identifier.clone())
-                            }
-                        };
-                    let location = match pattern {
-                        Some(pattern) => match render(&pattern) {
-                            Ok(text) => Some(
-                                text.replace("{name}", &identifier)
-                                    .replace("{identifier}", &identifier),
-                            ),
-                            Err(message) => {
-                                self.errors.push(table.origin.error(
-                                    "strata::source_location",
-                                    format!(
-                                        "cannot render the location of '{}.{}': {message}",
-                                        source.name, table.name
-                                    ),
-                                ));
-                                None
-                            }
-                        },
-                        None => None,
-                    };
-                    let (location, inferred) = match location {
-                        Some(text) => {
-                            let (path, format) = parse_location(&text);
-                            (Some(path), format)
-                        }
-                        None => (None, None),
-                    };
-                    let format = table
-                        .format
-                        .clone()
-                        .or_else(|| source.format.clone())
-                        .or(inferred)
-                        .map(|format| normalize_format(&format));
-                    if let Some(format) = &format {
-                        if !["parquet", "csv", "json"].contains(&format.as_str()) {
-                            self.errors.push(
-                                table
-                                    .origin
-                                    .error(
-                                        "strata::source_format",
-                                        format!(
-                                            "unknown file format '{format}' for source '{}.{}'",
-                                            source.name, table.name
-                                        ),
-                                    )
-                                    .with_hint("use parquet, csv or json (newline-delimited)"),
-                            );
-                        }
-                    } else if let Some(location) = &location {
-                        self.errors.push(
-                            table
-                                .origin
-                                .error(
-                                    "strata::source_format",
-                                    format!("cannot tell the file format of '{location}'"),
-                                )
-                                .with_hint(
-                                    "end the location with .parquet, .csv or .json, or set meta.format",
-                                ),
-                        );
-                    }
+                    let ResolvedSource {
+                        schema,
+                        identifier,
+                        location,
+                        format,
+                    } = resolve_source(
+                        &self.renderer,
+                        &string_inputs,
+                        source,
+                        table,
+                        &mut self.errors,
+                    );
                     let relation = Relation::new(schema, identifier.clone());
                     self.inputs.sources.insert(key, relation.clone());
                     let mut columns = Vec::new();
@@ -1347,6 +1279,106 @@ fn render_json(
         ),
         other => other.clone(),
     })
+}
+
+/// Where a source table is and what it is called, rendered.
+struct ResolvedSource {
+    schema: String,
+    identifier: String,
+    location: Option<String>,
+    format: Option<String>,
+}
+
+/// A source table's schema, identifier and location rendered as its package sees them (each
+/// may be a template such as `{{ var('x_schema', 'x') }}`), and its file format, checked;
+/// problems become diagnostics and the unrendered text stands in.
+fn resolve_source(
+    renderer: &Renderer,
+    inputs: &Arc<RenderInputs>,
+    source: &SourceDeclaration,
+    table: &SourceTable,
+    errors: &mut Vec<ProjectDiagnostic>,
+) -> ResolvedSource {
+    let pattern = table.location.clone().or_else(|| source.location.clone());
+    let render = |text: &str| renderer.render_string_in(text, inputs, &source.package);
+    // `schema:` and `identifier:` may be templates (`{{ var('x_schema', 'x') }}`).
+    let (schema, identifier) = match (render(&source.schema), render(&table.identifier)) {
+        (Ok(schema), Ok(identifier)) => (schema.trim().to_string(), identifier.trim().to_string()),
+        (Err(message), _) | (_, Err(message)) => {
+            errors.push(table.origin.error(
+                "strata::source_relation",
+                format!(
+                    "cannot render the schema or identifier of '{}.{}': {message}",
+                    source.name, table.name
+                ),
+            ));
+            (source.schema.clone(), table.identifier.clone())
+        }
+    };
+    let location = match pattern {
+        Some(pattern) => match render(&pattern) {
+            Ok(text) => Some(
+                text.replace("{name}", &identifier)
+                    .replace("{identifier}", &identifier),
+            ),
+            Err(message) => {
+                errors.push(table.origin.error(
+                    "strata::source_location",
+                    format!(
+                        "cannot render the location of '{}.{}': {message}",
+                        source.name, table.name
+                    ),
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    let (location, inferred) = match location {
+        Some(text) => {
+            let (path, format) = parse_location(&text);
+            (Some(path), format)
+        }
+        None => (None, None),
+    };
+    let format = table
+        .format
+        .clone()
+        .or_else(|| source.format.clone())
+        .or(inferred)
+        .map(|format| normalize_format(&format));
+    if let Some(format) = &format {
+        if !["parquet", "csv", "json"].contains(&format.as_str()) {
+            errors.push(
+                table
+                    .origin
+                    .error(
+                        "strata::source_format",
+                        format!(
+                            "unknown file format '{format}' for source '{}.{}'",
+                            source.name, table.name
+                        ),
+                    )
+                    .with_hint("use parquet, csv or json (newline-delimited)"),
+            );
+        }
+    } else if let Some(location) = &location {
+        errors.push(
+            table
+                .origin
+                .error(
+                    "strata::source_format",
+                    format!("cannot tell the file format of '{location}'"),
+                )
+                .with_hint("end the location with .parquet, .csv or .json, or set meta.format"),
+        );
+    }
+    ResolvedSource {
+        schema,
+        identifier,
+        location,
+        format,
+    }
 }
 
 /// The root project, then each installed package.
