@@ -28,8 +28,9 @@
 //! The operator needs its input hash-partitioned on the key (DataFusion inserts the repartition,
 //! which a distributed run turns into a shuffle), holds the winners under the task's memory
 //! pool ([`winners`]), compacts them when most buffered rows have lost, and when even the
-//! winners do not fit, partitions the key space to disk and deduplicates each part on its own
-//! ([`spill`]) — never worse than the sort it replaces, which also spills.
+//! winners do not fit, partitions the key space and sends part of it to disk, keeping the rest
+//! in memory, then deduplicates each spilled part on its own ([`spill`]) — never worse than the
+//! sort it replaces, which also spills.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -54,6 +55,7 @@ use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
@@ -410,6 +412,8 @@ pub struct FirstRowPerKeyExec {
     order: Vec<PhysicalSortExpr>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
+    /// Spill counts per output partition: files, rows and bytes written.
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl FirstRowPerKeyExec {
@@ -443,6 +447,7 @@ impl FirstRowPerKeyExec {
             order,
             schema,
             properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 
@@ -529,6 +534,10 @@ impl ExecutionPlan for FirstRowPerKeyExec {
         )?))
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn execute(
         &self,
         partition: usize,
@@ -543,6 +552,7 @@ impl ExecutionPlan for FirstRowPerKeyExec {
             output_schema: Arc::clone(&self.schema),
             batch_size: context.session_config().batch_size().max(1),
             name: format!("FirstRowPerKeyExec[{partition}]"),
+            spills: SpillMetrics::new(&self.metrics, partition),
         };
         let output = futures::stream::once(deduplication.run(input)).try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -556,7 +566,7 @@ mod keys;
 mod spill;
 mod winners;
 
-use spill::Deduplication;
+use spill::{Deduplication, SpillMetrics};
 use winners::Contest;
 
 #[cfg(test)]

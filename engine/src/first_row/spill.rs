@@ -1,12 +1,16 @@
-//! Deduplication that spills: a grace hash partitioning of the key space.
+//! Deduplication that spills: a hybrid hash partitioning of the key space.
 //!
 //! Each output partition of [`super::FirstRowPerKeyExec`] keeps its winners in memory while the
-//! pool lets it. When the pool refuses, the winners so far and every later input row go to
-//! [`FAN_OUT`] spill files by their key's hash — all rows of a key land in the same file — and
-//! each file is then deduplicated on its own, in memory, or spilled again by the next bits of
-//! the hash when it still does not fit. One key's rows never need more than one winner's
-//! memory, so only a pool too small for the winners of one `FAN_OUT^MAX_LEVEL`-th of the keys
-//! fails, with an error that names the setting to raise.
+//! pool lets it. When the pool refuses, the key space is cut into [`FAN_OUT`] partitions by
+//! hash, and a quarter of them go to disk: their winners so far and every later input row of
+//! theirs are written to one spill file per partition, while the others stay in memory and go
+//! on competing there. Each later refusal sends a quarter of the partitions still in memory to
+//! disk. So a pool just short of what the winners need writes about a quarter of the rows, not
+//! all of them — the late, whole spill was the costliest case. After the input, the winners held in memory are
+//! emitted, then each spill file is deduplicated on its own, the same way, one level deeper
+//! (the next bits of the hash). One key's rows never need more than one winner's memory, so
+//! only a pool too small for the winners of one `FAN_OUT^MAX_LEVEL`-th of the keys fails,
+//! with an error that names the setting to raise.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -23,6 +27,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::disk_manager::DiskManager;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
 use datafusion::execution::spill_file::{SpillFile, SpillWriter};
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder};
 use futures::{Stream, StreamExt};
 
 use super::winners::{Contest, Winners};
@@ -50,21 +55,41 @@ pub(super) struct Deduplication {
     pub(super) batch_size: usize,
     /// The memory consumer's name, e.g. `FirstRowPerKeyExec[0]`.
     pub(super) name: String,
+    pub(super) spills: SpillMetrics,
 }
 
-/// One output partition's contest: in memory, or spilled to partitions on disk.
+/// What one output partition wrote to disk, shown by `explain analyze` and read by tests.
+#[derive(Clone)]
+pub(super) struct SpillMetrics {
+    files: Count,
+    rows: Count,
+    bytes: Count,
+}
+
+impl SpillMetrics {
+    pub(super) fn new(metrics: &ExecutionPlanMetricsSet, partition: usize) -> Self {
+        Self {
+            files: MetricBuilder::new(metrics).spill_count(partition),
+            rows: MetricBuilder::new(metrics).spilled_rows(partition),
+            bytes: MetricBuilder::new(metrics).spilled_bytes(partition),
+        }
+    }
+}
+
+/// One output partition's contest: the key partitions still in memory, and once the pool has
+/// refused, the files of those on disk.
 struct Level {
     winners: Winners,
     spilled: Option<SpillPartitions>,
     level: u32,
 }
 
-/// The outcome of a contest over all its input.
-enum Outcome {
-    /// Every winner fit in memory.
-    Held(Box<Winners>),
-    /// The input went to spill files, each to be deduplicated on its own.
-    Spilled(Vec<Spilled>),
+/// The outcome of a contest over all its input: the winners of the key partitions that stayed
+/// in memory (all of them when nothing spilled), and the spill files of the others, each to be
+/// deduplicated on its own.
+struct Outcome {
+    held: Box<Winners>,
+    spilled: Vec<Spilled>,
 }
 
 impl Deduplication {
@@ -93,44 +118,94 @@ impl Deduplication {
         })
     }
 
-    /// Takes `batch` into the contest, spilling the contest when it does not fit.
+    /// Takes `batch` into the contest; when the pool refuses, key partitions go to disk until
+    /// what stays in memory fits.
     fn absorb(&self, level: &mut Level, batch: &RecordBatch) -> Result<()> {
-        if level.spilled.is_none() && level.winners.push(batch)? {
-            return Ok(());
-        }
         if level.spilled.is_none() {
-            if level.level >= MAX_LEVEL {
-                return Err(DataFusionError::ResourcesExhausted(format!(
-                    "deduplicating by row_number() = 1: the winning rows of one of {} key \
-                     partitions ({} keys so far, a batch of {} bytes to add) do not fit in the \
-                     task's memory pool ({} bytes reserved by all its operators); raise \
-                     engine.memory_limit_mib (--memory-limit-mib)",
-                    FAN_OUT.pow(MAX_LEVEL),
-                    level.winners.keys(),
-                    datafusion::common::utils::memory::get_record_batch_memory_size(batch),
-                    self.pool.reserved(),
-                )));
+            if level.winners.push(batch)? {
+                return Ok(());
             }
-            let mut partitions = SpillPartitions::new(&self.disk, &self.input_schema, level.level);
-            let at = level.level;
-            level.winners.drain_partitioned(
-                FAN_OUT,
-                self.batch_size,
-                |hash| partition_of(hash, at),
-                |partition, rows| partitions.write(partition, &rows),
-            )?;
-            level.spilled = Some(partitions);
+            level.spilled = Some(SpillPartitions::new(self, level.level));
+            self.spill_more(level, batch)?;
         }
-        if let Some(partitions) = &mut level.spilled {
-            partitions.write_input(&self.contest, batch)?;
+        self.route(level, batch)
+    }
+
+    /// Writes the rows of `batch` whose key partition is on disk to its file, and takes the
+    /// others into the contest in memory, spilling more partitions while the pool refuses.
+    fn route(&self, level: &mut Level, batch: &RecordBatch) -> Result<()> {
+        let mut batch = batch.clone();
+        loop {
+            let Some(partitions) = &mut level.spilled else {
+                return Err(DataFusionError::Internal(
+                    "deduplication routes rows before it has spilled".into(),
+                ));
+            };
+            let Some(held) = partitions.write_input(&self.contest, &batch)? else {
+                return Ok(());
+            };
+            if level.winners.push(&held)? {
+                return Ok(());
+            }
+            self.spill_more(level, &held)?;
+            batch = held;
         }
-        Ok(())
+    }
+
+    /// Sends a quarter of the key partitions still in memory (at least one) to disk: their winners
+    /// so far are written to their files, the others' winners are taken into the contest again.
+    fn spill_more(&self, level: &mut Level, refused: &RecordBatch) -> Result<()> {
+        if level.level >= MAX_LEVEL {
+            return Err(self.exhausted(level, refused));
+        }
+        let Some(partitions) = &mut level.spilled else {
+            return Err(DataFusionError::Internal(
+                "deduplication spills without spill files".into(),
+            ));
+        };
+        partitions.spill_a_quarter_of_held();
+        let at = level.level;
+        let mut held = Vec::new();
+        level.winners.drain_partitioned(
+            FAN_OUT,
+            self.batch_size,
+            |hash| partition_of(hash, at),
+            |partition, rows| {
+                if partitions.on_disk(partition) {
+                    partitions.write(partition, &rows)
+                } else {
+                    held.push(rows);
+                    Ok(())
+                }
+            },
+        )?;
+        // Each batch holds the winners of one partition that stays in memory; they are unique
+        // keys, so taking them back compares nothing, and they fit where more did before (a
+        // refusal now spills again, until no partition is left in memory).
+        held.iter().try_for_each(|rows| self.route(level, rows))
+    }
+
+    /// The error when even the deepest partitioning does not fit in the pool.
+    fn exhausted(&self, level: &Level, refused: &RecordBatch) -> DataFusionError {
+        DataFusionError::ResourcesExhausted(format!(
+            "deduplicating by row_number() = 1: the winning rows of one of {} key partitions \
+             ({} keys so far, a batch of {} bytes to add) do not fit in the task's memory pool \
+             ({} bytes reserved by all its operators); raise engine.memory_limit_mib \
+             (--memory-limit-mib)",
+            FAN_OUT.pow(MAX_LEVEL),
+            level.winners.keys(),
+            datafusion::common::utils::memory::get_record_batch_memory_size(refused),
+            self.pool.reserved(),
+        ))
     }
 
     fn outcome(&self, level: Level) -> Result<Outcome> {
-        Ok(match level.spilled {
-            None => Outcome::Held(Box::new(level.winners)),
-            Some(partitions) => Outcome::Spilled(partitions.finish()?),
+        Ok(Outcome {
+            held: Box::new(level.winners),
+            spilled: match level.spilled {
+                None => Vec::new(),
+                Some(partitions) => partitions.finish()?,
+            },
         })
     }
 
@@ -146,16 +221,12 @@ impl Deduplication {
     /// The winners of `outcome`, then of each spill file in turn.
     fn output(self, outcome: Outcome) -> impl Stream<Item = Result<RecordBatch>> + Send {
         type Batches = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
-        let (current, pending): (Option<Batches>, Vec<Spilled>) = match outcome {
-            Outcome::Held(winners) => (
-                Some(Box::new(winners.into_batches(
-                    Arc::clone(&self.output_schema),
-                    self.batch_size,
-                ))),
-                Vec::new(),
-            ),
-            Outcome::Spilled(files) => (None, files),
-        };
+        let current: Option<Batches> = Some(Box::new(
+            outcome
+                .held
+                .into_batches(Arc::clone(&self.output_schema), self.batch_size),
+        ));
+        let pending = outcome.spilled;
         futures::stream::try_unfold(
             (self, current, pending),
             |(dedup, mut current, mut pending)| async move {
@@ -165,7 +236,7 @@ impl Deduplication {
                     }
                     // The finished part's winners (and their reservation) go before the next
                     // part is read: each part may use the whole of the operator's share.
-                    current = None;
+                    drop(current.take());
                     let Some(file) = pending.pop() else {
                         return Ok(None);
                     };
@@ -173,16 +244,12 @@ impl Deduplication {
                     let outcome = tokio::task::spawn_blocking(move || worker.contest_file(&file))
                         .await
                         .map_err(|err| DataFusionError::External(Box::new(err)))??;
-                    match outcome {
-                        Outcome::Held(winners) => {
-                            current =
-                                Some(Box::new(winners.into_batches(
-                                    Arc::clone(&dedup.output_schema),
-                                    dedup.batch_size,
-                                )));
-                        }
-                        Outcome::Spilled(files) => pending.extend(files),
-                    }
+                    pending.extend(outcome.spilled);
+                    current = Some(Box::new(
+                        outcome
+                            .held
+                            .into_batches(Arc::clone(&dedup.output_schema), dedup.batch_size),
+                    ));
                 }
             },
         )
@@ -211,21 +278,49 @@ impl Spilled {
 /// One partition's spill file and its Arrow IPC stream writer.
 type PartitionFile = (Arc<dyn SpillFile>, StreamWriter<Box<dyn SpillWriter>>);
 
-/// The spill files of one partitioning, created when first written.
+/// The key partitions of one partitioning: which are on disk, and their files, created when
+/// first written.
 struct SpillPartitions {
     disk: Arc<DiskManager>,
     schema: SchemaRef,
+    metrics: SpillMetrics,
     level: u32,
+    on_disk: [bool; FAN_OUT],
     files: Vec<Option<PartitionFile>>,
 }
 
 impl SpillPartitions {
-    fn new(disk: &Arc<DiskManager>, schema: &SchemaRef, level: u32) -> Self {
+    /// A partitioning at `level` with every partition still in memory.
+    fn new(dedup: &Deduplication, level: u32) -> Self {
         Self {
-            disk: Arc::clone(disk),
-            schema: Arc::clone(schema),
+            disk: Arc::clone(&dedup.disk),
+            schema: Arc::clone(&dedup.input_schema),
+            metrics: dedup.spills.clone(),
             level,
+            on_disk: [false; FAN_OUT],
             files: (0..FAN_OUT).map(|_| None).collect(),
+        }
+    }
+
+    fn on_disk(&self, partition: usize) -> bool {
+        self.on_disk[partition]
+    }
+
+    /// Marks a quarter of the partitions still in memory, rounded up, as on disk: the highest
+    /// numbered first (the hash spreads keys evenly, so any quarter holds about a quarter of
+    /// the rows). A quarter, not half: a pool just short of the winners then writes about a
+    /// quarter of them, at the price of taking the rest into the contest again more often.
+    fn spill_a_quarter_of_held(&mut self) {
+        let held = self.on_disk.iter().filter(|&&on_disk| !on_disk).count();
+        let mut to_spill = held.div_ceil(4);
+        for on_disk in self.on_disk.iter_mut().rev() {
+            if to_spill == 0 {
+                break;
+            }
+            if !*on_disk {
+                *on_disk = true;
+                to_spill -= 1;
+            }
         }
     }
 
@@ -236,22 +331,35 @@ impl SpillPartitions {
                 .create_tmp_file("deduplicating by row_number() = 1")?;
             let writer = StreamWriter::try_new(file.open_writer()?, &self.schema)?;
             self.files[partition] = Some((file, writer));
+            self.metrics.files.add(1);
         }
         if let Some((_, writer)) = &mut self.files[partition] {
             writer.write(rows)?;
+            self.metrics.rows.add(rows.num_rows());
         }
         Ok(())
     }
 
-    /// Writes each row of `batch` to its key's partition.
-    fn write_input(&mut self, contest: &Contest, batch: &RecordBatch) -> Result<()> {
+    /// Writes each row of `batch` whose key partition is on disk to its file; the other rows,
+    /// which stay in memory, are returned as one batch (`None` when there are none).
+    fn write_input(
+        &mut self,
+        contest: &Contest,
+        batch: &RecordBatch,
+    ) -> Result<Option<RecordBatch>> {
         if batch.num_rows() == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let hashes = contest.hashes(&contest.keys(batch)?, batch.num_rows());
         let mut indices: Vec<Vec<u32>> = vec![Vec::new(); FAN_OUT];
+        let mut held = Vec::new();
         for (row, hash) in hashes.into_iter().enumerate() {
-            indices[partition_of(hash, self.level)].push(row as u32);
+            let partition = partition_of(hash, self.level);
+            if self.on_disk[partition] {
+                indices[partition].push(row as u32);
+            } else {
+                held.push(row as u32);
+            }
         }
         for (partition, rows) in indices.into_iter().enumerate() {
             if !rows.is_empty() {
@@ -261,7 +369,11 @@ impl SpillPartitions {
                 )?;
             }
         }
-        Ok(())
+        Ok(match held.len() {
+            0 => None,
+            rows if rows == batch.num_rows() => Some(batch.clone()),
+            _ => Some(take_record_batch(batch, &UInt32Array::from(held))?),
+        })
     }
 
     fn finish(self) -> Result<Vec<Spilled>> {
@@ -272,6 +384,11 @@ impl SpillPartitions {
             .map(|(file, mut writer)| {
                 writer.finish()?;
                 writer.into_inner()?.finish()?;
+                if let Some(path) = file.path() {
+                    self.metrics
+                        .bytes
+                        .add(std::fs::metadata(path)?.len() as usize);
+                }
                 Ok(Spilled { file, level })
             })
             .collect()

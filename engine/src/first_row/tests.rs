@@ -253,3 +253,61 @@ async fn unique_integer_keys_beyond_the_memory_limit_spill_and_equal_the_window(
     assert!(expected.len() > 15_000, "{}", expected.len());
     assert_eq!(sorted_rows(&strata, sql).await, expected);
 }
+
+/// Runs `sql` and returns its rows, sorted, with the rows the deduplication wrote to disk.
+async fn rows_and_spilled_rows(ctx: &SessionContext, sql: &str) -> (Vec<String>, usize) {
+    use datafusion::physical_plan::{ExecutionPlan, collect};
+    fn spilled(plan: &Arc<dyn ExecutionPlan>) -> usize {
+        let own = if plan.name() == "FirstRowPerKeyExec" {
+            plan.metrics()
+                .and_then(|metrics| metrics.spilled_rows())
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        own + plan.children().into_iter().map(spilled).sum::<usize>()
+    }
+    let frame = ctx.sql(sql).await.unwrap();
+    let task = Arc::new(frame.task_ctx());
+    let plan = frame.create_physical_plan().await.unwrap();
+    let batches = collect(Arc::clone(&plan), task).await.unwrap();
+    let text = pretty_format_batches(&batches).unwrap().to_string();
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|line| line.starts_with('|'))
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    (lines, spilled(&plan))
+}
+
+/// A pool just short of what the winners need: a quarter of the key partitions go to disk and
+/// the others stay in memory, so about a quarter of the rows are written (the whole input went
+/// to disk before), and the result is still the window's. A pool far too small writes every
+/// row, some more than once.
+#[tokio::test]
+async fn a_pool_just_short_spills_some_key_partitions_and_keeps_the_rest() {
+    let sql = "select * from (
+                   select *, row_number() over (partition by id, ingested order by amount) as rn
+                   from events) where rn = 1";
+    let plain = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(3));
+    register(&plain, events(40));
+    let expected = sorted_rows(&plain, sql).await;
+    let input_rows = 40 * 500;
+
+    let just_short = strata_session(3 << 20);
+    register(&just_short, events(40));
+    let (rows, spilled) = rows_and_spilled_rows(&just_short, sql).await;
+    assert_eq!(rows, expected);
+    assert!(
+        spilled > 0 && spilled < input_rows / 3,
+        "{spilled} of {input_rows} rows spilled"
+    );
+
+    let far_too_small = strata_session(256 << 10);
+    register(&far_too_small, events(40));
+    let (rows, spilled_all) = rows_and_spilled_rows(&far_too_small, sql).await;
+    assert_eq!(rows, expected);
+    assert!(spilled_all > spilled, "{spilled_all} vs {spilled}");
+}
