@@ -143,6 +143,7 @@ impl From<strata_storage::StorageError> for TaskError {
             strata_storage::StorageError::Delta { location, source } => {
                 TaskError::from(*source).context(format!("reading {location}"))
             }
+            strata_storage::StorageError::Local { .. } => TaskError::transient(err.to_string()),
         }
     }
 }

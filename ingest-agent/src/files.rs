@@ -3,8 +3,11 @@
 //! size and entity tag or modification time; a file that changes lands again).
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek};
 use std::sync::Arc;
+
+use flate2::read::MultiGzDecoder;
 
 use arrow::array::{ArrayBuilder, ArrayRef, RecordBatch, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -21,6 +24,9 @@ use crate::state::SourceState;
 
 /// Rows per Arrow batch read from a file.
 const BATCH_ROWS: usize = 8192;
+
+/// Bytes read from a file at a time.
+const READ_BUFFER: usize = 1 << 16;
 
 /// The files landed so far: location → fingerprint.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -59,39 +65,57 @@ impl FilesConnector {
         }
     }
 
-    /// Lands one file into `chunk`; a file that cannot be read at all is rejected whole.
+    /// Lands one file into `chunk`, read as a stream (a remote object through a local copy),
+    /// so that memory holds a batch of it, not the file; a file that cannot be read at all is
+    /// rejected whole.
     async fn land_file(
         &self,
         file: &ListedFile,
         chunk: &mut ChunkWriter,
     ) -> Result<(), IngestError> {
-        let bytes = strata_storage::read(&file.location).await?;
-        let name = file.location.trim_end_matches(".gz");
-        let bytes = if file.location.ends_with(".gz") {
-            let mut text = Vec::new();
-            match flate2::read::MultiGzDecoder::new(bytes.as_slice()).read_to_end(&mut text) {
-                Ok(_) => text,
-                Err(err) => {
-                    return chunk.reject(Reject::new(
-                        file.location.clone(),
-                        format!("not a readable gzip file: {err}"),
-                        None,
-                    ));
-                }
-            }
-        } else {
-            bytes
-        };
-        let Some(format) = self.spec.format.or_else(|| format_of(name)) else {
+        let location = &file.location;
+        let gzipped = location.ends_with(".gz");
+        let Some(format) = self
+            .spec
+            .format
+            .or_else(|| format_of(location.trim_end_matches(".gz")))
+        else {
             return Err(self.read_error(
-                &file.location,
+                location,
                 "cannot tell the file's format from its name; set `format:` (csv, json or parquet)",
             ));
         };
+        let opened = strata_storage::open_local(location).await?;
+        let not_gzip = |err: std::io::Error| {
+            Reject::new(
+                location.clone(),
+                format!("not a readable gzip file: {err}"),
+                None,
+            )
+        };
         match format {
-            FileFormat::Csv => self.land_csv(&file.location, &bytes, chunk).await,
-            FileFormat::Json => land_json(&file.location, &bytes, chunk).await,
-            FileFormat::Parquet => land_parquet(&file.location, bytes, chunk).await,
+            FileFormat::Csv | FileFormat::Json => {
+                let reader = match text_reader(opened, gzipped) {
+                    Ok(reader) => reader,
+                    Err(err) => return chunk.reject(not_gzip(err)),
+                };
+                if format == FileFormat::Csv {
+                    self.land_csv(location, reader, chunk).await
+                } else {
+                    land_json(location, reader, chunk).await
+                }
+            }
+            FileFormat::Parquet => {
+                let opened = if gzipped {
+                    match decompressed_copy(opened) {
+                        Ok(copy) => copy,
+                        Err(err) => return chunk.reject(not_gzip(err)),
+                    }
+                } else {
+                    opened
+                };
+                land_parquet(location, opened, chunk).await
+            }
         }
     }
 
@@ -100,13 +124,13 @@ impl FilesConnector {
     async fn land_csv(
         &self,
         location: &str,
-        bytes: &[u8],
+        text: Box<dyn BufRead + Send>,
         chunk: &mut ChunkWriter,
     ) -> Result<(), IngestError> {
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(u8::try_from(self.spec.delimiter).unwrap_or(b','))
             .flexible(true)
-            .from_reader(bytes);
+            .from_reader(text);
         let header: Vec<String> = match reader.headers() {
             Ok(header) => header.iter().map(str::to_string).collect(),
             Err(err) => {
@@ -130,6 +154,16 @@ impl FilesConnector {
             match reader.read_byte_record(&mut byte_record) {
                 Ok(false) => break,
                 Ok(true) => {}
+                Err(err) if matches!(err.kind(), csv::ErrorKind::Io(_)) => {
+                    // A truncated or corrupt compressed stream: what was read lands, the rest
+                    // of the file is quarantined from here.
+                    chunk.reject(Reject::new(
+                        format!("{location}:{line}"),
+                        format!("the file cannot be read from this line on: {err}"),
+                        None,
+                    ))?;
+                    break;
+                }
                 Err(err) => {
                     chunk.reject(Reject::new(
                         format!("{location}:{line}"),
@@ -200,19 +234,36 @@ fn finish_text(
 /// goes to quarantine.
 async fn land_json(
     location: &str,
-    bytes: &[u8],
+    mut text: Box<dyn BufRead + Send>,
     chunk: &mut ChunkWriter,
 ) -> Result<(), IngestError> {
-    let text = String::from_utf8_lossy(bytes);
     let mut records = Vec::with_capacity(BATCH_ROWS);
-    for (index, line) in text.lines().enumerate() {
+    let mut bytes = Vec::new();
+    let mut number = 0;
+    loop {
+        bytes.clear();
+        number += 1;
+        match text.read_until(b'\n', &mut bytes) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(err) => {
+                chunk.reject(Reject::new(
+                    format!("{location}:{number}"),
+                    format!("the file cannot be read from this line on: {err}"),
+                    None,
+                ))?;
+                break;
+            }
+        }
+        let line = String::from_utf8_lossy(&bytes);
+        let line = line.trim_end_matches(['\n', '\r']);
         if line.trim().is_empty() {
             continue;
         }
         match serde_json::from_str::<serde_json::Value>(line) {
-            Ok(value) => records.push((index + 1, value)),
+            Ok(value) => records.push((number, value)),
             Err(err) => chunk.reject(Reject::new(
-                format!("{location}:{}", index + 1),
+                format!("{location}:{number}"),
                 format!("not valid JSON: {err}"),
                 Some(line),
             ))?,
@@ -225,14 +276,39 @@ async fn land_json(
     land_records(&records, |line| format!("{location}:{line}"), chunk).await
 }
 
+/// A file's text, decompressed when it is gzipped; an error when it is not readable gzip.
+fn text_reader(file: File, gzipped: bool) -> std::io::Result<Box<dyn BufRead + Send>> {
+    let file = BufReader::with_capacity(READ_BUFFER, file);
+    if !gzipped {
+        return Ok(Box::new(file));
+    }
+    let mut text = BufReader::with_capacity(READ_BUFFER, MultiGzDecoder::new(file));
+    // The first read checks the gzip header, so that a file that is not gzip is rejected
+    // whole rather than as a bad first line.
+    text.fill_buf()?;
+    Ok(Box::new(text))
+}
+
+/// A decompressed copy of a gzipped file in a temporary file (Parquet is read by offset, not
+/// as a stream).
+fn decompressed_copy(file: File) -> std::io::Result<File> {
+    let mut copy = tempfile::tempfile()?;
+    std::io::copy(
+        &mut MultiGzDecoder::new(BufReader::with_capacity(READ_BUFFER, file)),
+        &mut copy,
+    )?;
+    copy.rewind()?;
+    Ok(copy)
+}
+
 /// A Parquet file lands as it is; one that cannot be read goes to quarantine whole.
 async fn land_parquet(
     location: &str,
-    bytes: Vec<u8>,
+    file: File,
     chunk: &mut ChunkWriter,
 ) -> Result<(), IngestError> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|builder| builder.with_batch_size(BATCH_ROWS).build());
     let reader = match reader {
         Ok(reader) => reader,

@@ -24,7 +24,7 @@ use deltalake::logstore::{
     logstore_factories, object_store_factories,
 };
 use deltalake::{DeltaResult, DeltaTableError};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -60,6 +60,16 @@ pub enum StorageError {
         location: String,
         /// delta-rs' error (boxed: it is large).
         source: Box<DeltaTableError>,
+    },
+    /// Reading or writing a file on the local disk failed.
+    #[error("{operation} {location} failed: {source}")]
+    Local {
+        /// What was attempted.
+        operation: &'static str,
+        /// The file or the object being copied.
+        location: String,
+        /// The operating system's error.
+        source: std::io::Error,
     },
 }
 
@@ -389,6 +399,47 @@ pub async fn read(location: &str) -> Result<Vec<u8>, StorageError> {
         .await
         .map_err(fail)?;
     Ok(bytes.to_vec())
+}
+
+/// The object at `location` as a local file open for reading from its start: the file itself
+/// when the location is on the local disk, otherwise a temporary copy streamed from the store
+/// (removed when the file is closed). Reading it never holds the whole object in memory.
+///
+/// # Errors
+/// Returns an error when the location is invalid, the object cannot be read, or the copy
+/// cannot be written.
+pub async fn open_local(location: &str) -> Result<std::fs::File, StorageError> {
+    use std::io::{Seek, Write};
+    let url = location_url(location)?;
+    let local = |operation, source| StorageError::Local {
+        operation,
+        location: location.to_string(),
+        source,
+    };
+    if url.scheme() == "file" {
+        let path = url
+            .to_file_path()
+            .map_err(|()| StorageError::invalid(location, "not a local file path"))?;
+        return std::fs::File::open(path).map_err(|err| local("opening", err));
+    }
+    let store = store_for(&url)?;
+    let fail = |source| StorageError::Store {
+        operation: "reading",
+        location: location.to_string(),
+        source,
+    };
+    let mut stream = store
+        .get(&object_path(&url)?)
+        .await
+        .map_err(fail)?
+        .into_stream();
+    let mut file = tempfile::tempfile().map_err(|err| local("creating a local copy of", err))?;
+    while let Some(bytes) = stream.next().await {
+        file.write_all(&bytes.map_err(fail)?)
+            .map_err(|err| local("copying", err))?;
+    }
+    file.rewind().map_err(|err| local("copying", err))?;
+    Ok(file)
 }
 
 /// Deletes the object at `location`; a missing object is not an error.

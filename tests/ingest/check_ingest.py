@@ -382,6 +382,14 @@ def write_project(project, base):
     with gzip.open(incoming / "events-2.ndjson.gz", "wt") as out:
         out.write('{"id": 5, "type": "buy", "at": "2026-01-02T00:00:00", "channel": "mobile"}\n')
         out.write('{"id": 6, "type": "view", "at": "2026-01-02T00:00:01"}\n')
+    # A gzip stream cut short: the lines before the cut land, the rest of the file is
+    # quarantined from the line where reading failed; and a .gz file that is not gzip at all.
+    truncated = gzip.compress("".join(
+        json.dumps({"id": 1000 + row, "type": "view", "at": "2026-01-03T00:00:00"}) + "\n"
+        for row in range(5000)
+    ).encode())
+    (incoming / "events-3.ndjson.gz").write_bytes(truncated[: len(truncated) * 3 // 5])
+    (incoming / "events-4.ndjson.gz").write_bytes(b"this is not gzip\n")
     (incoming / "users-1.csv").write_text(
         'id,name,email\n1,Ann,ann@example.com\n2,"Bob, Jr.",\n3,Cy,cy@example.com,extra\n4,"Di ""D""",di@x\n'
     )
@@ -557,7 +565,8 @@ def check_flaky(strata, api, malformed_fixed):
 
 
 def check_files(strata, second_round):
-    events = sorted(data_rows(bronze(strata, "landing", "events")), key=lambda r: r["id"])
+    landed = sorted(data_rows(bronze(strata, "landing", "events")), key=lambda r: r["id"])
+    events = [row for row in landed if row["id"] < 1000]
     ids = [row["id"] for row in events]
     expected = [1, 2, 4, 5, 6] + ([7] if second_round else [])
     check(ids == expected, f"events: {ids}, expected {expected}")
@@ -565,6 +574,13 @@ def check_files(strata, second_round):
     quarantine = bronze(strata, "landing", "events__quarantine")
     check(any(row["position"].endswith("events-1.ndjson:3") for row in quarantine),
           f"events: the broken line is not quarantined at events-1.ndjson:3: {quarantine}")
+    cut_short = [row["id"] for row in landed if row["id"] >= 1000]
+    check(0 < len(cut_short) < 5000 and cut_short == list(range(1000, 1000 + len(cut_short))),
+          f"events: the lines before the gzip stream's cut land once, in order: {len(cut_short)} rows")
+    check(any("events-3.ndjson.gz:" in row["position"] and "cannot be read from this line on" in row["reason"]
+              for row in quarantine), f"events: the cut gzip stream is not quarantined: {quarantine}")
+    check(any(row["position"].endswith("events-4.ndjson.gz") and "not a readable gzip file" in row["reason"]
+              for row in quarantine), f"events: the .gz file that is not gzip is not quarantined: {quarantine}")
     users = sorted(data_rows(bronze(strata, "landing", "users")), key=lambda r: r["id"])
     check([u["name"] for u in users] == ["Ann", "Bob, Jr.", 'Di "D"'], f"users: {users}")
     check(users[1]["email"] == "", f"users: empty field {users[1]}")
