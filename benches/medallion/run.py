@@ -78,6 +78,9 @@ def main():
     parser.add_argument("--variant", choices=["plain", "conditional"], default="plain",
                         help="conditional: daily_user_activity with conditional sums beside the distinct count")
     parser.add_argument("--skip-datafusion", action="store_true", help="leave out DataFusion alone")
+    parser.add_argument("--pool-sweep", default="",
+                        help="comma-separated task pool sizes in MiB: strata build again with each "
+                             "(--memory-limit-mib), into a fresh warehouse, after dbt-duckdb")
     args = parser.parse_args()
     limit = int(args.memory_limit_gib * (1 << 30))
 
@@ -113,6 +116,14 @@ def main():
         env = dict(os.environ, DBT_SEND_ANONYMOUS_USAGE_STATS="false", DO_NOT_TRACK="1")
         results["dbt build"] = measure("dbt-duckdb build", [dbt, "build", "--profiles-dir", project, "--project-dir", project],
                                        project, limit, env=env)
+        for pool_mib in filter(None, args.pool_sweep.split(",")):
+            label = f"strata build --memory-limit-mib {pool_mib}"
+            results[label] = measure(label, [args.strata, "build", "--project-dir", project, "--threads",
+                                             str(args.threads), "--memory-limit-mib", pool_mib,
+                                             "--warehouse", os.path.join(work, f"wh-pool-{pool_mib}")], project, limit)
+            if results[label][0] is not None:
+                print_memory_per_model(project)
+            print(f"{label} / dbt-duckdb build:   {ratio(results, label, 'dbt build')}")
         if args.skip_datafusion:
             print(f"strata build / dbt-duckdb build:   {ratio(results, 'strata build', 'dbt build')}")
             return

@@ -23,6 +23,7 @@ pub mod files;
 pub mod http;
 pub mod landing;
 pub mod mysql;
+pub mod mysql_tls;
 pub mod postgres;
 pub mod postgres_tls;
 pub mod quarantine;

@@ -16,6 +16,7 @@ use mysql_async::prelude::Queryable;
 use crate::IngestError;
 use crate::database::SqlSource;
 use crate::landing::ChunkWriter;
+use crate::mysql_tls::{SslMode, TlsOptions};
 use crate::secrets::SecretRef;
 
 /// Rows per Arrow batch.
@@ -286,24 +287,46 @@ impl SqlSource for Mysql {
             return Ok(());
         }
         let url = self.connection.resolve()?;
-        let opts = mysql_async::Opts::from_url(url.expose()).map_err(|_| {
+        let (url, tls) =
+            TlsOptions::from_url(url.expose()).map_err(|reason| self.connect_error(reason))?;
+        let opts = mysql_async::Opts::from_url(&url).map_err(|_| {
             self.connect_error(
                 "the connection URL is not valid (its text is not shown: it may hold a secret)",
             )
         })?;
-        if opts.ssl_opts().is_some() {
-            return Err(self.connect_error(
-                "the URL asks for TLS, which is not supported yet; connect through a TLS proxy or a trusted network",
-            ));
-        }
         let constraints = mysql_async::PoolConstraints::new(0, count.max(1))
             .ok_or_else(|| IngestError::Internal("pool constraints".into()))?;
-        let opts = mysql_async::OptsBuilder::from_opts(opts)
+        let url_has_tls = opts.ssl_opts().is_some();
+        let clear = mysql_async::OptsBuilder::from_opts(opts)
             .setup(vec!["SET time_zone = '+00:00'"])
             .pool_opts(mysql_async::PoolOpts::default().with_constraints(constraints));
-        self.pool = Some(mysql_async::Pool::new(opts));
-        // Fail here, clearly, when the server cannot be reached.
-        drop(self.conn().await?);
+        // mysql_async's own TLS parameters in the URL keep their meaning unless ssl-mode is set.
+        let builder = if url_has_tls && tls.mode.is_none() {
+            clear.clone()
+        } else {
+            clear.clone().ssl_opts(tls.ssl_opts())
+        };
+        self.pool = Some(mysql_async::Pool::new(builder));
+        // Fail here, clearly, when the server cannot be reached; PREFERRED falls back to a
+        // connection in clear when the server offers no TLS.
+        match self.pool().get_conn().await {
+            Ok(conn) => drop(conn),
+            Err(mysql_async::Error::Driver(
+                mysql_async::DriverError::NoClientSslFlagFromServer,
+            )) if tls.effective_mode() == SslMode::Preferred && !url_has_tls => {
+                tracing::info!(source = %self.source_name, "the server offers no TLS: connecting in clear (ssl-mode=PREFERRED)");
+                self.pool = Some(mysql_async::Pool::new(clear.ssl_opts(None)));
+                drop(self.conn().await?);
+            }
+            Err(mysql_async::Error::Driver(
+                mysql_async::DriverError::NoClientSslFlagFromServer,
+            )) => {
+                return Err(self.connect_error(
+                    "the server offers no TLS, which the URL requires (ssl-mode); enable TLS on the server or set ssl-mode=PREFERRED",
+                ));
+            }
+            Err(_) => drop(self.conn().await?),
+        }
         Ok(())
     }
 

@@ -6,7 +6,8 @@ inserts and updates, schema drift, an unreachable source, kill -9 trials for eac
 `strata build` landing a model's sources before it, and the cluster: `strata ingest-agent`
 processes on RabbitMQ, one of them killed -9 mid-way.
 
-MySQL/MariaDB tables of every mapped type and an incremental table are checked the same way.
+MySQL/MariaDB tables of every mapped type and an incremental table are checked the same way;
+TLS to MySQL against a private TLS-only MariaDB started here (tls_mariadb.py).
 
 Usage: check_ingest.py --strata target/debug/strata [--pg postgresql://postgres@127.0.0.1/test]
                        [--mysql mysql://root@127.0.0.1:3306/test]
@@ -37,6 +38,9 @@ import psycopg
 import pymysql
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from tls_mariadb import tls_only_mariadb
+from tls_mariadb import connect as tls_connect
 
 SCHEMA = "ingest_check"
 TOKEN = "test-api-token-not-a-real-secret"
@@ -521,6 +525,62 @@ def check_tls(strata, output):
     print("ok: PostgreSQL over TLS (verify-full against the server's certificate); a wrong host name fails")
 
 
+MYSQL_TLS_SOURCES = """
+version: 2
+sources:
+  - name: vault
+    ingest: {connector: mysql, table: accounts}
+    tables:
+      - name: verified
+        ingest: {connection: {env: TLS_VERIFIED_URL}}
+      - name: preferred
+        ingest: {connection: {env: TLS_PREFERRED_URL}}
+      - name: wrong_host
+        ingest: {connection: {env: TLS_WRONG_HOST_URL}, retries: 0}
+      - name: clear_server
+        ingest: {connection: {env: TLS_CLEAR_SERVER_URL}, retries: 0}
+"""
+
+
+def check_mysql_tls(binary, work, machine_mysql_url):
+    """The MySQL connector over TLS, against a server that refuses connections in clear:
+    ssl-mode=VERIFY_IDENTITY with the test authority lands the table; the default (PREFERRED)
+    negotiates TLS; the same certificate for another host name fails, naming the certificate;
+    ssl-mode=REQUIRED against the machine's server, which offers no TLS, fails saying so."""
+    with tls_only_mariadb() as (port, ca):
+        with tls_connect(port, ca) as db, db.cursor() as cursor:
+            cursor.execute("CREATE DATABASE tls_check")
+            cursor.execute("CREATE TABLE tls_check.accounts (id int PRIMARY KEY, name varchar(40), balance decimal(10,2))")
+            cursor.executemany("INSERT INTO tls_check.accounts VALUES (%s, %s, %s)",
+                               [(i, f"account {i}", Decimal(i) / 4) for i in range(1, 301)])
+        project = work / "tls-project"
+        (project / "models").mkdir(parents=True)
+        (project / "dbt_project.yml").write_text(
+            "name: tls_check\nversion: '1.0.0'\nconfig-version: 2\nmodel-paths: [models]\n")
+        (project / "models" / "sources.yml").write_text(MYSQL_TLS_SOURCES)
+        verify = f"ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}&prefer_socket=false"
+        separator = "&" if "?" in machine_mysql_url else "?"
+        env = dict(os.environ, STRATA_LOG="warn",
+                   TLS_VERIFIED_URL=f"mysql://root@localhost:{port}/tls_check?{verify}",
+                   TLS_PREFERRED_URL=f"mysql://root@127.0.0.1:{port}/tls_check?prefer_socket=false",
+                   TLS_WRONG_HOST_URL=f"mysql://root@127.0.0.1:{port}/tls_check?{verify}",
+                   TLS_CLEAR_SERVER_URL=f"{machine_mysql_url}{separator}ssl-mode=REQUIRED")
+        strata = Strata(binary, project, env)
+        result = strata.run("ingest", expect_ok=False)
+        output = result.stdout + result.stderr
+        check(result.returncode != 0, f"the wrong host and the clear server must fail the run:\n{output}")
+        for table in ("verified", "preferred"):
+            rows = sorted(data_rows(bronze(strata, "vault", table)), key=lambda row: row["id"])
+            expected = [{"id": i, "name": f"account {i}", "balance": Decimal(i) / 4} for i in range(1, 301)]
+            check(rows == expected, f"vault.{table} over TLS: {len(rows)} rows, first {rows[:2]}\n{output}")
+        check("vault.wrong_host" in output and "certificate" in output.lower(),
+              f"a certificate for another host must fail the source, naming the certificate:\n{output}")
+        check("vault.clear_server" in output and "offers no TLS" in output,
+              f"ssl-mode=REQUIRED against a server without TLS must say so:\n{output}")
+    print("ok: MySQL over TLS (VERIFY_IDENTITY against the test authority, PREFERRED negotiated) to a "
+          "TLS-only MariaDB; a wrong host name and a server without TLS fail clearly")
+
+
 def check_customers(strata, pg_url, expected_count):
     rows = bronze(strata, "crm", "customers")
     check(len(rows) == expected_count, f"customers: {len(rows)} rows, expected {expected_count}")
@@ -888,6 +948,7 @@ def main():
         print("ok: strata build lands the model's sources first (ingest_bronze >> process_silver)")
 
         check_cluster(strata, args.pg, args.amqp, args.seed)
+        check_mysql_tls(strata.binary, work, args.mysql)
     finally:
         server.shutdown()
         shutil.rmtree(work, ignore_errors=True)
