@@ -314,7 +314,9 @@ impl TaskRun<'_> {
             let mut stream = plan.execute(self.task.partition as usize, self.ctx.task_ctx())?;
             let mut failures = 0i64;
             while let Some(batch) = stream.next().await {
-                failures += i64::try_from(batch?.num_rows()).unwrap_or(i64::MAX);
+                // A map output lost with its worker is reported, so the map runs again.
+                let batch = note_lost_output(batch, result)?;
+                failures += i64::try_from(batch.num_rows()).unwrap_or(i64::MAX);
                 self.record_peak();
             }
             result.failing_rows = failures;
