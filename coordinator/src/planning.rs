@@ -92,16 +92,10 @@ pub(crate) async fn build_tasks(
     counter: &mut u64,
 ) -> Result<Planned, PlanError> {
     let tasks = split_tasks(request, run_id, node, versions, counter).await?;
-    // A data test is a query like a table model's: its failing rows, counted per reduce
-    // partition and summed, are the same rows whether it runs as one task or in stages.
-    let staged_kind = match node.resource_type {
-        ResourceType::Model => node.config.materialized == Materialization::Table,
-        ResourceType::Test => true,
-        _ => false,
-    };
     let shuffle_candidate = request.shuffle_partitions > 1
         && tasks.len() == 1
-        && staged_kind
+        && node.resource_type == ResourceType::Model
+        && node.config.materialized == Materialization::Table
         && tasks[0].incremental.is_none();
     if shuffle_candidate {
         let task = &tasks[0];

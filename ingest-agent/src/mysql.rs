@@ -25,6 +25,14 @@ const BATCH_ROWS: usize = 8192;
 /// The character set number MySQL gives binary strings.
 const BINARY_CHARSET: u16 = 63;
 
+/// How the connection pool is opened: TLS as asked, and the fallback in clear.
+struct PoolOptions {
+    first: mysql_async::OptsBuilder,
+    clear: mysql_async::OptsBuilder,
+    /// ssl-mode=PREFERRED (the default): a server without TLS is read in clear.
+    may_fall_back: bool,
+}
+
 /// One column: how it is selected and how it lands.
 #[derive(Debug, Clone)]
 pub struct MysqlColumn {
@@ -59,6 +67,36 @@ impl Mysql {
         }
     }
 
+    /// The pool's options from the connection URL: with the TLS its `ssl-mode` asks for
+    /// (mysql_async's own TLS parameters keep their meaning when no `ssl-mode` is set), and
+    /// in clear for PREFERRED's fallback.
+    fn pool_options(&self, count: usize) -> Result<PoolOptions, IngestError> {
+        let url = self.connection.resolve()?;
+        let (url, tls) =
+            TlsOptions::from_url(url.expose()).map_err(|reason| self.connect_error(reason))?;
+        let opts = mysql_async::Opts::from_url(&url).map_err(|_| {
+            self.connect_error(
+                "the connection URL is not valid (its text is not shown: it may hold a secret)",
+            )
+        })?;
+        let constraints = mysql_async::PoolConstraints::new(0, count.max(1))
+            .ok_or_else(|| IngestError::Internal("pool constraints".into()))?;
+        let url_has_tls = opts.ssl_opts().is_some();
+        let as_given = mysql_async::OptsBuilder::from_opts(opts)
+            .setup(vec!["SET time_zone = '+00:00'"])
+            .pool_opts(mysql_async::PoolOpts::default().with_constraints(constraints));
+        let first = if url_has_tls && tls.mode.is_none() {
+            as_given.clone()
+        } else {
+            as_given.clone().ssl_opts(tls.ssl_opts())
+        };
+        Ok(PoolOptions {
+            first,
+            clear: as_given.ssl_opts(None),
+            may_fall_back: tls.effective_mode() == SslMode::Preferred && !url_has_tls,
+        })
+    }
+
     fn pool(&self) -> &mysql_async::Pool {
         self.pool.as_ref().expect("opened before use")
     }
@@ -74,7 +112,9 @@ impl Mysql {
                 Ok(conn) => return Ok(conn),
                 Err(err) if attempt < self.retries => {
                     attempt += 1;
-                    tracing::info!(source = %self.source_name, error = %err, attempt, "retrying connection");
+                    tracing::info!(
+                        source = %self.source_name, error = %err, attempt, "retrying connection"
+                    );
                     tokio::time::sleep(backoff.delay(attempt)).await;
                 }
                 Err(err) => {
@@ -85,6 +125,14 @@ impl Mysql {
             }
         }
     }
+}
+
+/// The server answered a request for TLS without offering it.
+fn offers_no_tls(err: &mysql_async::Error) -> bool {
+    matches!(
+        err,
+        mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer)
+    )
 }
 
 fn read_error(source_name: &str, position: &str, reason: impl std::fmt::Display) -> IngestError {
@@ -286,44 +334,25 @@ impl SqlSource for Mysql {
         if self.pool.is_some() {
             return Ok(());
         }
-        let url = self.connection.resolve()?;
-        let (url, tls) =
-            TlsOptions::from_url(url.expose()).map_err(|reason| self.connect_error(reason))?;
-        let opts = mysql_async::Opts::from_url(&url).map_err(|_| {
-            self.connect_error(
-                "the connection URL is not valid (its text is not shown: it may hold a secret)",
-            )
-        })?;
-        let constraints = mysql_async::PoolConstraints::new(0, count.max(1))
-            .ok_or_else(|| IngestError::Internal("pool constraints".into()))?;
-        let url_has_tls = opts.ssl_opts().is_some();
-        let clear = mysql_async::OptsBuilder::from_opts(opts)
-            .setup(vec!["SET time_zone = '+00:00'"])
-            .pool_opts(mysql_async::PoolOpts::default().with_constraints(constraints));
-        // mysql_async's own TLS parameters in the URL keep their meaning unless ssl-mode is set.
-        let builder = if url_has_tls && tls.mode.is_none() {
-            clear.clone()
-        } else {
-            clear.clone().ssl_opts(tls.ssl_opts())
-        };
-        self.pool = Some(mysql_async::Pool::new(builder));
+        let options = self.pool_options(count)?;
+        self.pool = Some(mysql_async::Pool::new(options.first.clone()));
         // Fail here, clearly, when the server cannot be reached; PREFERRED falls back to a
         // connection in clear when the server offers no TLS.
         match self.pool().get_conn().await {
             Ok(conn) => drop(conn),
-            Err(mysql_async::Error::Driver(
-                mysql_async::DriverError::NoClientSslFlagFromServer,
-            )) if tls.effective_mode() == SslMode::Preferred && !url_has_tls => {
-                tracing::info!(source = %self.source_name, "the server offers no TLS: connecting in clear (ssl-mode=PREFERRED)");
-                self.pool = Some(mysql_async::Pool::new(clear.ssl_opts(None)));
+            Err(err) if offers_no_tls(&err) => {
+                if !options.may_fall_back {
+                    return Err(self.connect_error(
+                        "the server offers no TLS, which the URL requires (ssl-mode); enable \
+                         TLS on the server or set ssl-mode=PREFERRED",
+                    ));
+                }
+                tracing::info!(
+                    source = %self.source_name,
+                    "the server offers no TLS: connecting in clear (ssl-mode=PREFERRED)"
+                );
+                self.pool = Some(mysql_async::Pool::new(options.clear));
                 drop(self.conn().await?);
-            }
-            Err(mysql_async::Error::Driver(
-                mysql_async::DriverError::NoClientSslFlagFromServer,
-            )) => {
-                return Err(self.connect_error(
-                    "the server offers no TLS, which the URL requires (ssl-mode); enable TLS on the server or set ssl-mode=PREFERRED",
-                ));
             }
             Err(_) => drop(self.conn().await?),
         }

@@ -116,9 +116,10 @@ mod tests {
 
     #[test]
     fn the_mysql_client_parameters_leave_the_url_and_the_others_stay() {
-        let (url, options) = TlsOptions::from_url(
-            "mysql://app@db.example:3306/shop?ssl-mode=verify_identity&ssl_ca=/etc/ca.pem&prefer_socket=false",
-        )
+        let (url, options) = TlsOptions::from_url(concat!(
+            "mysql://app@db.example:3306/shop",
+            "?ssl-mode=verify_identity&ssl_ca=/etc/ca.pem&prefer_socket=false"
+        ))
         .unwrap();
         assert_eq!(url, "mysql://app@db.example:3306/shop?prefer_socket=false");
         assert_eq!(options.mode, Some(SslMode::VerifyIdentity));

@@ -306,22 +306,8 @@ impl TaskRun<'_> {
         self.peaks.pool.fetch_max(reserved, Ordering::Relaxed);
     }
 
-    /// A data test: counts its failing rows (the rows of its partition, for the reduce stage
-    /// of a shuffled test).
+    /// A data test: counts its failing rows.
     async fn test(&self, result: &mut TaskResult) -> Result<(), TaskError> {
-        if !self.task.plan.is_empty() {
-            let plan = decode_stage(&self.ctx, self.task, self.config.fetch_settings()).await?;
-            let mut stream = plan.execute(self.task.partition as usize, self.ctx.task_ctx())?;
-            let mut failures = 0i64;
-            while let Some(batch) = stream.next().await {
-                // A map output lost with its worker is reported, so the map runs again.
-                let batch = note_lost_output(batch, result)?;
-                failures += i64::try_from(batch.num_rows()).unwrap_or(i64::MAX);
-                self.record_peak();
-            }
-            result.failing_rows = failures;
-            return Ok(());
-        }
         let frame = self
             .ctx
             .sql(&format!(

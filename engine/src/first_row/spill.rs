@@ -6,9 +6,9 @@
 //! theirs are written to one spill file per partition, while the others stay in memory and go
 //! on competing there. Each later refusal sends a quarter of the partitions still in memory to
 //! disk. So a pool just short of what the winners need writes about a quarter of the rows, not
-//! all of them — the late, whole spill was the costliest case. After the input, the winners held in memory are
-//! emitted, then each spill file is deduplicated on its own, the same way, one level deeper
-//! (the next bits of the hash). One key's rows never need more than one winner's memory, so
+//! all of them — the late, whole spill was the costliest case. After the input, the winners
+//! held in memory are emitted, then each spill file is deduplicated on its own, the same way,
+//! one level deeper (the next bits of the hash). One key's rows never need more than one winner's memory, so
 //! only a pool too small for the winners of one `FAN_OUT^MAX_LEVEL`-th of the keys fails,
 //! with an error that names the setting to raise.
 
@@ -152,8 +152,9 @@ impl Deduplication {
         }
     }
 
-    /// Sends a quarter of the key partitions still in memory (at least one) to disk: their winners
-    /// so far are written to their files, the others' winners are taken into the contest again.
+    /// Sends a quarter of the key partitions still in memory (at least one) to disk: their
+    /// winners so far are written to their files, the others' winners are taken into the
+    /// contest again.
     fn spill_more(&self, level: &mut Level, refused: &RecordBatch) -> Result<()> {
         if level.level >= MAX_LEVEL {
             return Err(self.exhausted(level, refused));
