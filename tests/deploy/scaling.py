@@ -210,9 +210,10 @@ def main():
         drains = sum(1 for event, _ in history if event == "drain")
         if drains < peak - args.min:
             problems.append(f"the pool grew to {peak} but only {drains} drains brought it back")
-        retried = [n["name"] for n in record["nodes"] if n.get("attempts", 1) > 1]
+        retried = [n for n in record["nodes"] if n.get("attempts", 1) > 1]
         if retried:
-            problems.append(f"nodes retried (a task lost or done twice?): {retried}")
+            details = [{key: n.get(key) for key in ("name", "attempts", "tasks", "error", "stages")} for n in retried]
+            problems.append(f"nodes retried (a task lost or done twice?): {details}")
         if not record["success"]:
             problems.append("the run failed")
         expected, actual = tables(embedded), tables(clustered)

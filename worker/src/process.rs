@@ -190,8 +190,9 @@ impl<Q: JobQueue> RunningWorker<Q> {
         self.endpoint.as_ref().map(|endpoint| endpoint.address)
     }
 
-    /// Drains the worker: running tasks finish and report, no new task starts; then the
-    /// Flight server stops and the shuffle outputs are deleted.
+    /// Drains the worker: running tasks finish and report, no new task starts; the map
+    /// outputs it holds are served until their runs remove them (at most [`DRAIN_LINGER`]);
+    /// then the Flight server stops and the shuffle folder is deleted.
     ///
     /// # Errors
     /// Returns an error when the task loop had failed.
@@ -215,6 +216,7 @@ impl<Q: JobQueue> RunningWorker<Q> {
             Ok(Err(err)) => Err(WorkerError::Queue(err)),
             Err(err) => Err(WorkerError::Crashed(err.to_string())),
         };
+        linger_while_outputs_held(&self.shuffle_dir).await;
         let _ = self.flight_stop.send(());
         let _ = self.flight.await;
         if let Some(endpoint) = self.endpoint {
@@ -223,6 +225,24 @@ impl<Q: JobQueue> RunningWorker<Q> {
         let _ = std::fs::remove_dir_all(&self.shuffle_dir);
         drop(self.queue);
         outcome
+    }
+}
+
+/// How long a drained worker goes on serving the map outputs it still holds, at most.
+const DRAIN_LINGER: Duration = Duration::from_secs(600);
+
+/// Waits, at most [`DRAIN_LINGER`], until the shuffle store holds no map output: a drained
+/// worker's outputs are read by reduce tasks still to come, and leaving with them would make
+/// the run compute them again. Each run's coordinator removes its outputs when the run ends.
+async fn linger_while_outputs_held(shuffle_dir: &std::path::Path) {
+    let holds_outputs =
+        || std::fs::read_dir(shuffle_dir).is_ok_and(|mut entries| entries.next().is_some());
+    let deadline = tokio::time::Instant::now() + DRAIN_LINGER;
+    if holds_outputs() {
+        tracing::info!("drained: serving the map outputs still held until their runs end");
+    }
+    while holds_outputs() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
