@@ -155,13 +155,7 @@ impl FilesConnector {
                 Ok(false) => break,
                 Ok(true) => {}
                 Err(err) if matches!(err.kind(), csv::ErrorKind::Io(_)) => {
-                    // A truncated or corrupt compressed stream: what was read lands, the rest
-                    // of the file is quarantined from here.
-                    chunk.reject(Reject::new(
-                        format!("{location}:{line}"),
-                        format!("the file cannot be read from this line on: {err}"),
-                        None,
-                    ))?;
+                    chunk.reject(unreadable_from(location, line, err))?;
                     break;
                 }
                 Err(err) => {
@@ -247,11 +241,7 @@ async fn land_json(
             Ok(0) => break,
             Ok(_) => {}
             Err(err) => {
-                chunk.reject(Reject::new(
-                    format!("{location}:{number}"),
-                    format!("the file cannot be read from this line on: {err}"),
-                    None,
-                ))?;
+                chunk.reject(unreadable_from(location, number, err))?;
                 break;
             }
         }
@@ -274,6 +264,20 @@ async fn land_json(
         }
     }
     land_records(&records, |line| format!("{location}:{line}"), chunk).await
+}
+
+/// The rest of a file from `line` on, which cannot be read (a truncated or corrupt compressed
+/// stream): what was read before lands, this goes to quarantine.
+fn unreadable_from(
+    location: &str,
+    line: impl std::fmt::Display,
+    err: impl std::fmt::Display,
+) -> Reject {
+    Reject::new(
+        format!("{location}:{line}"),
+        format!("the file cannot be read from this line on: {err}"),
+        None,
+    )
 }
 
 /// A file's text, decompressed when it is gzipped; an error when it is not readable gzip.

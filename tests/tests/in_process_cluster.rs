@@ -73,21 +73,20 @@ async fn an_in_process_cluster_runs_shuffles_on_its_workers() {
     let reference = strata_embedded::run(&settings, &prepared.request, "run-embedded-1", |_| {})
         .await
         .unwrap();
-    let rows = |record: &strata_coordinator::RunRecord| -> BTreeMap<String, i64> {
+    /// One value of every node of a run, by node id.
+    fn per_node<T>(
+        record: &strata_coordinator::RunRecord,
+        value: impl Fn(&strata_coordinator::run::NodeResult) -> T,
+    ) -> BTreeMap<String, T> {
         record
             .nodes
             .iter()
-            .map(|node| (node.unique_id.clone(), node.rows))
+            .map(|node| (node.unique_id.clone(), value(node)))
             .collect()
-    };
+    }
+    let rows = |record| per_node(record, |node| node.rows);
+    let failures = |record| per_node(record, |node| node.failures);
     assert_eq!(rows(&record), rows(&reference));
-    let failures = |record: &strata_coordinator::RunRecord| -> BTreeMap<String, Option<i64>> {
-        record
-            .nodes
-            .iter()
-            .map(|node| (node.unique_id.clone(), node.failures))
-            .collect()
-    };
     assert_eq!(failures(&record), failures(&reference));
     assert!(
         failures(&reference)

@@ -120,6 +120,7 @@ fn candidates<'a>(
             continue;
         }
         let column = quote(name);
+        let first = aggregates.len();
         let kind = match field.data_type() {
             DataType::Int64 => {
                 aggregates.extend([(column.clone(), "min"), (column.clone(), "max")]);
@@ -136,12 +137,6 @@ fn candidates<'a>(
             }
             _ => continue,
         };
-        let first = aggregates.len()
-            - if matches!(kind, CandidateKind::Wide) {
-                2
-            } else {
-                4
-            };
         candidates.push(Candidate { name, first, kind });
     }
     (candidates, aggregates)

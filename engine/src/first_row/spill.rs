@@ -181,9 +181,20 @@ impl Deduplication {
             },
         )?;
         // Each batch holds the winners of one partition that stays in memory; they are unique
-        // keys, so taking them back compares nothing, and they fit where more did before (a
-        // refusal now spills again, until no partition is left in memory).
-        held.iter().try_for_each(|rows| self.route(level, rows))
+        // keys, so taking them back compares nothing, and they fit where more did before. They
+        // are taken back without hashing them for routing until the pool refuses again; from
+        // then on more partitions are on disk, and the rest are routed.
+        let mut spilled_again = false;
+        for rows in &held {
+            if spilled_again {
+                self.route(level, rows)?;
+            } else if !level.winners.push(rows)? {
+                spilled_again = true;
+                self.spill_more(level, rows)?;
+                self.route(level, rows)?;
+            }
+        }
+        Ok(())
     }
 
     /// The error when even the deepest partitioning does not fit in the pool.

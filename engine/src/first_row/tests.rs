@@ -69,8 +69,12 @@ fn strata_session(memory_limit_bytes: usize) -> SessionContext {
 }
 
 async fn sorted_rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
-    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-    let text = pretty_format_batches(&batches).unwrap().to_string();
+    sorted_lines(&ctx.sql(sql).await.unwrap().collect().await.unwrap())
+}
+
+/// The rows of `batches` as table lines, sorted.
+fn sorted_lines(batches: &[RecordBatch]) -> Vec<String> {
+    let text = pretty_format_batches(batches).unwrap().to_string();
     let mut lines: Vec<String> = text
         .lines()
         .filter(|line| line.starts_with('|'))
@@ -271,15 +275,7 @@ async fn rows_and_spilled_rows(ctx: &SessionContext, sql: &str) -> (Vec<String>,
     let task = Arc::new(frame.task_ctx());
     let plan = frame.create_physical_plan().await.unwrap();
     let batches = collect(Arc::clone(&plan), task).await.unwrap();
-    let text = pretty_format_batches(&batches).unwrap().to_string();
-    let mut lines: Vec<String> = text
-        .lines()
-        .filter(|line| line.starts_with('|'))
-        .skip(1)
-        .map(str::to_string)
-        .collect();
-    lines.sort();
-    (lines, spilled(&plan))
+    (sorted_lines(&batches), spilled(&plan))
 }
 
 /// A pool just short of what the winners need: a quarter of the key partitions go to disk and
