@@ -119,8 +119,12 @@ def main():
             continue
         sql = node["compiled_code"]
         kind = "view" if node["config"]["materialized"] == "view" else "table"
-        con.execute(f"create {kind} {relation_sql(node['relation'])} as {sql}")
-        if kind == "view" or node_id not in statuses:
+        try:
+            con.execute(f"create {kind} {relation_sql(node['relation'])} as {sql}")
+        except duckdb.Error as error:
+            problems.append(f"{node['name']}: duckdb cannot run its compiled SQL: {error}".splitlines()[0])
+            continue
+        if kind == "view" or statuses.get(node_id, {}).get("status") != "success":
             continue
         location = "/".join([args.warehouse.rstrip("/"), node["relation"]["schema"], node["relation"]["identifier"]])
         strata_table = deltalake.DeltaTable(location, storage_options=storage_options(location)).to_pyarrow_table()
