@@ -164,6 +164,7 @@ trap cleanup EXIT
     tests/fixtures/compile/custom_generic_tests/project \
     tests/fixtures/compile/ephemeral_chain/project \
     tests/fixtures/compile/test_forms/project \
+    tests/fixtures/compile/naming_macros/project \
     tests/fixtures/execution/packages \
     tests/fixtures/execution/versions \
     tests/fixtures/snapshots \

@@ -121,6 +121,8 @@ struct Compiler<'a> {
     inputs: RenderInputs,
     /// Drafts that failed to render (no node is made of them).
     failed: BTreeSet<String>,
+    /// The root project's `generate_schema_name` / `generate_alias_name`, when it has them.
+    naming: Naming,
 }
 
 /// Compiles a project. Never panics on user input; every problem becomes a diagnostic.
@@ -181,7 +183,9 @@ impl<'a> Compiler<'a> {
             target_schema: DEFAULT_SCHEMA.to_string(),
             ..RenderInputs::default()
         };
+        let naming = Naming::new(&renderer, &inputs);
         Compiler {
+            naming,
             project,
             options,
             props,
@@ -444,6 +448,19 @@ impl<'a> Compiler<'a> {
                 .unwrap_or_else(|| SEED_SCHEMA.to_string()),
             config.alias.clone().unwrap_or_else(|| seed.name.clone()),
         );
+        let unique_id = format!("seed.{}.{}", package.name, seed.name);
+        let named = NamedNode {
+            file: &seed.path,
+            unique_id: &unique_id,
+            name: &seed.name,
+            resource_type: ResourceType::Seed,
+            package: &package.name,
+            original_file_path: path_string(in_package(package, &seed.path)),
+            folders: &seed.folders,
+            file_name: file_name(&seed.path),
+            config: &config,
+        };
+        let relation = self.naming.relation(&self.renderer, &named, relation);
         let mut columns: Vec<Column> = seed
             .columns
             .iter()
@@ -460,7 +477,7 @@ impl<'a> Compiler<'a> {
         fqn.extend(seed.folders.iter().cloned());
         fqn.push(seed.name.clone());
         self.seeds.push(Node {
-            unique_id: format!("seed.{}.{}", package.name, seed.name),
+            unique_id: unique_id.clone(),
             resource_type: ResourceType::Seed,
             name: seed.name.clone(),
             package_name: package.name.clone(),
@@ -699,7 +716,7 @@ impl<'a> Compiler<'a> {
     fn first_pass(&mut self) {
         for draft in &mut self.drafts {
             if draft.resource_type.is_built_from_sql() {
-                draft.relation = Some(node_relation(draft));
+                draft.relation = Some(node_relation(draft, &self.renderer, &self.naming));
                 if draft.config.enabled {
                     self.inputs.relations.insert(
                         draft.name.clone(),
@@ -803,12 +820,13 @@ impl<'a> Compiler<'a> {
             final_inputs.relations.remove(&draft.name);
             final_inputs.disabled.remove(&draft.name);
             if draft.config.enabled {
-                let relation = node_relation(draft);
+                let relation = node_relation(draft, &self.renderer, &self.naming);
                 final_inputs.relations.insert(draft.name.clone(), relation);
             } else {
                 final_inputs.disabled.insert(draft.name.clone());
             }
         }
+        self.errors.extend(self.naming.take_failures());
         check_unique_relations(&self.drafts, &self.seeds, &final_inputs, &mut self.errors);
         final_inputs.declared_columns = self.declared_columns();
         Arc::new(final_inputs)
@@ -839,7 +857,7 @@ impl<'a> Compiler<'a> {
                     .iter()
                     .map(|c| (c.name.clone(), c.data_type.clone().unwrap_or_default()))
                     .collect();
-                Some((node_relation(draft), columns))
+                Some((node_relation(draft, &self.renderer, &self.naming), columns))
             });
         of_nodes
             .chain(of_drafts)
@@ -889,7 +907,7 @@ impl<'a> Compiler<'a> {
             let own_relation = draft
                 .resource_type
                 .is_built_from_sql()
-                .then(|| node_relation(draft));
+                .then(|| node_relation(draft, &self.renderer, &self.naming));
             let rendered_incremental = self.options.incremental_models.contains(&draft.name);
             let is_incremental_now =
                 rendered_incremental && draft.config.materialized == Materialization::Incremental;
@@ -1513,7 +1531,7 @@ fn default_materialization(resource_type: ResourceType) -> Materialization {
 /// The relation of a model or snapshot: schema from config (a snapshot's older
 /// `target_schema` too), else a model's layer, else the default schema; ephemeral models
 /// become a CTE name.
-fn node_relation(draft: &Draft<'_>) -> Relation {
+fn node_relation(draft: &Draft<'_>, renderer: &Renderer, naming: &Naming) -> Relation {
     let (file, resource_type, config) = (draft.file, draft.resource_type, &draft.config);
     if config.materialized == Materialization::Ephemeral {
         return Relation::new("", format!("{EPHEMERAL_PREFIX}{}", draft.name));
@@ -1536,10 +1554,25 @@ fn node_relation(draft: &Draft<'_>) -> Relation {
             }
         })
         .unwrap_or_else(|| DEFAULT_SCHEMA.to_string());
-    Relation::new(
+    let relation = Relation::new(
         schema,
         config.alias.clone().unwrap_or_else(|| draft.name.clone()),
-    )
+    );
+    if resource_type == ResourceType::Snapshot && target_schema().is_some() {
+        return relation; // dbt names a snapshot with `target_schema` without the macro
+    }
+    let node = NamedNode {
+        file: &file.source.path,
+        unique_id: &draft.unique_id,
+        name: &draft.name,
+        resource_type,
+        package: &draft.package.name,
+        original_file_path: path_string(in_package(draft.package, &file.source.path)),
+        folders: &file.folders,
+        file_name: file_name(&file.source.path),
+        config,
+    };
+    naming.relation(renderer, &node, relation)
 }
 
 /// Where `strata compile` writes a node's SQL: under the package's name, the file's path in
@@ -1563,6 +1596,13 @@ fn compiled_path(
 /// A path relative to the root project, as relative to the package it belongs to.
 fn in_package<'p>(package: &Project, path: &'p std::path::Path) -> &'p std::path::Path {
     path.strip_prefix(&package.folder).unwrap_or(path)
+}
+
+/// The last part of `path`, as text.
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn path_with_stem(folders: &[String], stem: &str) -> Vec<String> {
@@ -2375,3 +2415,6 @@ mod tests {
 
 #[cfg(test)]
 mod package_tests;
+
+mod naming;
+use naming::{NamedNode, Naming};

@@ -938,6 +938,39 @@ impl Renderer {
         Ok(Rendered { sql, captured })
     }
 
+    /// Whether the root project defines macro `name` itself (dbt's overridable macros such
+    /// as `generate_schema_name`).
+    pub fn root_defines(&self, name: &str) -> bool {
+        self.catalog.defines(&self.catalog.root, name)
+    }
+
+    /// Calls the root project's `name(custom, node)` as dbt calls its naming macros
+    /// (`generate_schema_name(custom_schema_name, node)`), and returns what it renders,
+    /// trimmed.
+    ///
+    /// # Errors
+    /// Returns the rendering error's message.
+    pub fn render_naming_macro(
+        &self,
+        name: &str,
+        custom: Option<&str>,
+        node: &serde_json::Value,
+        inputs: &Arc<RenderInputs>,
+    ) -> Result<String, String> {
+        let scope = RenderScope::new(inputs, "", &inputs.project_name, false);
+        let template = format!("{}{{{{ {name}(__custom, __node) }}}}", self.prelude);
+        let context = minijinja::context! {
+            __strata_scope => Value::from_dyn_object(scope),
+            __custom => custom,
+            __node => Value::from(Serde(node.clone())),
+            target => target(inputs),
+        };
+        self.env
+            .render_str(&template, context)
+            .map(|rendered| rendered.trim().to_string())
+            .map_err(|err| err.detail().map_or_else(|| err.to_string(), str::to_string))
+    }
+
     /// Returns true when the generic test `name` is defined with `{% test name %}`: when
     /// unqualified, in `package` (whose property file declares the test), the root project or
     /// dbt; in the named package when `namespace.name`.

@@ -5,7 +5,9 @@ For every project given, `dbt parse` (dbt-core + dbt-duckdb, pinned in scripts/r
 and `strata compile` run on the same copy; then the two manifests are compared on what decides
 how a run behaves: which models, seeds, snapshots and sources exist, what each model reads, how it is
 materialized, its tags, and which tests check which column of which node, under which name
-(generic test names are dbt's, long ones included).
+(generic test names are dbt's, long ones included). Where a project defines its own
+`generate_schema_name` or `generate_alias_name`, each node's schema and table name are compared
+too (without them Strata names relations by its own rule: the layer folder as schema).
 """
 import argparse
 import json
@@ -30,7 +32,7 @@ def short(unique_id):
     return f"{kind}:{rest}"
 
 
-def dbt_graph(manifest):
+def dbt_graph(manifest, naming):
     graph = {"nodes": {}, "tests": set()}
     for unique_id, node in manifest["nodes"].items():
         kind = node["resource_type"]
@@ -40,6 +42,8 @@ def dbt_graph(manifest):
                 "materialized": node["config"]["materialized"],
                 "tags": sorted(node["config"].get("tags") or []),
             }
+            if naming and node["config"]["materialized"] != "ephemeral":
+                graph["nodes"][short(unique_id)]["relation"] = f"{node['schema']}.{node['alias']}"
         elif kind == "test":
             metadata = node.get("test_metadata")
             attached = node.get("attached_node") or ""
@@ -60,7 +64,7 @@ def dbt_graph(manifest):
     return graph
 
 
-def strata_graph(manifest):
+def strata_graph(manifest, naming):
     graph = {"nodes": {}, "tests": set()}
     for unique_id, node in manifest["nodes"].items():
         kind = node["resource_type"]
@@ -70,6 +74,9 @@ def strata_graph(manifest):
                 "materialized": node["config"]["materialized"],
                 "tags": sorted(node["config"].get("tags") or []),
             }
+            if naming and node["config"]["materialized"] != "ephemeral":
+                relation = node["relation"]
+                graph["nodes"][short(unique_id)]["relation"] = f"{relation['schema']}.{relation['identifier']}"
         elif kind == "source":
             graph["nodes"][short(unique_id)] = {"depends_on": [], "materialized": "source", "tags": []}
         elif kind == "test":
@@ -125,7 +132,19 @@ def check(project, strata, dbt):
             return [f"{project}: strata compile failed:\n{run.stderr[-3000:]}"]
         with open(os.path.join(copy, "strata-target", "manifest.json")) as handle:
             strata_manifest = json.load(handle)
-        return compare(project, dbt_graph(dbt_manifest), strata_graph(strata_manifest))
+        naming = overrides_naming(copy)
+        return compare(project, dbt_graph(dbt_manifest, naming), strata_graph(strata_manifest, naming))
+
+
+def overrides_naming(project):
+    """Whether the project's macros define generate_schema_name or generate_alias_name."""
+    for folder, _, files in os.walk(os.path.join(project, "macros")):
+        for name in files:
+            with open(os.path.join(folder, name)) as handle:
+                text = handle.read()
+            if "macro generate_schema_name" in text or "macro generate_alias_name" in text:
+                return True
+    return False
 
 
 def main():

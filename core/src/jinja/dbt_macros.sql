@@ -156,3 +156,19 @@
 {% macro strata__convert_timezone(column, target_tz, source_tz) -%}
     to_local_time(cast({{ column }} as timestamp) at time zone '{{ source_tz }}' at time zone '{{ target_tz }}')
 {%- endmacro %}
+
+{#- dbt's naming macros, for a project's own generate_schema_name / generate_alias_name to
+    call. Strata calls a naming macro only when the root project defines it; without one,
+    Strata's rule stands (see docs/concepts.md). -#}
+{% macro default__generate_schema_name(custom_schema_name, node) -%}
+    {%- if custom_schema_name is none -%}{{ target.schema }}
+    {%- else -%}{{ target.schema }}_{{ custom_schema_name | trim }}{%- endif -%}
+{%- endmacro %}
+{% macro generate_schema_name_for_env(custom_schema_name, node) -%}
+    {%- if target.name == 'prod' and custom_schema_name is not none -%}{{ custom_schema_name | trim }}
+    {%- else -%}{{ target.schema }}{%- endif -%}
+{%- endmacro %}
+{% macro default__generate_alias_name(custom_alias_name=none, node=none) -%}
+    {%- if custom_alias_name -%}{{ custom_alias_name | trim }}
+    {%- else -%}{{ node.name }}{%- endif -%}
+{%- endmacro %}
