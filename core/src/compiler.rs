@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::config::{
-    ConfigLayer, Materialization, NodeConfig, closest, holds_template, rendered_value,
+    ConfigLayer, EXTERNAL_MATERIALIZATION, Materialization, NodeConfig, closest, holds_template,
+    rendered_value,
 };
 use crate::data_tests::{self, BUILT_IN_TESTS};
 use crate::diagnostics::{Diagnostics, ProjectDiagnostic, SourceText};
@@ -973,6 +974,7 @@ impl<'a> Compiler<'a> {
     /// The nodes of rendered drafts, seeds and sources.
     fn nodes(&mut self) -> (BTreeMap<String, Node>, NodeIds) {
         let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+        let mut external = Vec::new();
         let ids = self.node_ids();
         let dependency_id = |dependency: &Dependency| ids.of(dependency);
         for draft in &self.drafts {
@@ -995,6 +997,9 @@ impl<'a> Compiler<'a> {
             depends_on.sort();
             depends_on.dedup();
             let original = path_string(&draft.file.source.path);
+            if draft.config.extra.contains_key(EXTERNAL_MATERIALIZATION) {
+                external.push(draft);
+            }
             if let Some(reason) = &draft.deferred {
                 self.errors.push(
                     ProjectDiagnostic::warning(
@@ -1066,6 +1071,27 @@ impl<'a> Compiler<'a> {
             nodes.insert(node.unique_id.clone(), node);
         }
         link_warehouse_sources(&mut nodes);
+        if let Some(first) = external.first() {
+            let names: Vec<&str> = external.iter().map(|draft| draft.name.as_str()).collect();
+            let shown = names.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+            let more = names.len().saturating_sub(5);
+            let listed = if more > 0 {
+                format!("{shown} and {more} more")
+            } else {
+                shown
+            };
+            self.errors.push(
+                ProjectDiagnostic::warning(
+                    "strata::external",
+                    format!(
+                        "{} model(s) are materialized 'external' (dbt-duckdb's files at `location`): Strata builds them as Delta tables in the warehouse and writes no other file ({listed})",
+                        names.len()
+                    ),
+                )
+                .in_file(&first.file.source.path)
+                .with_hint("other tools read the Delta tables (deltalake, Spark, DuckDB's delta_scan); say materialized: table to silence this"),
+            );
+        }
         (nodes, ids)
     }
 

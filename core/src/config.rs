@@ -348,6 +348,10 @@ impl NodeConfig {
         if layer.retries.is_some() {
             self.retries = layer.retries;
         }
+        if layer.materialized.is_some() && !layer.extra.contains_key(EXTERNAL_MATERIALIZATION) {
+            // A later layer's own materialization replaces an earlier `external`.
+            self.extra.remove(EXTERNAL_MATERIALIZATION);
+        }
         for (key, value) in &layer.extra {
             self.extra.insert(key.clone(), value.clone());
         }
@@ -365,6 +369,9 @@ impl NodeConfig {
 
 /// Where an incremental strategy Strata does not have is kept, for the run to report.
 pub const UNSUPPORTED_STRATEGY: &str = "unsupported_incremental_strategy";
+/// dbt-duckdb's `materialized: external`, built as a table; kept in `extra` under this key
+/// so that compile can say so.
+pub const EXTERNAL_MATERIALIZATION: &str = "external";
 
 /// The setting that chooses integer division: `fractional` (default) or `truncate`.
 const INTEGER_DIVISION: &str = "integer_division";
@@ -476,6 +483,13 @@ impl ConfigLayer {
             "enabled" => self.enabled = Some(expect_bool(key, &json)?),
             "materialized" => {
                 let name = expect_string(key, &json)?;
+                if name == EXTERNAL_MATERIALIZATION {
+                    // dbt-duckdb's files at `location`: here a Delta table, with a warning.
+                    self.materialized = Some(Materialization::Table);
+                    self.extra
+                        .insert(EXTERNAL_MATERIALIZATION.to_string(), json);
+                    return Ok(());
+                }
                 self.materialized = Some(Materialization::parse(&name).ok_or_else(|| {
                     format!(
                         "unknown materialization '{name}'{}; use one of {}",
@@ -773,6 +787,24 @@ mod tests {
         let config = NodeConfig::resolve(Materialization::View, [&outer, &inner]);
         assert_eq!(config.materialized, Materialization::Table);
         assert_eq!(config.tags, vec!["nightly", "pii"]);
+    }
+
+    #[test]
+    fn external_is_a_table_until_a_later_layer_chooses_otherwise() {
+        let mut folder = ConfigLayer::default();
+        folder
+            .set("materialized", &serde_json::json!("external"))
+            .unwrap();
+        let resolved = NodeConfig::resolve(Materialization::View, [&folder]);
+        assert_eq!(resolved.materialized, Materialization::Table);
+        assert!(resolved.extra.contains_key(EXTERNAL_MATERIALIZATION));
+        let mut model = ConfigLayer::default();
+        model
+            .set("materialized", &serde_json::json!("view"))
+            .unwrap();
+        let resolved = NodeConfig::resolve(Materialization::View, [&folder, &model]);
+        assert_eq!(resolved.materialized, Materialization::View);
+        assert!(!resolved.extra.contains_key(EXTERNAL_MATERIALIZATION));
     }
 
     #[test]
