@@ -55,6 +55,9 @@ impl NamedNode<'_> {
     }
 }
 
+/// A node's unique id with its configured schema and alias: what a naming answer depends on.
+type AnswerKey = (String, Option<String>, Option<String>);
+
 /// The root project's naming macros, with what they answered so far (each node's answer is
 /// asked once per configuration) and the failures to report.
 #[derive(Default)]
@@ -63,7 +66,7 @@ pub(super) struct Naming {
     inputs: Arc<RenderInputs>,
     schema: bool,
     alias: bool,
-    answers: RefCell<BTreeMap<(String, Option<String>, Option<String>), Relation>>,
+    answers: RefCell<BTreeMap<AnswerKey, Relation>>,
     failures: RefCell<BTreeMap<String, ProjectDiagnostic>>,
 }
 
