@@ -148,18 +148,34 @@ def generator_python():
 
 
 def with_sources(query, tables):
-    """`query` with each table it reads (a table name after FROM, JOIN or a comma of a FROM
-    list, outside string literals) replaced by its source(); aliases that happen to be table
-    names (`sum(x) AS store_sales`, `cc_call_center_id Call_Center`) stay."""
-    names = "|".join(sorted(tables, key=len, reverse=True))
-    pattern = re.compile(r"(\b(?:FROM|JOIN)\s+|,\s*)(" + names + r")\b(?!\s*\.)(?!\s+AS\s*\()", re.IGNORECASE)
-    parts = re.split(r"('(?:[^']|'')*')", query)
-    for index in range(0, len(parts), 2):  # even parts are outside string literals
-        parts[index] = pattern.sub(
-            lambda match: match.group(1) + "{{ source('tpcds', '" + match.group(2).lower() + "') }}"
-            if match.group(2) == match.group(2).lower() else match.group(0),
-            parts[index])
-    return "".join(parts).rstrip().rstrip(";") + "\n"
+    """`query` with each table it reads replaced by its source(): a lowercase table name right
+    after FROM or JOIN, or after a comma of a FROM list, outside string literals and not
+    qualifying a column (`store.s_state`). Aliases that happen to be table names
+    (`sum(x) AS store_sales`, `…) web_sales,`) stay."""
+    tokens = re.findall(r"'(?:[^']|'')*'|\w+|\s+|.", query)
+    stop = {"where", "group", "order", "having", "limit", "union", "intersect", "except",
+            "select", "window", "qualify", "on", "using"}
+    in_from = [False]  # per parenthesis depth: inside a FROM list
+    previous = ""
+    out = []
+    for index, token in enumerate(tokens):
+        following = next((t for t in tokens[index + 1:] if not t.isspace()), "")
+        lower = token.lower()
+        if token == "(":
+            in_from.append(False)
+        elif token == ")" and len(in_from) > 1:
+            in_from.pop()
+        elif lower == "from":
+            in_from[-1] = True
+        elif lower in stop:
+            in_from[-1] = False
+        reads = previous.lower() in ("from", "join") or (previous == "," and in_from[-1])
+        if reads and token in tables and following != ".":
+            token = "{{ source('tpcds', '" + token + "') }}"
+        out.append(token)
+        if not token.isspace():
+            previous = token
+    return "".join(out).rstrip().rstrip(";") + "\n"
 
 
 def write_project(work):

@@ -974,7 +974,7 @@ impl<'a> Compiler<'a> {
     /// The nodes of rendered drafts, seeds and sources.
     fn nodes(&mut self) -> (BTreeMap<String, Node>, NodeIds) {
         let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
-        let mut external = Vec::new();
+        let (mut external, mut hooked) = (Vec::new(), Vec::new());
         let ids = self.node_ids();
         let dependency_id = |dependency: &Dependency| ids.of(dependency);
         for draft in &self.drafts {
@@ -999,6 +999,9 @@ impl<'a> Compiler<'a> {
             let original = path_string(&draft.file.source.path);
             if draft.config.extra.contains_key(EXTERNAL_MATERIALIZATION) {
                 external.push(draft);
+            }
+            if !draft.config.pre_hook.is_empty() || !draft.config.post_hook.is_empty() {
+                hooked.push(draft);
             }
             if let Some(reason) = &draft.deferred {
                 self.errors.push(
@@ -1071,26 +1074,21 @@ impl<'a> Compiler<'a> {
             nodes.insert(node.unique_id.clone(), node);
         }
         link_warehouse_sources(&mut nodes);
-        if let Some(first) = external.first() {
-            let names: Vec<&str> = external.iter().map(|draft| draft.name.as_str()).collect();
-            let shown = names.iter().take(5).copied().collect::<Vec<_>>().join(", ");
-            let more = names.len().saturating_sub(5);
-            let listed = if more > 0 {
-                format!("{shown} and {more} more")
-            } else {
-                shown
-            };
-            self.errors.push(
-                ProjectDiagnostic::warning(
-                    "strata::external",
-                    format!(
-                        "{} model(s) are materialized 'external' (dbt-duckdb's files at `location`): Strata builds them as Delta tables in the warehouse and writes no other file ({listed})",
-                        names.len()
-                    ),
-                )
-                .in_file(&first.file.source.path)
-                .with_hint("other tools read the Delta tables (deltalake, Spark, DuckDB's delta_scan); say materialized: table to silence this"),
-            );
+        if let Some(warning) = listed_warning(
+            "strata::external",
+            &external,
+            "materialized 'external' (dbt-duckdb's files at `location`): Strata builds them as Delta tables in the warehouse and writes no other file",
+            "other tools read the Delta tables (deltalake, Spark, DuckDB's delta_scan); say materialized: table to silence this",
+        ) {
+            self.errors.push(warning);
+        }
+        if let Some(warning) = listed_warning(
+            "strata::hooks",
+            &hooked,
+            "configured with pre_hook / post_hook: Strata does not run hooks, the models are built without them",
+            "do in a model what a hook did (a post_hook's export or cleanup), or remove the hooks to silence this",
+        ) {
+            self.errors.push(warning);
         }
         (nodes, ids)
     }
@@ -1622,6 +1620,30 @@ fn compiled_path(
 /// A path relative to the root project, as relative to the package it belongs to.
 fn in_package<'p>(package: &Project, path: &'p std::path::Path) -> &'p std::path::Path {
     path.strip_prefix(&package.folder).unwrap_or(path)
+}
+
+/// One warning for every node of `drafts` (`code`; "N node(s) are {what} (a, b, … and k
+/// more)"), at the first one's file; none when `drafts` is empty.
+fn listed_warning(
+    code: &'static str,
+    drafts: &[&Draft<'_>],
+    what: &str,
+    hint: &str,
+) -> Option<ProjectDiagnostic> {
+    let first = drafts.first()?;
+    let names: Vec<&str> = drafts.iter().map(|draft| draft.name.as_str()).collect();
+    let mut listed = names[..names.len().min(5)].join(", ");
+    if names.len() > 5 {
+        listed.push_str(&format!(" and {} more", names.len() - 5));
+    }
+    Some(
+        ProjectDiagnostic::warning(
+            code,
+            format!("{} node(s) are {what} ({listed})", names.len()),
+        )
+        .in_file(&first.file.source.path)
+        .with_hint(hint),
+    )
 }
 
 /// The last part of `path`, as text.
@@ -2364,9 +2386,61 @@ fn clean_name_part(part: &str) -> String {
     cleaned
 }
 
+/// Compiles a project made of `files` (path, text) in a temporary folder.
+#[cfg(test)]
+fn compile_files(files: &[(&str, &str)]) -> Compilation {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let full = dir.path().join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, text).unwrap();
+    }
+    let loaded = Project::load(dir.path());
+    assert!(!loaded.diagnostics.has_errors(), "{}", loaded.diagnostics);
+    compile(&loaded.project.unwrap(), &CompileOptions::default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hooks_and_external_models_get_one_warning_each_naming_them() {
+        let mut files = vec![(
+            "dbt_project.yml",
+            "name: shop\nmodels:\n  shop:\n    exports:\n      +materialized: external\n",
+        )];
+        let texts: Vec<(String, String)> = (0..7)
+            .map(|n| {
+                (
+                    format!("models/exports/e{n}.sql"),
+                    format!("select {n} as id"),
+                )
+            })
+            .collect();
+        files.extend(
+            texts
+                .iter()
+                .map(|(path, text)| (path.as_str(), text.as_str())),
+        );
+        files.push((
+            "models/audited.sql",
+            "{{ config(post_hook=\"copy {{ this }} to 'x.parquet'\") }} select 1 as id",
+        ));
+        let compilation = compile_files(&files);
+        let text = compilation.diagnostics.to_string();
+        assert!(compilation.manifest.is_some(), "{text}");
+        assert!(
+            text.contains("7 node(s) are materialized 'external'")
+                && text.contains("e0, e1, e2, e3, e4 and 2 more"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1 node(s) are configured with pre_hook / post_hook")
+                && text.contains("(audited)"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn ctes_merge_into_an_existing_with() {

@@ -159,22 +159,7 @@ impl Naming {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
-    use crate::compiler::{Compilation, CompileOptions, compile};
-    use crate::project::Project;
-
-    fn compile_files(files: &[(&str, &str)]) -> Compilation {
-        let dir = tempfile::tempdir().unwrap();
-        for (path, text) in files {
-            let full: &Path = &dir.path().join(path);
-            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
-            std::fs::write(full, text).unwrap();
-        }
-        let loaded = Project::load(dir.path());
-        assert!(!loaded.diagnostics.has_errors(), "{}", loaded.diagnostics);
-        compile(&loaded.project.unwrap(), &CompileOptions::default())
-    }
+    use crate::compiler::{Compilation, compile_files};
 
     #[test]
     fn the_root_projects_macro_names_package_nodes_too_and_without_it_layers_do() {
