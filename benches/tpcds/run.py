@@ -154,7 +154,7 @@ def with_sources(query, tables):
     (`sum(x) AS store_sales`, `…) web_sales,`) stay."""
     tokens = re.findall(r"'(?:[^']|'')*'|\w+|\s+|.", query)
     stop = {"where", "group", "order", "having", "limit", "union", "intersect", "except",
-            "select", "window", "qualify", "on", "using"}
+            "select", "window", "qualify"}
     in_from = [False]  # per parenthesis depth: inside a FROM list
     previous = ""
     out = []
@@ -203,14 +203,19 @@ def main():
     parser.add_argument("--python", default="/var/cache/strata-venv/bin/python", help="the test virtualenv (duckdb, deltalake)")
     parser.add_argument("--scale", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--memory-limit-mib", type=int,
+                        help="each task's memory pool (strata build --memory-limit-mib): every query must "
+                             "still finish, spilling, or fail with the clear memory error")
     parser.add_argument("--keep", action="store_true", help="keep the work folder and print it")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="strata-tpcds-")
     try:
         subprocess.run([generator_python(), "-c", GENERATE, work, str(args.scale)], check=True)
         project = write_project(work)
-        strata_wall, strata_rss, output = measure(
-            "strata build", [args.strata, "build", "--project-dir", project, "--threads", str(args.threads)])
+        command = [args.strata, "build", "--project-dir", project, "--threads", str(args.threads)]
+        if args.memory_limit_mib:
+            command += ["--memory-limit-mib", str(args.memory_limit_mib)]
+        strata_wall, strata_rss, output = measure("strata build", command)
         print("\n".join(line for line in output.splitlines() if "ERROR" in line or line.startswith("Done.")))
         subprocess.run([args.python, "-c", COMPARE, project], check=True)
         duck_wall, duck_rss, output = measure(
