@@ -5,8 +5,9 @@
 //! column when a source file's header says `customerNumber`, and `sum(x) as TotalSales`
 //! names its column `totalsales` where DuckDB (and so dbt-duckdb) names it `TotalSales`.
 //! Before a query is planned, each unquoted word that equals (ignoring case) a mixed-case
-//! column of a registered table, or a mixed-case alias the query gives with `AS`, is quoted
-//! with that spelling — the alias where it is given and wherever the query refers to it.
+//! column of a registered table, or a mixed-case alias the query gives (with `AS`, or right
+//! after an expression: `sum(x) Total`), is quoted with that spelling — the alias where it
+//! is given and wherever the query refers to it.
 //! A name spelled two ways (or also all in lower case), keywords, function names, a type
 //! after `AS` in a cast, quoted identifiers and strings are left alone (a column named
 //! `Date` still needs quotes), and a name given with `AS` that is a column's too keeps the
@@ -125,8 +126,9 @@ struct WordAt<'t> {
     end: Location,
 }
 
-/// The words of the tokens, with whether each is a plain identifier and whether it is given
-/// with `AS` (the type of a `cast(… as T)` is not).
+/// The words of the tokens, with whether each is a plain identifier and whether the query
+/// gives it as a name (after `AS`, except the type of a `cast(… as T)`, or right after an
+/// expression).
 fn words(tokens: &[TokenWithSpan]) -> Vec<WordAt<'_>> {
     let significant: Vec<&TokenWithSpan> = tokens
         .iter()
