@@ -27,7 +27,7 @@ use crate::division::FractionalIntegerDivision;
 use crate::error::TaskError;
 use crate::first_row::{FirstRowPerKeyRule, StrataQueryPlanner};
 use crate::lenient_casts::LenientTemporalCasts;
-use datafusion::optimizer::{Analyzer, AnalyzerRule};
+use datafusion::optimizer::{Analyzer, AnalyzerRule, Optimizer, OptimizerRule};
 
 /// Settings of the execution engine, the same for every task of a process.
 #[derive(Debug, Clone)]
@@ -102,8 +102,7 @@ pub fn session(config: &EngineConfig) -> Result<(SessionContext, Arc<dyn MemoryP
         .with_runtime_env(runtime)
         .with_default_features()
         .with_analyzer_rules(analyzer_rules(config))
-        .with_optimizer_rule(Arc::new(DistinctAggregatesToGroupBy))
-        .with_optimizer_rule(Arc::new(FirstRowPerKeyRule))
+        .with_optimizer_rules(optimizer_rules())
         .with_query_planner(Arc::new(StrataQueryPlanner))
         .build();
     let ctx = SessionContext::new_with_state(state);
@@ -143,6 +142,23 @@ fn analyzer_rules(config: &EngineConfig) -> Vec<Arc<dyn AnalyzerRule + Send + Sy
     // After coercion, so that the casts it adds (`ts > '2024-1-5'`) are lenient too.
     let at = coercion(&rules) + 1;
     rules.insert(at.min(rules.len()), Arc::new(LenientTemporalCasts));
+    rules
+}
+
+/// DataFusion's optimizer rules with Strata's: the distinct rewrite just before DataFusion's
+/// own `single_distinct_aggregation_to_group_by`, so that every shape Strata rewrites is
+/// Strata's (DataFusion 55's rule sums a decimal `sum` again into a wider decimal than the
+/// plan declares: `count(distinct a), sum(d)` with `d` a `decimal(16,2)` produced
+/// `decimal(36,2)` rows under a `decimal(26,2)` schema, which a comparison above it then
+/// refused); the deduplication rule last.
+fn optimizer_rules() -> Vec<Arc<dyn OptimizerRule + Send + Sync>> {
+    let mut rules = Optimizer::new().rules;
+    let at = rules
+        .iter()
+        .position(|rule| rule.name() == "single_distinct_aggregation_to_group_by")
+        .unwrap_or(rules.len());
+    rules.insert(at, Arc::new(DistinctAggregatesToGroupBy));
+    rules.push(Arc::new(FirstRowPerKeyRule));
     rules
 }
 
