@@ -4,7 +4,8 @@
 //! same chrono formats), `epoch_ms(ms)`,
 //! `epoch(ts)`, `date_diff(part, start, end)` / `datediff(...)` (boundaries crossed, as
 //! DuckDB counts them), `dayofweek`, `dayofyear`, `last_day`, `regexp_matches(text,
-//! pattern)`, the aggregate `count_if(cond)`, and Snowflake's `iff(cond, a, b)`, which
+//! pattern)`, the aggregates `count_if(cond)` and `listagg(text, sep)`, and Snowflake's
+//! `iff(cond, a, b)`, which
 //! projects moved from Snowflake keep.
 //!
 //! Each is a function whose `simplify` replaces the call by the expression, so it costs
@@ -152,11 +153,18 @@ impl ScalarUDFImpl for DuckDbFunction {
     }
 }
 
-/// The DuckDB aggregates Strata adds to every session.
+/// The DuckDB aggregates Strata adds to every session: `count_if`, and `listagg` (DuckDB's
+/// and Snowflake's name for `string_agg`, ordered with `order by` inside the call).
 pub fn duckdb_aggregates() -> Vec<AggregateUDF> {
-    vec![AggregateUDF::new_from_impl(CountIf {
-        signature: Signature::any(1, Volatility::Immutable),
-    })]
+    vec![
+        AggregateUDF::new_from_impl(CountIf {
+            signature: Signature::any(1, Volatility::Immutable),
+        }),
+        datafusion::functions_aggregate::string_agg::string_agg_udaf()
+            .as_ref()
+            .clone()
+            .with_aliases(["listagg"]),
+    ]
 }
 
 /// `count_if(condition)`: the rows where the condition is true, planned as
@@ -285,7 +293,8 @@ mod tests {
                           regexp_matches('dbt-duckdb', 'duck') as found,
                           count_if(x > 1) as over_one,
                           count_if(x > 9) as none_over,
-                          count_if(null) as unknown
+                          count_if(null) as unknown,
+                          listagg(cast(x as varchar), '+' order by x desc) as joined
                    from (values (1), (2), (3)) as t(x)";
         let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
         let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
@@ -300,7 +309,7 @@ mod tests {
             "2024-02-29",
             "| no     ",
             "| true  ",
-            "| 2        | 0         |         |",
+            "| 2        | 0         |         | 3+2+1  |",
         ] {
             assert!(text.contains(expected), "{expected} in {text}");
         }
