@@ -4,7 +4,8 @@
 //! same chrono formats), `epoch_ms(ms)`,
 //! `epoch(ts)`, `date_diff(part, start, end)` / `datediff(...)` (boundaries crossed, as
 //! DuckDB counts them), `dayofweek`, `dayofyear`, `last_day`, `regexp_matches(text,
-//! pattern)`, the aggregates `count_if(cond)` and `listagg(text, sep)`, and Snowflake's
+//! pattern)`, the aggregates `count_if(cond)`, `listagg(text, sep)`, `max_by(value, key)` and
+//! `min_by(value, key)`, and Snowflake's
 //! `iff(cond, a, b)`, which
 //! projects moved from Snowflake keep.
 //!
@@ -153,8 +154,9 @@ impl ScalarUDFImpl for DuckDbFunction {
     }
 }
 
-/// The DuckDB aggregates Strata adds to every session: `count_if`, and `listagg` (DuckDB's
-/// and Snowflake's name for `string_agg`, ordered with `order by` inside the call).
+/// The DuckDB aggregates Strata adds to every session: `count_if`, `listagg` (DuckDB's and
+/// Snowflake's name for `string_agg`, ordered with `order by` inside the call), `max_by` and
+/// `min_by` (with DuckDB's `arg_max` / `arg_min`).
 pub fn duckdb_aggregates() -> Vec<AggregateUDF> {
     vec![
         AggregateUDF::new_from_impl(CountIf {
@@ -164,6 +166,8 @@ pub fn duckdb_aggregates() -> Vec<AggregateUDF> {
             .as_ref()
             .clone()
             .with_aliases(["listagg"]),
+        AggregateUDF::new_from_impl(ValueByKey::new(true)),
+        AggregateUDF::new_from_impl(ValueByKey::new(false)),
     ]
 }
 
@@ -215,6 +219,84 @@ impl AggregateUDFImpl for CountIf {
                 datafusion::logical_expr::when(is_true, lit(1_i64))
                     .when(is_false, lit(0_i64))
                     .end()?,
+            ))
+        }))
+    }
+}
+
+/// `max_by(value, key)` / `min_by(value, key)` (DuckDB's, Spark's; `arg_max` / `arg_min`):
+/// the value of the row with the largest (smallest) key, planned as
+/// `first_value(value order by key desc|asc) filter (where key is not null)` — rows whose key
+/// is NULL are ignored, and no such row gives NULL, as DuckDB answers. Among rows with the same
+/// key the row is any of them, as in DuckDB.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ValueByKey {
+    signature: Signature,
+    /// `max_by` when true, `min_by` otherwise.
+    largest: bool,
+    aliases: Vec<String>,
+}
+
+impl ValueByKey {
+    fn new(largest: bool) -> ValueByKey {
+        let alias = if largest { "arg_max" } else { "arg_min" };
+        ValueByKey {
+            signature: Signature::any(2, Volatility::Immutable),
+            largest,
+            aliases: vec![alias.to_string()],
+        }
+    }
+}
+
+impl AggregateUDFImpl for ValueByKey {
+    fn name(&self) -> &str {
+        if self.largest { "max_by" } else { "min_by" }
+    }
+
+    fn aliases(&self) -> &[String] {
+        &self.aliases
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        match arg_types.first() {
+            Some(value) => Ok(value.clone()),
+            None => plan_err!("{}() takes a value and a key", self.name()),
+        }
+    }
+
+    fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        exec_err!(
+            "{}() runs as the first_value it is simplified to",
+            self.name()
+        )
+    }
+
+    fn simplify(&self) -> Option<AggregateFunctionSimplification> {
+        let (name, largest) = (self.name().to_string(), self.largest);
+        Some(Box::new(move |aggregate, _info| {
+            let params = aggregate.params;
+            let [value, key] = params.args.as_slice() else {
+                return plan_err!("{name}() takes a value and a key: {name}(value, key)");
+            };
+            let known = key.clone().is_not_null();
+            let filter = match params.filter {
+                Some(filter) => filter.as_ref().clone().and(known),
+                None => known,
+            };
+            let order = datafusion::logical_expr::SortExpr::new(key.clone(), !largest, false);
+            Ok(Expr::AggregateFunction(
+                datafusion::logical_expr::expr::AggregateFunction::new_udf(
+                    datafusion::functions_aggregate::first_last::first_value_udaf(),
+                    vec![value.clone()],
+                    false,
+                    Some(Box::new(filter)),
+                    vec![order],
+                    None,
+                ),
             ))
         }))
     }
@@ -294,8 +376,12 @@ mod tests {
                           count_if(x > 1) as over_one,
                           count_if(x > 9) as none_over,
                           count_if(null) as unknown,
-                          listagg(cast(x as varchar), '+' order by x desc) as joined
-                   from (values (1), (2), (3)) as t(x)";
+                          listagg(cast(x as varchar), '+' order by x desc) as joined,
+                          max_by(name, score) as best,
+                          min_by(name, score) as worst,
+                          arg_max(name, score) filter (where x < 3) as best_of_two,
+                          max_by(name, cast(null as int)) as no_key
+                   from (values (1, 'a', 5), (2, 'b', 9), (3, 'c', null)) as t(x, name, score)";
         let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
         let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
             .unwrap()
@@ -309,7 +395,7 @@ mod tests {
             "2024-02-29",
             "| no     ",
             "| true  ",
-            "| 2        | 0         |         | 3+2+1  |",
+            "| 2        | 0         |         | 3+2+1  | b    | a     | b           |        |",
         ] {
             assert!(text.contains(expected), "{expected} in {text}");
         }

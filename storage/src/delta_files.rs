@@ -39,6 +39,36 @@ pub fn delta_compatible(schema: &Schema) -> SchemaRef {
     ))
 }
 
+/// Why a column of `schema` cannot be stored in a Delta table even after
+/// [`delta_compatible`], with what to write instead: durations (`timestamp - timestamp`) and
+/// intervals, which Delta has no type for (Spark refuses them too). `None` when every column
+/// can be stored.
+pub fn unstorable_columns(schema: &Schema) -> Option<String> {
+    fn unstorable(data_type: &DataType) -> bool {
+        match data_type {
+            DataType::Duration(_) | DataType::Interval(_) => true,
+            DataType::Struct(fields) => fields.iter().any(|field| unstorable(field.data_type())),
+            DataType::List(item) | DataType::LargeList(item) | DataType::ListView(item) => {
+                unstorable(item.data_type())
+            }
+            DataType::Dictionary(_, value) => unstorable(value),
+            _ => false,
+        }
+    }
+    let columns: Vec<String> = schema
+        .fields()
+        .iter()
+        .filter(|field| unstorable(field.data_type()))
+        .map(|field| format!("'{}' ({})", field.name(), field.data_type()))
+        .collect();
+    (!columns.is_empty()).then(|| {
+        format!(
+            "column(s) {} hold a duration or interval (what `timestamp - timestamp` gives), which a Delta table cannot store; store a number instead, e.g. date_diff('second', start, end) or extract(epoch from end - start)",
+            columns.join(", ")
+        )
+    })
+}
+
 /// The Parquet writer's properties: zstd, row groups of at most a million rows.
 pub fn writer_properties() -> datafusion::parquet::file::properties::WriterProperties {
     use datafusion::parquet::basic::{Compression, ZstdLevel};
@@ -46,4 +76,26 @@ pub fn writer_properties() -> datafusion::parquet::file::properties::WriterPrope
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(1 << 20))
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_intervals_are_named_as_unstorable() {
+        use datafusion::arrow::datatypes::IntervalUnit;
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("lead_time", DataType::Duration(TimeUnit::Microsecond), true),
+            Field::new("span", DataType::Interval(IntervalUnit::MonthDayNano), true),
+        ]);
+        let message = unstorable_columns(&schema).unwrap();
+        assert!(
+            message.contains("'lead_time' (Duration(µs))") && message.contains("'span'"),
+            "{message}"
+        );
+        let plain = Schema::new(vec![Field::new("id", DataType::Int64, true)]);
+        assert_eq!(unstorable_columns(&plain), None);
+    }
 }

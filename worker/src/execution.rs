@@ -365,10 +365,16 @@ impl TaskRun<'_> {
             (plan.schema().as_ref().clone(), stream)
         };
         let schema = strata_storage::delta_files::delta_compatible(&plan_schema);
+        if let Some(reason) = strata_storage::delta_files::unstorable_columns(&schema) {
+            return Err(TaskError::user(reason));
+        }
         let delta_schema: deltalake::kernel::StructType =
             schema.as_ref().try_into_kernel().map_err(|err| {
+                // delta-kernel's message may carry a backtrace: its first line says it all.
+                let message = err.to_string();
                 TaskError::user(format!(
-                    "the model's columns cannot be stored in Delta: {err}"
+                    "the model's columns cannot be stored in Delta: {}",
+                    message.lines().next().unwrap_or_default()
                 ))
             })?;
         result.delta_schema_json = serde_json::to_string(&delta_schema)
