@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """TPC-DS through Strata: the 99 queries as dbt models, compared with DuckDB and timed.
 
-1. Generates TPC-DS data at `--scale` with DuckDB's own generator (`dsdgen`, from the
+1. Generates TPC-DS data at `--scale` (once; kept in /var/cache/strata-bench-data) with DuckDB's
+   own generator (`dsdgen`, from the
    `duckdb-extension-tpcds` package; it is built for DuckDB 1.5.5, so a side virtualenv with
    both pinned is created under /var/cache on first use) as one Parquet file per table, and takes
    the 99 queries from the same extension (`tpcds_queries()`). Nothing of TPC-DS is stored in
@@ -30,6 +31,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 GENERATOR_ENV = "/var/cache/strata-tpcds-venv"
+DATA_CACHE = "/var/cache/strata-bench-data"
 GENERATOR_PINS = ["duckdb==1.5.5", "duckdb-extension-tpcds==1.5.5"]
 
 GENERATE = r"""
@@ -210,7 +212,13 @@ def main():
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="strata-tpcds-")
     try:
-        subprocess.run([generator_python(), "-c", GENERATE, work, str(args.scale)], check=True)
+        # The generated data and queries are kept between runs, as the medallion bench keeps
+        # its events: generating scale 1 takes longer than building it.
+        cached = os.path.join(DATA_CACHE, f"tpcds-sf{args.scale:g}")
+        if not os.path.exists(os.path.join(cached, "queries")):
+            subprocess.run([generator_python(), "-c", GENERATE, cached, str(args.scale)], check=True)
+        for folder in ("data", "queries"):
+            os.symlink(os.path.join(cached, folder), os.path.join(work, folder))
         project = write_project(work)
         command = [args.strata, "build", "--project-dir", project, "--threads", str(args.threads)]
         if args.memory_limit_mib:
