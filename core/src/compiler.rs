@@ -474,9 +474,7 @@ impl<'a> Compiler<'a> {
         if let Some(properties) = properties {
             merge_column_docs(&mut columns, &properties.columns);
         }
-        let mut fqn = vec![package.name.clone()];
-        fqn.extend(seed.folders.iter().cloned());
-        fqn.push(seed.name.clone());
+        let fqn = fqn(&package.name, &seed.folders, &seed.name);
         self.seeds.push(Node {
             unique_id: unique_id.clone(),
             resource_type: ResourceType::Seed,
@@ -982,9 +980,7 @@ impl<'a> Compiler<'a> {
                 continue;
             }
             let Some(sql) = &draft.sql else { continue };
-            let mut fqn = vec![draft.package.name.clone()];
-            fqn.extend(draft.file.folders.iter().cloned());
-            fqn.push(draft.name.clone());
+            let fqn = fqn(&draft.package.name, &draft.file.folders, &draft.name);
             let mut columns = Vec::new();
             if let Some(properties) = draft.properties {
                 merge_column_docs(&mut columns, &properties.columns);
@@ -1644,6 +1640,15 @@ fn listed_warning(
         .in_file(&first.file.source.path)
         .with_hint(hint),
     )
+}
+
+/// A node's fully qualified name: its package, its file's folders, its name.
+fn fqn(package: &str, folders: &[String], name: &str) -> Vec<String> {
+    std::iter::once(package)
+        .chain(folders.iter().map(String::as_str))
+        .chain(std::iter::once(name))
+        .map(str::to_string)
+        .collect()
 }
 
 /// The last part of `path`, as text.

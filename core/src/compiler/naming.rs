@@ -36,9 +36,7 @@ pub(super) struct NamedNode<'n> {
 
 impl NamedNode<'_> {
     fn value(&self) -> serde_json::Value {
-        let mut fqn = vec![self.package.to_string()];
-        fqn.extend(self.folders.iter().cloned());
-        fqn.push(self.name.to_string());
+        let fqn = super::fqn(self.package, self.folders, self.name);
         let mut path: Vec<&str> = self.folders.iter().map(String::as_str).collect();
         path.push(&self.file_name);
         serde_json::json!({
