@@ -8,6 +8,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{MemorySchemaProvider, TableProvider};
 use datafusion::common::TableReference;
+use datafusion::common::config::ConfigNonZeroUsize;
 use datafusion::datasource::file_format::FileFormat as DataFusionFileFormat;
 use datafusion::datasource::file_format::csv::CsvFormat;
 use datafusion::datasource::file_format::json::JsonFormat;
@@ -97,6 +98,14 @@ pub fn session(config: &EngineConfig) -> Result<(SessionContext, Arc<dyn MemoryP
     // CSV values in quotes may span lines (as DuckDB reads them): such files are scanned
     // whole, never split at a byte offset that could fall inside a value.
     session_config.options_mut().catalog.newlines_in_values = true;
+    // One spilled batch per file: DataFusion 55's `RepartitionExec` shares a pool of spill
+    // files among its input tasks, and when two of them appended to two open files at once
+    // its reader could wait forever on the older one (apache/datafusion#24883, fixed after
+    // 55.2). A file that is sealed as soon as its one batch is written is never left open.
+    session_config
+        .options_mut()
+        .execution
+        .max_spill_file_size_bytes = ConfigNonZeroUsize::try_new(1).map_err(TaskError::from)?;
     let state = SessionStateBuilder::new()
         .with_config(session_config)
         .with_runtime_env(runtime)
@@ -489,6 +498,38 @@ pub async fn query(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// DataFusion 55's `RepartitionExec` spills a batch it cannot reserve memory for into a
+    /// pool of files shared by its input tasks; when two of them spilled at once, the reader
+    /// waited on a file that would never receive the batch it needed, and every thread
+    /// parked (apache/datafusion#24883, fixed after 55.2). The query is that issue's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repartition_spills_under_a_small_pool_never_deadlock() {
+        let config = EngineConfig {
+            memory_limit_bytes: 2 << 20,
+            target_partitions: 2,
+            ..EngineConfig::default()
+        };
+        let (ctx, _pool) = session(&config).unwrap_or_else(|err| panic!("{err}"));
+        for statement in [
+            "set datafusion.execution.batch_size = 64",
+            "create table t as select v % 13 as g, md5(cast(v % 337 as varchar)) as trace_id \
+             from generate_series(1, 40000) as s(v)",
+        ] {
+            let run = async { ctx.sql(statement).await?.collect().await };
+            run.await.unwrap_or_else(|err| panic!("{statement}: {err}"));
+        }
+        let query = "select g, count(distinct trace_id) as n from t group by g";
+        for attempt in 0..8 {
+            let run = async { ctx.sql(query).await?.collect().await };
+            let batches = tokio::time::timeout(std::time::Duration::from_secs(30), run)
+                .await
+                .unwrap_or_else(|_| panic!("attempt {attempt} did not finish in 30 s"))
+                .unwrap_or_else(|err| panic!("attempt {attempt}: {err}"));
+            let groups: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            assert_eq!(groups, 13, "attempt {attempt}");
+        }
+    }
 
     #[tokio::test]
     async fn csv_values_may_span_lines_in_files_larger_than_a_read_chunk() {
