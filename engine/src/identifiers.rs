@@ -22,13 +22,16 @@ use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Toke
 
 /// `sql` with the unquoted identifiers that name a mixed-case column of the tables
 /// registered in `ctx` quoted as that column is spelled (and DuckDB's syntax rewritten,
-/// [`crate::duckdb_syntax`]): what every query runs through before planning. SQL that does not tokenize is
+/// [`crate::duckdb_syntax`]; unaliased expressions named as DuckDB names them,
+/// [`crate::output_names`]): what every query runs through before planning. SQL that does not tokenize is
 /// returned as it is, for the planner to report.
 pub async fn resolve_case(ctx: &SessionContext, sql: &str) -> String {
     // DuckDB's syntax first, so that what follows sees SQL DataFusion parses.
     let sql = &crate::duckdb_syntax::rewrite(sql);
     let (columns, known) = registered_columns(ctx).await;
-    quote_spellings(sql, &columns, &known)
+    let sql = quote_spellings(sql, &columns, &known);
+    // Last, so that the names are printed from the spellings just resolved.
+    crate::output_names::name_like_duckdb(&sql)
 }
 
 /// Mixed-case column names of every registered table, by their lower-case spelling (a

@@ -33,6 +33,7 @@ pub mod first_row;
 pub mod identifiers;
 pub mod lenient_casts;
 pub mod memory;
+pub mod output_names;
 pub mod session;
 pub mod stages;
 
