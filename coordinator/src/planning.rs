@@ -5,11 +5,12 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use strata_core::config::Materialization;
+use strata_core::export::{ExportFormat, ExportSpec};
 use strata_core::manifest::{Node, ResourceType};
 use strata_core::queue::RESULT_QUEUE;
 use strata_proto::v1::{
-    DeltaInput, FileFormat, FileInput, Incremental, Ingest, Snapshot, Task, TaskInput, TaskKind,
-    TaskOutput, task_input,
+    DeltaInput, Export, FileFormat, FileInput, Incremental, Ingest, Snapshot, Task, TaskInput,
+    TaskKind, TaskOutput, task_input,
 };
 
 use crate::commit;
@@ -69,6 +70,14 @@ pub enum PlanError {
         /// Why.
         message: String,
     },
+    /// A model materialized `external` has a format or delimiter Strata cannot write.
+    #[error("'{node}': {message}")]
+    Export {
+        /// The node.
+        node: String,
+        /// What to fix.
+        message: String,
+    },
     /// A table the node reads cannot be opened.
     #[error(transparent)]
     Table(#[from] Box<commit::CommitError>),
@@ -96,7 +105,8 @@ pub(crate) async fn build_tasks(
         && tasks.len() == 1
         && node.resource_type == ResourceType::Model
         && node.config.materialized == Materialization::Table
-        && tasks[0].incremental.is_none();
+        && tasks[0].incremental.is_none()
+        && tasks[0].export.is_none();
     if shuffle_candidate {
         let task = &tasks[0];
         // A plan that cannot be staged (or fails to plan) runs as one task, which then
@@ -132,6 +142,7 @@ async fn split_tasks(
     let aligned_candidate = node.resource_type == ResourceType::Model
         && node.config.materialized == Materialization::Table
         && task.incremental.is_none()
+        && task.export.is_none()
         && task.inputs.len() == 1;
     if !aligned_candidate {
         return Ok(vec![task]);
@@ -204,7 +215,7 @@ async fn build_task(
                     node: node.name.clone(),
                 })?;
             let path = request.project_dir.join(&node.original_file_path);
-            let location = file_url(&path)?;
+            let location = file_url(&path, "seed file")?;
             inputs.push(TaskInput {
                 schema: relation.schema.clone(),
                 name: relation.identifier.clone(),
@@ -262,6 +273,13 @@ async fn build_task(
         }
         _ => None,
     };
+    let export = match (node.resource_type, &node.relation) {
+        // One task writes the one file (a partitioned table is not exported: compile warns).
+        (ResourceType::Model, Some(relation)) if node.config.partition_by.is_empty() => {
+            export_of(request, node, &relation.identifier)?
+        }
+        _ => None,
+    };
     Ok(Task {
         run_id: run_id.to_string(),
         task_id,
@@ -274,8 +292,42 @@ async fn build_task(
         reply_to: format!("{RESULT_QUEUE}.{run_id}"),
         truncating_division: node.config.truncating_division(),
         snapshot,
+        export,
         ..Task::default()
     })
+}
+
+/// The file a model materialized `external` writes besides its table, at an absolute URL.
+fn export_of(request: &RunRequest, node: &Node, alias: &str) -> Result<Option<Export>, PlanError> {
+    let spec = ExportSpec::of(&node.config, alias).map_err(|message| PlanError::Export {
+        node: node.name.clone(),
+        message,
+    })?;
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    let location = if spec.location.contains("://") {
+        spec.location.clone()
+    } else {
+        // Relative to the project's folder; the folders on the way are made when written.
+        file_url(
+            &request.project_dir.join(&spec.location),
+            "external location",
+        )?
+    };
+    let format = match spec.format {
+        ExportFormat::Parquet => FileFormat::Parquet,
+        ExportFormat::Csv => FileFormat::Csv,
+        ExportFormat::Json => FileFormat::Json,
+    };
+    Ok(Some(Export {
+        location,
+        format: format as i32,
+        delimiter: spec
+            .delimiter
+            .map(|byte| char::from(byte).to_string())
+            .unwrap_or_default(),
+    }))
 }
 
 /// A source's one task: land it into its bronze table (an ingest agent's work).
@@ -574,9 +626,9 @@ fn stage_tasks(base: &Task, staged: &strata_engine::stages::StagedPlan) -> Plann
     (first, stages)
 }
 
-fn file_url(path: &std::path::Path) -> Result<String, PlanError> {
+fn file_url(path: &std::path::Path, what: &'static str) -> Result<String, PlanError> {
     let unresolved = || PlanError::Path {
-        what: "seed file",
+        what,
         path: path.display().to_string(),
     };
     let absolute = if path.is_absolute() {

@@ -15,6 +15,7 @@ use crate::config::{
 };
 use crate::data_tests::{self, BUILT_IN_TESTS};
 use crate::diagnostics::{Diagnostics, ProjectDiagnostic, SourceText};
+use crate::export::ExportSpec;
 use crate::jinja::{
     CompileQueries, Dependency, MacroPackage, ModelVersions, Relation, RenderInputs, Renderer,
 };
@@ -994,7 +995,22 @@ impl<'a> Compiler<'a> {
             depends_on.dedup();
             let original = path_string(&draft.file.source.path);
             if draft.config.extra.contains_key(EXTERNAL_MATERIALIZATION) {
-                external.push(draft);
+                let alias = draft
+                    .relation
+                    .as_ref()
+                    .map_or(draft.name.as_str(), |relation| relation.identifier.as_str());
+                match ExportSpec::of(&draft.config, alias) {
+                    Err(message) => self.errors.push(
+                        ProjectDiagnostic::error(
+                            "strata::external",
+                            format!("model '{}': {message}", draft.name),
+                        )
+                        .in_file(&draft.file.source.path),
+                    ),
+                    // Partitioned tables are not exported (one file cannot hold the folders).
+                    Ok(_) if !draft.config.partition_by.is_empty() => external.push(draft),
+                    Ok(_) => {}
+                }
             }
             if !draft.config.pre_hook.is_empty() || !draft.config.post_hook.is_empty() {
                 hooked.push(draft);
@@ -1073,8 +1089,8 @@ impl<'a> Compiler<'a> {
         if let Some(warning) = listed_warning(
             "strata::external",
             &external,
-            "materialized 'external' (dbt-duckdb's files at `location`): Strata builds them as Delta tables in the warehouse and writes no other file",
-            "other tools read the Delta tables (deltalake, Spark, DuckDB's delta_scan); say materialized: table to silence this",
+            "materialized 'external' with partition_by: Strata builds them as partitioned Delta tables and writes no file at `location`",
+            "other tools read the Delta tables (deltalake, Spark, DuckDB's delta_scan); without partition_by the rows are also written to `location`",
         ) {
             self.errors.push(warning);
         }
@@ -2410,10 +2426,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hooks_and_external_models_get_one_warning_each_naming_them() {
+    fn an_external_format_strata_cannot_write_fails_compile_naming_the_model() {
+        let compilation = compile_files(&[
+            ("dbt_project.yml", "name: shop\n"),
+            (
+                "models/sheet.sql",
+                "{{ config(materialized='external', format='xlsx') }} select 1 as id",
+            ),
+            (
+                "models/export.sql",
+                "{{ config(materialized='external', location='out/e.csv') }} select 1 as id",
+            ),
+        ]);
+        let text = compilation.diagnostics.to_string();
+        assert!(compilation.manifest.is_none(), "{text}");
+        assert!(
+            text.contains("model 'sheet': external format 'xlsx'") && !text.contains("'export'"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn hooks_and_partitioned_external_models_get_one_warning_each_naming_them() {
         let mut files = vec![(
             "dbt_project.yml",
-            "name: shop\nmodels:\n  shop:\n    exports:\n      +materialized: external\n",
+            "name: shop\nmodels:\n  shop:\n    exports:\n      +materialized: external\n      +partition_by: [id]\n",
         )];
         let texts: Vec<(String, String)> = (0..7)
             .map(|n| {
@@ -2436,7 +2473,7 @@ mod tests {
         let text = compilation.diagnostics.to_string();
         assert!(compilation.manifest.is_some(), "{text}");
         assert!(
-            text.contains("7 node(s) are materialized 'external'")
+            text.contains("7 node(s) are materialized 'external' with partition_by")
                 && text.contains("e0, e1, e2, e3, e4 and 2 more"),
             "{text}"
         );

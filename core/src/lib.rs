@@ -27,6 +27,7 @@ pub mod config;
 pub mod dag;
 pub mod data_tests;
 pub mod diagnostics;
+pub mod export;
 pub mod invocation;
 pub mod jinja;
 pub mod machine;
