@@ -199,6 +199,10 @@ step "snapshots vs dbt-duckdb over three source states"
 "$venv/bin/python" tests/reference/compare_snapshots.py \
     --strata "$strata" --dbt "$venv/bin/dbt" --project tests/fixtures/snapshots
 
+step "materialized: external files vs dbt-duckdb's"
+"$venv/bin/python" tests/reference/compare_exports.py \
+    --strata "$strata" --dbt "$venv/bin/dbt" --project tests/fixtures/exports
+
 step "memory-bound: distinct aggregates and deduplication in a 64 MiB pool vs DuckDB"
 "$venv/bin/python" tests/memory_bound/run.py --strata "$strata" --python "$venv/bin/python"
 
