@@ -626,6 +626,8 @@ fn stage_tasks(base: &Task, staged: &strata_engine::stages::StagedPlan) -> Plann
     (first, stages)
 }
 
+/// A local path as a file:// URL, made absolute from the current folder; `what` names the path
+/// in the error.
 fn file_url(path: &std::path::Path, what: &'static str) -> Result<String, PlanError> {
     let unresolved = || PlanError::Path {
         what,
