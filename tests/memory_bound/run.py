@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import duckdb
@@ -65,17 +66,32 @@ def limit_address_space(limit_bytes):
     return apply
 
 
-def run_model(strata, project, model, pool_mib, address_space_mib):
+def run_model(strata, project, model, pool_mib, address_space_mib, timeout_s):
+    """Runs one model; a run still going after `timeout_s` is killed and reported as hung
+    (a query that neither finishes nor fails — every thread parked — is what a memory limit
+    must never cause)."""
     started = time.monotonic()
     child = subprocess.Popen(
         [strata, "run", "--project-dir", project, "--select", model,
          "--memory-limit-mib", str(pool_mib), "--threads", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         preexec_fn=limit_address_space(address_space_mib << 20))
-    output = child.stdout.read().decode(errors="replace")
-    _, status, usage = os.wait4(child.pid, 0)
+    killed = threading.Event()
+
+    def kill():
+        killed.set()
+        child.kill()
+
+    watchdog = threading.Timer(timeout_s, kill)
+    watchdog.start()
+    try:
+        output = child.stdout.read().decode(errors="replace")
+        _, status, usage = os.wait4(child.pid, 0)
+    finally:
+        watchdog.cancel()
+    hung = killed.is_set()
     child.returncode = os.waitstatus_to_exitcode(status)
-    return time.monotonic() - started, usage.ru_maxrss * 1024, child.returncode, output
+    return time.monotonic() - started, usage.ru_maxrss * 1024, child.returncode, output, hung
 
 
 def record_peaks(project, model):
@@ -93,6 +109,8 @@ def main():
     parser.add_argument("--python", default=sys.executable, help="the venv's python for the comparison")
     parser.add_argument("--rows", type=int, default=1_500_000)
     parser.add_argument("--pool-mib", type=int, default=64)
+    parser.add_argument("--timeout-s", type=int, default=600,
+                        help="a model still running after this long is killed and fails as hung")
     parser.add_argument("--address-space-mib", type=int, default=4096,
                         help="RLIMIT_AS of each strata process (virtual memory: threads' stacks "
                              "and the allocator's reservations count)")
@@ -113,9 +131,12 @@ def main():
         problems = []
         print(f"{'model':34} {'result':8} {'wall':>8} {'peak RSS':>10} {'pool peak':>10} {'allocated':>10}")
         for model in models:
-            wall, rss, code, output = run_model(args.strata, project, model, args.pool_mib,
-                                                args.address_space_mib)
-            if code == 0:
+            wall, rss, code, output, hung = run_model(args.strata, project, model, args.pool_mib,
+                                                      args.address_space_mib, args.timeout_s)
+            if hung:
+                pool, allocated, result = 0, 0, "HUNG"
+                problems.append(f"{model}: still running after {args.timeout_s} s, killed\n{output}")
+            elif code == 0:
                 pool, allocated = record_peaks(project, model)
                 compared = subprocess.run([args.python, COMPARE, "--project", project,
                                            "--warehouse", os.path.join(project, "warehouse")],
