@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -130,13 +131,22 @@ for path in sorted(glob.glob(os.path.join(queries, "*.sql"))):
 """
 
 
-def measure(label, command, cwd=None):
+def measure(label, command, cwd=None, timeout_s=None):
+    """Runs `command`, printing its wall time and peak RSS; killed (and said so) when it runs
+    longer than `timeout_s`: a run that hangs is a finding, not a reason to wait forever."""
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    watchdog = threading.Timer(timeout_s, process.kill) if timeout_s else None
+    if watchdog:
+        watchdog.start()
     output = process.stdout.read().decode(errors="replace")
     _, status, usage = os.wait4(process.pid, 0)
+    if watchdog:
+        watchdog.cancel()
     wall = time.perf_counter() - started
     peak_mib = usage.ru_maxrss / 1024
+    if timeout_s and wall >= timeout_s:
+        print(f"{label}: KILLED after {timeout_s} s (hung or too slow)")
     print(f"{label}: {wall:.2f} s, peak RSS {peak_mib:.0f} MiB, exit {os.waitstatus_to_exitcode(status)}")
     return wall, peak_mib, output
 
@@ -208,6 +218,8 @@ def main():
     parser.add_argument("--memory-limit-mib", type=int,
                         help="each task's memory pool (strata build --memory-limit-mib): every query must "
                              "still finish, spilling, or fail with the clear memory error")
+    parser.add_argument("--timeout-s", type=int, default=1800,
+                        help="kill strata build after this long (a hang is reported, not waited out)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder and print it")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="strata-tpcds-")
@@ -223,7 +235,7 @@ def main():
         command = [args.strata, "build", "--project-dir", project, "--threads", str(args.threads)]
         if args.memory_limit_mib:
             command += ["--memory-limit-mib", str(args.memory_limit_mib)]
-        strata_wall, strata_rss, output = measure("strata build", command)
+        strata_wall, strata_rss, output = measure("strata build", command, timeout_s=args.timeout_s)
         print("\n".join(line for line in output.splitlines() if "ERROR" in line or line.startswith("Done.")))
         subprocess.run([args.python, "-c", COMPARE, project], check=True)
         duck_wall, duck_rss, output = measure(
