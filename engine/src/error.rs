@@ -92,13 +92,17 @@ pub fn classify_datafusion(err: DataFusionError) -> TaskError {
         DataFusionError::Diagnostic(_, inner) => classify_datafusion(*inner),
         DataFusionError::Shared(inner) => match std::sync::Arc::try_unwrap(inner) {
             Ok(inner) => classify_datafusion(inner),
-            Err(shared) => TaskError::internal(shared.to_string()),
+            // Still shared (a hash join's build side fails every partition probing it):
+            // classified by its root cause.
+            Err(shared) => match shared.find_root() {
+                DataFusionError::ResourcesExhausted(message) => out_of_memory(message),
+                DataFusionError::IoError(err) => TaskError::transient(err.to_string()),
+                _ => TaskError::internal(shared.to_string()),
+            },
         },
         DataFusionError::ObjectStore(err) => classify_object_store(*err),
         DataFusionError::IoError(err) => TaskError::transient(err.to_string()),
-        DataFusionError::ResourcesExhausted(message) => TaskError::user(format!(
-            "the query needs more memory than the task's limit allows ({message}); raise the worker's memory limit or reduce the data per task"
-        )),
+        DataFusionError::ResourcesExhausted(message) => out_of_memory(&message),
         DataFusionError::Internal(message) => TaskError::internal(message),
         DataFusionError::External(inner) => match inner.downcast::<DataFusionError>() {
             Ok(inner) => classify_datafusion(*inner),
@@ -114,6 +118,14 @@ pub fn classify_datafusion(err: DataFusionError) -> TaskError {
         }
         other => TaskError::user(other.strip_backtrace()),
     }
+}
+
+/// A query that needs more memory than its pool, where spilling cannot help (a hash join's
+/// build side, say): the user's to fix, by the setting that sizes the pool.
+fn out_of_memory(message: &str) -> TaskError {
+    TaskError::user(format!(
+        "the query needs more memory than the task's pool allows ({message}); raise engine.memory_limit_mib (--memory-limit-mib) or reduce the data per task"
+    ))
 }
 
 /// Classifies a storage error: a missing object or a refused request is the user's to fix
@@ -178,7 +190,22 @@ mod tests {
         )));
         assert_eq!(err.class(), Class::User);
         assert!(
-            err.to_string().contains("raise the worker's memory limit"),
+            err.to_string().contains("raise engine.memory_limit_mib"),
+            "{err}"
+        );
+        // A hash join's build side that does not fit fails every partition probing it: the
+        // error is still shared when it is classified.
+        let shared = std::sync::Arc::new(DataFusionError::Context(
+            String::from("building the hash table"),
+            Box::new(DataFusionError::ResourcesExhausted(String::from(
+                "Failed to allocate additional 17.0 MB for HashJoinInput[1]",
+            ))),
+        ));
+        let err = classify_datafusion(DataFusionError::Shared(std::sync::Arc::clone(&shared)));
+        assert_eq!(err.class(), Class::User);
+        assert!(
+            err.to_string().contains("HashJoinInput[1]")
+                && err.to_string().contains("engine.memory_limit_mib"),
             "{err}"
         );
         let err = classify_datafusion(DataFusionError::Context(
