@@ -412,7 +412,7 @@ fn memory_outside_the_pool_stops_the_task_clearly() {
     // guard's next sample sees them — the pool's refusal: both clear, neither a killed process.
     let stopped_by_the_guard = stdout.contains("engine.memory_margin_percent")
         && stdout.contains("engine.memory_limit_mib");
-    let refused_by_the_pool = stdout.contains("needs more memory than the task's limit allows");
+    let refused_by_the_pool = stdout.contains("needs more memory than the task's pool allows");
     assert!(stopped_by_the_guard || refused_by_the_pool, "{stdout}");
     let record: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("target/run_results.json")).unwrap(),
