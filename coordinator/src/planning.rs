@@ -70,14 +70,6 @@ pub enum PlanError {
         /// Why.
         message: String,
     },
-    /// A model materialized `external` has a format or delimiter Strata cannot write.
-    #[error("'{node}': {message}")]
-    Export {
-        /// The node.
-        node: String,
-        /// What to fix.
-        message: String,
-    },
     /// A table the node reads cannot be opened.
     #[error(transparent)]
     Table(#[from] Box<commit::CommitError>),
@@ -106,7 +98,7 @@ pub(crate) async fn build_tasks(
         && node.resource_type == ResourceType::Model
         && node.config.materialized == Materialization::Table
         && tasks[0].incremental.is_none()
-        && tasks[0].export.is_none();
+        && tasks[0].exports.is_empty();
     if shuffle_candidate {
         let task = &tasks[0];
         // A plan that cannot be staged (or fails to plan) runs as one task, which then
@@ -142,7 +134,7 @@ async fn split_tasks(
     let aligned_candidate = node.resource_type == ResourceType::Model
         && node.config.materialized == Materialization::Table
         && task.incremental.is_none()
-        && task.export.is_none()
+        && task.exports.is_empty()
         && task.inputs.len() == 1;
     if !aligned_candidate {
         return Ok(vec![task]);
@@ -273,13 +265,12 @@ async fn build_task(
         }
         _ => None,
     };
-    let export = match (node.resource_type, &node.relation) {
-        // One task writes the one file (a partitioned table is not exported: compile warns).
-        (ResourceType::Model, Some(relation)) if node.config.partition_by.is_empty() => {
-            export_of(request, node, &relation.identifier)?
-        }
-        _ => None,
-    };
+    // One task writes each file (compile lists the exports of unpartitioned models only).
+    let exports = node
+        .exports
+        .iter()
+        .map(|spec| export_of(request, spec))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Task {
         run_id: run_id.to_string(),
         task_id,
@@ -292,20 +283,14 @@ async fn build_task(
         reply_to: format!("{RESULT_QUEUE}.{run_id}"),
         truncating_division: node.config.truncating_division(),
         snapshot,
-        export,
+        exports,
         ..Task::default()
     })
 }
 
-/// The file a model materialized `external` writes besides its table, at an absolute URL.
-fn export_of(request: &RunRequest, node: &Node, alias: &str) -> Result<Option<Export>, PlanError> {
-    let spec = ExportSpec::of(&node.config, alias).map_err(|message| PlanError::Export {
-        node: node.name.clone(),
-        message,
-    })?;
-    let Some(spec) = spec else {
-        return Ok(None);
-    };
+/// A file a model's rows are also written to (`materialized: external`, a post_hook's
+/// `COPY`), at an absolute URL.
+fn export_of(request: &RunRequest, spec: &ExportSpec) -> Result<Export, PlanError> {
     let location = if spec.location.contains("://") {
         spec.location.clone()
     } else {
@@ -320,14 +305,14 @@ fn export_of(request: &RunRequest, node: &Node, alias: &str) -> Result<Option<Ex
         ExportFormat::Csv => FileFormat::Csv,
         ExportFormat::Json => FileFormat::Json,
     };
-    Ok(Some(Export {
+    Ok(Export {
         location,
         format: format as i32,
         delimiter: spec
             .delimiter
             .map(|byte| char::from(byte).to_string())
             .unwrap_or_default(),
-    }))
+    })
 }
 
 /// A source's one task: land it into its bronze table (an ingest agent's work).

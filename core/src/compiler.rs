@@ -499,6 +499,7 @@ impl<'a> Compiler<'a> {
             source: None,
             snapshot: None,
             deferred_compile: None,
+            exports: Vec::new(),
             config,
         });
     }
@@ -638,6 +639,7 @@ impl<'a> Compiler<'a> {
                         }),
                         snapshot: None,
                         deferred_compile: None,
+                        exports: Vec::new(),
                     });
                 }
             }
@@ -974,6 +976,7 @@ impl<'a> Compiler<'a> {
     fn nodes(&mut self) -> (BTreeMap<String, Node>, NodeIds) {
         let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
         let (mut external, mut hooked) = (Vec::new(), Vec::new());
+        let hook_inputs = Arc::new(self.inputs.clone());
         let ids = self.node_ids();
         let dependency_id = |dependency: &Dependency| ids.of(dependency);
         for draft in &self.drafts {
@@ -994,6 +997,10 @@ impl<'a> Compiler<'a> {
             depends_on.sort();
             depends_on.dedup();
             let original = path_string(&draft.file.source.path);
+            // Partitioned tables are not exported (one file cannot hold their folders).
+            let exportable =
+                draft.resource_type == ResourceType::Model && draft.config.partition_by.is_empty();
+            let mut exports = Vec::new();
             if draft.config.extra.contains_key(EXTERNAL_MATERIALIZATION) {
                 let alias = draft
                     .relation
@@ -1007,12 +1014,13 @@ impl<'a> Compiler<'a> {
                         )
                         .in_file(&draft.file.source.path),
                     ),
-                    // Partitioned tables are not exported (one file cannot hold the folders).
-                    Ok(_) if !draft.config.partition_by.is_empty() => external.push(draft),
-                    Ok(_) => {}
+                    Ok(Some(spec)) if exportable => exports.push(spec),
+                    Ok(_) => external.push(draft),
                 }
             }
-            if !draft.config.pre_hook.is_empty() || !draft.config.post_hook.is_empty() {
+            let (copies, not_run) = self.hook_exports(draft, &hook_inputs, exportable);
+            exports.extend(copies);
+            if not_run {
                 hooked.push(draft);
             }
             if let Some(reason) = &draft.deferred {
@@ -1076,6 +1084,7 @@ impl<'a> Compiler<'a> {
                         .then(|| SnapshotSpec::from_config(&draft.config).ok())
                         .flatten(),
                     deferred_compile: draft.deferred.clone(),
+                    exports,
                     original_file_path: original,
                 },
             );
@@ -1097,8 +1106,8 @@ impl<'a> Compiler<'a> {
         if let Some(warning) = listed_warning(
             "strata::hooks",
             &hooked,
-            "configured with pre_hook / post_hook: Strata does not run hooks, the models are built without them",
-            "do in a model what a hook did (a post_hook's export or cleanup), or remove the hooks to silence this",
+            "configured with hooks Strata does not run (pre_hook, or a post_hook other than `COPY {{ this }} TO 'file'`): the models are built without them",
+            "a post_hook `COPY {{ this }} TO 'file' [(FORMAT …, DELIMITER …)]` runs as an export of the model's rows; do in a model what another hook did, or remove it to silence this",
         ) {
             self.errors.push(warning);
         }
@@ -1658,6 +1667,38 @@ fn listed_warning(
     )
 }
 
+/// What a hook's `{{ this }}` is replaced by before a hook is read as a `COPY` of the model.
+const THIS_IN_HOOKS: &str = "__strata_this__";
+
+impl Compiler<'_> {
+    /// The exports a model's post_hooks ask for (`COPY {{ this }} TO 'file' …`, see
+    /// [`ExportSpec::from_copy`]) and whether it has hooks Strata does not run (any pre_hook,
+    /// any other post_hook, any hook of a model that cannot be exported).
+    fn hook_exports(
+        &self,
+        draft: &Draft<'_>,
+        inputs: &Arc<RenderInputs>,
+        exportable: bool,
+    ) -> (Vec<ExportSpec>, bool) {
+        let mut not_run = !draft.config.pre_hook.is_empty();
+        let mut exports = Vec::new();
+        let this = regex::Regex::new(r"\{\{-?\s*this\s*-?\}\}").expect("a valid pattern");
+        for hook in &draft.config.post_hook {
+            let hook = this.replace_all(hook, THIS_IN_HOOKS);
+            let copy = self
+                .renderer
+                .render_string_in(&hook, inputs, &draft.package.name)
+                .ok()
+                .and_then(|rendered| ExportSpec::from_copy(&rendered, THIS_IN_HOOKS));
+            match copy {
+                Some(spec) if exportable => exports.push(spec),
+                _ => not_run = true,
+            }
+        }
+        (exports, not_run)
+    }
+}
+
 /// A node's fully qualified name: its package, its file's folders, its name.
 fn fqn(package: &str, folders: &[String], name: &str) -> Vec<String> {
     std::iter::once(package)
@@ -2102,6 +2143,7 @@ fn generic_test(
         source: None,
         snapshot: None,
         deferred_compile: None,
+        exports: Vec::new(),
         name,
     }))
 }
@@ -2467,7 +2509,12 @@ mod tests {
         );
         files.push((
             "models/audited.sql",
-            "{{ config(post_hook=\"copy {{ this }} to 'x.parquet'\") }} select 1 as id",
+            "{{ config(post_hook=\"set threads = 1\") }} select 1 as id",
+        ));
+        // A copy of the model to a file runs (as an export): not listed.
+        files.push((
+            "models/copied.sql",
+            "{{ config(post_hook=\"copy {{ this }} to '{{ var('out', 'x') }}.csv' (delimiter '|')\") }} select 1 as id",
         ));
         let compilation = compile_files(&files);
         let text = compilation.diagnostics.to_string();
@@ -2478,10 +2525,15 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("1 node(s) are configured with pre_hook / post_hook")
+            text.contains("1 node(s) are configured with hooks Strata does not run")
                 && text.contains("(audited)"),
             "{text}"
         );
+        let manifest = compilation.manifest.unwrap();
+        let copied = &manifest.nodes["model.shop.copied"];
+        assert_eq!(copied.exports.len(), 1);
+        assert_eq!(copied.exports[0].location, "x.csv");
+        assert_eq!(copied.exports[0].delimiter, Some(b'|'));
     }
 
     #[test]

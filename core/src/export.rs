@@ -7,11 +7,18 @@
 //! Without `location` the file is `<alias>.<format>` in the project's folder (dbt-duckdb's
 //! `external_root` defaults to the folder dbt runs in); without `format`, the location's
 //! extension says it, else Parquet.
+//!
+//! A `post_hook` that copies the model to a file — DuckDB's `COPY {{ this }} TO 'file'
+//! [(FORMAT …, DELIMITER …, HEADER)]`, the common hook of dbt-duckdb projects — is the same
+//! export and runs the same way ([`ExportSpec::from_copy`]); other hooks are not run.
+
+use serde::Serialize;
 
 use crate::config::{EXTERNAL_MATERIALIZATION, NodeConfig};
 
 /// The file format of an exported model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
     /// One Parquet file.
     Parquet,
@@ -48,7 +55,7 @@ impl ExportFormat {
 }
 
 /// Where and how an external model's file is written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExportSpec {
     /// The file: as configured (relative to the project's folder unless absolute or a URL),
     /// or `<alias>.<format>`.
@@ -109,6 +116,113 @@ impl ExportSpec {
     }
 }
 
+impl ExportSpec {
+    /// The export a hook asks for when it is `COPY <this> TO '<file>' [(<options>)]`, `this`
+    /// standing for the model (the hook's `{{ this }}`): the format from `FORMAT` or, as
+    /// DuckDB decides, the file's extension (`.parquet`, `.json`/`.ndjson`, else CSV), the
+    /// delimiter from `DELIMITER`/`DELIM`/`SEP`; compression and overwrite options change no
+    /// row and are accepted. `None` for any other statement or option (`HEADER false`, a
+    /// query as the source), which Strata then does not run.
+    pub fn from_copy(hook: &str, this: &str) -> Option<ExportSpec> {
+        let mut rest = hook.trim().trim_end_matches(';').trim();
+        rest = keyword(rest, "copy")?;
+        rest = rest.strip_prefix(this)?.trim_start();
+        rest = keyword(rest, "to")?;
+        let (location, rest) = quoted(rest)?;
+        let mut spec = ExportSpec {
+            format: default_copy_format(&location),
+            location,
+            delimiter: None,
+        };
+        let rest = rest.trim();
+        if rest.is_empty() {
+            return Some(spec);
+        }
+        let options = rest.strip_prefix('(')?.strip_suffix(')')?;
+        for option in split_options(options) {
+            let (key, value) = match option.split_once(char::is_whitespace) {
+                Some((key, value)) => (key.to_lowercase(), Some(value.trim())),
+                None => (option.to_lowercase(), None),
+            };
+            let text = value.map(|value| quoted(value).map_or(value.to_string(), |(text, _)| text));
+            match (key.as_str(), text.as_deref()) {
+                ("format", Some(name)) => spec.format = ExportFormat::parse(name)?,
+                ("delimiter" | "delim" | "sep", Some(delimiter)) => match delimiter.as_bytes() {
+                    [byte] => spec.delimiter = Some(*byte),
+                    _ => return None,
+                },
+                ("header", None | Some("true" | "1")) => {}
+                (
+                    "compression"
+                    | "codec"
+                    | "row_group_size"
+                    | "overwrite"
+                    | "overwrite_or_ignore",
+                    _,
+                ) => {}
+                _ => return None,
+            }
+        }
+        Some(spec)
+    }
+}
+
+/// The comma-separated options of a `COPY`, trimmed; commas inside quotes stay
+/// (`DELIMITER ','`).
+fn split_options(options: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut in_quotes) = (0, false);
+    for (at, char) in options.char_indices() {
+        match char {
+            '\'' => in_quotes = !in_quotes,
+            ',' if !in_quotes => {
+                parts.push(options[start..at].trim());
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(options[start..].trim());
+    parts
+}
+
+/// DuckDB's format for `COPY … TO file` without `FORMAT`: by the extension, else CSV.
+fn default_copy_format(location: &str) -> ExportFormat {
+    match location
+        .rsplit_once('.')
+        .map(|(_, extension)| extension.to_lowercase())
+    {
+        Some(extension) if extension == "parquet" => ExportFormat::Parquet,
+        Some(extension) if extension == "json" || extension == "ndjson" => ExportFormat::Json,
+        _ => ExportFormat::Csv,
+    }
+}
+
+/// `text` after the word `word` (any case) and the spaces that follow it.
+fn keyword<'t>(text: &'t str, word: &str) -> Option<&'t str> {
+    let head = text.get(..word.len())?;
+    let rest = &text[word.len()..];
+    (head.eq_ignore_ascii_case(word) && rest.starts_with(char::is_whitespace))
+        .then(|| rest.trim_start())
+}
+
+/// A single-quoted SQL string at the start of `text` (`''` for a quote) and what follows it.
+fn quoted(text: &str) -> Option<(String, &str)> {
+    let mut chars = text.strip_prefix('\'')?.char_indices().peekable();
+    let mut value = String::new();
+    while let Some((at, char)) = chars.next() {
+        if char != '\'' {
+            value.push(char);
+        } else if chars.peek().is_some_and(|(_, next)| *next == '\'') {
+            value.push('\'');
+            chars.next();
+        } else {
+            return Some((value, &text[at + 2..]));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::{ExportFormat, ExportSpec};
@@ -150,6 +264,44 @@ mod tests {
             (spec.location.as_str(), spec.format, spec.delimiter),
             ("orders.json", ExportFormat::Json, Some(b'|'))
         );
+    }
+
+    #[test]
+    fn a_copy_of_the_model_to_a_file_is_an_export() {
+        let this = "__this__";
+        let spec = ExportSpec::from_copy(
+            "COPY __this__ TO 'out/it''s.csv' (HEADER, DELIMITER ';', COMPRESSION 'none');",
+            this,
+        )
+        .unwrap();
+        assert_eq!(
+            (spec.location.as_str(), spec.format, spec.delimiter),
+            ("out/it's.csv", ExportFormat::Csv, Some(b';'))
+        );
+        let spec = ExportSpec::from_copy("copy __this__ to 'x.csv' (delim ',')", this).unwrap();
+        assert_eq!(spec.delimiter, Some(b','));
+        let spec = ExportSpec::from_copy("copy __this__ to 'x.parquet'", this).unwrap();
+        assert_eq!(spec.format, ExportFormat::Parquet);
+        let spec = ExportSpec::from_copy("copy __this__ to 'x.out' (format json)", this).unwrap();
+        assert_eq!(spec.format, ExportFormat::Json);
+        assert_eq!(
+            ExportSpec::from_copy("copy __this__ to 'x'", this)
+                .unwrap()
+                .format,
+            ExportFormat::Csv
+        );
+        for other in [
+            "set threads = 1",
+            "copy other_table to 'x.csv'",
+            "copy (select * from __this__) to 'x.csv'",
+            "copy __this__ to 'x.csv' (header false)",
+            "copy __this__ to 'x.csv' (partition_by (a))",
+            "copy __this__ to 'x.xlsx' (format xlsx)",
+            "copy __this__ from 'x.csv'",
+            "copy __this__ to 'unterminated",
+        ] {
+            assert_eq!(ExportSpec::from_copy(other, this), None, "{other}");
+        }
     }
 
     #[test]

@@ -163,6 +163,10 @@ pub struct Node {
     /// built yet, so a run compiles the node again once its parents are built.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deferred_compile: Option<String>,
+    /// Files the node's rows are also written to: a model materialized `external`, and each
+    /// post_hook that copies the model to a file (see [`crate::export`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<crate::export::ExportSpec>,
 }
 
 /// Facts about the compile, without timestamps so the file is reproducible.

@@ -435,16 +435,14 @@ impl TaskRun<'_> {
                 stats_json: add.stats.clone().unwrap_or_default(),
             });
         }
-        if let Some(export) = &self.task.export {
-            crate::export::write_export(
-                &self.ctx,
-                export,
-                &output.table_uri,
-                &result.files,
-                &schema,
-            )
-            .await?;
-        }
+        crate::export::write_exports(
+            &self.ctx,
+            &self.task.exports,
+            &output.table_uri,
+            &result.files,
+            &schema,
+        )
+        .await?;
         Ok(())
     }
 

@@ -1,6 +1,7 @@
-//! A model materialized `external` (dbt-duckdb's files at `location`): after its task has
-//! written the model's Delta files, the same rows are written as one file in the requested
-//! format, read back from those files. The file is written whole by the object store (a
+//! A model materialized `external` (dbt-duckdb's files at `location`), or with a post_hook
+//! `COPY {{ this }} TO 'file'`: after its task has written the model's Delta files, the same
+//! rows are written as one file per export in the requested format, read back from those
+//! files. The file is written whole by the object store (a
 //! local one goes to a temporary name first), so a reader never sees half of it; a retried
 //! task writes it again.
 
@@ -15,18 +16,33 @@ use strata_proto::v1::{Export, FileFormat, FileInput, TaskInput, WrittenFile, ta
 /// The schema and name the written files are read under.
 const ROWS: (&str, &str) = ("strata_export", "rows");
 
-/// Writes the rows of `files` (relative to `table_uri`, with `schema`) to the export's file.
+/// Writes the rows of `files` (relative to `table_uri`, with `schema`) to each export's file.
 ///
 /// # Errors
 /// Returns a user error for a location that cannot be written, a transient one for I/O.
-pub(crate) async fn write_export(
+pub(crate) async fn write_exports(
     ctx: &SessionContext,
-    export: &Export,
+    exports: &[Export],
     table_uri: &str,
     files: &[WrittenFile],
     schema: &SchemaRef,
 ) -> Result<(), TaskError> {
+    if exports.is_empty() {
+        return Ok(());
+    }
     let rows = written_rows(ctx, table_uri, files, schema).await?;
+    for export in exports {
+        write_export(ctx, export, rows.clone()).await?;
+    }
+    Ok(())
+}
+
+/// Writes `rows` to the export's file.
+async fn write_export(
+    ctx: &SessionContext,
+    export: &Export,
+    rows: DataFrame,
+) -> Result<(), TaskError> {
     strata_storage::register(ctx, &export.location)?;
     let options = DataFrameWriteOptions::new().with_single_file_output(true);
     let location = &export.location;
