@@ -120,8 +120,8 @@ impl ExportSpec {
     /// The export a hook asks for when it is `COPY <this> TO '<file>' [(<options>)]`, `this`
     /// standing for the model (the hook's `{{ this }}`): the format from `FORMAT` or, as
     /// DuckDB decides, the file's extension (`.parquet`, `.json`/`.ndjson`, else CSV), the
-    /// delimiter from `DELIMITER`/`DELIM`/`SEP`; compression and overwrite options change no
-    /// row and are accepted. `None` for any other statement or option (`HEADER false`, a
+    /// delimiter from `DELIMITER`/`DELIM`/`SEP` (unquoted values in any case); compression and
+    /// overwrite options change no row and are accepted. `None` for any other statement or option (`HEADER false`, a
     /// query as the source), which Strata then does not run.
     pub fn from_copy(hook: &str, this: &str) -> Option<ExportSpec> {
         let mut rest = hook.trim().trim_end_matches(';').trim();
@@ -144,7 +144,8 @@ impl ExportSpec {
                 Some((key, value)) => (key.to_lowercase(), Some(value.trim())),
                 None => (option.to_lowercase(), None),
             };
-            let text = value.map(|value| quoted(value).map_or(value.to_string(), |(text, _)| text));
+            let text =
+                value.map(|value| quoted(value).map_or(value.to_lowercase(), |(text, _)| text));
             match (key.as_str(), text.as_deref()) {
                 ("format", Some(name)) => spec.format = ExportFormat::parse(name)?,
                 ("delimiter" | "delim" | "sep", Some(delimiter)) => match delimiter.as_bytes() {
@@ -280,6 +281,9 @@ mod tests {
         );
         let spec = ExportSpec::from_copy("copy __this__ to 'x.csv' (delim ',')", this).unwrap();
         assert_eq!(spec.delimiter, Some(b','));
+        let spec =
+            ExportSpec::from_copy("copy __this__ to 'x.csv' (HEADER TRUE, FORMAT CSV)", this);
+        assert_eq!(spec.map(|spec| spec.format), Some(ExportFormat::Csv));
         let spec = ExportSpec::from_copy("copy __this__ to 'x.parquet'", this).unwrap();
         assert_eq!(spec.format, ExportFormat::Parquet);
         let spec = ExportSpec::from_copy("copy __this__ to 'x.out' (format json)", this).unwrap();
