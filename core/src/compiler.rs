@@ -1682,6 +1682,9 @@ impl Compiler<'_> {
     ) -> (Vec<ExportSpec>, bool) {
         let mut not_run = !draft.config.pre_hook.is_empty();
         let mut exports = Vec::new();
+        if draft.config.post_hook.is_empty() {
+            return (exports, not_run);
+        }
         let this = regex::Regex::new(r"\{\{-?\s*this\s*-?\}\}").expect("a valid pattern");
         for hook in &draft.config.post_hook {
             let hook = this.replace_all(hook, THIS_IN_HOOKS);

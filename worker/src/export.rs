@@ -1,9 +1,8 @@
 //! A model materialized `external` (dbt-duckdb's files at `location`), or with a post_hook
 //! `COPY {{ this }} TO 'file'`: after its task has written the model's Delta files, the same
 //! rows are written as one file per export in the requested format, read back from those
-//! files. The file is written whole by the object store (a
-//! local one goes to a temporary name first), so a reader never sees half of it; a retried
-//! task writes it again.
+//! files. Each file is written whole by the object store (a local one goes to a temporary
+//! name first), so a reader never sees half of it; a retried task writes it again.
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
