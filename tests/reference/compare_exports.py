@@ -14,22 +14,14 @@ out again) and Strata writes the columns and no row: those compare equal.
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
 import duckdb
 
+from side_by_side import report, run, two_copies
+
 READERS = {".parquet": "read_parquet", ".csv": "read_csv", ".json": "read_json_auto"}
 SKIPPED = {"target", "logs", "seeds", "warehouse", "dbt_packages"}
-
-
-def run(command, cwd):
-    env = dict(os.environ, DBT_SEND_ANONYMOUS_USAGE_STATS="false", DO_NOT_TRACK="1")
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        print(result.stdout[-4000:], result.stderr[-4000:], sep="\n")
-        sys.exit(f"failed: {' '.join(command)}")
 
 
 def exported_files(project):
@@ -56,13 +48,7 @@ def main():
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="strata-exports-")
     try:
-        strata_project = os.path.join(work, "strata")
-        dbt_project = os.path.join(work, "dbt")
-        for copy in (strata_project, dbt_project):
-            shutil.copytree(args.project, copy, ignore=shutil.ignore_patterns("target", "warehouse"))
-        with open(os.path.join(dbt_project, "profiles.yml"), "w") as handle:
-            handle.write("exports:\n  target: dev\n  outputs:\n    dev:\n      type: duckdb\n"
-                         f"      path: {os.path.join(work, 'dbt.duckdb')}\n      threads: 1\n")
+        strata_project, dbt_project, _ = two_copies(args.project, work)
         run([args.strata, "build", "--project-dir", ".", "--threads", "2"], strata_project)
         run([args.dbt, "build", "--profiles-dir", ".", "--project-dir", "."], dbt_project)
 
@@ -82,10 +68,7 @@ def main():
                 problems.append(f"{path}: rows differ\n  dbt-duckdb: {expected}\n  strata:     {actual}")
             else:
                 print(f"ok   {path}: {len(actual)} rows equal")
-        for problem in problems:
-            print(f"FAIL {problem}")
-        print(f"exports vs dbt-duckdb: {compared - len(problems)} passed, {len(problems)} failed")
-        sys.exit(1 if problems or compared == 0 else 0)
+        report("exports", problems, compared)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

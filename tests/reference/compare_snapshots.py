@@ -16,12 +16,12 @@ import datetime
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
 import deltalake
 import duckdb
+
+from side_by_side import report, run, two_copies
 
 STARTED = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) - datetime.timedelta(seconds=5)
 
@@ -46,14 +46,6 @@ def comparable(rows, columns):
     return sorted(out, key=lambda row: [("" if v is None else str(v)) for v in row])
 
 
-def run(command, cwd):
-    env = dict(os.environ, DBT_SEND_ANONYMOUS_USAGE_STATS="false", DO_NOT_TRACK="1")
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        print(result.stdout[-4000:], result.stderr[-4000:], sep="\n")
-        sys.exit(f"failed: {' '.join(command)}")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--strata", required=True)
@@ -65,16 +57,7 @@ def main():
 
     work = tempfile.mkdtemp(prefix="strata-snapshots-")
     try:
-        strata_project = os.path.join(work, "strata")
-        dbt_project = os.path.join(work, "dbt")
-        for copy in (strata_project, dbt_project):
-            shutil.copytree(args.project, copy, ignore=shutil.ignore_patterns("target", "warehouse"))
-        with open(os.path.join(dbt_project, "dbt_project.yml")) as handle:
-            profile = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("profile:"))
-        database = os.path.join(work, "dbt.duckdb")
-        with open(os.path.join(dbt_project, "profiles.yml"), "w") as handle:
-            handle.write(f"{profile}:\n  target: dev\n  outputs:\n    dev:\n      type: duckdb\n"
-                         f"      path: {database}\n      threads: 1\n")
+        strata_project, dbt_project, database = two_copies(args.project, work)
         for vars_text in states:
             run([args.strata, "build", "--project-dir", ".", "--threads", "2", "--vars", vars_text], strata_project)
             run([args.dbt, "build", "--profiles-dir", ".", "--project-dir", ".", "--vars", vars_text], dbt_project)
@@ -109,10 +92,7 @@ def main():
                 problems.append(f"{name}: rows differ\n  only in dbt-duckdb: {only_dbt}\n  only in strata: {only_strata}")
             else:
                 print(f"ok   {kind} {name}: {len(actual)} rows equal after {len(states)} states")
-        for problem in problems:
-            print(f"FAIL {problem}")
-        print(f"snapshots vs dbt-duckdb: {compared - len(problems)} passed, {len(problems)} failed")
-        sys.exit(1 if problems or compared == 0 else 0)
+        report("snapshots", problems, compared)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
