@@ -21,7 +21,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::{ALL_KEYWORDS, Keyword};
 use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::identifiers::{TokenOffsets, quoted};
 
@@ -29,13 +29,17 @@ use crate::identifiers::{TokenOffsets, quoted};
 /// select list that Strata can name; `sql` unchanged when it names none, or does not parse
 /// (for the planner to report).
 pub fn name_like_duckdb(sql: &str) -> String {
-    let Some(names) = select_list_names(sql) else {
+    // Tokenized once: the parser reads these tokens, and their spans place the aliases.
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize_with_location() else {
+        return sql.to_string();
+    };
+    let Some(names) = select_list_names(tokens.clone()) else {
         return sql.to_string();
     };
     if names.iter().all(Option::is_none) {
         return sql.to_string();
     }
-    let Some(ends) = select_item_ends(sql) else {
+    let Some(ends) = select_item_ends(sql, &tokens) else {
         return sql.to_string();
     };
     if ends.len() != names.len() {
@@ -54,8 +58,11 @@ pub fn name_like_duckdb(sql: &str) -> String {
 /// For each item of the outermost select list (the leftmost of a `UNION`), the DuckDB name
 /// to give it, or `None` where it has an alias, is a column or a wildcard, or cannot be
 /// named (or its name is taken); `None` for anything but one query.
-fn select_list_names(sql: &str) -> Option<Vec<Option<String>>> {
-    let statements = Parser::parse_sql(&GenericDialect {}, sql).ok()?;
+fn select_list_names(tokens: Vec<TokenWithSpan>) -> Option<Vec<Option<String>>> {
+    let statements = Parser::new(&GenericDialect {})
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
+        .ok()?;
     let [Statement::Query(query)] = statements.as_slice() else {
         return None;
     };
@@ -284,17 +291,14 @@ fn call(function: &Function) -> Option<String> {
 }
 
 /// Byte offsets where each item of the first select list at the outermost level ends (after
-/// its last token), or `None` when there is no such list or the text does not tokenize.
-fn select_item_ends(sql: &str) -> Option<Vec<usize>> {
-    let tokens = Tokenizer::new(&GenericDialect {}, sql)
-        .tokenize_with_location()
-        .ok()?;
+/// its last token) among `tokens`, the text's, or `None` when there is no such list.
+fn select_item_ends(sql: &str, tokens: &[TokenWithSpan]) -> Option<Vec<usize>> {
     let offsets = TokenOffsets::new(sql);
     let mut depth = 0usize;
     let mut in_list = false;
     let mut last_end: Option<usize> = None;
     let mut ends = Vec::new();
-    for token in &tokens {
+    for token in tokens {
         match &token.token {
             Token::Whitespace(_) => continue,
             Token::LParen => depth += 1,
