@@ -976,7 +976,8 @@ impl<'a> Compiler<'a> {
     fn nodes(&mut self) -> (BTreeMap<String, Node>, NodeIds) {
         let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
         let (mut external, mut hooked) = (Vec::new(), Vec::new());
-        let hook_inputs = Arc::new(self.inputs.clone());
+        // Cloned for the first post_hook only: most projects have none.
+        let hook_inputs = std::cell::OnceCell::new();
         let ids = self.node_ids();
         let dependency_id = |dependency: &Dependency| ids.of(dependency);
         for draft in &self.drafts {
@@ -1670,6 +1671,11 @@ fn listed_warning(
 /// What a hook's `{{ this }}` is replaced by before a hook is read as a `COPY` of the model.
 const THIS_IN_HOOKS: &str = "__strata_this__";
 
+/// A hook's `{{ this }}` (any spacing, whitespace control).
+static HOOK_THIS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r"\{\{-?\s*this\s*-?\}\}").expect("a valid pattern")
+});
+
 impl Compiler<'_> {
     /// The exports a model's post_hooks ask for (`COPY {{ this }} TO 'file' …`, see
     /// [`ExportSpec::from_copy`]) and whether it has hooks Strata does not run (any pre_hook,
@@ -1677,7 +1683,7 @@ impl Compiler<'_> {
     fn hook_exports(
         &self,
         draft: &Draft<'_>,
-        inputs: &Arc<RenderInputs>,
+        inputs: &std::cell::OnceCell<Arc<RenderInputs>>,
         exportable: bool,
     ) -> (Vec<ExportSpec>, bool) {
         let mut not_run = !draft.config.pre_hook.is_empty();
@@ -1685,9 +1691,9 @@ impl Compiler<'_> {
         if draft.config.post_hook.is_empty() {
             return (exports, not_run);
         }
-        let this = regex::Regex::new(r"\{\{-?\s*this\s*-?\}\}").expect("a valid pattern");
         for hook in &draft.config.post_hook {
-            let hook = this.replace_all(hook, THIS_IN_HOOKS);
+            let hook = HOOK_THIS.replace_all(hook, THIS_IN_HOOKS);
+            let inputs = inputs.get_or_init(|| Arc::new(self.inputs.clone()));
             let copy = self
                 .renderer
                 .render_string_in(&hook, inputs, &draft.package.name)

@@ -114,9 +114,7 @@ impl ExportSpec {
             delimiter,
         }))
     }
-}
 
-impl ExportSpec {
     /// The export a hook asks for when it is `COPY <this> TO '<file>' [(<options>)]`, `this`
     /// standing for the model (the hook's `{{ this }}`): the format from `FORMAT` or, as
     /// DuckDB decides, the file's extension (`.parquet`, `.json`/`.ndjson`, else CSV), the
